@@ -1,0 +1,125 @@
+"""Processing algorithm maskforge:exporttrainingdata (engine: core/chips.py)."""
+from qgis.core import (QgsProcessing, QgsProcessingParameterBand, QgsProcessingParameterBoolean,
+                       QgsProcessingParameterEnum, QgsProcessingParameterExtent, QgsProcessingParameterFeatureSource,
+                       QgsProcessingParameterField, QgsProcessingParameterFolderDestination,
+                       QgsProcessingParameterNumber, QgsProcessingParameterRasterLayer, QgsProcessingOutputNumber)
+
+from .base import MaskForgeAlgorithm, raster_path, source_path
+
+FORMATS = ["TIFF", "PNG", "JPEG"]
+TILE_MODES = ["Only tiles with features", "All tiles"]
+
+
+class ExportTrainingDataAlgorithm(MaskForgeAlgorithm):
+    INPUT_RASTER, INPUT_LABELS = "INPUT_RASTER", "INPUT_LABELS"
+    CLASS_VALUE_FIELD, CLASS_NAME_FIELD = "CLASS_VALUE_FIELD", "CLASS_NAME_FIELD"
+    TILE_SIZE_X, TILE_SIZE_Y, STRIDE_X, STRIDE_Y = "TILE_SIZE_X", "TILE_SIZE_Y", "STRIDE_X", "STRIDE_Y"
+    IMAGE_FORMAT, TILES = "IMAGE_FORMAT", "OUTPUT_NOFEATURE_TILES"
+    EXTENT, MASK_POLYGONS, CELL_SIZE = "EXTENT", "MASK_POLYGONS", "CELL_SIZE"
+    ROTATION_ANGLE, MIN_OVERLAP, BANDS = "ROTATION_ANGLE", "MIN_POLYGON_OVERLAP_RATIO", "BANDS"
+    BUFFER_RADIUS, OVERWRITE, OUTPUT = "BUFFER_RADIUS", "OVERWRITE", "OUTPUT_FOLDER"
+
+    def name(self):
+        return "exporttrainingdata"
+
+    def displayName(self):
+        return "Export training data"
+
+    def shortHelpString(self):
+        return (
+            "Cuts the raster into image chips and writes, for every chip, one instance mask per class "
+            "(each labelled object its own integer), in Esri's RCNN_Masks layout (images/, labels/<class value>/, "
+            "map.txt, stats.txt, esri_accumulated_stats.json, esri_model_definition.emd) plus annotations.json "
+            "in COCO instance format.\n\n"
+            "Labels may be in any CRS: they are reprojected to the raster's. Without a class value field every "
+            "feature is class 1 (fields named 'value' or 'classvalue' are used when present). Class values start at 1.\n"
+            "Tiles overlap when the stride is smaller than the tile size. Mask polygons keep only chips fully inside "
+            "them; a rotation angle adds rotated copies (k x angle); the minimum overlap ratio drops labels with less "
+            "of their area inside a chip. Band numbers start at 1.\n"
+            "The output folder must be new or empty unless 'Overwrite' is ticked; it appears only when the export "
+            "has finished."
+        )
+
+    def initAlgorithm(self, config=None):
+        self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT_RASTER, "Input raster"))
+        self.addParameter(QgsProcessingParameterFeatureSource(
+            self.INPUT_LABELS, "Labels (polygons)", [QgsProcessing.TypeVectorAnyGeometry]))
+        self.addParameter(QgsProcessingParameterField(
+            self.CLASS_VALUE_FIELD, "Class value field (integer, 1..n)", parentLayerParameterName=self.INPUT_LABELS,
+            type=QgsProcessingParameterField.Any, optional=True))
+        self.addParameter(QgsProcessingParameterField(
+            self.CLASS_NAME_FIELD, "Class name field", parentLayerParameterName=self.INPUT_LABELS,
+            type=QgsProcessingParameterField.Any, optional=True))
+        for key, label, default in ((self.TILE_SIZE_X, "Tile size X (pixels)", 256),
+                                    (self.TILE_SIZE_Y, "Tile size Y (pixels)", 256),
+                                    (self.STRIDE_X, "Stride X (pixels)", 128),
+                                    (self.STRIDE_Y, "Stride Y (pixels)", 128)):
+            self.addParameter(QgsProcessingParameterNumber(key, label, QgsProcessingParameterNumber.Integer,
+                                                           default, minValue=1))
+        self.addParameter(QgsProcessingParameterEnum(self.IMAGE_FORMAT, "Image format", FORMATS, defaultValue=0))
+        self.addParameter(QgsProcessingParameterEnum(self.TILES, "Output no-feature tiles", TILE_MODES,
+                                                     defaultValue=0))
+        self.addParameter(QgsProcessingParameterExtent(self.EXTENT, "Processing extent", optional=True))
+        self.addParameter(QgsProcessingParameterFeatureSource(
+            self.MASK_POLYGONS, "Mask polygons (only chips fully inside)", [QgsProcessing.TypeVectorPolygon],
+            optional=True))
+        self.addParameter(QgsProcessingParameterNumber(
+            self.CELL_SIZE, "Cell size (0 = the raster's)", QgsProcessingParameterNumber.Double, 0.0, minValue=0.0))
+        self.addParameter(QgsProcessingParameterNumber(
+            self.ROTATION_ANGLE, "Rotation angle for extra copies (degrees, 0 = none)",
+            QgsProcessingParameterNumber.Double, 0.0, minValue=0.0, maxValue=359.99))
+        self.addParameter(QgsProcessingParameterNumber(
+            self.MIN_OVERLAP, "Minimum polygon overlap ratio", QgsProcessingParameterNumber.Double, 0.0,
+            minValue=0.0, maxValue=1.0))
+        self.addParameter(QgsProcessingParameterBand(
+            self.BANDS, "Bands to extract (all when empty)", parentLayerParameterName=self.INPUT_RASTER,
+            optional=True, allowMultiple=True))
+        self.addParameter(QgsProcessingParameterNumber(
+            self.BUFFER_RADIUS, "Buffer radius for point/line labels (map units)",
+            QgsProcessingParameterNumber.Double, 0.0, minValue=0.0))
+        self.addParameter(QgsProcessingParameterBoolean(self.OVERWRITE, "Overwrite existing output", False))
+        self.addParameter(QgsProcessingParameterFolderDestination(self.OUTPUT, "Output folder"))
+        self.addOutput(QgsProcessingOutputNumber("CHIPS", "Chips written"))
+        self.addOutput(QgsProcessingOutputNumber("OBJECTS", "Objects written"))
+
+    def processAlgorithm(self, parameters, context, feedback):
+        layer, raster = raster_path(self, parameters, self.INPUT_RASTER, context)
+        out = self.parameterAsString(parameters, self.OUTPUT, context)
+        args = ["--raster", raster, "--labels", source_path(self, parameters, self.INPUT_LABELS, context, feedback),
+                "--out", out,
+                "--tile-size", f"{self.parameterAsInt(parameters, self.TILE_SIZE_X, context)},"
+                               f"{self.parameterAsInt(parameters, self.TILE_SIZE_Y, context)}",
+                "--stride", f"{self.parameterAsInt(parameters, self.STRIDE_X, context)},"
+                            f"{self.parameterAsInt(parameters, self.STRIDE_Y, context)}",
+                "--format", FORMATS[self.parameterAsEnum(parameters, self.IMAGE_FORMAT, context)],
+                "--rotation-angle", self.parameterAsDouble(parameters, self.ROTATION_ANGLE, context),
+                "--min-overlap-ratio", self.parameterAsDouble(parameters, self.MIN_OVERLAP, context)]
+        for key, flag in ((self.CLASS_VALUE_FIELD, "--class-value-field"), (self.CLASS_NAME_FIELD, "--class-name-field")):
+            value = self.parameterAsString(parameters, key, context)
+            if value:
+                args += [flag, value]
+        if self.parameterAsEnum(parameters, self.TILES, context) == 1:
+            args.append("--all-tiles")
+        if parameters.get(self.EXTENT):
+            e = self.parameterAsExtent(parameters, self.EXTENT, context, layer.crs())
+            if not e.isNull():
+                args += ["--extent", f"{e.xMinimum()},{e.yMinimum()},{e.xMaximum()},{e.yMaximum()}"]
+        if parameters.get(self.MASK_POLYGONS):
+            args += ["--mask-polygons", source_path(self, parameters, self.MASK_POLYGONS, context, feedback)]
+        cell = self.parameterAsDouble(parameters, self.CELL_SIZE, context)
+        if cell > 0:
+            args += ["--cell-size", cell]
+        bands = self.parameterAsInts(parameters, self.BANDS, context)
+        if bands:
+            args += ["--bands", ",".join(str(b) for b in bands)]
+        radius = self.parameterAsDouble(parameters, self.BUFFER_RADIUS, context)
+        if radius > 0:
+            args += ["--buffer-radius", radius]
+        if self.parameterAsBoolean(parameters, self.OVERWRITE, context):
+            args.append("--overwrite")
+
+        result = self.run_step("export", args, feedback)
+        if result:
+            feedback.pushInfo(f"Wrote {result['chips']} chips with {result['instances']} objects "
+                              f"to {result['out_dir']} in {result['seconds']} s.")
+        return {self.OUTPUT: out, "CHIPS": result.get("chips", 0), "OBJECTS": result.get("instances", 0)}

@@ -1,0 +1,28 @@
+"""The "MaskForge" Processing provider: one algorithm per workflow step."""
+import os
+
+from qgis.core import QgsProcessingProvider
+from qgis.PyQt.QtGui import QIcon
+
+from .export_training_data import ExportTrainingDataAlgorithm
+
+ICON = os.path.join(os.path.dirname(os.path.dirname(__file__)), "resources", "icon.svg")
+
+
+class MaskForgeProvider(QgsProcessingProvider):
+
+    def id(self):
+        return "maskforge"
+
+    def name(self):
+        return "MaskForge"
+
+    def longName(self):
+        return "MaskForge: fine-tune Mask R-CNN and detect objects"
+
+    def icon(self):
+        return QIcon(ICON)
+
+    def loadAlgorithms(self):
+        for alg in (ExportTrainingDataAlgorithm(),):
+            self.addAlgorithm(alg)

@@ -1,0 +1,465 @@
+"""Export Training Data: chips + instance masks in Esri's RCNN_Masks layout, plus COCO.
+
+The export folder holds::
+
+    images/000000000.tif          georeferenced image chips
+    labels/<class value>/000000000.tif   one instance-id mask per chip and class
+                                  (0 background, 1..n one per object)
+    map.txt  stats.txt  esri_accumulated_stats.json  esri_model_definition.emd
+    annotations.json              COCO instances, polygons in chip pixels
+
+Chips are laid on a grid of the output cell size; each one is described by
+its own affine transform (pixel -> map), so resampled and rotated copies go
+through the same code as plain ones. The raster is only ever read one
+chip-sized window at a time.
+"""
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import rasterio
+import rasterio.features
+import rasterio.warp
+import shapely
+import shapely.affinity
+from affine import Affine
+from rasterio.windows import Window
+
+from .errors import Cancelled, UserError
+from .geodata import open_raster, read_labels, read_vector, reproject_geometries, to_polygons
+from .progress import NullReporter
+
+IMAGE_FORMATS = {"TIFF": ("GTiff", "tif"), "PNG": ("PNG", "png"), "JPEG": ("JPEG", "jpg")}
+PALETTE = [(255, 0, 0), (0, 170, 255), (255, 200, 0), (0, 200, 80), (200, 0, 255),
+           (255, 120, 0), (0, 255, 220), (255, 0, 140), (120, 80, 0), (140, 140, 255)]
+STATS_SAMPLES_PER_CHIP = 1024
+
+
+def class_color(value):
+    return list(PALETTE[(int(value) - 1) % len(PALETTE)])
+
+
+@dataclass
+class ExportOptions:
+    tile_size_x: int = 256
+    tile_size_y: int = 256
+    stride_x: int = 128
+    stride_y: int = 128
+    image_format: str = "TIFF"
+    only_tiles_with_features: bool = True
+    extent: tuple = None              # (xmin, ymin, xmax, ymax) in the raster's CRS
+    mask_polygons: str = None         # vector source: only chips fully inside are written
+    cell_size: float = None           # resample to this cell size (raster CRS units)
+    rotation_angle: float = 0.0       # extra copies rotated by k * angle degrees
+    min_polygon_overlap_ratio: float = 0.0
+    bands: tuple = None               # 1-based band numbers; None = all
+    class_value_field: str = None
+    class_name_field: str = None
+    buffer_radius: float = 0.0
+    overwrite: bool = False
+
+
+def tile_offsets(length, tile, stride):
+    """Start offsets covering [0, length): the last tile is pulled back to end at the edge."""
+    offsets = list(range(0, length - tile + 1, stride))
+    if offsets[-1] + tile < length:
+        offsets.append(length - tile)
+    return offsets
+
+
+def _validate_options(o):
+    for name in ("tile_size_x", "tile_size_y", "stride_x", "stride_y"):
+        if int(getattr(o, name)) < 1:
+            raise UserError(f"{name.replace('_', ' ')} must be a positive number of pixels.")
+    fmt = str(o.image_format).upper().replace("JPG", "JPEG").replace("TIF", "TIFF").replace("TIFFF", "TIFF")
+    if fmt not in IMAGE_FORMATS:
+        raise UserError(f"Image format '{o.image_format}' is not one of TIFF, PNG, JPEG.")
+    o.image_format = fmt
+    if not 0.0 <= float(o.min_polygon_overlap_ratio) <= 1.0:
+        raise UserError("The minimum polygon overlap ratio must lie between 0 and 1.")
+    if not 0.0 <= float(o.rotation_angle) < 360.0:
+        raise UserError("The rotation angle must lie in [0, 360) degrees (0 = no rotated copies).")
+    if o.cell_size is not None and float(o.cell_size) <= 0:
+        raise UserError("The cell size must be positive (or empty to keep the raster's).")
+
+
+def _check_format(fmt, dtype, nbands):
+    if fmt == "JPEG" and (dtype != "uint8" or nbands > 3):
+        raise UserError(
+            f"JPEG chips hold at most 3 bands of 8-bit data; this export has {nbands} band(s) of {dtype}. "
+            "Choose TIFF (any bands and data type) or pick 3 bands of an 8-bit raster."
+        )
+    if fmt == "PNG" and dtype not in ("uint8", "uint16"):
+        raise UserError(f"PNG chips hold 8- or 16-bit integers, not {dtype}. Choose TIFF.")
+
+
+def _prepare_output(out_dir, overwrite):
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"The output '{out}' exists and is a file. Give a folder path.")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise UserError(
+            f"The output folder '{out}' is not empty. Choose a new folder, or ask to overwrite "
+            "(--overwrite / 'Overwrite existing output')."
+        )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if not os.access(out.parent, os.W_OK):
+        raise UserError(f"Cannot write into '{out.parent}'. Choose a folder you can write to.")
+    # Everything is written here first and renamed at the end, so a failed or
+    # cancelled export never leaves a folder that looks complete.
+    return Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+
+
+def _finish_output(tmp, out_dir):
+    out = Path(out_dir)
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+
+
+class _Grid:
+    """The chip grid: an affine (grid pixel -> map) and its size in pixels."""
+
+    def __init__(self, src, extent, cell_size):
+        T = src.transform
+        if cell_size is None:
+            col0, row0, col1, row1 = 0, 0, src.width, src.height
+            if extent is not None:
+                win = rasterio.windows.from_bounds(*extent, transform=T)
+                col0 = max(0, int(np.ceil(win.col_off - 1e-6)))
+                row0 = max(0, int(np.ceil(win.row_off - 1e-6)))
+                col1 = min(src.width, int(np.floor(win.col_off + win.width + 1e-6)))
+                row1 = min(src.height, int(np.floor(win.row_off + win.height + 1e-6)))
+            self.transform = T * Affine.translation(col0, row0)
+            self.width, self.height = col1 - col0, row1 - row0
+            self.native = (col0, row0)
+            self.cell_size = (abs(T.a), abs(T.e))
+        else:
+            if T.b != 0 or T.d != 0:
+                raise UserError("Resampling to a cell size needs a north-up raster; this one is rotated. "
+                                "Warp it first (gdalwarp) or leave the cell size empty.")
+            left, bottom, right, top = src.bounds
+            if extent is not None:
+                left, bottom = max(left, extent[0]), max(bottom, extent[1])
+                right, top = min(right, extent[2]), min(top, extent[3])
+            cs = float(cell_size)
+            self.transform = Affine(cs, 0, left, 0, -cs, top)
+            self.width = max(0, int(np.floor((right - left) / cs + 1e-6)))
+            self.height = max(0, int(np.floor((top - bottom) / cs + 1e-6)))
+            self.native = None
+            self.cell_size = (cs, cs)
+
+
+def _footprint(transform, tx, ty):
+    corners = [transform * (0, 0), transform * (tx, 0), transform * (tx, ty), transform * (0, ty)]
+    return shapely.Polygon(corners)
+
+
+def _rotated(transform, tx, ty, angle):
+    cx, cy = transform * (tx / 2.0, ty / 2.0)
+    return Affine.translation(cx, cy) * Affine.rotation(angle) * Affine.translation(-cx, -cy) * transform
+
+
+def _read_resampled(src, bands, chip_transform, tx, ty, nodata):
+    """Read the chip through GDAL's warper: resampled and/or rotated chips."""
+    left, bottom, right, top = _footprint(chip_transform, tx, ty).bounds
+    win = rasterio.windows.from_bounds(left, bottom, right, top, transform=src.transform)
+    win = Window(int(np.floor(win.col_off)) - 1, int(np.floor(win.row_off)) - 1,
+                 int(np.ceil(win.width)) + 3, int(np.ceil(win.height)) + 3)
+    fill = 0 if nodata is None else nodata
+    data = src.read(bands, window=win, boundless=True, fill_value=fill)
+    out = np.full((len(bands), ty, tx), fill, dtype=data.dtype)
+    crs = src.crs or "EPSG:3857"  # same CRS on both sides: no reprojection happens
+    rasterio.warp.reproject(
+        data, out, src_transform=src.window_transform(win), src_crs=crs,
+        dst_transform=chip_transform, dst_crs=crs, src_nodata=nodata, dst_nodata=nodata,
+        resampling=rasterio.warp.Resampling.bilinear,
+    )
+    return out
+
+
+def _instances_in_chip(tree, labels, footprint, chip_transform, tx, ty, min_ratio):
+    """Label indices meeting the chip, with their geometry in chip pixel coordinates."""
+    inv = ~chip_transform
+    matrix = [inv.a, inv.b, inv.d, inv.e, inv.xoff, inv.yoff]
+    chip_box = shapely.box(0, 0, tx, ty)
+    found = []
+    for idx in tree.query(footprint, predicate="intersects"):
+        geom = labels.geometries[idx]
+        inside = shapely.intersection(geom, footprint).area
+        if inside <= 0 or (min_ratio > 0 and inside / geom.area < min_ratio):
+            continue
+        pixel_geom = shapely.intersection(shapely.affinity.affine_transform(geom, matrix), chip_box)
+        if not pixel_geom.is_empty:
+            found.append((int(idx), pixel_geom))
+    return found
+
+
+def _rasterize_instances(pixel_geoms, tx, ty):
+    """One instance-id mask; ids 1..n, larger objects painted first so small ones stay visible.
+
+    Returns (mask, kept geometries in id order, pixel counts). Objects that
+    cover no pixel centre are dropped so masks and COCO agree.
+    """
+    order = sorted(range(len(pixel_geoms)), key=lambda i: -pixel_geoms[i].area)
+    dtype = np.uint8 if len(order) < 255 else np.uint16
+    shapes = [(pixel_geoms[i], n + 1) for n, i in enumerate(order)]
+    mask = rasterio.features.rasterize(shapes, out_shape=(ty, tx), fill=0, dtype=dtype)
+    counts = np.bincount(mask.ravel(), minlength=len(order) + 1)
+    kept = [n + 1 for n in range(len(order)) if counts[n + 1] > 0]
+    lut = np.zeros(len(order) + 1, dtype=dtype)
+    lut[kept] = np.arange(1, len(kept) + 1, dtype=dtype)
+    return lut[mask], [pixel_geoms[order[k - 1]] for k in kept], [int(counts[k]) for k in kept]
+
+
+def _coco_segmentation(geom, instance_mask):
+    polys = [geom] if geom.geom_type == "Polygon" else [g for g in getattr(geom, "geoms", []) if g.geom_type == "Polygon"]
+    if any(len(p.interiors) for p in polys):
+        # COCO polygons cannot hold holes; run-length encoding can.
+        from pycocotools import mask as mask_utils
+        rle = mask_utils.encode(np.asfortranarray(instance_mask.astype(np.uint8)))
+        return {"size": list(rle["size"]), "counts": rle["counts"].decode("ascii")}
+    rings = []
+    for p in polys:
+        coords = np.asarray(p.exterior.coords)[:-1]
+        if len(coords) >= 3:
+            rings.append([round(float(v), 2) for v in coords.ravel()])
+    return rings
+
+
+def _write_raster(path, driver, array, transform, crs, nodata, compress=None):
+    profile = dict(driver=driver, width=array.shape[-1], height=array.shape[-2], count=array.shape[0],
+                   dtype=array.dtype, transform=transform, crs=crs)
+    if nodata is not None:
+        profile["nodata"] = nodata
+    if compress:
+        profile["compress"] = compress
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(array)
+
+
+class _BandStats:
+    """Per-band min/max/mean/std over all chip pixels, percentiles from a sample."""
+
+    def __init__(self, nbands, seed=0):
+        self.n = 0
+        self.sum = np.zeros(nbands)
+        self.sumsq = np.zeros(nbands)
+        self.min = np.full(nbands, np.inf)
+        self.max = np.full(nbands, -np.inf)
+        self.samples = []
+        self.rng = np.random.default_rng(seed)
+
+    def add(self, chip, valid):
+        pixels = chip.reshape(chip.shape[0], -1)[:, valid.ravel()].astype(np.float64)
+        if pixels.shape[1] == 0:
+            return
+        self.n += pixels.shape[1]
+        self.sum += pixels.sum(1)
+        self.sumsq += (pixels ** 2).sum(1)
+        self.min = np.minimum(self.min, pixels.min(1))
+        self.max = np.maximum(self.max, pixels.max(1))
+        pick = self.rng.choice(pixels.shape[1], min(STATS_SAMPLES_PER_CHIP, pixels.shape[1]), replace=False)
+        self.samples.append(pixels[:, pick])
+
+    def as_dict(self):
+        if self.n == 0:
+            return {}
+        mean = self.sum / self.n
+        std = np.sqrt(np.maximum(self.sumsq / self.n - mean ** 2, 0))
+        sample = np.concatenate(self.samples, axis=1)
+        return {
+            "band_min_values": self.min.tolist(), "band_max_values": self.max.tolist(),
+            "band_mean_values": mean.tolist(), "band_std_values": std.tolist(),
+            "band_p2_values": np.percentile(sample, 2, axis=1).tolist(),
+            "band_p98_values": np.percentile(sample, 98, axis=1).tolist(),
+        }
+
+
+def export_training_data(raster, labels, out_dir, options=None, reporter=None):
+    o = options or ExportOptions()
+    reporter = reporter or NullReporter()
+    started = time.monotonic()
+    _validate_options(o)
+    tx, ty = int(o.tile_size_x), int(o.tile_size_y)
+
+    with open_raster(raster) as src:
+        bands = list(o.bands) if o.bands else list(range(1, src.count + 1))
+        bad_bands = [b for b in bands if not 1 <= int(b) <= src.count]
+        if bad_bands:
+            raise UserError(f"Band(s) {bad_bands} do not exist: the raster has {src.count} band(s), numbered from 1.")
+        dtype = src.dtypes[bands[0] - 1]
+        _check_format(o.image_format, dtype, len(bands))
+        nodata = src.nodata
+
+        lab = read_labels(labels, src.crs, o.class_value_field, o.class_name_field, o.buffer_radius)
+        for message in lab.messages:
+            reporter.warning(message)
+
+        extent = tuple(float(v) for v in o.extent) if o.extent is not None else None
+        if extent is not None and not shapely.box(*extent).intersects(shapely.box(*src.bounds)):
+            raise UserError(f"The processing extent {extent} does not overlap the raster {tuple(src.bounds)}. "
+                            "Give an extent in the raster's CRS that covers part of it.")
+        grid = _Grid(src, extent, o.cell_size)
+        if grid.width < tx or grid.height < ty:
+            raise UserError(
+                f"The tile size {tx}x{ty} is larger than the raster area to export "
+                f"({grid.width}x{grid.height} pixels at this cell size). Choose a smaller tile size."
+            )
+        area = _footprint(grid.transform, grid.width, grid.height)
+        if not shapely.STRtree(lab.geometries).query(area, predicate="intersects").size:
+            lb = shapely.total_bounds(lab.geometries)
+            raise UserError(
+                f"None of the {len(lab.geometries)} labels overlaps the raster: labels cover "
+                f"{tuple(round(v, 2) for v in lb)}, the raster {tuple(round(v, 2) for v in area.bounds)} "
+                f"(in {src.crs}). Check that labels and raster show the same place and that both CRS are right."
+            )
+
+        mask_area = None
+        if o.mask_polygons:
+            geoms, _, crs = read_vector(o.mask_polygons, "mask polygons")
+            polys, keep, _ = to_polygons(geoms)
+            if not keep.any():
+                raise UserError(f"The mask polygons '{o.mask_polygons}' hold no polygon.")
+            mask_area = shapely.union_all(reproject_geometries(polys[keep], crs, src.crs))
+            shapely.prepare(mask_area)
+
+        angles = [0.0]
+        if o.rotation_angle and o.rotation_angle > 0:
+            angles += [a for a in np.arange(o.rotation_angle, 360.0, o.rotation_angle) if a > 0]
+        cols = tile_offsets(grid.width, tx, int(o.stride_x))
+        rows = tile_offsets(grid.height, ty, int(o.stride_y))
+        total = len(cols) * len(rows) * len(angles)
+        reporter.log(f"Exporting up to {total} chips of {tx}x{ty} px from {len(lab.geometries)} labels "
+                     f"({len(lab.class_names)} classes).")
+
+        tree = shapely.STRtree(lab.geometries)
+        tmp = _prepare_output(out_dir, o.overwrite)
+        try:
+            result = _write_chips(src, bands, nodata, lab, tree, grid, rows, cols, angles, tx, ty,
+                                  mask_area, o, tmp, reporter, total)
+            result.update(repaired=lab.repaired, skipped_labels=lab.skipped)
+            if result["chips"] == 0:
+                raise UserError(
+                    "No chip was written: no tile of the raster holds a label"
+                    + (" fully inside the mask polygons" if mask_area is not None else "")
+                    + ". Check the extent, the mask polygons and the minimum overlap ratio, "
+                    "or export all tiles."
+                )
+            _finish_output(tmp, out_dir)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    result["out_dir"] = str(Path(out_dir))
+    result["seconds"] = round(time.monotonic() - started, 3)
+    reporter.progress(100, f"Wrote {result['chips']} chips with {result['instances']} objects.")
+    return result
+
+
+def _write_chips(src, bands, nodata, lab, tree, grid, rows, cols, angles, tx, ty, mask_area, o, tmp, reporter, total):
+    driver, ext = IMAGE_FORMATS[o.image_format]
+    label_driver, label_ext = ("GTiff", "tif") if o.image_format == "TIFF" else ("PNG", "png")
+    class_values = sorted(lab.class_names)
+    (tmp / "images").mkdir()
+    for v in class_values:
+        (tmp / "labels" / str(v)).mkdir(parents=True)
+
+    coco = {"info": {"description": "MaskForge export", "version": "1.0"},
+            "images": [], "annotations": [],
+            "categories": [{"id": v, "name": lab.class_names[v], "supercategory": "object"} for v in class_values]}
+    stats = _BandStats(len(bands))
+    per_class = {v: 0 for v in class_values}
+    map_lines, chip_sizes = [], []
+    skipped_nodata = outside_mask = done = 0
+    native = grid.native is not None and grid.transform.b == 0 and grid.transform.d == 0
+
+    for row in rows:
+        for col in cols:
+            base = grid.transform * Affine.translation(col, row)
+            for angle in angles:
+                reporter.check_cancelled()
+                done += 1
+                reporter.progress(100.0 * done / total)
+                transform = base if angle == 0 else _rotated(base, tx, ty, angle)
+                footprint = _footprint(transform, tx, ty)
+                if mask_area is not None and not mask_area.covers(footprint):
+                    outside_mask += 1
+                    continue
+                found = _instances_in_chip(tree, lab, footprint, transform, tx, ty, o.min_polygon_overlap_ratio)
+                if not found and o.only_tiles_with_features:
+                    continue
+                if angle == 0 and native:
+                    window = Window(grid.native[0] + col, grid.native[1] + row, tx, ty)
+                    image = src.read(bands, window=window)
+                else:
+                    image = _read_resampled(src, bands, transform, tx, ty, nodata)
+                valid = np.ones((ty, tx), bool) if nodata is None else ~np.all(image == nodata, axis=0)
+                if not valid.any():
+                    skipped_nodata += 1
+                    continue
+
+                chip_id = len(coco["images"])
+                name = f"{chip_id:09d}"
+                _write_raster(tmp / "images" / f"{name}.{ext}", driver, image, transform, src.crs, nodata)
+                stats.add(image, valid)
+                coco["images"].append({"id": chip_id, "file_name": f"images/{name}.{ext}",
+                                       "width": tx, "height": ty})
+                by_class = {v: [] for v in class_values}
+                for idx, pixel_geom in found:
+                    by_class[int(lab.class_values[idx])].append(pixel_geom)
+                for v in class_values:
+                    mask, kept, counts = _rasterize_instances(by_class[v], tx, ty)
+                    _write_raster(tmp / "labels" / str(v) / f"{name}.{label_ext}", label_driver,
+                                  mask[None], transform, src.crs, None,
+                                  "deflate" if label_driver == "GTiff" else None)
+                    for k, (geom, count) in enumerate(zip(kept, counts), start=1):
+                        x0, y0, x1, y1 = geom.bounds
+                        coco["annotations"].append({
+                            "id": len(coco["annotations"]) + 1, "image_id": chip_id, "category_id": v,
+                            "segmentation": _coco_segmentation(geom, mask == k),
+                            "area": count, "bbox": [round(x0, 2), round(y0, 2), round(x1 - x0, 2), round(y1 - y0, 2)],
+                            "iscrowd": 0,
+                        })
+                        chip_sizes.append(max(x1 - x0, y1 - y0))
+                    per_class[v] += len(kept)
+                map_lines.append(f"images/{name}.{ext} labels/{class_values[0]}/{name}.{label_ext}")
+
+    n_chips = len(coco["images"])
+    n_inst = len(coco["annotations"])
+    if n_chips:
+        (tmp / "annotations.json").write_text(json.dumps(coco))
+        (tmp / "map.txt").write_text("\n".join(map_lines) + "\n")
+        classes = [{"Value": v, "Name": lab.class_names[v], "Color": class_color(v)} for v in class_values]
+        acc = {
+            "MetaDataMode": "RCNN_Masks", "ImageFormat": o.image_format, "DataType": str(src.dtypes[bands[0] - 1]),
+            "NumBands": len(bands), "ExtractBands": [b - 1 for b in bands],
+            "TileSizeX": tx, "TileSizeY": ty, "StrideX": int(o.stride_x), "StrideY": int(o.stride_y),
+            "CellSizeX": grid.cell_size[0], "CellSizeY": grid.cell_size[1],
+            "RotationAngle": float(o.rotation_angle), "NumClasses": len(classes), "NumTiles": n_chips,
+            "NumFeatures": n_inst, "Classes": classes,
+            "FeaturesPerClass": {str(v): per_class[v] for v in class_values},
+            "MaxObjectSizePixels": float(max(chip_sizes)) if chip_sizes else 0.0,
+            "SpatialReference": src.crs.to_wkt() if src.crs else None, "NoData": nodata,
+            **stats.as_dict(),
+        }
+        (tmp / "esri_accumulated_stats.json").write_text(json.dumps(acc, indent=2))
+        emd = {
+            "ModelType": "InstanceDetection", "ModelName": "MaskRCNN", "MetaDataMode": "RCNN_Masks",
+            "ImageSpaceUsed": "MAP_SPACE", "ImageHeight": ty, "ImageWidth": tx,
+            "ExtractBands": [b - 1 for b in bands], "IsMultispectral": len(bands) > 3,
+            "CellSize": grid.cell_size[0], "Classes": classes,
+        }
+        (tmp / "esri_model_definition.emd").write_text(json.dumps(emd, indent=2))
+        lines = [f"ImageChips: {n_chips}", f"Features: {n_inst}", f"TileSize: {tx}x{ty}",
+                 f"Stride: {o.stride_x}x{o.stride_y}", f"Bands: {len(bands)} ({acc['DataType']})",
+                 f"CellSize: {grid.cell_size[0]:g}"]
+        lines += [f"Class {v} ({lab.class_names[v]}): {per_class[v]} features" for v in class_values]
+        lines += [f"ChipsSkippedAllNoData: {skipped_nodata}", f"ChipsOutsideMask: {outside_mask}"]
+        (tmp / "stats.txt").write_text("\n".join(lines) + "\n")
+    return {"chips": n_chips, "instances": n_inst, "per_class": {str(v): per_class[v] for v in class_values},
+            "skipped_nodata": skipped_nodata, "outside_mask": outside_mask}

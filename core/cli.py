@@ -1,0 +1,119 @@
+"""Command line of the engine: ``python -m core <step> [options]``.
+
+Every step takes ``--json-progress`` to speak the JSON-lines protocol of
+``progress.py`` (what the QGIS runner reads). Exit status: 0 done,
+2 bad input (a clear message), 3 cancelled, 1 internal error.
+"""
+import argparse
+import sys
+import traceback
+
+from .errors import Cancelled, UserError
+from .progress import Reporter
+
+EXIT_OK, EXIT_INTERNAL, EXIT_INPUT, EXIT_CANCELLED = 0, 1, 2, 3
+
+
+def _int_pair(text):
+    parts = [int(p) for p in str(text).replace("x", ",").split(",") if p.strip()]
+    return (parts[0], parts[-1])
+
+
+def _floats(text, n=None):
+    values = [float(p) for p in str(text).split(",") if p.strip()]
+    if n and len(values) != n:
+        raise argparse.ArgumentTypeError(f"expected {n} comma-separated numbers, got '{text}'")
+    return tuple(values)
+
+
+def _bands(text):
+    return tuple(int(p) for p in str(text).split(",") if p.strip()) or None
+
+
+def _add_export(sub):
+    p = sub.add_parser("export", help="Export training chips (Esri RCNN_Masks layout + COCO).")
+    p.add_argument("--raster", required=True, help="input raster (any GDAL source)")
+    p.add_argument("--labels", required=True, help="label polygons (any OGR source; 'path|layername=x' ok)")
+    p.add_argument("--out", required=True, help="output folder (must be new or empty unless --overwrite)")
+    p.add_argument("--class-value-field", help="integer class field (default: 'value'/'classvalue', else all 1)")
+    p.add_argument("--class-name-field", help="class name field (optional)")
+    p.add_argument("--tile-size", type=_int_pair, default=(256, 256), help="X[,Y] pixels (default 256)")
+    p.add_argument("--stride", type=_int_pair, default=(128, 128), help="X[,Y] pixels (default 128)")
+    p.add_argument("--format", default="TIFF", choices=["TIFF", "PNG", "JPEG"], help="chip image format")
+    p.add_argument("--all-tiles", action="store_true", help="also write tiles without any label")
+    p.add_argument("--extent", type=lambda t: _floats(t, 4), help="xmin,ymin,xmax,ymax in the raster's CRS")
+    p.add_argument("--mask-polygons", help="only chips fully inside these polygons are written")
+    p.add_argument("--cell-size", type=float, help="resample chips to this cell size (raster CRS units)")
+    p.add_argument("--rotation-angle", type=float, default=0.0, help="extra copies rotated by k*angle degrees")
+    p.add_argument("--min-overlap-ratio", type=float, default=0.0,
+                   help="drop labels with less than this fraction of their area inside a chip")
+    p.add_argument("--bands", type=_bands, help="1-based bands to extract, e.g. 1,2,3 (default all)")
+    p.add_argument("--buffer-radius", type=float, default=0.0, help="turn point/line labels into polygons")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+
+
+def _run_export(args, reporter):
+    from .chips import ExportOptions, export_training_data
+    options = ExportOptions(
+        tile_size_x=args.tile_size[0], tile_size_y=args.tile_size[1],
+        stride_x=args.stride[0], stride_y=args.stride[1], image_format=args.format,
+        only_tiles_with_features=not args.all_tiles, extent=args.extent, mask_polygons=args.mask_polygons,
+        cell_size=args.cell_size, rotation_angle=args.rotation_angle,
+        min_polygon_overlap_ratio=args.min_overlap_ratio, bands=args.bands,
+        class_value_field=args.class_value_field, class_name_field=args.class_name_field,
+        buffer_radius=args.buffer_radius, overwrite=args.overwrite,
+    )
+    return export_training_data(args.raster, args.labels, args.out, options, reporter)
+
+
+def _add_sample(sub):
+    p = sub.add_parser("sample", help="Generate the project's own georeferenced sample scene.")
+    p.add_argument("--out", required=True, help="output folder (image.tif, labels.gpkg)")
+    p.add_argument("--size", type=int, default=512, help="scene size in pixels (default 512)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--kind", choices=["camp", "buildings"], default="camp")
+
+
+def _run_sample(args, reporter):
+    from .synthetic import make_scene
+    return make_scene(args.out, size=args.size, seed=args.seed, kind=args.kind)
+
+
+STEPS = {"export": (_add_export, _run_export), "sample": (_add_sample, _run_sample)}
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="python -m core", description="MaskForge engine")
+    sub = parser.add_subparsers(dest="step", required=True)
+    for add, _ in STEPS.values():
+        add(sub)
+    for p in sub.choices.values():
+        p.add_argument("--json-progress", action="store_true",
+                       help="print one JSON event per line on stdout (for the QGIS runner)")
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    reporter = Reporter(json_lines=args.json_progress)
+    reporter.install_signal_handlers()
+    try:
+        result = STEPS[args.step][1](args, reporter)
+    except UserError as exc:
+        reporter.error(str(exc), kind="input")
+        return EXIT_INPUT
+    except Cancelled:
+        reporter.error("Cancelled; nothing was written under the output name.", kind="cancelled")
+        return EXIT_CANCELLED
+    except MemoryError:
+        reporter.error("Out of memory. Use a smaller tile size or batch size, or close other programs.",
+                       kind="memory")
+        return EXIT_INTERNAL
+    except Exception as exc:  # a bug: keep the traceback for the report, on stderr only
+        traceback.print_exc(file=sys.stderr)
+        reporter.error(f"Internal error ({type(exc).__name__}: {exc}). Please report it with the log.",
+                       kind="internal")
+        return EXIT_INTERNAL
+    reporter.result(result)
+    return EXIT_OK

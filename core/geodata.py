@@ -1,0 +1,204 @@
+"""Opening rasters and reading label layers, with messages a user can act on.
+
+Labels are read with pyogrio (any OGR source: GeoPackage, Shapefile,
+GeoJSON, ...), repaired, reprojected to the raster's CRS and turned into
+plain Python records. A QGIS-style ``path|layername=NAME`` source is
+accepted so the plugin can pass a layer's source as it is.
+"""
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyogrio
+import rasterio
+import shapely
+from pyproj import CRS, Transformer
+from rasterio.errors import RasterioIOError
+
+from .errors import UserError
+
+# Esri's Export Training Data falls back to these fields (case-insensitive).
+CLASS_VALUE_FALLBACKS = ("value", "classvalue")
+CLASS_NAME_FALLBACKS = ("classname", "class_name")
+
+
+def open_raster(path):
+    try:
+        return rasterio.open(path)
+    except (RasterioIOError, OSError) as exc:
+        raise UserError(
+            f"Cannot read the raster '{path}': {exc}. "
+            "Check that the path is right and that GDAL can open the file (gdalinfo)."
+        ) from None
+
+
+def split_layer_source(source):
+    """'file.gpkg|layername=tents' -> ('file.gpkg', 'tents')."""
+    path, layer = str(source), None
+    if "|" in path:
+        path, *options = path.split("|")
+        for option in options:
+            key, _, value = option.partition("=")
+            if key.strip().lower() == "layername":
+                layer = value
+            elif key.strip().lower() == "layerid" and layer is None:
+                layer = int(value)
+    return path, layer
+
+
+@dataclass
+class Labels:
+    geometries: np.ndarray            # shapely geometries in the raster's CRS
+    class_values: np.ndarray          # int64, >= 1
+    class_names: dict                 # value -> name
+    repaired: int = 0
+    skipped: int = 0
+    messages: list = field(default_factory=list)
+
+
+def _find_field(fields, wanted, fallbacks, role):
+    lower = {f.lower(): f for f in fields}
+    if wanted:
+        if wanted in fields:
+            return wanted
+        if wanted.lower() in lower:
+            return lower[wanted.lower()]
+        raise UserError(
+            f"The labels have no field '{wanted}' for the {role}. "
+            f"Available fields: {', '.join(fields) or '(none)'}. Pick one of them or leave it empty."
+        )
+    for name in fallbacks:
+        if name in lower:
+            return lower[name]
+    return None
+
+
+def _as_class_values(values, field_name):
+    out = np.empty(len(values), dtype=np.int64)
+    for i, v in enumerate(values):
+        try:
+            f = float(v)
+        except (TypeError, ValueError):
+            raise UserError(
+                f"The class value field '{field_name}' holds '{v}', which is not an integer. "
+                "Class values must be whole numbers starting at 1; put names in a class name field."
+            ) from None
+        if not np.isfinite(f) or f != int(f):
+            raise UserError(
+                f"The class value field '{field_name}' holds {v}, which is not an integer. "
+                "Class values must be whole numbers starting at 1."
+            )
+        out[i] = int(f)
+    return out
+
+
+def crs_of(value):
+    if value in (None, ""):
+        return None
+    try:
+        return CRS.from_user_input(value)
+    except Exception:
+        return None
+
+
+def reproject_geometries(geoms, src_crs, dst_crs):
+    if src_crs is None or dst_crs is None or CRS(src_crs) == CRS(dst_crs):
+        return geoms
+    transformer = Transformer.from_crs(src_crs, dst_crs, always_xy=True)
+    return shapely.transform(geoms, lambda xy: np.column_stack(transformer.transform(xy[:, 0], xy[:, 1])))
+
+
+def read_vector(source, what="labels"):
+    """(geometries, field dict, crs) of any OGR layer."""
+    path, layer = split_layer_source(source)
+    try:
+        meta, _, wkb, field_data = pyogrio.raw.read(path, layer=layer)
+    except Exception as exc:
+        raise UserError(
+            f"Cannot read the {what} '{source}': {exc}. "
+            "Give a vector file OGR can open (GeoPackage, Shapefile, GeoJSON, ...)."
+        ) from None
+    geoms = shapely.from_wkb(wkb) if wkb is not None else np.array([], dtype=object)
+    fields = {name: data for name, data in zip(meta["fields"], field_data)}
+    return geoms, fields, crs_of(meta.get("crs"))
+
+
+def to_polygons(geoms, buffer_radius=0.0):
+    """Repair and keep the polygonal part of each geometry.
+
+    Returns (polygons, keep mask, repaired count). Points and lines become
+    circles / corridors when a buffer radius is given (Esri's buffer radius).
+    """
+    out = np.empty(len(geoms), dtype=object)
+    keep = np.zeros(len(geoms), dtype=bool)
+    repaired = 0
+    for i, g in enumerate(geoms):
+        if g is None or g.is_empty:
+            continue
+        if buffer_radius > 0 and g.geom_type not in ("Polygon", "MultiPolygon"):
+            g = g.buffer(buffer_radius)
+        if not g.is_valid:
+            g = shapely.make_valid(g)
+            repaired += 1
+        if g.geom_type == "GeometryCollection":
+            parts = [p for p in g.geoms if p.geom_type in ("Polygon", "MultiPolygon")]
+            g = shapely.union_all(parts) if parts else None
+        if g is None or g.is_empty or g.geom_type not in ("Polygon", "MultiPolygon") or g.area <= 0:
+            continue
+        out[i], keep[i] = g, True
+    return out, keep, repaired
+
+
+def read_labels(source, raster_crs, class_value_field=None, class_name_field=None, buffer_radius=0.0):
+    geoms, fields, crs = read_vector(source)
+    if len(geoms) == 0:
+        raise UserError(
+            f"The labels '{source}' hold no features. Draw or import labels first, "
+            "then export again."
+        )
+    value_field = _find_field(list(fields), class_value_field, CLASS_VALUE_FALLBACKS, "class value")
+    name_field = _find_field(list(fields), class_name_field, CLASS_NAME_FALLBACKS, "class name")
+    if value_field:
+        values = _as_class_values(fields[value_field], value_field)
+    else:
+        values = np.ones(len(geoms), dtype=np.int64)
+
+    polys, keep, repaired = to_polygons(geoms, buffer_radius)
+    messages = []
+    if repaired:
+        messages.append(f"{repaired} invalid label geometries were repaired.")
+    skipped = int((~keep).sum())
+    if skipped:
+        hint = " (points or lines need a buffer radius)" if buffer_radius <= 0 else ""
+        messages.append(f"{skipped} labels were skipped: empty or not polygons{hint}.")
+    if not keep.any():
+        raise UserError(
+            f"None of the {len(geoms)} labels in '{source}' is a usable polygon. "
+            "Labels must be polygons; for points or lines give a buffer radius."
+        )
+    values, polys = values[keep], polys[keep]
+    bad = values[values < 1]
+    if bad.size:
+        raise UserError(
+            f"{bad.size} labels have class value {int(bad.min())}: class values must start at 1 "
+            f"(0 is the background). Renumber the field '{value_field}' so every class is 1 or more."
+        )
+
+    names = {}
+    if name_field:
+        raw_names = np.asarray(fields[name_field], dtype=object)[keep]
+        for v, n in zip(values, raw_names):
+            if n is not None and str(n) != "" and int(v) not in names:
+                names[int(v)] = str(n)
+    for v in np.unique(values):
+        names.setdefault(int(v), str(int(v)))
+
+    raster_crs = crs_of(raster_crs) if raster_crs is not None else None
+    if raster_crs is None and crs is not None:
+        raise UserError(
+            "The raster has no coordinate reference system but the labels do "
+            f"({crs.to_string()}). Assign the raster's CRS (e.g. gdal_edit.py -a_srs EPSG:XXXX) and export again."
+        )
+    if crs is None and raster_crs is not None:
+        messages.append("The labels have no CRS; they are taken to be in the raster's CRS.")
+    polys = reproject_geometries(polys, crs, raster_crs)
+    return Labels(polys, values, dict(sorted(names.items())), repaired, skipped, messages)
