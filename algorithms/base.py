@@ -4,6 +4,8 @@
 toolbar's background tasks use) and maps its events onto the Processing
 feedback: progress, log lines, cancel.
 """
+import os
+
 from qgis.core import QgsProcessingAlgorithm, QgsProcessingException
 
 from .. import settings
@@ -48,6 +50,16 @@ class MaskForgeAlgorithm(QgsProcessingAlgorithm):
             raise QgsProcessingException(str(exc)) from None
 
 
+def absolute(path):
+    """The worker runs in the plugin folder: hand it absolute paths."""
+    if not path:
+        return path
+    file_part, sep, options = str(path).partition("|")
+    if os.path.exists(file_part) or not os.path.isabs(file_part) and "://" not in file_part:
+        file_part = os.path.abspath(file_part)
+    return file_part + sep + options
+
+
 def source_path(alg, parameters, name, context, feedback):
     """A path the engine (OGR) can read for a feature-source parameter.
 
@@ -58,7 +70,7 @@ def source_path(alg, parameters, name, context, feedback):
         parameters, name, context, ["gpkg", "shp", "geojson", "json", "fgb", "sqlite"], "gpkg", feedback)
     if not path:
         return None
-    return f"{path}|layername={layer_name}" if layer_name else path
+    return absolute(f"{path}|layername={layer_name}" if layer_name else path)
 
 
 def raster_path(alg, parameters, name, context):
@@ -69,4 +81,4 @@ def raster_path(alg, parameters, name, context):
         raise QgsProcessingException(
             f"The raster '{layer.name()}' comes from the '{layer.providerType()}' provider; MaskForge reads "
             "rasters through GDAL files. Save it as a GeoTIFF first (Export > Save As).")
-    return layer, layer.source()
+    return layer, absolute(layer.source())

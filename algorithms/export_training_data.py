@@ -4,7 +4,7 @@ from qgis.core import (QgsProcessing, QgsProcessingParameterBand, QgsProcessingP
                        QgsProcessingParameterField, QgsProcessingParameterFolderDestination,
                        QgsProcessingParameterNumber, QgsProcessingParameterRasterLayer, QgsProcessingOutputNumber)
 
-from .base import MaskForgeAlgorithm, raster_path, source_path
+from .base import MaskForgeAlgorithm, absolute, raster_path, source_path
 
 FORMATS = ["TIFF", "PNG", "JPEG"]
 TILE_MODES = ["Only tiles with features", "All tiles"]
@@ -84,7 +84,7 @@ class ExportTrainingDataAlgorithm(MaskForgeAlgorithm):
 
     def processAlgorithm(self, parameters, context, feedback):
         layer, raster = raster_path(self, parameters, self.INPUT_RASTER, context)
-        out = self.parameterAsString(parameters, self.OUTPUT, context)
+        out = absolute(self.parameterAsString(parameters, self.OUTPUT, context))
         args = ["--raster", raster, "--labels", source_path(self, parameters, self.INPUT_LABELS, context, feedback),
                 "--out", out,
                 "--tile-size", f"{self.parameterAsInt(parameters, self.TILE_SIZE_X, context)},"

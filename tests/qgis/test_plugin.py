@@ -1,0 +1,45 @@
+"""The plugin in a real QgsApplication: metadata, load, toolbar/menu, provider, unload/reload."""
+import configparser
+
+from qgis.core import QgsApplication
+from qgis.PyQt.QtCore import QEvent
+from qgis.PyQt.QtWidgets import QToolBar
+
+REQUIRED = ["name", "qgisMinimumVersion", "description", "about", "version", "author", "email", "repository"]
+
+
+def test_metadata_is_complete(root):
+    meta = configparser.ConfigParser()
+    meta.read(root / "metadata.txt")
+    general = meta["general"]
+    for key in REQUIRED:
+        assert general.get(key, "").strip(), f"metadata.txt lacks {key}"
+    assert general["hasProcessingProvider"] == "yes"
+    assert general["qgisMinimumVersion"] == "3.22"
+    assert (root / general["icon"]).exists()
+    assert general["version"] in general["changelog"]
+
+
+def _toolbars(iface):
+    return [t for t in iface.mainWindow().findChildren(QToolBar) if t.objectName() == "MaskForgeToolbar"]
+
+
+def test_load_unload_load_leaves_nothing_behind(maskforge, qgis_iface, qgis_processing):
+    registry = QgsApplication.processingRegistry()
+    if registry.providerById("maskforge") is not None:   # left by another test module
+        registry.removeProvider(registry.providerById("maskforge"))
+    for _ in range(2):
+        plugin = maskforge.classFactory(qgis_iface)
+        plugin.initGui()
+        provider = registry.providerById("maskforge")
+        assert provider is not None and provider.name() == "MaskForge"
+        assert registry.algorithmById("maskforge:exporttrainingdata") is not None
+        assert [a.objectName() for a in plugin.toolbar.actions()] == ["MaskForgeExportAction"]
+        assert plugin.toolbar.parent() is qgis_iface.mainWindow()
+        plugin.unload()
+        QgsApplication.processEvents()
+        QgsApplication.sendPostedEvents(None, QEvent.DeferredDelete)   # run the deleteLater()s
+        assert registry.providerById("maskforge") is None
+        assert registry.algorithmById("maskforge:exporttrainingdata") is None
+        assert _toolbars(qgis_iface) == []
+        assert plugin.actions == [] and plugin.toolbar is None
