@@ -79,7 +79,55 @@ def _run_sample(args, reporter):
     return make_scene(args.out, size=args.size, seed=args.seed, kind=args.kind)
 
 
-STEPS = {"export": (_add_export, _run_export), "sample": (_add_sample, _run_sample)}
+def _add_train(sub):
+    p = sub.add_parser("train", help="Fine-tune Mask R-CNN on exported chips; writes a model package.")
+    p.add_argument("--data", required=True, action="append", help="training data folder (repeat for several)")
+    p.add_argument("--out", required=True, help="model folder (<name>.emd, .pth, .dlpk, model_metrics.html)")
+    p.add_argument("--base", default="none",
+                   help="coco (torchvision's COCO weights, downloaded once), none (random), or a package "
+                        "(folder, .dlpk or .emd; MaskForge's or an Esri resnet50 Mask R-CNN)")
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--batch-size", type=int, default=2)
+    p.add_argument("--learning-rate", type=float, help="default 0.005 per 2 images")
+    p.add_argument("--val-percent", type=float, default=10.0, help="validation chips in %% (default 10)")
+    p.add_argument("--no-early-stopping", action="store_true")
+    p.add_argument("--patience", type=int, default=5, help="epochs without improvement before stopping")
+    p.add_argument("--monitor", choices=["valid_loss", "mask_ap"], default="valid_loss")
+    p.add_argument("--freeze-backbone", action="store_true", help="train only FPN and heads")
+    p.add_argument("--no-augment", action="store_true", help="no flips/rotations/brightness/contrast")
+    p.add_argument("--backbone", choices=["resnet50_fpn", "resnet50_fpn_v2", "resnet18_fpn"],
+                   help="for --base none (default resnet50_fpn); a package keeps its own")
+    p.add_argument("--bands", type=_bands, help="1-based chip bands for the network (1 or 3)")
+    p.add_argument("--anchor-sizes", type=_bands, help="RPN anchor sizes in pixels, e.g. 8,16,32,64,128")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda:N")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue from the folder's checkpoint")
+    p.add_argument("--name", help="package name (default: the output folder's name)")
+
+
+def _run_train(args, reporter):
+    from .train import TrainOptions, train
+    options = TrainOptions(
+        epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
+        val_fraction=args.val_percent / 100.0, early_stopping=not args.no_early_stopping, patience=args.patience,
+        monitor=args.monitor, freeze_backbone=args.freeze_backbone, augment=not args.no_augment,
+        device=args.device, seed=args.seed, backbone=args.backbone, bands=args.bands,
+        anchor_sizes=args.anchor_sizes, resume=args.resume, name=args.name)
+    return train(args.data, args.out, args.base, options, reporter)
+
+
+def _add_info(sub):
+    p = sub.add_parser("info", help="Print a model package as JSON.")
+    p.add_argument("--model", required=True, help="package folder, .dlpk or .emd")
+
+
+def _run_info(args, reporter):
+    from .package import load_package
+    return load_package(args.model).summary()
+
+
+STEPS = {"export": (_add_export, _run_export), "train": (_add_train, _run_train),
+         "info": (_add_info, _run_info), "sample": (_add_sample, _run_sample)}
 
 
 def build_parser():
@@ -103,8 +151,9 @@ def main(argv=None):
     except UserError as exc:
         reporter.error(str(exc), kind="input")
         return EXIT_INPUT
-    except Cancelled:
-        reporter.error("Cancelled; nothing was written under the output name.", kind="cancelled")
+    except Cancelled as exc:
+        message = str(exc) if str(exc) != "cancelled" else "Cancelled; nothing was written under the output name."
+        reporter.error(message, kind="cancelled")
         return EXIT_CANCELLED
     except MemoryError:
         reporter.error("Out of memory. Use a smaller tile size or batch size, or close other programs.",

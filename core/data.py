@@ -1,0 +1,172 @@
+"""Training chips (Esri RCNN_Masks folders, ours or ArcGIS's) as Mask R-CNN samples.
+
+Chips are read once into memory (they are small and reused every epoch; no
+DataLoader workers, which hang when forked with GDAL open). Augmentation —
+the 8 dihedral transforms, brightness and contrast — is applied to the
+arrays before boxes are derived from the masks, so boxes always fit.
+"""
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import rasterio
+import torch
+
+from .bands import choose_bands, normalization_for, to_network_input
+from .errors import UserError
+
+
+@dataclass
+class Chip:
+    name: str
+    image: np.ndarray            # (bands, H, W) raw values, the chosen bands only
+    labels: list                 # [(class value, instance-id map (H, W))]
+
+
+def _read_folder_meta(folder):
+    folder = Path(folder)
+    stats_path = folder / "esri_accumulated_stats.json"
+    if not (folder / "images").is_dir() or not (folder / "labels").is_dir():
+        raise UserError(f"'{folder}' is not a training data folder: it needs images/ and labels/ "
+                        "(the RCNN_Masks layout written by Export Training Data, MaskForge's or ArcGIS's).")
+    stats = json.loads(stats_path.read_text()) if stats_path.exists() else {}
+    return stats
+
+
+def _class_dirs(folder, stats):
+    by_name = {str(c.get("Name")): int(c.get("Value")) for c in stats.get("Classes", [])}
+    dirs = []
+    for d in sorted((Path(folder) / "labels").iterdir()):
+        if not d.is_dir():
+            continue
+        if d.name.isdigit():
+            dirs.append((int(d.name), d))
+        elif d.name in by_name:
+            dirs.append((by_name[d.name], d))
+        else:
+            raise UserError(f"The label folder '{d}' is neither a class value nor a class name of "
+                            "esri_accumulated_stats.json.")
+    if not dirs:
+        raise UserError(f"'{folder}/labels' holds no class folder: export the training data again.")
+    return dirs
+
+
+def load_training_data(folders, bands=None):
+    """Read every chip of one or more export folders (same bands and tile size)."""
+    chips, stats_all, class_names = [], [], {}
+    first = None
+    for folder in folders:
+        folder = Path(folder)
+        if not folder.exists():
+            raise UserError(f"The training data folder '{folder}' does not exist.")
+        stats = _read_folder_meta(folder)
+        images = sorted(p for p in (folder / "images").iterdir() if p.suffix.lower() in (".tif", ".tiff", ".png", ".jpg", ".jpeg"))
+        if not images:
+            raise UserError(f"'{folder}/images' holds no chip: export training data into it first.")
+        with rasterio.open(images[0]) as src:
+            shape = (src.count, src.height, src.width, src.dtypes[0])
+        if first is None:
+            first = (folder, shape)
+        elif shape != first[1]:
+            raise UserError(
+                f"The training folders differ: '{first[0]}' has {first[1][0]} band(s) of {first[1][3]} in "
+                f"{first[1][2]}x{first[1][1]} chips, '{folder}' {shape[0]} of {shape[3]} in {shape[2]}x{shape[1]}. "
+                "Export them with the same bands and tile size.")
+        chosen = choose_bands(shape[0], bands)
+        dirs = _class_dirs(folder, stats)
+        for c in stats.get("Classes", []):
+            class_names.setdefault(int(c["Value"]), str(c.get("Name", c["Value"])))
+        for value, _ in dirs:
+            class_names.setdefault(value, str(value))
+        for image in images:
+            with rasterio.open(image) as src:
+                data = src.read([b + 1 for b in chosen])
+            labels = []
+            for value, d in dirs:
+                found = list(d.glob(image.stem + ".*"))
+                found = [f for f in found if not f.name.endswith(".aux.xml")]
+                if found:
+                    with rasterio.open(found[0]) as m:
+                        labels.append((value, m.read(1)))
+            chips.append(Chip(f"{folder.name}/{image.name}", data, labels))
+        stats_all.append((stats, chosen))
+    stats, chosen = stats_all[0]
+    export_bands = stats.get("ExtractBands") or list(range(first[1][0]))
+    spec = {
+        "ExtractBands": [int(export_bands[b]) for b in chosen],
+        "Normalization": normalization_for(first[1][3], stats, chosen),
+        "DataType": first[1][3], "ChipBands": first[1][0],
+        "TileSize": (first[1][2], first[1][1]),
+        "CellSize": stats.get("CellSizeX"),
+        "SpatialReference": stats.get("SpatialReference"),
+    }
+    return chips, dict(sorted(class_names.items())), spec
+
+
+def split_train_val(n, val_fraction, seed):
+    order = np.random.default_rng(seed).permutation(n)
+    n_val = int(round(n * val_fraction))
+    if val_fraction > 0 and n >= 2:
+        n_val = min(max(n_val, 1), n - 1)
+    return sorted(order[n_val:].tolist()), sorted(order[:n_val].tolist())
+
+
+def targets_from_labels(labels, tile_h, tile_w):
+    """Boxes, class labels and binary masks from instance-id maps."""
+    boxes, classes, masks = [], [], []
+    for value, id_map in labels:
+        ids = np.unique(id_map)
+        for k in ids[ids > 0]:
+            m = id_map == k
+            rows, cols = np.nonzero(m.any(1))[0], np.nonzero(m.any(0))[0]
+            boxes.append([cols[0], rows[0], cols[-1] + 1, rows[-1] + 1])
+            classes.append(value)
+            masks.append(m)
+    return {
+        "boxes": torch.as_tensor(np.asarray(boxes, np.float32).reshape(-1, 4)),
+        "labels": torch.as_tensor(np.asarray(classes, np.int64)),
+        "masks": torch.as_tensor(np.asarray(masks, np.uint8).reshape(-1, tile_h, tile_w)),
+    }
+
+
+def max_object_size(chips):
+    size = 0
+    for chip in chips:
+        t = targets_from_labels(chip.labels, *chip.image.shape[1:])
+        if len(t["boxes"]):
+            wh = t["boxes"][:, 2:] - t["boxes"][:, :2]
+            size = max(size, float(wh.max()))
+    return size
+
+
+class ChipDataset(torch.utils.data.Dataset):
+    def __init__(self, chips, normalization, augment=False, seed=0):
+        self.chips, self.normalization, self.augment = chips, normalization, augment
+        self.rng = np.random.default_rng(seed)
+
+    def __len__(self):
+        return len(self.chips)
+
+    def __getitem__(self, i):
+        chip = self.chips[i]
+        image, labels = chip.image, chip.labels
+        if self.augment:
+            k, flip = int(self.rng.integers(4)), bool(self.rng.integers(2))
+            image = _dihedral(image, k, flip)
+            labels = [(v, _dihedral(m[None], k, flip)[0]) for v, m in labels]
+        x = to_network_input(np.ascontiguousarray(image), self.normalization)
+        if self.augment:
+            brightness, contrast = self.rng.uniform(-0.1, 0.1), self.rng.uniform(0.8, 1.2)
+            mean = x.mean(axis=(1, 2), keepdims=True)
+            x = np.clip((x - mean) * contrast + mean + brightness, 0.0, 1.0)
+        return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), targets_from_labels(labels, *x.shape[1:])
+
+
+def _dihedral(array, k, flip):
+    out = np.rot90(array, k, axes=(1, 2))
+    return out[:, :, ::-1] if flip else out
+
+
+def collate(batch):
+    return tuple(zip(*batch))

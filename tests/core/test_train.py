@@ -1,0 +1,250 @@
+"""Training and model packages with a tiny network (resnet18 FPN, 64 px chips, a few steps)."""
+import json
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+
+from core.chips import ExportOptions, export_training_data
+from core.data import ChipDataset, collate, load_training_data
+from core.errors import UserError
+from core.model import build_model, coco_state_dict, network_for_package
+from core.package import load_package, read_weights, write_package
+from core.progress import NullReporter
+from core.synthetic import make_scene
+from core.train import TrainOptions, base_model, train, train_step
+
+TINY = dict(backbone="resnet18_fpn", batch_size=2, anchor_sizes=(8, 16, 32, 64, 128), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def chips(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    scene = make_scene(root / "scene", size=192, seed=11)
+    out = root / "chips"
+    export_training_data(scene["raster"], scene["labels"], out,
+                         ExportOptions(tile_size_x=64, tile_size_y=64, stride_x=64, stride_y=64))
+    return out
+
+
+@pytest.fixture(scope="module")
+def package(chips, tmp_path_factory):
+    out = tmp_path_factory.mktemp("pkg") / "tents"
+    result = train([chips], out, "none", TrainOptions(epochs=2, val_fraction=0.25, **TINY))
+    return out, result
+
+
+def _input(seed=0, size=64):
+    return [torch.rand(3, size, size, generator=torch.Generator().manual_seed(seed))]
+
+
+def test_loss_falls_when_overfitting_one_batch(chips):
+    torch.manual_seed(0)
+    data, names, spec = load_training_data([chips])
+    images, targets = collate([ChipDataset(data, spec["Normalization"])[i] for i in (0, 1)])
+    model = build_model("resnet18_fpn", 2, (64, 64), TINY["anchor_sizes"])
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.005, momentum=0.9)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    losses = [train_step(model, optimizer, scaler, images, targets, torch.device("cpu"), False) for _ in range(15)]
+    assert losses[-1] < 0.6 * losses[0], losses
+
+
+def test_training_writes_a_complete_package(package):
+    out, result = package
+    for name in ("tents.emd", "tents.pth", "tents.dlpk", "model_metrics.html", "loss_graph.png", "checkpoint.pth"):
+        assert (out / name).exists(), name
+    emd = json.loads((out / "tents.emd").read_text())
+    assert emd["ModelType"] == "InstanceDetection" and emd["ModelName"] == "MaskRCNN"
+    assert emd["ModelFile"] == "tents.pth" and emd["ImageHeight"] == emd["ImageWidth"] == 64
+    assert emd["Classes"] == [{"Value": 1, "Name": "tent", "Color": [255, 0, 0]}]
+    assert emd["ExtractBands"] == [0, 1, 2] and emd["Normalization"] == {"type": "scale", "divisor": 255.0}
+    assert emd["ModelParameters"]["backbone"] == "resnet18_fpn"
+    assert len(emd["TrainingHistory"]) == 2 and emd["BestEpoch"] == result["best_epoch"]
+    assert 5 < emd["MaxObjectSizePixels"] < 30      # tents of 2-4 m at 0.3 m
+    assert result["best"]["valid_loss"] is not None and result["per_class"]["1"]["mask_ap"] is not None
+    with zipfile.ZipFile(out / "tents.dlpk") as z:
+        assert {"tents.emd", "tents.pth", "model_metrics.html"} <= set(z.namelist())
+    assert "tents" in (out / "model_metrics.html").read_text()
+
+
+def test_package_round_trips_to_identical_outputs(package, tmp_path):
+    out, _ = package
+    model, _ = network_for_package(load_package(out))
+    model.eval()
+    state = read_weights(load_package(out))
+    again = build_model("resnet18_fpn", 2, (64, 64), TINY["anchor_sizes"])
+    again.load_state_dict(state)
+    again.eval()
+    with torch.no_grad():
+        a, b = model(_input())[0], again(_input())[0]
+    for key in ("boxes", "scores", "masks"):
+        assert torch.equal(a[key], b[key])
+    for source in (out / "tents.dlpk", out / "tents.emd"):
+        from_other, _ = network_for_package(load_package(source))
+        from_other.eval()
+        with torch.no_grad():
+            assert torch.equal(from_other(_input())[0]["boxes"], a["boxes"])
+
+
+def test_info_prints_the_package(package, root):
+    out, _ = package
+    run = subprocess.run([sys.executable, "-m", "core", "info", "--model", str(out / "tents.dlpk")], cwd=root,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    info = json.loads(run.stdout)
+    assert info["classes"] == [{"value": 1, "name": "tent"}] and info["backbone"] == "resnet18_fpn"
+    assert info["tile_size"] == [64, 64] and info["bands"] == [0, 1, 2] and info["cell_size"] == 0.3
+    assert info["metrics"]["epoch"] >= 1
+
+
+def test_matching_classes_keep_the_heads_other_classes_replace_them(package):
+    out, _ = package
+    state = read_weights(load_package(out))
+    kept, *_ = base_model(str(out), {1: "tent"}, (64, 64), TrainOptions(), NullReporter())
+    assert torch.equal(kept.roi_heads.box_predictor.cls_score.weight, state["roi_heads.box_predictor.cls_score.weight"])
+    assert torch.equal(kept.roi_heads.mask_predictor.mask_fcn_logits.weight,
+                       state["roi_heads.mask_predictor.mask_fcn_logits.weight"])
+    new, *_ = base_model(str(out), {1: "tent", 2: "latrine"}, (64, 64), TrainOptions(), NullReporter())
+    assert new.roi_heads.box_predictor.cls_score.out_features == 3
+    assert new.roi_heads.mask_predictor.mask_fcn_logits.out_channels == 3
+    # ...while the body is the package's
+    assert torch.equal(new.backbone.body.conv1.weight, state["backbone.body.conv1.weight"])
+
+
+def _esri_package(tmp_path, backbone="resnet50", extra=None, state=None, files=None):
+    """An arcgis.learn-style package per reference-esri.md §6."""
+    folder = tmp_path / f"esri_{backbone}"
+    folder.mkdir()
+    emd = {"Framework": "arcgis.learn.models._inferencing", "ModelConfiguration": "_maskrcnn_inferencing",
+           "InferenceFunction": "ArcGISInstanceDetector.py", "ModelType": "InstanceDetection",
+           "ModelName": "MaskRCNN", "ModelFile": "model.pth", "backend": "pytorch",
+           "ModelParameters": {"backbone": backbone, "pointrend": False}, "ExtractBands": [0, 1, 2],
+           "ImageHeight": 400, "ImageWidth": 400, "ImageSpaceUsed": "MAP_SPACE", "IsMultispectral": False,
+           "MinCellSize": 10, "MaxCellSize": 45, "Classes": [{"Value": 1, "Name": "1", "Color": [255, 0, 0]}],
+           **(extra or {})}
+    (folder / "model.emd").write_text(json.dumps(emd))
+    torch.save({"model": state, "opt": {"lr": 0.001}}, folder / "model.pth")
+    (folder / "ArcGISInstanceDetector.py").write_text("raise SystemExit('never run me')\n")
+    for name, text in (files or {}).items():
+        (folder / name).write_text(text)
+    dlpk = tmp_path / f"esri_{backbone}.dlpk"
+    with zipfile.ZipFile(dlpk, "w") as z:
+        for f in folder.iterdir():
+            z.write(f, f.name)
+    return dlpk
+
+
+def test_esri_resnet50_package_loads_key_for_key(tmp_path):
+    import torchvision
+    torch.manual_seed(1)
+    esri = torchvision.models.detection.maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=2)
+    dlpk = _esri_package(tmp_path, state=esri.state_dict())
+    pkg = load_package(dlpk)
+    assert pkg.is_esri and pkg.backbone == "resnet50_fpn" and pkg.classes == {1: "1"}
+    assert not list(pkg.folder.glob("*.py")), "inference scripts are never extracted"
+    ours, _ = network_for_package(pkg)
+    theirs = {k: v for k, v in esri.state_dict().items() if not k.endswith("num_batches_tracked")}
+    assert set(theirs) <= set(ours.state_dict())
+    for k, v in theirs.items():
+        assert torch.equal(ours.state_dict()[k], v), k
+
+
+def test_unsupported_and_broken_packages_are_refused(tmp_path):
+    import torchvision
+    small = build_model("resnet18_fpn", 2, (64, 64)).state_dict()
+    with pytest.raises(UserError, match="'resnet34' backbone.*resnet50 backbone only"):
+        load_package(_esri_package(tmp_path, "resnet34", state=small))
+    with pytest.raises(UserError, match="PointRend"):
+        load_package(_esri_package(tmp_path, "resnet50_pr", extra={"ModelParameters": {"backbone": "resnet50",
+                                                                                       "pointrend": True}},
+                                   state=small))
+    multispectral = torchvision.models.detection.maskrcnn_resnet50_fpn(weights=None, weights_backbone=None,
+                                                                      num_classes=2).state_dict()
+    multispectral["backbone.body.conv1.weight"] = torch.zeros(64, 4, 7, 7)
+    pkg = load_package(_esri_package(tmp_path, "resnet50", state=multispectral))
+    with pytest.raises(UserError, match="shape mismatch.*backbone.body.conv1.weight.*nothing was loaded"):
+        network_for_package(pkg)
+
+    good = tmp_path / "good"
+    write_package(good, "m", {"Framework": "MaskForge", "ModelName": "MaskRCNN", "ImageHeight": 64, "ImageWidth": 64,
+                              "Classes": [{"Value": 1, "Name": "a"}], "ExtractBands": [0, 1, 2],
+                              "ModelParameters": {"backbone": "resnet18_fpn"}}, small)
+    data = (good / "m.pth").read_bytes()
+    (good / "m.pth").write_bytes(data[: len(data) // 2])
+    with pytest.raises(UserError, match="truncated, corrupted"):
+        read_weights(load_package(good))
+    emd = json.loads((good / "m.emd").read_text())
+    (good / "m.emd").write_text(json.dumps({k: v for k, v in emd.items() if k != "Classes"}))
+    with pytest.raises(UserError, match="lacks the key\\(s\\) Classes"):
+        load_package(good)
+    (good / "m.emd").write_text(json.dumps({**emd, "Classes": [{"Value": 0, "Name": "bg"}]}))
+    with pytest.raises(UserError, match="must start at 1"):
+        load_package(good)
+    evil = tmp_path / "evil.dlpk"
+    with zipfile.ZipFile(evil, "w") as z:
+        z.writestr("../../escaped.emd", "{}")
+    with pytest.raises(UserError, match="outside its folder"):
+        load_package(evil)
+    assert not (tmp_path.parent / "escaped.emd").exists()
+
+
+def test_coco_weights_offline_give_a_clear_message(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("MASKFORGE_COCO_WEIGHTS_URL", "http://127.0.0.1:9/maskrcnn_resnet50_fpn_coco.pth")
+    with pytest.raises(UserError, match="Cannot download torchvision's COCO.*--base PACKAGE.*--base none"):
+        coco_state_dict(timeout=5)
+
+
+def test_bad_training_input(chips, tmp_path):
+    with pytest.raises(UserError, match="not a training data folder"):
+        train([tmp_path], tmp_path / "m", "none", TrainOptions(**TINY))
+    with pytest.raises(UserError, match="does not exist"):
+        train([tmp_path / "nope"], tmp_path / "m", "none", TrainOptions(**TINY))
+    with pytest.raises(UserError, match="Choose 1 or 3 bands"):
+        train([chips], tmp_path / "m", "none", TrainOptions(**{**TINY, "bands": (1, 2)}))
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="sees no CUDA GPU"):
+            train([chips], tmp_path / "m", "none", TrainOptions(**{**TINY, "device": "cuda:0"}))
+    other = tmp_path / "other"
+    scene = make_scene(tmp_path / "s", size=128, seed=2)
+    export_training_data(scene["raster"], scene["labels"], other,
+                         ExportOptions(tile_size_x=96, tile_size_y=96, stride_x=32, stride_y=32))
+    with pytest.raises(UserError, match="The training folders differ"):
+        train([chips, other], tmp_path / "m", "none", TrainOptions(**TINY))
+
+
+def test_cli_train_events_cancel_and_resume(chips, tmp_path, root):
+    out = tmp_path / "model"
+    args = [sys.executable, "-m", "core", "train", "--data", str(chips), "--out", str(out), "--base", "none",
+            "--backbone", "resnet18_fpn", "--anchor-sizes", "8,16,32,64,128", "--device", "cpu",
+            "--val-percent", "25", "--json-progress"]
+    child = subprocess.Popen(args + ["--epochs", "50"], cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+    events = []
+    for line in child.stdout:        # wait for the first epoch's metrics, then cancel as the GUI does
+        events.append(json.loads(line))
+        if events[-1]["event"] == "metric":
+            child.send_signal(signal.SIGTERM)
+            break
+    rest, _ = child.communicate(timeout=120)
+    events += [json.loads(line) for line in rest.splitlines()]
+    assert child.returncode == 3
+    assert events[-1]["event"] == "error" and "best epoch so far" in events[-1]["message"]
+    assert {"progress", "log", "metric"} <= {e["event"] for e in events}
+    metric = next(e for e in events if e["event"] == "metric")
+    assert {"epoch", "train_loss", "valid_loss", "mask_ap", "seconds"} <= set(metric)
+    assert (out / "model.pth").exists() and load_package(out).emd["BestEpoch"] >= 1
+    done = len(json.loads((out / "model.emd").read_text())["TrainingHistory"])
+    run = subprocess.run(args + ["--epochs", str(done + 1), "--resume"], cwd=root, capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr
+    final = [json.loads(line) for line in run.stdout.splitlines()]
+    assert any(e["event"] == "log" and "Resuming after epoch" in e["message"] for e in final)
+    assert [e["epoch"] for e in final if e["event"] == "metric"] == [done + 1]
+    assert final[-1]["result"]["epochs_run"] == done + 1
