@@ -116,6 +116,51 @@ def _run_train(args, reporter):
     return train(args.data, args.out, args.base, options, reporter)
 
 
+def _add_detect(sub):
+    p = sub.add_parser("detect", help="Detect objects over a raster with a model package; writes polygons.")
+    p.add_argument("--raster", required=True)
+    p.add_argument("--model", required=True, help="package folder, .dlpk or .emd")
+    p.add_argument("--out", required=True, help="output GeoPackage (.gpkg); a .qml style is written beside it")
+    p.add_argument("--padding", type=int, help="pixels (default: half the largest training object, else tile/4)")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--threshold", type=float, default=0.5, help="minimum confidence (default 0.5)")
+    p.add_argument("--tile-size", type=int, help="default: the package's")
+    p.add_argument("--tta", choices=["mean", "max", "min"], help="test-time augmentation (8 dihedral variants)")
+    p.add_argument("--return-boxes", action="store_true", help="boxes instead of mask outlines")
+    p.add_argument("--extent", type=lambda t: _floats(t, 4), help="xmin,ymin,xmax,ymax in the raster's CRS")
+    p.add_argument("--extent-polygons", help="keep only detections inside these polygons")
+    p.add_argument("--cell-size", type=float, help="resample the raster to this cell size")
+    p.add_argument("--no-nms", action="store_true", help="skip the final Non Maximum Suppression")
+    p.add_argument("--nms-overlap-ratio", type=float, default=0.0, help="IoU for the final NMS (default 0)")
+    p.add_argument("--simplify", type=float, default=0.0, help="simplify outlines (map units)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda:N")
+
+
+def _run_detect(args, reporter):
+    from .detect import DetectOptions, detect
+    options = DetectOptions(
+        padding=args.padding, batch_size=args.batch_size, threshold=args.threshold, tile_size=args.tile_size,
+        tta=args.tta, return_boxes=args.return_boxes, extent=args.extent, extent_polygons=args.extent_polygons,
+        cell_size=args.cell_size, nms=not args.no_nms, nms_overlap_ratio=args.nms_overlap_ratio,
+        simplify=args.simplify, device=args.device)
+    return detect(args.raster, args.model, args.out, options, reporter)
+
+
+def _add_nms(sub):
+    p = sub.add_parser("nms", help="Non Maximum Suppression: drop overlapping duplicates of lower confidence.")
+    p.add_argument("--input", required=True, help="polygon layer (any OGR source; 'path|layername=x' ok)")
+    p.add_argument("--out", required=True, help="output GeoPackage")
+    p.add_argument("--confidence-field", default="Confidence")
+    p.add_argument("--class-field", help="class field: within each class first, then across classes")
+    p.add_argument("--max-overlap-ratio", type=float, default=0.0,
+                   help="IoU above which the lower-confidence feature goes (default 0: any overlap)")
+
+
+def _run_nms(args, reporter):
+    from .nms import nms_file
+    return nms_file(args.input, args.out, args.confidence_field, args.class_field, args.max_overlap_ratio, reporter)
+
+
 def _add_info(sub):
     p = sub.add_parser("info", help="Print a model package as JSON.")
     p.add_argument("--model", required=True, help="package folder, .dlpk or .emd")
@@ -127,7 +172,7 @@ def _run_info(args, reporter):
 
 
 STEPS = {"export": (_add_export, _run_export), "train": (_add_train, _run_train),
-         "info": (_add_info, _run_info), "sample": (_add_sample, _run_sample)}
+         "detect": (_add_detect, _run_detect), "nms": (_add_nms, _run_nms), "info": (_add_info, _run_info), "sample": (_add_sample, _run_sample)}
 
 
 def build_parser():

@@ -1,0 +1,200 @@
+"""Detect Objects: tiling at borders, georeferencing, band parity, bad input, and a real network end to end."""
+import json
+
+import numpy as np
+import pyogrio.raw
+import pytest
+import rasterio
+import rasterio.features
+import shapely
+import torch
+from affine import Affine
+
+from core.chips import ExportOptions, export_training_data
+from core.data import ChipDataset, load_training_data
+from core.detect import DetectOptions, TileReader, _Grid, _input_spec, _undo_boxes, _dihedral, detect
+from core.errors import Cancelled, UserError
+from core.model import build_model
+from core.package import load_package, write_package
+from core.progress import NullReporter
+
+SQUARE = 14     # object size in pixels; the package says so, so the default padding is 7
+
+
+def _package(folder, tile=64, classes=None, bands=(0, 1, 2), normalization=None, dtype="uint8"):
+    classes = classes or {1: "square"}
+    emd = {"Framework": "MaskForge", "ModelName": "MaskRCNN", "ModelType": "InstanceDetection",
+           "ImageHeight": tile, "ImageWidth": tile, "ExtractBands": list(bands), "DataType": dtype,
+           "Classes": [{"Value": v, "Name": n} for v, n in classes.items()],
+           "ModelParameters": {"backbone": "resnet18_fpn", "anchor_sizes": [8, 16, 32, 64, 128]},
+           "Normalization": normalization or {"type": "scale", "divisor": 255.0},
+           "MaxObjectSizePixels": SQUARE, "CellSize": 0.5}
+    write_package(folder, "squares", emd, build_model("resnet18_fpn", max(classes) + 1, (tile, tile),
+                                                      (8, 16, 32, 64, 128)).state_dict())
+    return folder
+
+
+def bright_parts(images):
+    """A detector whose answers are known: every bright connected patch of the tile is one object."""
+    outputs = []
+    for image in images:
+        mask = image[0] > 0.5
+        h, w = mask.shape
+        shapes = [shapely.geometry.shape(g) for g, v in rasterio.features.shapes(mask.astype(np.uint8), mask=mask)
+                  if v == 1]
+        boxes = [s.bounds for s in shapes]
+        masks = [rasterio.features.rasterize([(s, 1)], out_shape=(h, w)) for s in shapes]
+        outputs.append({"boxes": torch.tensor(np.asarray(boxes, np.float32).reshape(-1, 4)),
+                        "scores": torch.ones(len(shapes)), "labels": torch.ones(len(shapes), dtype=torch.int64),
+                        "masks": torch.tensor(np.asarray(masks, np.float32).reshape(-1, 1, h, w))})
+    return outputs
+
+
+def _squares_raster(path, centres, crs="EPSG:32636", transform=None, size=300):
+    transform = transform or Affine(0.5, 0, 400000, 0, -0.5, 3000000)
+    data = np.zeros((3, size, size), np.uint8)
+    for cx, cy in centres:
+        data[:, cy - SQUARE // 2:cy + SQUARE // 2, cx - SQUARE // 2:cx + SQUARE // 2] = 255
+    with rasterio.open(path, "w", driver="GTiff", width=size, height=size, count=3, dtype="uint8", crs=crs,
+                       transform=transform) as dst:
+        dst.write(data)
+    return [shapely.box(*(transform * (cx - SQUARE // 2, cy + SQUARE // 2)), *(transform * (cx + SQUARE // 2, cy - SQUARE // 2)))
+            for cx, cy in centres]
+
+
+def _read(path):
+    meta, _, wkb, fields = pyogrio.raw.read(path)
+    return meta, shapely.from_wkb(wkb), dict(zip(meta["fields"], fields))
+
+
+# Tile 64 px, padding 7 -> core 50 px: core borders at 50, 100, 150, 200, 250.
+ON_BORDERS = [(50, 30), (100, 100), (150, 51), (30, 200), (200, 150), (250, 250), (123, 177), (20, 20)]
+
+
+def test_objects_across_tile_borders_and_corners_are_found_once(tmp_path):
+    truth = _squares_raster(tmp_path / "r.tif", ON_BORDERS)
+    pkg = _package(tmp_path / "pkg")
+    result = detect(tmp_path / "r.tif", pkg, tmp_path / "d.gpkg", DetectOptions(nms=False),
+                    NullReporter(), predictor=bright_parts)
+    assert result["padding"] == 7 and result["tiles"] == 36
+    meta, found, fields = _read(tmp_path / "d.gpkg")
+    assert len(found) == len(truth)
+    for square in truth:
+        best = max(shapely.intersection(square, f).area / shapely.union(square, f).area for f in found)
+        assert best > 0.99
+    assert set(fields) == {"ClassValue", "Class", "Confidence", "Area"}
+    assert list(fields["Class"]) == ["square"] * len(truth)
+    assert np.allclose(fields["Area"], (SQUARE * 0.5) ** 2)
+    assert (tmp_path / "d.qml").exists() and "categorizedSymbol" in (tmp_path / "d.qml").read_text()
+
+
+def test_without_the_core_rule_duplicates_appear_and_nms_removes_them(tmp_path):
+    truth = _squares_raster(tmp_path / "r.tif", ON_BORDERS)
+    pkg = _package(tmp_path / "pkg")
+    raw = detect(tmp_path / "r.tif", pkg, tmp_path / "raw.gpkg",
+                 DetectOptions(nms=False, keep_padding_detections=True), predictor=bright_parts)
+    assert raw["detections"] > len(truth)          # the same squares seen by several tiles, and cut pieces
+    cleaned = detect(tmp_path / "r.tif", pkg, tmp_path / "nms.gpkg",
+                     DetectOptions(nms=True, nms_overlap_ratio=0.0, keep_padding_detections=True),
+                     predictor=bright_parts)
+    _, found, _ = _read(tmp_path / "nms.gpkg")
+    assert cleaned["kept"] == len(found) == len(truth)
+
+
+def test_georeferencing_utm_and_geographic(tmp_path):
+    centres = [(40, 40), (160, 90), (270, 260)]
+    pkg = _package(tmp_path / "pkg")
+    for name, crs, transform in (("utm", "EPSG:32636", Affine(0.5, 0, 400000, 0, -0.5, 3000000)),
+                                 ("wgs84", "EPSG:4326", Affine(5e-6, 0, 33.0, 0, -5e-6, 27.1))):
+        truth = _squares_raster(tmp_path / f"{name}.tif", centres, crs, transform)
+        detect(tmp_path / f"{name}.tif", pkg, tmp_path / f"{name}.gpkg", DetectOptions(), predictor=bright_parts)
+        meta, found, _ = _read(tmp_path / f"{name}.gpkg")
+        assert rasterio.crs.CRS.from_user_input(meta["crs"]) == rasterio.crs.CRS.from_user_input(crs)
+        assert len(found) == 3
+        for square in truth:
+            assert any(f.equals_exact(square, tolerance=transform.a * 0.01) or
+                       shapely.intersection(f, square).area / shapely.union(f, square).area > 0.99 for f in found)
+
+
+def test_extent_keeps_only_what_lies_inside(tmp_path):
+    _squares_raster(tmp_path / "r.tif", ON_BORDERS)
+    pkg = _package(tmp_path / "pkg")
+    # left half of the raster in map coordinates (x from 400000 to 400075)
+    result = detect(tmp_path / "r.tif", pkg, tmp_path / "half.gpkg",
+                    DetectOptions(extent=(400000, 2999850, 400075, 3000000)), predictor=bright_parts)
+    expected = sum(1 for cx, _ in ON_BORDERS if cx < 150)
+    assert result["kept"] == expected
+
+
+def test_tta_box_inverse_maps_back_to_the_original():
+    size = 64
+    image = torch.zeros(1, size, size)
+    image[0, 10:20, 30:50] = 1
+    for k in range(4):
+        for flip in (False, True):
+            variant = _dihedral(image, k, flip)[0]
+            rows, cols = variant.nonzero(as_tuple=True)
+            box = torch.tensor([[cols.min(), rows.min(), cols.max() + 1, rows.max() + 1]], dtype=torch.float32)
+            assert _undo_boxes(box, k, flip, size).tolist() == [[30.0, 10.0, 50.0, 20.0]], (k, flip)
+
+
+def test_detection_input_equals_training_input_for_16_bit_single_band(atlanta, tmp_path):
+    """Band and stretch parity: the tile the detector sees is the chip the model was trained on."""
+    export_training_data(atlanta["raster"], atlanta["labels"], tmp_path / "chips",
+                         ExportOptions(tile_size_x=128, tile_size_y=128, stride_x=128, stride_y=128,
+                                       only_tiles_with_features=False))
+    chips, _, spec = load_training_data([tmp_path / "chips"])
+    training_input = ChipDataset(chips, spec["Normalization"])[0][0].numpy()
+    pkg = load_package(_package(tmp_path / "pkg", tile=128, bands=spec["ExtractBands"],
+                                normalization=spec["Normalization"], dtype=spec["DataType"]))
+    with rasterio.open(atlanta["raster"]) as src:
+        bands, norm = _input_spec(pkg, src, NullReporter())
+        reader = TileReader(src, bands, norm, _Grid(src, None, None), [(0, 0)], 128, 1, src.nodata)
+        reader.run()
+        [(_, detection_input, transform)] = reader.queue.get()
+    assert spec["Normalization"]["type"] == "percentile_stretch" and detection_input.shape == (3, 128, 128)
+    np.testing.assert_array_equal(detection_input, training_input)
+
+
+def test_bad_input(tmp_path, atlanta):
+    _squares_raster(tmp_path / "r.tif", [(40, 40)])
+    pkg = _package(tmp_path / "pkg")
+    with pytest.raises(UserError, match="trained on 8-bit imagery.*holds uint16"):
+        detect(atlanta["raster"], pkg, tmp_path / "a.gpkg")
+    with pytest.raises(UserError, match="reads raster bands \\[1, 2, 5\\] but the raster has 3"):
+        detect(tmp_path / "r.tif", _package(tmp_path / "pkg5", bands=(0, 1, 4)), tmp_path / "b.gpkg")
+    with rasterio.open(tmp_path / "r.tif") as src:
+        data = src.read()
+    with rasterio.open(tmp_path / "nocrs.tif", "w", driver="GTiff", width=300, height=300, count=3,
+                       dtype="uint8") as dst:
+        dst.write(data)
+    with pytest.raises(UserError, match="no coordinate reference system"):
+        detect(tmp_path / "nocrs.tif", pkg, tmp_path / "c.gpkg")
+    with pytest.raises(UserError, match="does not overlap the raster"):
+        detect(tmp_path / "r.tif", pkg, tmp_path / "d.gpkg", DetectOptions(extent=(0, 0, 10, 10)))
+    with pytest.raises(UserError, match="leaves no core"):
+        detect(tmp_path / "r.tif", pkg, tmp_path / "e.gpkg", DetectOptions(padding=40))
+    (tmp_path / "file").write_text("")
+    with pytest.raises(UserError, match="Cannot create the output folder"):
+        detect(tmp_path / "r.tif", pkg, tmp_path / "file" / "f.gpkg")
+    with pytest.raises(UserError, match="must be a GeoPackage"):
+        detect(tmp_path / "r.tif", pkg, tmp_path / "g.shp")
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="sees no CUDA GPU"):
+            detect(tmp_path / "r.tif", pkg, tmp_path / "h.gpkg", DetectOptions(device="cuda"))
+    assert not list(tmp_path.glob("*.gpkg")) and not list(tmp_path.glob(".*partial*"))
+
+
+def test_cancel_leaves_no_output(tmp_path):
+    _squares_raster(tmp_path / "r.tif", ON_BORDERS)
+    pkg = _package(tmp_path / "pkg")
+    reporter = NullReporter()
+    calls = []
+
+    def cancel_after_first(images):
+        calls.append(1)
+        reporter.cancel_requested = True
+        return bright_parts(images)
+    with pytest.raises(Cancelled):
+        detect(tmp_path / "r.tif", pkg, tmp_path / "d.gpkg", DetectOptions(), reporter, predictor=cancel_after_first)
+    assert calls and not list(tmp_path.glob("*.gpkg")) and not list(tmp_path.glob(".*partial*"))
