@@ -4,7 +4,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 QGIS_ENV := QT_QPA_PLATFORM=offscreen
 
-.PHONY: setup test test-core test-qgis demo clean
+.PHONY: setup test test-core test-qgis demo bench clean
 
 setup:
 	@./scripts/setup.sh
@@ -23,5 +23,9 @@ test-qgis:
 demo: setup
 	$(QGIS_ENV) ./scripts/demo.sh
 
+# Figures as name=value lines (see README, Performance).
+bench: setup
+	$(PY) scripts/bench.py
+
 clean:
-	rm -rf demo_output .pytest_cache
+	rm -rf demo_output bench_output .pytest_cache

@@ -18,6 +18,9 @@ RESOURCES = os.path.join(os.path.dirname(__file__), "resources")
 # (object name, text, algorithm id, icon file)
 STEPS = [
     ("MaskForgeExportAction", "Export Training Data…", "maskforge:exporttrainingdata", "export.svg"),
+    ("MaskForgeTrainAction", "Train (Fine-tune) Model…", "maskforge:train", "train.svg"),
+    ("MaskForgeDetectAction", "Detect Objects…", "maskforge:detectobjects", "detect.svg"),
+    ("MaskForgeNmsAction", "Non Maximum Suppression…", "maskforge:nonmaximumsuppression", "nms.svg"),
 ]
 
 

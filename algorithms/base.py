@@ -41,8 +41,8 @@ class MaskForgeAlgorithm(QgsProcessingAlgorithm):
         try:
             return run_job(settings.runtime_python(), step, args, on_event=on_event,
                            is_cancelled=feedback.isCanceled)
-        except JobCancelled:
-            feedback.pushInfo("Cancelled: no output was written.")
+        except JobCancelled as exc:
+            feedback.pushInfo(str(exc))   # the engine says what was kept (training keeps its best epoch)
             return {}
         except JobError as exc:
             if exc.stderr_tail and exc.kind in ("internal", "crash"):
@@ -71,6 +71,16 @@ def source_path(alg, parameters, name, context, feedback):
     if not path:
         return None
     return absolute(f"{path}|layername={layer_name}" if layer_name else path)
+
+
+def extent_args(alg, parameters, name, context, crs):
+    """``--extent xmin,ymin,xmax,ymax`` in the raster's CRS, or nothing when the extent is unset."""
+    if not parameters.get(name):
+        return []
+    e = alg.parameterAsExtent(parameters, name, context, crs)
+    if e.isNull():
+        return []
+    return ["--extent", f"{e.xMinimum()},{e.yMinimum()},{e.xMaximum()},{e.yMaximum()}"]
 
 
 def raster_path(alg, parameters, name, context):

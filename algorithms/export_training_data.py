@@ -4,7 +4,7 @@ from qgis.core import (QgsProcessing, QgsProcessingParameterBand, QgsProcessingP
                        QgsProcessingParameterField, QgsProcessingParameterFolderDestination,
                        QgsProcessingParameterNumber, QgsProcessingParameterRasterLayer, QgsProcessingOutputNumber)
 
-from .base import MaskForgeAlgorithm, absolute, raster_path, source_path
+from .base import MaskForgeAlgorithm, absolute, extent_args, raster_path, source_path
 
 FORMATS = ["TIFF", "PNG", "JPEG"]
 TILE_MODES = ["Only tiles with features", "All tiles"]
@@ -100,10 +100,7 @@ class ExportTrainingDataAlgorithm(MaskForgeAlgorithm):
                 args += [flag, value]
         if self.parameterAsEnum(parameters, self.TILES, context) == 1:
             args.append("--all-tiles")
-        if parameters.get(self.EXTENT):
-            e = self.parameterAsExtent(parameters, self.EXTENT, context, layer.crs())
-            if not e.isNull():
-                args += ["--extent", f"{e.xMinimum()},{e.yMinimum()},{e.xMaximum()},{e.yMaximum()}"]
+        args += extent_args(self, parameters, self.EXTENT, context, layer.crs())
         if parameters.get(self.MASK_POLYGONS):
             args += ["--mask-polygons", source_path(self, parameters, self.MASK_POLYGONS, context, feedback)]
         cell = self.parameterAsDouble(parameters, self.CELL_SIZE, context)

@@ -4,7 +4,10 @@ import os
 from qgis.core import QgsProcessingProvider
 from qgis.PyQt.QtGui import QIcon
 
+from .detect_objects import DetectObjectsAlgorithm
 from .export_training_data import ExportTrainingDataAlgorithm
+from .nms import NonMaximumSuppressionAlgorithm
+from .train import TrainAlgorithm
 
 ICON = os.path.join(os.path.dirname(os.path.dirname(__file__)), "resources", "icon.svg")
 
@@ -24,5 +27,6 @@ class MaskForgeProvider(QgsProcessingProvider):
         return QIcon(ICON)
 
     def loadAlgorithms(self):
-        for alg in (ExportTrainingDataAlgorithm(),):
+        for alg in (ExportTrainingDataAlgorithm(), TrainAlgorithm(), DetectObjectsAlgorithm(),
+                    NonMaximumSuppressionAlgorithm()):
             self.addAlgorithm(alg)

@@ -30,6 +30,10 @@ def _bands(text):
     return tuple(int(p) for p in str(text).split(",") if p.strip()) or None
 
 
+_int_pair.__name__ = "pixel size (N or X,Y)"   # argparse names the type in its messages
+_bands.__name__ = "comma-separated integers"
+
+
 def _add_export(sub):
     p = sub.add_parser("export", help="Export training chips (Esri RCNN_Masks layout + COCO).")
     p.add_argument("--raster", required=True, help="input raster (any GDAL source)")
@@ -175,8 +179,15 @@ STEPS = {"export": (_add_export, _run_export), "train": (_add_train, _run_train)
          "detect": (_add_detect, _run_detect), "nms": (_add_nms, _run_nms), "info": (_add_info, _run_info), "sample": (_add_sample, _run_sample)}
 
 
+class _Parser(argparse.ArgumentParser):
+    """Bad arguments become a UserError, so --json-progress callers get an error event, not a usage dump."""
+
+    def error(self, message):
+        raise UserError(f"{self.prog}: {message}. See '{self.prog} --help'.")
+
+
 def build_parser():
-    parser = argparse.ArgumentParser(prog="python -m core", description="MaskForge engine")
+    parser = _Parser(prog="python -m core", description="MaskForge engine")
     sub = parser.add_subparsers(dest="step", required=True)
     for add, _ in STEPS.values():
         add(sub)
@@ -187,9 +198,13 @@ def build_parser():
 
 
 def main(argv=None):
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    reporter = Reporter(json_lines=args.json_progress)
+    argv = sys.argv[1:] if argv is None else argv
+    reporter = Reporter(json_lines="--json-progress" in argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except (UserError, argparse.ArgumentTypeError, ValueError) as exc:
+        reporter.error(str(exc), kind="input")
+        return EXIT_INPUT
     reporter.install_signal_handlers()
     try:
         result = STEPS[args.step][1](args, reporter)

@@ -160,6 +160,54 @@ class TileReader(threading.Thread):
                 continue
 
 
+class PostProcessor(threading.Thread):
+    """Turns network outputs into polygons and writes them while the network works on the next batch."""
+
+    def __init__(self, handle):
+        super().__init__(daemon=True)
+        self.handle = handle
+        self.queue = queue.Queue(maxsize=32)
+        self.error = None
+        self._stopped = threading.Event()
+
+    def run(self):
+        while True:
+            item = self.queue.get()
+            if item is None or self._stopped.is_set():
+                return
+            try:
+                self.handle(*item)
+            except Exception as exc:
+                self.error = exc
+                return
+
+    def check(self):
+        if self.error:
+            raise self.error
+
+    def put(self, item):
+        while self.is_alive():
+            try:
+                self.queue.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+        self.check()
+
+    def finish(self):
+        self.put(None)
+        self.join()
+        self.check()
+
+    def stop(self):
+        self._stopped.set()
+        try:
+            self.queue.put_nowait(None)
+        except queue.Full:
+            pass
+        self.join(timeout=5)
+
+
 # --- the network ------------------------------------------------------------------
 
 def _dihedral(images, k, flip):
@@ -386,6 +434,10 @@ def detect(raster, model, out, options=None, reporter=None, predictor=None):
                  for x in _tile_origins(grid.width, core, padding)]
         reporter.log(f"{len(tiles)} tiles of {size} px (padding {padding} px, core {core} px) over "
                      f"{grid.width}x{grid.height} px; batch {o.batch_size} on {device}.")
+        if core < size / 2:
+            reporter.warning(f"The padding ({padding} px, for objects up to {2 * padding} px) leaves a core of only "
+                             f"{core} px per {size} px tile, so tiles overlap heavily. A larger tile size "
+                             f"(e.g. {4 * padding} px) needs far fewer tiles.")
 
         if predictor is None:
             net, _ = network_for_package(pkg)
@@ -399,23 +451,27 @@ def detect(raster, model, out, options=None, reporter=None, predictor=None):
         tmp = out.parent / f".{out.stem}.partial-{uuid.uuid4().hex[:8]}.gpkg"
         writer = _Writer(tmp, out.stem, src.crs.to_wkt())
         reader = TileReader(src, bands, norm, grid, tiles, size, o.batch_size, src.nodata)
+        post = PostProcessor(lambda result, transform, i: _keep(result, transform, tiles[i], padding, core, grid,
+                                                                area, classes, writer, o))
         reader.start()
-        done, kept_by_core = 0, 0
+        post.start()
+        done = 0
         try:
             while True:
                 batch = reader.queue.get()
                 if batch is None:
                     break
                 reporter.check_cancelled()
+                post.check()
                 work = [(i, x, t) for i, x, t in batch if x is not None]
                 outputs = predictor([x for _, x, _ in work]) if work else []
                 for (i, _, transform), result in zip(work, outputs):
-                    kept_by_core += _keep(result, transform, tiles[i], padding, core, grid, area, classes,
-                                          writer, o)
+                    post.put((result, transform, i))
                 done += len(batch)
                 reporter.progress(100.0 * done / len(tiles), f"{done}/{len(tiles)} tiles")
             if reader.error:
                 raise reader.error
+            post.finish()
             writer.flush(force=True)
             reporter.check_cancelled()
             result = {"detections": writer.count, "tiles": len(tiles), "padding": padding, "tile_size": size}
@@ -427,6 +483,7 @@ def detect(raster, model, out, options=None, reporter=None, predictor=None):
                 os.replace(tmp, out)
         finally:
             reader.stop.set()
+            post.stop()
             for suffix in ("", "-journal", "-wal", "-shm"):
                 if os.path.exists(f"{tmp}{suffix}"):
                     os.remove(f"{tmp}{suffix}")

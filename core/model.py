@@ -33,6 +33,9 @@ def _group_norm(channels):
 
 def build_model(backbone, num_classes, tile_size, anchor_sizes=DEFAULT_ANCHORS, trainable_layers=5):
     """An untrained network; ``num_classes`` counts the background."""
+    if len(anchor_sizes) != 5:
+        raise UserError(f"Give 5 anchor sizes, one per feature-pyramid level (e.g. 8,16,32,64,128), "
+                        f"not {len(anchor_sizes)}.")
     size = int(max(tile_size))
     common = dict(min_size=size, max_size=size, box_detections_per_img=300)
     anchors = AnchorGenerator(tuple((int(a),) for a in anchor_sizes), ((0.5, 1.0, 2.0),) * len(anchor_sizes))
@@ -134,7 +137,10 @@ def select_device(device="auto"):
         if not torch.cuda.is_available():
             raise UserError(f"Device '{device}' was asked for, but PyTorch sees no CUDA GPU here "
                             f"(torch {torch.__version__}, CUDA build {torch.version.cuda}). Use device 'cpu' or 'auto'.")
-        index = int(device.split(":")[1]) if ":" in device else 0
+        try:
+            index = int(device.split(":")[1]) if ":" in device else 0
+        except ValueError:
+            raise UserError(f"Unknown device '{device}': use auto, cpu or cuda:N (N a number).") from None
         if index >= torch.cuda.device_count():
             raise UserError(f"There is no GPU {index}: this machine has {torch.cuda.device_count()}.")
         return torch.device(f"cuda:{index}")

@@ -251,6 +251,16 @@ def train(data_dirs, out_dir, base="none", options=None, reporter=None):
         start_epoch, stale, batch_size = ck["epoch"] + 1, ck["stale"], ck["batch_size"]
         reporter.log(f"Resuming after epoch {ck['epoch'] + 1}.")
 
+    if not history and val_idx and base_desc != "none":
+        # The base model on the validation chips: what fine-tuning is measured against.
+        metrics, _ = evaluate(model, val_set, val_idx, batch_size, device, amp, class_names, o.score_threshold)
+        before = {"epoch": 0, "train_loss": None, "valid_loss": metrics.get("valid_loss"),
+                  "bbox_ap": metrics.get("bbox_ap"), "mask_ap": metrics.get("mask_ap"),
+                  "mask_ap50": metrics.get("mask_ap50"), "lr": 0.0, "seconds": 0.0}
+        history.append(before)
+        reporter.metric(**before)
+        reporter.log(f"Base model before fine-tuning: mask AP {before['mask_ap']}, box AP {before['bbox_ap']}.")
+
     steps_per_epoch = math.ceil(len(train_idx) / batch_size)
     total_steps, warmup = o.epochs * steps_per_epoch, min(100, steps_per_epoch)
     started = time.monotonic()
@@ -313,7 +323,7 @@ def train(data_dirs, out_dir, base="none", options=None, reporter=None):
                 break
     except Cancelled:
         if best:
-            raise Cancelled(f"Cancelled during epoch {len(history) + 1}; the package in '{out}' holds the best "
+            raise Cancelled(f"Cancelled during epoch {history[-1]['epoch'] + 1}; the package in '{out}' holds the best "
                             f"epoch so far ({best['epoch']}).") from None
         raise Cancelled("Cancelled before the first epoch ended; no package was written.") from None
 
@@ -326,11 +336,13 @@ def train(data_dirs, out_dir, base="none", options=None, reporter=None):
     emd["TrainingSeconds"] = round(time.monotonic() - started, 1)
     report_files = write_report(out, name, emd, [chips[i] for i in val_idx][:4], preds[:4], spec["Normalization"])
     write_package(out, name, emd, read_weights(pkg), extra_files=report_files)
-    result = {"package": str(out), "name": name, "best_epoch": best.get("epoch"), "epochs_run": len(history),
+    trained = [r for r in history if r["epoch"] > 0]
+    result = {"package": str(out), "name": name, "best_epoch": best.get("epoch"), "epochs_run": len(trained),
+              "before": history[0] if history and history[0]["epoch"] == 0 else None,
               "monitor": o.monitor, "best": {k: v for k, v in best.items() if k != "per_class"},
               "per_class": best.get("per_class"), "device": str(device), "seconds": emd["TrainingSeconds"],
               "report": str(out / "model_metrics.html")}
-    reporter.progress(100, f"Best epoch {best.get('epoch')} of {len(history)}.")
+    reporter.progress(100, f"Best epoch {best.get('epoch')} of {len(trained)}.")
     return result
 
 

@@ -5,6 +5,8 @@ from qgis.core import QgsApplication
 from qgis.PyQt.QtCore import QEvent
 from qgis.PyQt.QtWidgets import QToolBar
 
+ALGORITHMS = ["maskforge:exporttrainingdata", "maskforge:train", "maskforge:detectobjects",
+              "maskforge:nonmaximumsuppression"]
 REQUIRED = ["name", "qgisMinimumVersion", "description", "about", "version", "author", "email", "repository"]
 
 
@@ -33,13 +35,22 @@ def test_load_unload_load_leaves_nothing_behind(maskforge, qgis_iface, qgis_proc
         plugin.initGui()
         provider = registry.providerById("maskforge")
         assert provider is not None and provider.name() == "MaskForge"
-        assert registry.algorithmById("maskforge:exporttrainingdata") is not None
-        assert [a.objectName() for a in plugin.toolbar.actions()] == ["MaskForgeExportAction"]
+        for algorithm_id in ALGORITHMS:
+            assert registry.algorithmById(algorithm_id) is not None, algorithm_id
+        assert [a.objectName() for a in plugin.toolbar.actions()] == [
+            "MaskForgeExportAction", "MaskForgeTrainAction", "MaskForgeDetectAction", "MaskForgeNmsAction"]
         assert plugin.toolbar.parent() is qgis_iface.mainWindow()
         plugin.unload()
         QgsApplication.processEvents()
         QgsApplication.sendPostedEvents(None, QEvent.DeferredDelete)   # run the deleteLater()s
         assert registry.providerById("maskforge") is None
-        assert registry.algorithmById("maskforge:exporttrainingdata") is None
+        assert all(registry.algorithmById(a) is None for a in ALGORITHMS)
         assert _toolbars(qgis_iface) == []
         assert plugin.actions == [] and plugin.toolbar is None
+
+
+def test_every_step_has_its_icon(maskforge, root):
+    from maskforge.plugin import STEPS
+    assert [algorithm_id for _, _, algorithm_id, _ in STEPS] == ALGORITHMS
+    for _, _, _, icon in STEPS:
+        assert (root / "resources" / icon).is_file(), icon

@@ -1,0 +1,201 @@
+"""MaskForge benchmarks: ratios measured in one run, printed as name=value lines.
+
+  train_step_ratio          our training step (augment, targets, clip) / a bare torchvision step, same batch
+  detect_pipeline_vs_raw    end-to-end Detect Objects throughput / the raw model's on the same tiles in memory
+  detect_peak_rss_ratio     peak resident memory, raster 16x larger / smaller
+  nms_100k_seconds          NMS of 100,000 polygons (scripts/bench_nms.py)
+
+Usage: python scripts/bench.py [--quick] [--device cpu|cuda] [--out bench_output]
+A small package is trained first (cached in the output folder) so detections are real.
+"""
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import rasterio  # noqa: E402
+import torch  # noqa: E402
+
+from core.chips import ExportOptions, export_training_data  # noqa: E402
+from core.data import ChipDataset, collate, load_training_data  # noqa: E402
+from core.detect import DetectOptions, detect, _Grid, _tile_origins  # noqa: E402
+from core.model import build_model, network_for_package, select_device  # noqa: E402
+from core.package import load_package  # noqa: E402
+from core.synthetic import make_scene  # noqa: E402
+from core.train import TrainOptions, train, train_step  # noqa: E402
+
+TINY = dict(backbone="resnet18_fpn", anchor_sizes=(8, 16, 32, 64, 128))
+
+
+def line(name, value):
+    print(f"{name}={value}", flush=True)
+
+
+def median_time(fn, repeats):
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def bench_train(chips_dir, device, backbone, tile, repeats, amp):
+    chips, _, spec = load_training_data([chips_dir])
+    dataset = ChipDataset(chips, spec["Normalization"], augment=True)
+    model = build_model(backbone, 2, (tile, tile), TINY["anchor_sizes"] if backbone == "resnet18_fpn" else
+                        (32, 64, 128, 256, 512)).to(device)
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp)
+    indices = [0, 1]
+    fixed_images, fixed_targets = collate([dataset[i] for i in indices])
+    dev_images = [i.to(device) for i in fixed_images]
+    dev_targets = [{k: v.to(device) for k, v in t.items()} for t in fixed_targets]
+
+    def ours():   # what the training loop does per step, data preparation included
+        images, targets = collate([dataset[i] for i in indices])
+        train_step(model, optimizer, scaler, images, targets, device, amp)
+
+    def bare():   # torchvision's minimum: tensors already on the device
+        with torch.autocast(device.type, enabled=amp):
+            loss = sum(model(dev_images, dev_targets).values())
+        optimizer.zero_grad()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+
+    ours(), bare()   # warm up
+    t_ours, t_bare = [], []
+    for _ in range(repeats):   # interleaved, so drifts hit both alike
+        t_ours.append(median_time(ours, 1))
+        t_bare.append(median_time(bare, 1))
+    return float(np.median(t_ours)), float(np.median(t_bare))
+
+
+def big_raster(src_path, path, factor):
+    """The sample scene tiled factor x factor times, written window by window."""
+    with rasterio.open(src_path) as src:
+        data, profile = src.read(), src.profile
+    h, w = data.shape[1:]
+    profile.update(width=w * factor, height=h * factor, tiled=True, blockxsize=256, blockysize=256)
+    with rasterio.open(path, "w", **profile) as dst:
+        for i in range(factor):
+            for j in range(factor):
+                flip = data[:, ::-1] if (i + j) % 2 else data   # avoid exact repeats
+                dst.write(flip, window=rasterio.windows.Window(j * w, i * h, w, h))
+    return path
+
+
+def raw_model_seconds(raster, package, device, batch, tile, padding, amp):
+    """The model alone on the same tiles, already normalised in memory."""
+    pkg = load_package(package)
+    net, _ = network_for_package(pkg)
+    net.roi_heads.score_thresh = 0.5
+    net.transform.min_size, net.transform.max_size = (tile,), tile
+    net.to(device).eval()
+    norm = pkg.emd["Normalization"]
+    from core.bands import to_network_input
+    from core.detect import _read_native
+    core = tile - 2 * padding
+    with rasterio.open(raster) as src:
+        grid = _Grid(src, None, None)
+        tiles = [(x, y) for y in _tile_origins(grid.height, core, padding) for x in _tile_origins(grid.width, core, padding)]
+        arrays = [to_network_input(_read_native(src, [1, 2, 3], x, y, tile, 0), norm) for x, y in tiles]
+    tensors = torch.from_numpy(np.stack(arrays))
+    if device.type == "cuda":
+        tensors = tensors.pin_memory()
+    with torch.inference_mode():
+        net([t.to(device) for t in tensors[:batch]])   # warm up
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for i in range(0, len(tensors), batch):
+            with torch.autocast(device.type, enabled=amp):
+                net([t.to(device, non_blocking=True) for t in tensors[i:i + batch]])
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - t0, len(tiles)
+
+
+def peak_rss_mb(raster, package, out, device):
+    code = (f"import resource,sys; sys.path.insert(0,{str(ROOT)!r}); from core.detect import detect, DetectOptions; "
+            f"detect({str(raster)!r}, {str(package)!r}, {str(out)!r}, DetectOptions(device={device!r})); "
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return int(run.stdout.split()[-1]) / 1024.0
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default=str(ROOT / "bench_output"))
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--quick", action="store_true", help="smaller rasters and fewer repeats")
+    args = ap.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = select_device(args.device)
+    amp = device.type == "cuda"
+    line("device", torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu x{os.cpu_count()}")
+    line("torch", torch.__version__)
+
+    scene = make_scene(out / "scene", size=512, seed=21)
+    chips = out / "chips128"
+    if not chips.exists():
+        export_training_data(scene["raster"], scene["labels"], chips,
+                             ExportOptions(tile_size_x=128, tile_size_y=128, stride_x=64, stride_y=64))
+
+    # 1. training step
+    t_ours, t_bare = bench_train(chips, device, "resnet18_fpn", 128, 5 if args.quick else 15, amp)
+    line("train_step_ours_seconds", round(t_ours, 4))
+    line("train_step_bare_seconds", round(t_bare, 4))
+    line("train_step_ratio", round(t_ours / t_bare, 3))
+
+    # 2. detection throughput against the raw model
+    package = out / "package"
+    if not (package / "package.emd").exists():
+        train([chips], package, "none", TrainOptions(epochs=3, learning_rate=0.01, device=str(device), **TINY))
+    pkg = load_package(package)
+    tile, padding = pkg.tile_size[0], int(np.ceil(pkg.emd["MaxObjectSizePixels"] / 2))
+    factor = 2 if args.quick else 3
+    raster = big_raster(scene["raster"], out / f"raster_x{factor}.tif", factor)
+    with rasterio.open(raster) as src:
+        megapixels = src.width * src.height / 1e6
+    batch = 4
+    t0 = time.perf_counter()
+    result = detect(raster, package, out / "detections.gpkg", DetectOptions(batch_size=batch, device=str(device)))
+    t_pipe = time.perf_counter() - t0
+    t_raw, n_tiles = raw_model_seconds(raster, package, device, batch, tile, padding, amp)
+    line("detect_tiles", n_tiles)
+    line("detect_objects", result["kept"])
+    line("detect_pipeline_mpix_per_s", round(megapixels / t_pipe, 3))
+    line("detect_raw_model_mpix_per_s", round(megapixels / t_raw, 3))
+    line(f"detect_pipeline_vs_raw_{device.type}", round(t_raw / t_pipe, 3))
+
+    # 3. memory: a raster 16x larger (4x each way)
+    small = big_raster(scene["raster"], out / "raster_small.tif", 1)
+    large = big_raster(scene["raster"], out / "raster_large.tif", 4)
+    rss_small = peak_rss_mb(small, package, out / "small.gpkg", str(device))
+    rss_large = peak_rss_mb(large, package, out / "large.gpkg", str(device))
+    line("detect_peak_rss_small_mb", round(rss_small, 1))
+    line("detect_peak_rss_16x_mb", round(rss_large, 1))
+    line("detect_peak_rss_ratio", round(rss_large / rss_small, 3))
+
+    # 4. NMS
+    run = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_nms.py")], capture_output=True, text=True,
+                         check=True)
+    print(run.stdout, end="")
+
+
+if __name__ == "__main__":
+    main()
