@@ -9,7 +9,7 @@ import sys
 import traceback
 
 from .errors import Cancelled, UserError
-from .progress import Reporter
+from .progress import QuietReporter, Reporter
 
 EXIT_OK, EXIT_INTERNAL, EXIT_INPUT, EXIT_CANCELLED = 0, 1, 2, 3
 
@@ -175,8 +175,50 @@ def _run_info(args, reporter):
     return load_package(args.model).summary()
 
 
+def _add_evaluate(sub):
+    p = sub.add_parser("evaluate", help="Compute accuracy: detections against ground-truth polygons.")
+    p.add_argument("--detections", required=True, help="detected polygons (any OGR source; 'path|layername=x' ok)")
+    p.add_argument("--truth", required=True, help="ground-truth polygons (any OGR source, any CRS)")
+    p.add_argument("--out-dir", required=True,
+                   help="folder for accuracy_detections.gpkg, accuracy_truth.gpkg (+ .qml), accuracy.csv/.json")
+    p.add_argument("--iou", type=float, default=0.5, help="minimum IoU of a true positive (default 0.5)")
+    p.add_argument("--confidence", type=float, default=0.0, help="ignore detections below this (0..1, default 0)")
+    p.add_argument("--confidence-field", default="Confidence")
+    p.add_argument("--detections-class-field", help="default: ClassValue when present, else all class 1")
+    p.add_argument("--truth-class-field", help="default: 'classvalue'/'value' when present, else all class 1")
+    p.add_argument("--ignore-classes", action="store_true", help="match outlines only, whatever their class")
+    p.add_argument("--extent", type=lambda t: _floats(t, 4),
+                   help="xmin,ymin,xmax,ymax in the detections' CRS: assess features whose centroid is inside")
+    p.add_argument("--extent-polygons", help="assess only features whose centroid lies in these polygons")
+
+
+def _run_evaluate(args, reporter):
+    from .evaluate import EvaluateOptions, evaluate
+    options = EvaluateOptions(
+        iou_threshold=args.iou, confidence_threshold=args.confidence, confidence_field=args.confidence_field,
+        detections_class_field=args.detections_class_field, truth_class_field=args.truth_class_field,
+        ignore_classes=args.ignore_classes, extent=args.extent, extent_polygons=args.extent_polygons)
+    return evaluate(args.detections, args.truth, args.out_dir, options, reporter)
+
+
+def _add_compare(sub):
+    p = sub.add_parser("compare", help="Compare detections of two dates: persisted, new, gone (per zone).")
+    p.add_argument("--a", required=True, help="detections at the earlier date A (any OGR source)")
+    p.add_argument("--b", required=True, help="detections at the later date B (any OGR source, any CRS)")
+    p.add_argument("--out-dir", required=True, help="folder for changes.gpkg (+ .qml), changes.csv/.json")
+    p.add_argument("--iou", type=float, default=0.3, help="minimum IoU of the same object (default 0.3)")
+    p.add_argument("--zones", help="zone polygons: counts per zone, by centroid")
+    p.add_argument("--zone-field", help="zone name field (default: 'name' when present, else the zone's id)")
+
+
+def _run_compare(args, reporter):
+    from .compare import compare
+    return compare(args.a, args.b, args.out_dir, args.iou, args.zones, args.zone_field, reporter)
+
+
 STEPS = {"export": (_add_export, _run_export), "train": (_add_train, _run_train),
-         "detect": (_add_detect, _run_detect), "nms": (_add_nms, _run_nms), "info": (_add_info, _run_info), "sample": (_add_sample, _run_sample)}
+         "detect": (_add_detect, _run_detect), "nms": (_add_nms, _run_nms), "info": (_add_info, _run_info), "sample": (_add_sample, _run_sample),
+         "evaluate": (_add_evaluate, _run_evaluate), "compare": (_add_compare, _run_compare)}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -205,6 +247,13 @@ def main(argv=None):
     except (UserError, argparse.ArgumentTypeError, ValueError) as exc:
         reporter.error(str(exc), kind="input")
         return EXIT_INPUT
+    from . import distributed
+    if distributed.is_distributed():
+        if args.step not in ("train", "detect"):
+            reporter.error(f"'{args.step}' runs in one process; only train and detect run under torchrun.")
+            return EXIT_INPUT
+        if not distributed.is_main():
+            reporter = QuietReporter()   # rank 0 speaks for the job
     reporter.install_signal_handlers()
     try:
         result = STEPS[args.step][1](args, reporter)
@@ -224,5 +273,7 @@ def main(argv=None):
         reporter.error(f"Internal error ({type(exc).__name__}: {exc}). Please report it with the log.",
                        kind="internal")
         return EXIT_INTERNAL
+    finally:
+        distributed.shutdown()
     reporter.result(result)
     return EXIT_OK

@@ -13,6 +13,7 @@ end. Optionally Non Maximum Suppression then removes what duplicates remain.
 import math
 import os
 import queue
+import shutil
 import threading
 import time
 import uuid
@@ -28,6 +29,7 @@ import torch
 from affine import Affine
 from rasterio.windows import Window
 
+from . import distributed
 from .bands import to_network_input
 from .chips import _Grid, class_color
 from .errors import Cancelled, UserError
@@ -128,7 +130,7 @@ class TileReader(threading.Thread):
         try:
             batch = []
             fill = 0 if self.nodata is None else self.nodata
-            for i, (x, y) in enumerate(self.tiles):
+            for i, (x, y) in self.tiles:      # (tile number, grid origin)
                 if self.stop.is_set():
                     return
                 transform = self.grid.transform * Affine.translation(x, y)
@@ -312,37 +314,66 @@ def _polygon(mask, box, transform, min_pixels, simplify, return_boxes):
 
 # --- the run ------------------------------------------------------------------------
 
+TILE_FIELD = "_tile"   # only in the parts of a distributed run: merged back in tile order
+
+
+def _write_rows(path, layer, crs, rows, append, with_tile=False):
+    fields = FIELDS + ([TILE_FIELD] if with_tile else [])
+    data = [np.asarray(rows["ClassValue"], np.int32), np.asarray(rows["Class"], dtype=object),
+            np.asarray(rows["Confidence"], np.float64), np.asarray(rows["Area"], np.float64)]
+    if with_tile:
+        data.append(np.asarray(rows[TILE_FIELD], np.int64))
+    pyogrio.raw.write(str(path), np.asarray(rows["wkb"], dtype=object), data, fields, layer=layer, driver="GPKG",
+                      geometry_type="Polygon", crs=crs, append=append)
+
+
 class _Writer:
     """Appends batches of detections to a temporary GeoPackage."""
 
-    def __init__(self, path, layer, crs):
-        self.path, self.layer, self.crs = path, layer, crs
-        self.rows = {"wkb": [], "ClassValue": [], "Class": [], "Confidence": [], "Area": []}
+    def __init__(self, path, layer, crs, with_tile=False):
+        self.path, self.layer, self.crs, self.with_tile = path, layer, crs, with_tile
+        self.rows = self._empty()
         self.count = 0
         self.started = False
 
-    def add(self, polygon, value, name, score):
+    def _empty(self):
+        return {k: [] for k in ["wkb", *FIELDS] + ([TILE_FIELD] if self.with_tile else [])}
+
+    def add(self, polygon, value, name, score, tile):
         self.rows["wkb"].append(shapely.to_wkb(polygon))
         self.rows["ClassValue"].append(int(value))
         self.rows["Class"].append(name)
         self.rows["Confidence"].append(round(float(score), 4))
         self.rows["Area"].append(polygon.area)
+        if self.with_tile:
+            self.rows[TILE_FIELD].append(tile)
         if len(self.rows["wkb"]) >= WRITE_EVERY:
             self.flush()
 
     def flush(self, force=False):
         if not self.rows["wkb"] and (self.started or not force):
             return
-        r = self.rows
-        pyogrio.raw.write(
-            str(self.path), np.array(r["wkb"], dtype=object),
-            [np.array(r["ClassValue"], np.int32), np.array(r["Class"], dtype=object),
-             np.array(r["Confidence"], np.float64), np.array(r["Area"], np.float64)],
-            FIELDS, layer=self.layer, driver="GPKG", geometry_type="Polygon", crs=self.crs,
-            append=self.started)
-        self.count += len(r["wkb"])
+        _write_rows(self.path, self.layer, self.crs, self.rows, self.started, self.with_tile)
+        self.count += len(self.rows["wkb"])
         self.started = True
-        self.rows = {k: [] for k in r}
+        self.rows = self._empty()
+
+
+def _merge_parts(parts, path, layer, crs):
+    """The ranks' parts as one layer, in tile order: what a single process would have written."""
+    rows = {k: [] for k in ["wkb", *FIELDS, TILE_FIELD]}
+    for part in parts:
+        meta, _, wkb, data = pyogrio.raw.read(part)
+        if wkb is None or len(wkb) == 0:
+            continue
+        by_name = dict(zip(meta["fields"], data))
+        rows["wkb"].extend(wkb)
+        for f in FIELDS + [TILE_FIELD]:
+            rows[f].extend(by_name[f])
+    order = np.argsort(np.asarray(rows[TILE_FIELD], np.int64), kind="stable")
+    merged = {k: [v[i] for i in order] for k, v in rows.items() if k != TILE_FIELD}
+    _write_rows(path, layer, crs, merged, append=False)
+    return len(order)
 
 
 def _check_output(out):
@@ -393,7 +424,7 @@ def detect(raster, model, out, options=None, reporter=None, predictor=None):
         raise UserError("The batch size must be at least 1.")
     out = _check_output(out)
     pkg = load_package(model)
-    device = select_device(o.device)
+    device = distributed.init(o.device) or select_device(o.device)
     classes = pkg.classes
     size = int(o.tile_size or pkg.tile_size[0])
     max_obj = pkg.emd.get("MaxObjectSizePixels")
@@ -449,9 +480,19 @@ def detect(raster, model, out, options=None, reporter=None, predictor=None):
                 return _predict_with_retry(net, images, device, o, size, reporter)
 
         tmp = out.parent / f".{out.stem}.partial-{uuid.uuid4().hex[:8]}.gpkg"
-        writer = _Writer(tmp, out.stem, src.crs.to_wkt())
-        reader = TileReader(src, bands, norm, grid, tiles, size, o.batch_size, src.nodata)
-        post = PostProcessor(lambda result, transform, i: _keep(result, transform, tiles[i], padding, core, grid,
+        crs_wkt = src.crs.to_wkt()
+        parts_dir = None
+        if distributed.is_distributed():
+            # Each rank writes its tiles' detections to its own part; rank 0 merges them.
+            run_id = os.environ.get("TORCHELASTIC_RUN_ID") or os.environ.get("MASTER_PORT", "0")
+            parts_dir = out.parent / f".{out.stem}.parts-{run_id}"
+            parts_dir.mkdir(exist_ok=True)
+            writer = _Writer(parts_dir / f"part-{distributed.rank():05d}.gpkg", out.stem, crs_wkt, with_tile=True)
+        else:
+            writer = _Writer(tmp, out.stem, crs_wkt)
+        mine = distributed.shard(list(enumerate(tiles)))
+        reader = TileReader(src, bands, norm, grid, mine, size, o.batch_size, src.nodata)
+        post = PostProcessor(lambda result, transform, i: _keep(result, transform, tiles[i], i, padding, core, grid,
                                                                 area, classes, writer, o))
         reader.start()
         post.start()
@@ -468,14 +509,21 @@ def detect(raster, model, out, options=None, reporter=None, predictor=None):
                 for (i, _, transform), result in zip(work, outputs):
                     post.put((result, transform, i))
                 done += len(batch)
-                reporter.progress(100.0 * done / len(tiles), f"{done}/{len(tiles)} tiles")
+                reporter.progress(100.0 * done / len(mine), f"{done}/{len(mine)} tiles")
             if reader.error:
                 raise reader.error
             post.finish()
             writer.flush(force=True)
             reporter.check_cancelled()
-            result = {"detections": writer.count, "tiles": len(tiles), "padding": padding, "tile_size": size}
-            if o.nms and writer.count:
+            count = writer.count
+            if parts_dir is not None:
+                distributed.barrier()          # every part is complete
+                if not distributed.is_main():
+                    return {"rank": distributed.rank(), "detections": writer.count}
+                count = _merge_parts(sorted(parts_dir.glob("part-*.gpkg")), tmp, out.stem, crs_wkt)
+            result = {"detections": count, "tiles": len(tiles), "padding": padding, "tile_size": size,
+                      "processes": distributed.world_size()}
+            if o.nms and count:
                 from .nms import nms_file
                 nms = nms_file(tmp, out, "Confidence", "ClassValue", o.nms_overlap_ratio)
                 result.update(after_nms=nms["kept"], removed_by_nms=nms["removed"])
@@ -487,8 +535,10 @@ def detect(raster, model, out, options=None, reporter=None, predictor=None):
             for suffix in ("", "-journal", "-wal", "-shm"):
                 if os.path.exists(f"{tmp}{suffix}"):
                     os.remove(f"{tmp}{suffix}")
+            if parts_dir is not None and distributed.is_main():
+                shutil.rmtree(parts_dir, ignore_errors=True)
     write_style(out, classes)
-    result.update(output=str(out), kept=result.get("after_nms", writer.count),
+    result.update(output=str(out), kept=result.get("after_nms", count),
                   seconds=round(time.monotonic() - started, 3), device=str(device))
     reporter.progress(100, f"{result['kept']} objects detected.")
     return result
@@ -510,7 +560,7 @@ def _predict_with_retry(net, images, device, o, size, reporter):
                 + _predict_with_retry(net, images[half:], device, o, size, reporter))
 
 
-def _keep(result, transform, origin, padding, core, grid, area, classes, writer, o):
+def _keep(result, transform, origin, tile, padding, core, grid, area, classes, writer, o):
     """Write the detections of one tile whose box centre lies in its core; returns how many."""
     boxes = result["boxes"].numpy()
     scores, labels = result["scores"].numpy(), result["labels"].numpy()
@@ -529,6 +579,6 @@ def _keep(result, transform, origin, padding, core, grid, area, classes, writer,
         if area is not None and not area.contains(shapely.Point(transform * (cx, cy))):
             continue
         value = int(labels[j])
-        writer.add(polygon, value, classes.get(value, str(value)), scores[j])
+        writer.add(polygon, value, classes.get(value, str(value)), scores[j], tile)
         kept += 1
     return kept

@@ -101,3 +101,10 @@ class NullReporter(Reporter):
 
     def metric(self, **values):
         pass
+
+
+class QuietReporter(NullReporter):
+    """For ranks other than 0 of a distributed job: errors only (on stderr), no result."""
+
+    def result(self, payload):
+        pass

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import __version__
+from . import __version__, distributed
 from .chips import class_color
 from .data import ChipDataset, collate, load_training_data, max_object_size, split_train_val
 from .errors import Cancelled, UserError
@@ -130,10 +130,12 @@ def train_step(model, optimizer, scaler, images, targets, device, amp, max_grad_
     return float(loss.detach())
 
 
-def _batches(dataset, indices, batch_size, shuffle, seed):
+def _batches(dataset, indices, batch_size, shuffle, seed, shard=False):
     order = list(indices)
     if shuffle:
-        random.Random(seed).shuffle(order)
+        random.Random(seed).shuffle(order)     # the same order on every rank...
+    if shard:
+        order = distributed.padded_shard(order)   # ...of which each rank takes its share
     for i in range(0, len(order), batch_size):
         yield collate([dataset[j] for j in order[i:i + batch_size]])
 
@@ -150,7 +152,7 @@ def evaluate(model, dataset, indices, batch_size, device, amp, class_names, scor
     if not indices:
         return {"valid_loss": None}, []
     losses, preds, truths = [], [], []
-    for images, targets in _batches(dataset, indices, batch_size, False, 0):
+    for images, targets in _batches(dataset, distributed.shard(list(indices)), batch_size, False, 0):
         model.train()
         for m in model.modules():   # no BatchNorm statistics updates from validation data
             if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
@@ -166,6 +168,13 @@ def evaluate(model, dataset, indices, batch_size, device, amp, class_names, scor
                           "masks": (out["masks"][keep, 0] > 0.5).cpu().numpy()})
             truths.append({"boxes": t["boxes"].numpy(), "labels": t["labels"].numpy(),
                            "masks": t["masks"].numpy().astype(bool), "shape": images[0].shape[-2:]})
+    if distributed.is_distributed():
+        # Every rank scores the union of all shards, so every rank reaches the same metrics.
+        parts = distributed.gather_objects((losses, preds, truths))
+        losses = [x for p in parts for x in p[0]]
+        order = [(r, j) for j in range(max(len(p[1]) for p in parts)) for r, p in enumerate(parts) if j < len(p[1])]
+        preds = [parts[r][1][j] for r, j in order]
+        truths = [parts[r][2][j] for r, j in order]
     ap = coco_evaluate(preds, truths, class_names)
     return {"valid_loss": round(float(np.mean(losses)), 5), **ap}, preds
 
@@ -209,7 +218,8 @@ def train(data_dirs, out_dir, base="none", options=None, reporter=None):
     if out.exists() and any(out.glob("*.emd")) and not o.resume and not (out / CHECKPOINT).exists():
         pass  # a previous package is replaced when the first epoch improves on nothing
     _seed_everything(o.seed)
-    device = select_device(o.device)
+    device = distributed.init(o.device) or select_device(o.device)
+    main = distributed.is_main()
     amp = device.type == "cuda"
     torch.set_num_threads(max(1, os.cpu_count() or 1))
 
@@ -223,20 +233,26 @@ def train(data_dirs, out_dir, base="none", options=None, reporter=None):
     if o.freeze_backbone:
         _freeze_backbone(model)
     model.to(device)
+    trainer = model
+    if distributed.is_distributed():
+        # Heads without objects in a batch (no mask loss) leave parameters unused in a step.
+        trainer = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True)
 
     train_idx, val_idx = split_train_val(len(chips), o.val_fraction, o.seed)
     if not train_idx:
         raise UserError("Too few chips to train: export more (smaller stride or more labels).")
     reporter.log(f"{len(chips)} chips ({len(train_idx)} train, {len(val_idx)} validation), {n_instances} objects, "
-                 f"{len(class_names)} class(es), device {device}{' with AMP' if amp else ''}.")
+                 f"{len(class_names)} class(es), device {device}{' with AMP' if amp else ''}"
+                 + (f", {distributed.world_size()} processes" if distributed.is_distributed() else "") + ".")
     if o.monitor == "mask_ap" and not val_idx:
         raise UserError("Monitoring mask AP needs validation chips: set a validation percentage above 0.")
-    train_set = ChipDataset(chips, spec["Normalization"], augment=o.augment, seed=o.seed)
+    train_set = ChipDataset(chips, spec["Normalization"], augment=o.augment, seed=o.seed + distributed.rank())
     val_set = ChipDataset(chips, spec["Normalization"], augment=False)
     max_obj = max_object_size(chips)
 
     params = [p for p in model.parameters() if p.requires_grad]
-    base_lr = o.learning_rate or 0.005 * o.batch_size / 2
+    base_lr = o.learning_rate or 0.005 * o.batch_size * distributed.world_size() / 2   # per global batch
     optimizer = torch.optim.SGD(params, lr=base_lr, momentum=0.9, weight_decay=1e-4)
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
     out.mkdir(parents=True, exist_ok=True)
@@ -261,7 +277,7 @@ def train(data_dirs, out_dir, base="none", options=None, reporter=None):
         reporter.metric(**before)
         reporter.log(f"Base model before fine-tuning: mask AP {before['mask_ap']}, box AP {before['bbox_ap']}.")
 
-    steps_per_epoch = math.ceil(len(train_idx) / batch_size)
+    steps_per_epoch = math.ceil(len(distributed.padded_shard(train_idx)) / batch_size)
     total_steps, warmup = o.epochs * steps_per_epoch, min(100, steps_per_epoch)
     started = time.monotonic()
     try:
@@ -271,12 +287,13 @@ def train(data_dirs, out_dir, base="none", options=None, reporter=None):
             model.train()
             losses = []
             try:
-                for step, (images, targets) in enumerate(_batches(train_set, train_idx, batch_size, True, o.seed + epoch)):
+                for step, (images, targets) in enumerate(
+                        _batches(train_set, train_idx, batch_size, True, o.seed + epoch, shard=True)):
                     reporter.check_cancelled()
                     global_step = epoch * steps_per_epoch + step
                     for g in optimizer.param_groups:
                         g["lr"] = _lr_at(global_step, total_steps, warmup, base_lr)
-                    loss = train_step(model, optimizer, scaler, images, targets, device, amp)
+                    loss = train_step(trainer, optimizer, scaler, images, targets, device, amp)
                     if not math.isfinite(loss):
                         raise UserError(f"The loss became {loss} at epoch {epoch + 1}: the learning rate "
                                         f"{base_lr:g} is too high. Lower it (e.g. --learning-rate {base_lr / 5:g}).")
@@ -292,14 +309,15 @@ def train(data_dirs, out_dir, base="none", options=None, reporter=None):
                 optimizer.zero_grad(set_to_none=True)
                 torch.cuda.empty_cache()
                 batch_size //= 2
-                steps_per_epoch = math.ceil(len(train_idx) / batch_size)
+                steps_per_epoch = math.ceil(len(distributed.padded_shard(train_idx)) / batch_size)
                 total_steps = o.epochs * steps_per_epoch
                 reporter.warning(f"CUDA ran out of memory: batch size lowered to {batch_size}, epoch {epoch + 1} restarts.")
                 continue
 
             reporter.check_cancelled()
             metrics, _ = evaluate(model, val_set, val_idx, batch_size, device, amp, class_names, o.score_threshold)
-            record = {"epoch": epoch + 1, "train_loss": round(float(np.mean(losses)), 5),
+            train_loss = float(np.mean([x for part in distributed.gather_objects(losses) for x in part]))
+            record = {"epoch": epoch + 1, "train_loss": round(train_loss, 5),
                       "valid_loss": metrics.get("valid_loss"), "bbox_ap": metrics.get("bbox_ap"),
                       "mask_ap": metrics.get("mask_ap"), "mask_ap50": metrics.get("mask_ap50"),
                       "lr": optimizer.param_groups[0]["lr"], "seconds": round(time.monotonic() - t0, 2)}
@@ -311,14 +329,18 @@ def train(data_dirs, out_dir, base="none", options=None, reporter=None):
             if _better(value, best_value, o.monitor) or not best:
                 best_value, stale = value, 0
                 best = {**record, "per_class": metrics.get("per_class")}
-                emd = _package_emd(spec, class_names, backbone, anchors, max_obj, history, best, o, base_desc, tile)
-                write_package(out, name, emd, {k: v.detach().cpu() for k, v in model.state_dict().items()})
+                if main:
+                    emd = _package_emd(spec, class_names, backbone, anchors, max_obj, history, best, o, base_desc,
+                                       tile)
+                    write_package(out, name, emd, {k: v.detach().cpu() for k, v in model.state_dict().items()})
                 reporter.log(f"Epoch {epoch + 1}: {o.monitor} {value} is the best so far; package written.")
             else:
                 stale += 1
-            _save_checkpoint(out, model, optimizer, epoch, history, best, best_value, stale, batch_size)
+            if main:
+                _save_checkpoint(out, model, optimizer, epoch, history, best, best_value, stale, batch_size)
             epoch += 1
-            if o.early_stopping and stale >= o.patience:
+            # Decided once, by rank 0, for all.
+            if distributed.broadcast_object(o.early_stopping and stale >= o.patience):
                 reporter.log(f"Early stopping: {o.monitor} has not improved for {o.patience} epochs.")
                 break
     except Cancelled:
@@ -329,13 +351,21 @@ def train(data_dirs, out_dir, base="none", options=None, reporter=None):
 
     # The package holds the best epoch; refresh its history (later epochs included) and add the report.
     from .report import write_report
+    distributed.barrier()        # rank 0 has written the best package
     pkg = load_package(out)
     model.load_state_dict(read_weights(pkg))
     _, preds = evaluate(model, val_set, val_idx, batch_size, device, amp, class_names, o.score_threshold)
     emd = _package_emd(spec, class_names, backbone, anchors, max_obj, history, best, o, base_desc, tile)
     emd["TrainingSeconds"] = round(time.monotonic() - started, 1)
-    report_files = write_report(out, name, emd, [chips[i] for i in val_idx][:4], preds[:4], spec["Normalization"])
-    write_package(out, name, emd, read_weights(pkg), extra_files=report_files)
+    if main:
+        shown = [chips[i] for i in val_idx]
+        if distributed.is_distributed():   # predictions come back in gathered (rank-interleaved) order
+            shards = [distributed.shard(val_idx, r) for r in range(distributed.world_size())]
+            shown = [chips[shards[r][j]] for j in range(max(map(len, shards))) for r in range(len(shards))
+                     if j < len(shards[r])]
+        report_files = write_report(out, name, emd, shown[:4], preds[:4], spec["Normalization"])
+        write_package(out, name, emd, read_weights(pkg), extra_files=report_files)
+    distributed.barrier()
     trained = [r for r in history if r["epoch"] > 0]
     result = {"package": str(out), "name": name, "best_epoch": best.get("epoch"), "epochs_run": len(trained),
               "before": history[0] if history and history[0]["epoch"] == 0 else None,

@@ -149,7 +149,7 @@ def test_detection_input_equals_training_input_for_16_bit_single_band(atlanta, t
                                 normalization=spec["Normalization"], dtype=spec["DataType"]))
     with rasterio.open(atlanta["raster"]) as src:
         bands, norm = _input_spec(pkg, src, NullReporter())
-        reader = TileReader(src, bands, norm, _Grid(src, None, None), [(0, 0)], 128, 1, src.nodata)
+        reader = TileReader(src, bands, norm, _Grid(src, None, None), [(0, (0, 0))], 128, 1, src.nodata)
         reader.run()
         [(_, detection_input, transform)] = reader.queue.get()
     assert spec["Normalization"]["type"] == "percentile_stretch" and detection_input.shape == (3, 128, 128)
