@@ -4,7 +4,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 QGIS_ENV := QT_QPA_PLATFORM=offscreen
 
-.PHONY: setup test test-core test-qgis demo bench clean
+.PHONY: setup test test-core test-qgis demo qgis bench package clean
 
 setup:
 	@./scripts/setup.sh
@@ -20,12 +20,26 @@ test-core:
 test-qgis:
 	$(QGIS_ENV) $(PY) -m pytest tests/qgis -q
 
+# The motivating story end to end through the plugin's Processing algorithms (demo_output/).
 demo: setup
-	$(QGIS_ENV) ./scripts/demo.sh
+	$(QGIS_ENV) $(PY) scripts/demo.py
+
+# Open QGIS on the demo's project with the plugin enabled.
+qgis: setup
+	qgis --nologo --project demo_output/maskforge_demo.qgz
 
 # Figures as name=value lines (see README, Performance).
 bench: setup
 	$(PY) scripts/bench.py
 
+# The installable plugin zip, dist/maskforge-<version>.zip (standard library only).
+package:
+	python3 scripts/package.py
+
+# PNGs of every dialog in a real QGIS window on a 1366x768 screen (screenshots/, git-ignored).
+.PHONY: screenshots
+screenshots: setup
+	xvfb-run -a -s "-screen 0 1366x768x24" $(PY) scripts/screenshots.py
+
 clean:
-	rm -rf demo_output bench_output .pytest_cache
+	rm -rf demo_output bench_output dist .pytest_cache

@@ -1,8 +1,8 @@
 """Wires MaskForge into QGIS: toolbar, menu and the Processing provider.
 
-Every toolbar action opens the step's dialog; until the dedicated dialogs
-exist that is the Processing algorithm's own dialog, which runs the same
-engine job through ``runner.run_job``.
+Every toolbar action opens the step's dialog (ui/), which runs the step as a
+background task (tasks.py) through ``runner.run_job`` — the same code path as
+the step's Processing algorithm. The menu adds Settings… and Diagnostics….
 """
 import os
 
@@ -43,16 +43,83 @@ class MaskForgePlugin:
         for object_name, text, algorithm_id, icon in STEPS:
             action = QAction(QIcon(os.path.join(RESOURCES, icon)), text, self.iface.mainWindow())
             action.setObjectName(object_name)
-            action.triggered.connect(lambda checked=False, a=algorithm_id: self.open_algorithm(a))
+            action.triggered.connect(lambda checked=False, n=object_name: self.open_dialog(n))
             self.toolbar.addAction(action)
             self.iface.addPluginToMenu(MENU, action)
             self.actions.append(action)
+        self._init_labeling()
+        self._init_settings_actions()
 
     def open_algorithm(self, algorithm_id):
         import processing  # QGIS's Processing plugin; loaded by the time a user clicks
         processing.execAlgorithmDialog(algorithm_id)
 
+    # -- Step dialogs (ui/*_dialog.py): made on first use, kept, so a dialog reopened while its job
+    # runs still shows the job; the jobs themselves are QgsTasks (tasks.py) and outlive the dialog.
+    dialogs = None
+    settings_actions = ()
+
+    def open_dialog(self, object_name):
+        if self.dialogs is None:
+            self.dialogs = {}
+        dialog = self.dialogs.get(object_name)
+        if dialog is None:
+            from .ui.detect_dialog import DetectDialog
+            from .ui.export_dialog import ExportDialog
+            from .ui.nms_dialog import NmsDialog
+            from .ui.train_dialog import TrainDialog
+            cls = {"MaskForgeExportAction": ExportDialog, "MaskForgeTrainAction": TrainDialog,
+                   "MaskForgeDetectAction": DetectDialog, "MaskForgeNmsAction": NmsDialog}[object_name]
+            dialog = self.dialogs[object_name] = cls(self.iface)
+        dialog.show()
+        dialog.raise_()
+        dialog.activateWindow()
+        return dialog
+
+    def open_settings(self):
+        from .ui.settings_dialog import SettingsDialog
+        dialog = SettingsDialog(self.iface)
+        dialog.setModal(True)
+        dialog.show()
+        self._settings_dialog = dialog
+        return dialog
+
+    def open_diagnostics(self):
+        from .ui.settings_dialog import DiagnosticsDialog
+        dialog = DiagnosticsDialog(self.iface.mainWindow())
+        dialog.show()
+        self._diagnostics_dialog = dialog
+        return dialog
+
+    def _init_settings_actions(self):
+        actions = []
+        for object_name, text, slot in (("MaskForgeSettingsAction", "Settings…", self.open_settings),
+                                        ("MaskForgeDiagnosticsAction", "Diagnostics…", self.open_diagnostics)):
+            action = QAction(text, self.iface.mainWindow())
+            action.setObjectName(object_name)
+            action.triggered.connect(lambda checked=False, f=slot: f())
+            self.iface.addPluginToMenu(MENU, action)   # menu only: the toolbar holds the workflow
+            self.actions.append(action)
+            actions.append(action)
+        self.settings_actions = tuple(actions)
+
+    def _unload_dialogs(self):
+        from . import tasks
+        tasks.cancel_all()   # a job must not call back into an unloaded plugin; training keeps its best package
+        for dialog in list((self.dialogs or {}).values()) + [getattr(self, "_settings_dialog", None),
+                                                             getattr(self, "_diagnostics_dialog", None)]:
+            if dialog is not None:
+                if hasattr(dialog, "cleanup"):
+                    dialog.cleanup()
+                dialog.close()
+                dialog.deleteLater()
+        self.dialogs = None
+        self._settings_dialog = self._diagnostics_dialog = None
+        self.settings_actions = ()
+
     def unload(self):
+        self._unload_labeling()
+        self._unload_dialogs()
         for action in self.actions:
             self.iface.removePluginMenu(MENU, action)
             if self.toolbar is not None:
@@ -66,3 +133,50 @@ class MaskForgePlugin:
         if self.provider is not None:
             QgsApplication.processingRegistry().removeProvider(self.provider)
             self.provider = None
+
+    # -- Label Objects: a checkable action that shows the labels dock (ui/labels_dock.py).
+    # The dock, its map tools and their imports are made the first time it is shown.
+    label_action = None
+    labels_dock = None
+
+    def _init_labeling(self):
+        action = QAction(QIcon(os.path.join(RESOURCES, "label.svg")), "Label Objects…", self.iface.mainWindow())
+        action.setObjectName("MaskForgeLabelAction")
+        action.setCheckable(True)
+        action.setToolTip("Label Objects: draw labels by class, review detections, export training data")
+        action.toggled.connect(self._toggle_labeling)
+        first = self.toolbar.actions()[0] if self.toolbar.actions() else None
+        self.toolbar.insertAction(first, action)   # labeling is the workflow's first step
+        self.iface.addPluginToMenu(MENU, action)
+        self.label_action = action
+
+    def _toggle_labeling(self, checked):
+        if checked and self.labels_dock is None:
+            from qgis.PyQt.QtCore import Qt
+            from .ui.labels_dock import LabelsDock
+            self.labels_dock = LabelsDock(self.iface, self.iface.mainWindow())
+            self.labels_dock.closedStateChanged.connect(self._labeling_closed)
+            self.iface.addDockWidget(Qt.RightDockWidgetArea, self.labels_dock)
+        if self.labels_dock is None:
+            return
+        if checked:
+            self.labels_dock.setUserVisible(True)
+        else:
+            self.labels_dock.close()   # as its close button does: the dock then puts its map tool down
+
+    def _labeling_closed(self, closed):
+        if self.label_action is not None:   # the dock's own close button unchecks the action
+            self.label_action.setChecked(not closed)
+
+    def _unload_labeling(self):
+        if self.labels_dock is not None:
+            self.labels_dock.cleanup()
+            self.iface.removeDockWidget(self.labels_dock)
+            self.labels_dock.deleteLater()
+            self.labels_dock = None
+        if self.label_action is not None:
+            self.iface.removePluginMenu(MENU, self.label_action)
+            if self.toolbar is not None:
+                self.toolbar.removeAction(self.label_action)
+            self.label_action.deleteLater()
+            self.label_action = None

@@ -35,6 +35,12 @@ class JobCancelled(JobError):
         super().__init__(message, "cancelled", stderr_tail)
 
 
+def missing_runtime_message(python):
+    return (f"The MaskForge runtime Python '{python}' does not exist. Open MaskForge > Settings… and click "
+            "'Set up runtime…' (or run 'make setup' in the plugin folder), or choose an existing runtime Python "
+            "there.")
+
+
 def job_command(python, step, args):
     return [python, "-m", "core", step, *[str(a) for a in args], "--json-progress"]
 
@@ -60,9 +66,7 @@ def run_job(python, step, args, on_event=None, is_cancelled=None, grace_seconds=
     ``grace_seconds``. Raises JobCancelled or JobError.
     """
     if not python or not os.path.exists(python):
-        raise JobError(
-            f"The MaskForge runtime Python '{python}' does not exist. Run 'make setup' in the plugin folder, "
-            "or set the runtime Python in MaskForge > Settings.", "runtime")
+        raise JobError(missing_runtime_message(python), "runtime")
     try:
         child = subprocess.Popen(
             job_command(python, step, args), cwd=PLUGIN_DIR, env=_child_env(), text=True,

@@ -1,11 +1,13 @@
-"""Plugin settings (QgsSettings under 'MaskForge/') and where the runtime Python is."""
+"""Plugin settings (QgsSettings under 'MaskForge/'): the runtime Python, the device, folders, dialog values."""
 import os
 
-from qgis.core import QgsSettings
+from qgis.core import QgsApplication, QgsSettings
 
 from .runner import PLUGIN_DIR
 
 PREFIX = "MaskForge/"
+DEVICES = ["auto", "cpu", "cuda:0"]
+FOLDERS = {"data": "Training data", "models": "Models", "detections": "Detections"}
 
 
 def value(key, default=None):
@@ -16,9 +18,54 @@ def set_value(key, val):
     QgsSettings().setValue(PREFIX + key, val)
 
 
+def plugin_venv_python():
+    return os.path.join(PLUGIN_DIR, ".venv", "bin", "python")
+
+
+def default_runtime_dir():
+    """Where 'Set up runtime' puts a venv: the QGIS profile, so a plugin update keeps it."""
+    return os.path.join(QgsApplication.qgisSettingsDirPath(), "maskforge-runtime")
+
+
 def runtime_python():
-    """The Python that runs jobs: the user's choice, else the plugin's own .venv."""
+    """The Python that runs jobs: the user's choice, else the plugin's own .venv (make setup),
+    else one made by 'Set up runtime'. When none exists the plugin's .venv is named, and
+    running a job says how to make one."""
     chosen = value("runtime_python", "")
     if chosen:
         return chosen
-    return os.path.join(PLUGIN_DIR, ".venv", "bin", "python")
+    from .runtime import venv_python
+    for candidate in (plugin_venv_python(), venv_python(default_runtime_dir())):
+        if os.path.exists(candidate):
+            return candidate
+    return plugin_venv_python()
+
+
+def device():
+    return str(value("device", "auto") or "auto")
+
+
+def folder(kind):
+    """The user's default folder for 'data', 'models' or 'detections' ('' when unset)."""
+    return str(value(f"folders/{kind}", "") or "")
+
+
+def dialog_value(step, key, default):
+    """A dialog field's last value, with the default's type (QgsSettings' ini files keep strings)."""
+    stored = QgsSettings().value(f"{PREFIX}dialogs/{step}/{key}", None)
+    if stored is None:
+        return default
+    try:
+        if isinstance(default, bool):
+            return stored if isinstance(stored, bool) else str(stored).lower() in ("true", "1", "yes")
+        if isinstance(default, int):
+            return int(float(stored))
+        if isinstance(default, float):
+            return float(stored)
+    except (TypeError, ValueError):
+        return default
+    return "" if stored is None else str(stored)
+
+
+def set_dialog_value(step, key, val):
+    QgsSettings().setValue(f"{PREFIX}dialogs/{step}/{key}", "" if val is None else val)

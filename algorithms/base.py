@@ -4,12 +4,11 @@
 toolbar's background tasks use) and maps its events onto the Processing
 feedback: progress, log lines, cancel.
 """
-import os
-
 from qgis.core import QgsProcessingAlgorithm, QgsProcessingException
 
 from .. import settings
 from ..runner import JobCancelled, JobError, run_job
+from .jobs import InvalidInput, absolute, non_gdal_raster_message  # noqa: F401 (absolute: used by the algorithms)
 
 
 class MaskForgeAlgorithm(QgsProcessingAlgorithm):
@@ -50,16 +49,6 @@ class MaskForgeAlgorithm(QgsProcessingAlgorithm):
             raise QgsProcessingException(str(exc)) from None
 
 
-def absolute(path):
-    """The worker runs in the plugin folder: hand it absolute paths."""
-    if not path:
-        return path
-    file_part, sep, options = str(path).partition("|")
-    if os.path.exists(file_part) or not os.path.isabs(file_part) and "://" not in file_part:
-        file_part = os.path.abspath(file_part)
-    return file_part + sep + options
-
-
 def source_path(alg, parameters, name, context, feedback):
     """A path the engine (OGR) can read for a feature-source parameter.
 
@@ -73,14 +62,28 @@ def source_path(alg, parameters, name, context, feedback):
     return absolute(f"{path}|layername={layer_name}" if layer_name else path)
 
 
-def extent_args(alg, parameters, name, context, crs):
-    """``--extent xmin,ymin,xmax,ymax`` in the raster's CRS, or nothing when the extent is unset."""
+def extent_value(alg, parameters, name, context, crs):
+    """``(xmin, ymin, xmax, ymax)`` in the raster's CRS, or None when the extent is unset."""
     if not parameters.get(name):
-        return []
+        return None
     e = alg.parameterAsExtent(parameters, name, context, crs)
     if e.isNull():
-        return []
-    return ["--extent", f"{e.xMinimum()},{e.yMinimum()},{e.xMaximum()},{e.yMaximum()}"]
+        return None
+    return (e.xMinimum(), e.yMinimum(), e.xMaximum(), e.yMaximum())
+
+
+def extent_args(alg, parameters, name, context, crs):
+    """``--extent xmin,ymin,xmax,ymax`` in the raster's CRS, or nothing when the extent is unset."""
+    extent = extent_value(alg, parameters, name, context, crs)
+    return [] if extent is None else ["--extent", ",".join(str(v) for v in extent)]
+
+
+def build_args(build, values):
+    """``build(values)`` from jobs.py, its InvalidInput turned into the Processing exception."""
+    try:
+        return build(values)
+    except InvalidInput as exc:
+        raise QgsProcessingException(str(exc)) from None
 
 
 def raster_path(alg, parameters, name, context):
@@ -88,7 +91,5 @@ def raster_path(alg, parameters, name, context):
     if layer is None:
         raise QgsProcessingException(f"Choose a raster layer for '{name}'.")
     if layer.providerType() != "gdal":
-        raise QgsProcessingException(
-            f"The raster '{layer.name()}' comes from the '{layer.providerType()}' provider; MaskForge reads "
-            "rasters through GDAL files. Save it as a GeoTIFF first (Export > Save As).")
+        raise QgsProcessingException(non_gdal_raster_message(layer.name(), layer.providerType()))
     return layer, absolute(layer.source())

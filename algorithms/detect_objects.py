@@ -4,10 +4,8 @@ from qgis.core import (QgsProcessing, QgsProcessingParameterBoolean, QgsProcessi
                        QgsProcessingParameterNumber, QgsProcessingParameterRasterLayer,
                        QgsProcessingParameterString, QgsProcessingParameterVectorDestination, QgsProcessingOutputNumber)
 
-from .base import MaskForgeAlgorithm, absolute, extent_args, raster_path, source_path
-
-TTA = ["Off", "Mean of the 8 dihedral variants", "Max", "Min"]
-TTA_ARGS = [None, "mean", "max", "min"]
+from .base import MaskForgeAlgorithm, absolute, build_args, extent_value, raster_path, source_path
+from .jobs import TTA, detect_args
 
 
 class DetectObjectsAlgorithm(MaskForgeAlgorithm):
@@ -78,32 +76,21 @@ class DetectObjectsAlgorithm(MaskForgeAlgorithm):
         if not out.lower().endswith(".gpkg"):
             out = out.rsplit(".", 1)[0] + ".gpkg"
             feedback.pushInfo(f"Detections are written as a GeoPackage: {out}")
-        args = ["--raster", raster, "--model", absolute(self.parameterAsFile(parameters, self.MODEL, context)),
-                "--out", out,
-                "--batch-size", self.parameterAsInt(parameters, self.BATCH_SIZE, context),
-                "--threshold", self.parameterAsDouble(parameters, self.THRESHOLD, context),
-                "--nms-overlap-ratio", self.parameterAsDouble(parameters, self.NMS_RATIO, context),
-                "--simplify", self.parameterAsDouble(parameters, self.SIMPLIFY, context),
-                "--device", self.parameterAsString(parameters, self.DEVICE, context) or "auto"]
-        padding = self.parameterAsInt(parameters, self.PADDING, context)
-        if padding >= 0:
-            args += ["--padding", padding]
-        tile = self.parameterAsInt(parameters, self.TILE_SIZE, context)
-        if tile > 0:
-            args += ["--tile-size", tile]
-        tta = TTA_ARGS[self.parameterAsEnum(parameters, self.TTA, context)]
-        if tta:
-            args += ["--tta", tta]
-        if self.parameterAsBoolean(parameters, self.RETURN_BOXES, context):
-            args.append("--return-boxes")
-        if not self.parameterAsBoolean(parameters, self.NMS, context):
-            args.append("--no-nms")
-        args += extent_args(self, parameters, self.EXTENT, context, layer.crs())
-        if parameters.get(self.EXTENT_POLYGONS):
-            args += ["--extent-polygons", source_path(self, parameters, self.EXTENT_POLYGONS, context, feedback)]
-        cell = self.parameterAsDouble(parameters, self.CELL_SIZE, context)
-        if cell > 0:
-            args += ["--cell-size", cell]
+        values = {
+            self.INPUT_RASTER: raster, self.MODEL: absolute(self.parameterAsFile(parameters, self.MODEL, context)),
+            self.OUTPUT: out, self.TTA: self.parameterAsEnum(parameters, self.TTA, context),
+            self.DEVICE: self.parameterAsString(parameters, self.DEVICE, context) or "auto",
+            self.EXTENT: extent_value(self, parameters, self.EXTENT, context, layer.crs()),
+            self.EXTENT_POLYGONS: (source_path(self, parameters, self.EXTENT_POLYGONS, context, feedback)
+                                   if parameters.get(self.EXTENT_POLYGONS) else None),
+        }
+        for key in (self.PADDING, self.BATCH_SIZE, self.TILE_SIZE):
+            values[key] = self.parameterAsInt(parameters, key, context)
+        for key in (self.THRESHOLD, self.NMS_RATIO, self.SIMPLIFY, self.CELL_SIZE):
+            values[key] = self.parameterAsDouble(parameters, key, context)
+        for key in (self.RETURN_BOXES, self.NMS):
+            values[key] = self.parameterAsBoolean(parameters, key, context)
+        args = build_args(detect_args, values)
         result = self.run_step("detect", args, feedback)
         if result:
             feedback.pushInfo(f"{result['kept']} objects from {result['tiles']} tiles in {result['seconds']} s "

@@ -4,10 +4,8 @@ from qgis.core import (QgsProcessing, QgsProcessingParameterBand, QgsProcessingP
                        QgsProcessingParameterField, QgsProcessingParameterFolderDestination,
                        QgsProcessingParameterNumber, QgsProcessingParameterRasterLayer, QgsProcessingOutputNumber)
 
-from .base import MaskForgeAlgorithm, absolute, extent_args, raster_path, source_path
-
-FORMATS = ["TIFF", "PNG", "JPEG"]
-TILE_MODES = ["Only tiles with features", "All tiles"]
+from .base import MaskForgeAlgorithm, absolute, build_args, extent_value, raster_path, source_path
+from .jobs import FORMATS, TILE_MODES, export_args
 
 
 class ExportTrainingDataAlgorithm(MaskForgeAlgorithm):
@@ -84,36 +82,26 @@ class ExportTrainingDataAlgorithm(MaskForgeAlgorithm):
 
     def processAlgorithm(self, parameters, context, feedback):
         layer, raster = raster_path(self, parameters, self.INPUT_RASTER, context)
-        out = absolute(self.parameterAsString(parameters, self.OUTPUT, context))
-        args = ["--raster", raster, "--labels", source_path(self, parameters, self.INPUT_LABELS, context, feedback),
-                "--out", out,
-                "--tile-size", f"{self.parameterAsInt(parameters, self.TILE_SIZE_X, context)},"
-                               f"{self.parameterAsInt(parameters, self.TILE_SIZE_Y, context)}",
-                "--stride", f"{self.parameterAsInt(parameters, self.STRIDE_X, context)},"
-                            f"{self.parameterAsInt(parameters, self.STRIDE_Y, context)}",
-                "--format", FORMATS[self.parameterAsEnum(parameters, self.IMAGE_FORMAT, context)],
-                "--rotation-angle", self.parameterAsDouble(parameters, self.ROTATION_ANGLE, context),
-                "--min-overlap-ratio", self.parameterAsDouble(parameters, self.MIN_OVERLAP, context)]
-        for key, flag in ((self.CLASS_VALUE_FIELD, "--class-value-field"), (self.CLASS_NAME_FIELD, "--class-name-field")):
-            value = self.parameterAsString(parameters, key, context)
-            if value:
-                args += [flag, value]
-        if self.parameterAsEnum(parameters, self.TILES, context) == 1:
-            args.append("--all-tiles")
-        args += extent_args(self, parameters, self.EXTENT, context, layer.crs())
-        if parameters.get(self.MASK_POLYGONS):
-            args += ["--mask-polygons", source_path(self, parameters, self.MASK_POLYGONS, context, feedback)]
-        cell = self.parameterAsDouble(parameters, self.CELL_SIZE, context)
-        if cell > 0:
-            args += ["--cell-size", cell]
-        bands = self.parameterAsInts(parameters, self.BANDS, context)
-        if bands:
-            args += ["--bands", ",".join(str(b) for b in bands)]
-        radius = self.parameterAsDouble(parameters, self.BUFFER_RADIUS, context)
-        if radius > 0:
-            args += ["--buffer-radius", radius]
-        if self.parameterAsBoolean(parameters, self.OVERWRITE, context):
-            args.append("--overwrite")
+        values = {
+            self.INPUT_RASTER: raster,
+            self.INPUT_LABELS: source_path(self, parameters, self.INPUT_LABELS, context, feedback),
+            self.OUTPUT: absolute(self.parameterAsString(parameters, self.OUTPUT, context)),
+            self.CLASS_VALUE_FIELD: self.parameterAsString(parameters, self.CLASS_VALUE_FIELD, context) or None,
+            self.CLASS_NAME_FIELD: self.parameterAsString(parameters, self.CLASS_NAME_FIELD, context) or None,
+            self.IMAGE_FORMAT: self.parameterAsEnum(parameters, self.IMAGE_FORMAT, context),
+            self.TILES: self.parameterAsEnum(parameters, self.TILES, context),
+            self.EXTENT: extent_value(self, parameters, self.EXTENT, context, layer.crs()),
+            self.MASK_POLYGONS: (source_path(self, parameters, self.MASK_POLYGONS, context, feedback)
+                                 if parameters.get(self.MASK_POLYGONS) else None),
+            self.BANDS: self.parameterAsInts(parameters, self.BANDS, context),
+            self.OVERWRITE: self.parameterAsBoolean(parameters, self.OVERWRITE, context),
+        }
+        for key in (self.TILE_SIZE_X, self.TILE_SIZE_Y, self.STRIDE_X, self.STRIDE_Y):
+            values[key] = self.parameterAsInt(parameters, key, context)
+        for key in (self.ROTATION_ANGLE, self.MIN_OVERLAP, self.CELL_SIZE, self.BUFFER_RADIUS):
+            values[key] = self.parameterAsDouble(parameters, key, context)
+        out = values[self.OUTPUT]
+        args = build_args(export_args, values)
 
         result = self.run_step("export", args, feedback)
         if result:

@@ -3,9 +3,8 @@ from qgis.core import (QgsProcessing, QgsProcessingOutputNumber, QgsProcessingPa
                        QgsProcessingParameterField, QgsProcessingParameterFileDestination,
                        QgsProcessingParameterNumber)
 
-from .base import MaskForgeAlgorithm, absolute, source_path
-
-DEFAULT_CONFIDENCE_FIELD = "Confidence"
+from .base import MaskForgeAlgorithm, absolute, build_args, source_path
+from .jobs import DEFAULT_CONFIDENCE_FIELD, nms_args
 
 
 class NonMaximumSuppressionAlgorithm(MaskForgeAlgorithm):
@@ -57,13 +56,11 @@ class NonMaximumSuppressionAlgorithm(MaskForgeAlgorithm):
 
     def processAlgorithm(self, parameters, context, feedback):
         out = absolute(self.parameterAsFileOutput(parameters, self.OUTPUT, context))
-        args = ["--input", source_path(self, parameters, self.INPUT, context, feedback), "--out", out,
-                "--confidence-field",
-                self.parameterAsString(parameters, self.CONFIDENCE_FIELD, context) or DEFAULT_CONFIDENCE_FIELD,
-                "--max-overlap-ratio", self.parameterAsDouble(parameters, self.MAX_OVERLAP_RATIO, context)]
-        class_field = self.parameterAsString(parameters, self.CLASS_FIELD, context)
-        if class_field:
-            args += ["--class-field", class_field]
+        args = build_args(nms_args, {
+            self.INPUT: source_path(self, parameters, self.INPUT, context, feedback), self.OUTPUT: out,
+            self.CONFIDENCE_FIELD: self.parameterAsString(parameters, self.CONFIDENCE_FIELD, context) or None,
+            self.CLASS_FIELD: self.parameterAsString(parameters, self.CLASS_FIELD, context) or None,
+            self.MAX_OVERLAP_RATIO: self.parameterAsDouble(parameters, self.MAX_OVERLAP_RATIO, context)})
 
         result = self.run_step("nms", args, feedback)
         if not result:

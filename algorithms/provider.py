@@ -4,6 +4,8 @@ import os
 from qgis.core import QgsProcessingProvider
 from qgis.PyQt.QtGui import QIcon
 
+from .compare_detections import CompareDetectionsAlgorithm
+from .compute_accuracy import ComputeAccuracyAlgorithm
 from .detect_objects import DetectObjectsAlgorithm
 from .export_training_data import ExportTrainingDataAlgorithm
 from .nms import NonMaximumSuppressionAlgorithm
@@ -28,5 +30,5 @@ class MaskForgeProvider(QgsProcessingProvider):
 
     def loadAlgorithms(self):
         for alg in (ExportTrainingDataAlgorithm(), TrainAlgorithm(), DetectObjectsAlgorithm(),
-                    NonMaximumSuppressionAlgorithm()):
+                    NonMaximumSuppressionAlgorithm(), ComputeAccuracyAlgorithm(), CompareDetectionsAlgorithm()):
             self.addAlgorithm(alg)

@@ -1,46 +1,14 @@
 """Processing algorithm maskforge:train (engine: core/train.py)."""
-import json
 import os
-import re
 import time
 
-from qgis.core import (QgsProcessingException, QgsProcessingOutputFile, QgsProcessingOutputHtml,
+from qgis.core import (QgsProcessingOutputFile, QgsProcessingOutputHtml,
                        QgsProcessingOutputNumber, QgsProcessingParameterBoolean, QgsProcessingParameterEnum,
                        QgsProcessingParameterFile, QgsProcessingParameterFolderDestination,
                        QgsProcessingParameterNumber, QgsProcessingParameterString)
 
-from .base import MaskForgeAlgorithm, absolute
-
-# (label, value of --base); the package entry takes its path from BASE_PACKAGE.
-BASE_MODELS = [("torchvision COCO weights (downloaded once)", "coco"),
-               ("MaskForge or Esri package", None),
-               ("none (random initialisation)", "none")]
-PACKAGE_BASE = 1
-# The first entry passes no --backbone, so a base package keeps its own.
-BACKBONES = ["package's / resnet50_fpn (default)", "resnet50_fpn", "resnet50_fpn_v2", "resnet18_fpn"]
-MONITORS = ["valid_loss", "mask_ap"]
-
-
-# One anchor size per FPN level; the engine does not check the count and torchvision
-# fails on a mismatch with an assertion no user can act on.
-FPN_LEVELS = 5
-
-
-def _positive_ints(text, what, example, count=None):
-    """'1, 2,3' -> '1,2,3'. Checked here: the engine's argparse rejects junk with a usage
-    dump and no JSON error, which reaches the user as a bare exit status."""
-    parts = [p.strip() for p in str(text or "").split(",") if p.strip()]
-    try:
-        values = [int(p) for p in parts]
-    except ValueError:
-        values = []
-    if not values or min(values) < 1:
-        raise QgsProcessingException(
-            f"{what} '{text}' is not a comma-separated list of whole numbers from 1 up (e.g. '{example}').")
-    if count and len(values) != count:
-        raise QgsProcessingException(
-            f"{what} '{text}' has {len(values)} value(s); give {count}, one per FPN level (e.g. '{example}').")
-    return ",".join(str(v) for v in values)
+from .base import MaskForgeAlgorithm, absolute, build_args
+from .jobs import BACKBONES, BASE_MODELS, MONITORS, kept_package, train_args, train_base
 
 
 class TrainAlgorithm(MaskForgeAlgorithm):
@@ -132,60 +100,27 @@ class TrainAlgorithm(MaskForgeAlgorithm):
         self.addOutput(QgsProcessingOutputHtml("REPORT", "Training report"))
         self.addOutput(QgsProcessingOutputNumber("BEST_EPOCH", "Best epoch"))
 
-    def _base(self, parameters, context):
-        index = self.parameterAsEnum(parameters, self.BASE_MODEL, context)
-        package = self.parameterAsFile(parameters, self.BASE_PACKAGE, context)
-        if index != PACKAGE_BASE:
-            return BASE_MODELS[index][1], package
-        if not package:
-            raise QgsProcessingException(
-                "Base model is 'MaskForge or Esri package' but no base model package is given: "
-                "choose its .dlpk or .emd file.")
-        return absolute(package), None
-
     def processAlgorithm(self, parameters, context, feedback):
-        folders = [self.parameterAsFile(parameters, self.INPUT_DATA, context)]
-        extra = self.parameterAsString(parameters, self.ADDITIONAL_DATA, context) or ""
-        folders += [f.strip() for f in extra.split(";") if f.strip()]
-        out = absolute(self.parameterAsString(parameters, self.OUTPUT_MODEL, context))
-        base, ignored_package = self._base(parameters, context)
+        values = {self.INPUT_DATA: self.parameterAsFile(parameters, self.INPUT_DATA, context),
+                  self.OUTPUT_MODEL: absolute(self.parameterAsString(parameters, self.OUTPUT_MODEL, context))}
+        for key in (self.ADDITIONAL_DATA, self.BANDS, self.ANCHOR_SIZES):
+            values[key] = self.parameterAsString(parameters, key, context) or ""
+        values[self.BASE_PACKAGE] = self.parameterAsFile(parameters, self.BASE_PACKAGE, context) or ""
+        values[self.DEVICE] = (self.parameterAsString(parameters, self.DEVICE, context) or "auto").strip()
+        for key in (self.BASE_MODEL, self.MONITOR, self.BACKBONE):
+            values[key] = self.parameterAsEnum(parameters, key, context)
+        for key in (self.EPOCHS, self.BATCH_SIZE, self.PATIENCE, self.SEED):
+            values[key] = self.parameterAsInt(parameters, key, context)
+        for key in (self.LEARNING_RATE, self.VALIDATION_PERCENT):
+            values[key] = self.parameterAsDouble(parameters, key, context)
+        for key in (self.EARLY_STOPPING, self.AUGMENT, self.FREEZE_BACKBONE, self.RESUME):
+            values[key] = self.parameterAsBoolean(parameters, key, context)
+        out = values[self.OUTPUT_MODEL]
+        base, ignored_package = build_args(train_base, values)
         if ignored_package:
             feedback.pushWarning(f"The base model package '{ignored_package}' is ignored: the base model is "
                                  f"'{base}', not a package.")
-        device = (self.parameterAsString(parameters, self.DEVICE, context) or "auto").strip()
-        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device, re.IGNORECASE):
-            # The engine would fail on 'cuda:x' with an internal error.
-            raise QgsProcessingException(f"Unknown device '{device}': use auto, cpu, cuda or cuda:N (e.g. cuda:0).")
-
-        args = []
-        for folder in folders:
-            args += ["--data", absolute(folder)]
-        args += ["--out", out, "--base", base,
-                 "--epochs", self.parameterAsInt(parameters, self.EPOCHS, context),
-                 "--batch-size", self.parameterAsInt(parameters, self.BATCH_SIZE, context),
-                 "--val-percent", self.parameterAsDouble(parameters, self.VALIDATION_PERCENT, context),
-                 "--patience", self.parameterAsInt(parameters, self.PATIENCE, context),
-                 "--monitor", MONITORS[self.parameterAsEnum(parameters, self.MONITOR, context)],
-                 "--seed", self.parameterAsInt(parameters, self.SEED, context),
-                 "--device", device]
-        learning_rate = self.parameterAsDouble(parameters, self.LEARNING_RATE, context)
-        if learning_rate > 0:
-            args += ["--learning-rate", learning_rate]
-        backbone = self.parameterAsEnum(parameters, self.BACKBONE, context)
-        if backbone > 0:
-            args += ["--backbone", BACKBONES[backbone]]
-        for key, flag, what, example, count in ((self.BANDS, "--bands", "Bands", "1,2,3", None),
-                                                (self.ANCHOR_SIZES, "--anchor-sizes", "Anchor sizes",
-                                                 "8,16,32,64,128", FPN_LEVELS)):
-            text = self.parameterAsString(parameters, key, context)
-            if text and text.strip():
-                args += [flag, _positive_ints(text, what, example, count)]
-        for key, flag, when in ((self.EARLY_STOPPING, "--no-early-stopping", False),
-                                (self.AUGMENT, "--no-augment", False),
-                                (self.FREEZE_BACKBONE, "--freeze-backbone", True),
-                                (self.RESUME, "--resume", True)):
-            if self.parameterAsBoolean(parameters, key, context) == when:
-                args.append(flag)
+        args = build_args(train_args, values)
 
         started = time.time()
         result = self.run_step("train", args, feedback)
@@ -207,17 +142,10 @@ class TrainAlgorithm(MaskForgeAlgorithm):
 
     def _after_cancel(self, out, started, resumed, feedback):
         # The engine keeps the best epoch's package on cancel, but run_step drops its message;
-        # tell the user what the folder holds. The engine names the package after the folder.
-        name = os.path.basename(os.path.normpath(out)) or "model"
-        emd, package = os.path.join(out, f"{name}.emd"), os.path.join(out, f"{name}.dlpk")
-        if not (os.path.exists(emd) and os.path.exists(package)):
+        # tell the user what the folder holds.
+        kept = kept_package(out, started, resumed)
+        if not kept:
             return {}
-        if not resumed and os.path.getmtime(emd) < started:
-            return {}   # an earlier run's package: this run ended before its first epoch
-        try:
-            with open(emd, encoding="utf-8") as f:
-                best_epoch = json.load(f).get("BestEpoch")
-        except (OSError, ValueError):
-            best_epoch = None
+        package, best_epoch = kept
         feedback.pushInfo(f"The model folder keeps the package of the best epoch so far ({best_epoch}): {package}")
         return {self.OUTPUT_MODEL: out, "PACKAGE": package, "BEST_EPOCH": best_epoch}

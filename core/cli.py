@@ -5,6 +5,7 @@ Every step takes ``--json-progress`` to speak the JSON-lines protocol of
 2 bad input (a clear message), 3 cancelled, 1 internal error.
 """
 import argparse
+import os
 import sys
 import traceback
 
@@ -188,7 +189,8 @@ def _add_evaluate(sub):
     p.add_argument("--truth-class-field", help="default: 'classvalue'/'value' when present, else all class 1")
     p.add_argument("--ignore-classes", action="store_true", help="match outlines only, whatever their class")
     p.add_argument("--extent", type=lambda t: _floats(t, 4),
-                   help="xmin,ymin,xmax,ymax in the detections' CRS: assess features whose centroid is inside")
+                   help="xmin,ymin,xmax,ymax in the detections' CRS: assess features whose centroid is inside "
+                        "(write --extent=-10,... when it starts with a minus)")
     p.add_argument("--extent-polygons", help="assess only features whose centroid lies in these polygons")
 
 
@@ -247,8 +249,9 @@ def main(argv=None):
     except (UserError, argparse.ArgumentTypeError, ValueError) as exc:
         reporter.error(str(exc), kind="input")
         return EXIT_INPUT
-    from . import distributed
-    if distributed.is_distributed():
+    distributed = None
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:   # under torchrun; light steps never import torch
+        from . import distributed
         if args.step not in ("train", "detect"):
             reporter.error(f"'{args.step}' runs in one process; only train and detect run under torchrun.")
             return EXIT_INPUT
@@ -274,6 +277,7 @@ def main(argv=None):
                        kind="internal")
         return EXIT_INTERNAL
     finally:
-        distributed.shutdown()
+        if distributed is not None:
+            distributed.shutdown()
     reporter.result(result)
     return EXIT_OK

@@ -33,7 +33,7 @@ from . import distributed
 from .bands import to_network_input
 from .chips import _Grid, class_color
 from .errors import Cancelled, UserError
-from .geodata import open_raster, read_vector, reproject_geometries, to_polygons
+from .geodata import GPKG_CREATION, open_raster, read_vector, reproject_geometries, to_polygons
 from .model import network_for_package, select_device
 from .package import load_package
 from .progress import NullReporter
@@ -324,7 +324,8 @@ def _write_rows(path, layer, crs, rows, append, with_tile=False):
     if with_tile:
         data.append(np.asarray(rows[TILE_FIELD], np.int64))
     pyogrio.raw.write(str(path), np.asarray(rows["wkb"], dtype=object), data, fields, layer=layer, driver="GPKG",
-                      geometry_type="Polygon", crs=crs, append=append)
+                      geometry_type="Polygon", crs=crs, append=append,
+                      dataset_options=None if append else GPKG_CREATION)
 
 
 class _Writer:

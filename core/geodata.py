@@ -16,6 +16,9 @@ from rasterio.errors import RasterioIOError
 
 from .errors import UserError
 
+# GeoPackages we write are read by QGIS 3.22's GDAL 3.6, which warns on the 1.4 files newer GDAL makes.
+GPKG_CREATION = {"VERSION": "1.2"}
+
 # Esri's Export Training Data falls back to these fields (case-insensitive).
 CLASS_VALUE_FALLBACKS = ("value", "classvalue")
 CLASS_NAME_FALLBACKS = ("classname", "class_name")

@@ -20,7 +20,7 @@ import pyogrio
 import shapely
 
 from .errors import UserError
-from .geodata import split_layer_source
+from .geodata import GPKG_CREATION, split_layer_source
 
 # Esri's fallbacks when no class field is named, in the order its help lists them.
 CLASS_FIELD_FALLBACKS = ("classvalue", "value")
@@ -351,6 +351,7 @@ def nms_file(input_source, output_path, confidence_field="Confidence", class_fie
             str(tmp), np.asarray(wkb, dtype=object)[kept], data, fields, field_mask=masks,
             layer=out.stem, driver="GPKG", geometry_type=meta.get("geometry_type") or "Unknown",
             crs=meta.get("crs"), promote_to_multi=False, layer_options=layer_options or None,
+            dataset_options=GPKG_CREATION,
         )
         if reporter is not None:
             reporter.check_cancelled()

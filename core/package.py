@@ -87,7 +87,7 @@ def _safe_extract(zip_path, dest):
 
 def _extraction_dir(dlpk):
     stat = Path(dlpk).stat()
-    key = hashlib.sha1(f"{Path(dlpk).resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    key = hashlib.sha256(f"{Path(dlpk).resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
     return Path(tempfile.gettempdir()) / "maskforge-packages" / key
 
 

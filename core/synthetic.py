@@ -16,6 +16,8 @@ import shapely
 import shapely.affinity
 from affine import Affine
 
+from .geodata import GPKG_CREATION
+
 CRS = "EPSG:32636"
 CELL = 0.3
 ORIGIN = (500000.0, 3400000.0)
@@ -87,6 +89,7 @@ def make_scene(out_dir, size=512, seed=0, kind="camp"):
         labels_path, shapely.to_wkb(np.array(footprints, dtype=object)),
         [np.ones(len(footprints), dtype=np.int32), np.array([name] * len(footprints), dtype=object)],
         fields=["classvalue", "classname"], geometry_type="Polygon", crs=CRS, driver="GPKG", layer="labels",
+        dataset_options=GPKG_CREATION,
     )
     return {"raster": str(raster_path), "labels": str(labels_path), "objects": len(footprints),
             "kind": kind, "size": size}

@@ -161,6 +161,18 @@ def main():
     line("train_step_bare_seconds", round(t_bare, 4))
     line("train_step_ratio", round(t_ours / t_bare, 3))
 
+    if device.type == "cuda":
+        # AMP vs fp32 on the Esri-compatible network at ArcGIS's 400 px tiles.
+        chips400 = out / "chips400"
+        if not chips400.exists():
+            export_training_data(scene["raster"], scene["labels"], chips400,
+                                 ExportOptions(tile_size_x=400, tile_size_y=400, stride_x=56, stride_y=56))
+        fp32, _ = bench_train(chips400, device, "resnet50_fpn", 400, 10, False)
+        mixed, _ = bench_train(chips400, device, "resnet50_fpn", 400, 10, True)
+        line("train_resnet50_400_fp32_images_per_s", round(2 / fp32, 2))
+        line("train_resnet50_400_amp_images_per_s", round(2 / mixed, 2))
+        line("train_amp_vs_fp32_speedup", round(fp32 / mixed, 3))
+
     # 2. detection throughput against the raw model
     package = out / "package"
     if not (package / "package.emd").exists():
@@ -191,7 +203,24 @@ def main():
     line("detect_peak_rss_16x_mb", round(rss_large, 1))
     line("detect_peak_rss_ratio", round(rss_large / rss_small, 3))
 
-    # 4. NMS
+    # 4. detection on 1 and 2 processes (torchrun, gloo on CPU / NCCL on GPUs): on 2 cores this shows overhead
+    n_gpus = torch.cuda.device_count()
+    for procs in sorted({1, 2, n_gpus} - {0}):
+        cmd = ([sys.executable, "-m", "core"] if procs == 1 else
+               [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(procs),
+                "-m", "core"])
+        t0 = time.perf_counter()
+        subprocess.run(cmd + ["detect", "--raster", str(raster), "--model", str(package), "--out",
+                              str(out / f"procs{procs}.gpkg"), "--device", str(device.type)],
+                       cwd=ROOT, capture_output=True, text=True, check=True)
+        seconds = time.perf_counter() - t0
+        line(f"detect_{procs}proc_{device.type}_seconds", round(seconds, 2))
+        if procs == 1:
+            one = seconds
+        else:
+            line(f"detect_{procs}proc_{device.type}_speedup", round(one / seconds, 3))
+
+    # 5. NMS
     run = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_nms.py")], capture_output=True, text=True,
                          check=True)
     print(run.stdout, end="")

@@ -38,6 +38,7 @@ def test_load_unload_load_leaves_nothing_behind(maskforge, qgis_iface, qgis_proc
         for algorithm_id in ALGORITHMS:
             assert registry.algorithmById(algorithm_id) is not None, algorithm_id
         assert [a.objectName() for a in plugin.toolbar.actions()] == [
+            "MaskForgeLabelAction",
             "MaskForgeExportAction", "MaskForgeTrainAction", "MaskForgeDetectAction", "MaskForgeNmsAction"]
         assert plugin.toolbar.parent() is qgis_iface.mainWindow()
         plugin.unload()

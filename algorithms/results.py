@@ -1,0 +1,32 @@
+"""Result layers of the assessment algorithms: loaded into the project when the run completes, styled."""
+import os
+
+from qgis.core import QgsProcessingContext, QgsProcessingLayerPostProcessorInterface
+
+# Processing keeps only a C++ pointer to a post-processor; the Python object must outlive the algorithm
+# until its layers are loaded, maybe after later runs (batch). They are never dropped: a few bytes a run.
+_STYLERS = []
+
+
+class _ApplyStyle(QgsProcessingLayerPostProcessorInterface):
+    """Processing loads result layers without their default style, so the .qml written beside is applied here."""
+
+    def __init__(self, qml):
+        super().__init__()
+        self.qml = qml
+
+    def postProcessLayer(self, layer, context, feedback):  # noqa: N802 (QGIS's name)
+        if os.path.exists(self.qml):
+            layer.loadNamedStyle(self.qml)
+            layer.triggerRepaint()
+
+
+def load_on_completion(context, path, name, output_name):
+    """Ask Processing to add the GeoPackage at ``path`` to the project (as the toolbox does for destinations)."""
+    if not path or context.project() is None:
+        return
+    details = QgsProcessingContext.LayerDetails(name, context.project(), output_name)
+    styler = _ApplyStyle(os.path.splitext(path)[0] + ".qml")
+    _STYLERS.append(styler)
+    details.setPostProcessor(styler)
+    context.addLayerToLoadOnCompletion(path, details)

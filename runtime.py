@@ -1,0 +1,304 @@
+"""The runtime Python that runs the engine: what it has (probe), and making one (setup).
+
+QGIS never imports torch: the probe runs the runtime Python as a child process
+(``QProcess``, so the GUI keeps responding) and reads one JSON line back; the
+setup is a background ``QgsTask`` that creates a venv and pip-installs
+requirements.txt into it — never into QGIS's own Python.
+"""
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+
+from qgis.core import Qgis, QgsTask
+from qgis.PyQt.QtCore import QObject, QProcess, QProcessEnvironment, pyqtSignal
+
+from . import settings
+from .runner import PLUGIN_DIR, _child_env, missing_runtime_message
+from .tasks import forget, log, push
+
+REQUIREMENTS = os.path.join(PLUGIN_DIR, "requirements.txt")
+PROBE_TIMEOUT_MS = 120000
+
+# Run by the runtime Python (``-c``): a text here, so nothing on the QGIS side imports torch.
+PROBE_SCRIPT = r'''
+import json, platform, sys
+info = {"python": sys.version.split()[0], "executable": sys.executable, "platform": platform.platform()}
+def version(name):
+    try:
+        module = __import__(name)
+        return getattr(module, "__version__", "?"), module
+    except Exception as exc:
+        info.setdefault("errors", {})[name] = f"{type(exc).__name__}: {exc}"
+        return None, None
+for name in ("numpy", "shapely", "pyogrio", "pyproj", "pycocotools"):
+    info[name] = version(name)[0]
+info["torchvision"] = version("torchvision")[0]
+info["rasterio"], rasterio = version("rasterio")
+if rasterio is not None:
+    info["rasterio_gdal"] = getattr(rasterio, "__gdal_version__", None)
+info["torch"], torch = version("torch")
+if torch is not None:
+    info["cuda_build"] = torch.version.cuda
+    info["cuda_available"] = bool(torch.cuda.is_available())
+    info["devices"] = []
+    if info["cuda_available"]:
+        for i in range(torch.cuda.device_count()):
+            p = torch.cuda.get_device_properties(i)
+            info["devices"].append({"index": i, "name": p.name, "memory_gb": round(p.total_memory / 2**30, 1),
+                                    "capability": f"{p.major}.{p.minor}"})
+    elif torch.version.cuda is None:
+        info["cuda_reason"] = "this PyTorch is a CPU-only build"
+    else:
+        try:
+            torch.cuda.init()
+            info["cuda_reason"] = "PyTorch sees no CUDA GPU"
+        except Exception as exc:
+            info["cuda_reason"] = str(exc).splitlines()[0].split(". ")[0].rstrip(".")
+print("MASKFORGE-PROBE " + json.dumps(info))
+'''
+
+_cache = {}   # runtime python -> (its mtime, probe result): one probe per runtime and session
+
+
+def _cache_key(python):
+    try:
+        return python, os.path.getmtime(python)
+    except OSError:
+        return python, None
+
+
+def cached_probe(python):
+    return _cache.get(_cache_key(python))
+
+
+def effective_device(preference, info):
+    """(device the engine will use for ``preference``, a problem or None), as the engine chooses."""
+    preference = (preference or "auto").strip().lower()
+    if not info or info.get("torch") is None:
+        return None, "PyTorch is not available in the runtime Python."
+    devices = info.get("devices") or []
+    why = info.get("cuda_reason") or "no CUDA GPU"
+    if preference == "auto":
+        return ("cuda:0", None) if devices else ("cpu", None)
+    if preference.startswith("cuda"):
+        index = preference.partition(":")[2] or "0"
+        if not devices:
+            return None, f"'{preference}' was asked for, but {why}. Use 'cpu' or 'auto'."
+        if not index.isdigit() or int(index) >= len(devices):
+            return None, f"There is no GPU {index}: this machine has {len(devices)}."
+        return f"cuda:{index}", None
+    return ("cpu", None) if preference == "cpu" else (None, f"Unknown device '{preference}'.")
+
+
+def describe_device(device, info):
+    if device and device.startswith("cuda"):
+        d = (info.get("devices") or [])[int(device.partition(":")[2] or 0)]
+        return f"{device} — {d['name']} ({d['memory_gb']} GB)"
+    if device == "cpu":
+        return f"cpu (no GPU: {info.get('cuda_reason') or 'not asked for'})" if not info.get("devices") else "cpu"
+    return device or "?"
+
+
+class RuntimeProbe(QObject):
+    """Asks the runtime Python what it has, without blocking the GUI thread.
+
+    ``finished(dict)`` carries the probe's JSON, or ``{"error": message}``.
+    """
+    finished = pyqtSignal(object)
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.process = None
+        self.python = None
+        self._stdout = ""
+
+    def start(self, python=None, use_cache=True):
+        self.python = python or settings.runtime_python()
+        cached = cached_probe(self.python) if use_cache else None
+        if cached is not None:
+            self.finished.emit(cached)
+            return
+        if not os.path.exists(self.python):
+            self.finished.emit({"error": missing_runtime_message(self.python)})
+            return
+        self.stop()
+        self._stdout = ""
+        self.process = QProcess(self)
+        env = QProcessEnvironment()
+        for key, value in _child_env().items():
+            env.insert(key, value)
+        self.process.setProcessEnvironment(env)
+        self.process.setWorkingDirectory(PLUGIN_DIR)
+        self.process.readyReadStandardOutput.connect(self._read)
+        self.process.finished.connect(self._done)
+        self.process.errorOccurred.connect(self._failed)
+        self._started = time.monotonic()
+        self.process.start(self.python, ["-c", PROBE_SCRIPT])
+        # A runtime that hangs (a broken driver) must not leave the dialog waiting forever.
+        from qgis.PyQt.QtCore import QTimer
+        QTimer.singleShot(PROBE_TIMEOUT_MS, self._timeout)
+
+    def stop(self):
+        if self.process is not None and self.process.state() != QProcess.NotRunning:
+            self.process.finished.disconnect(self._done)
+            self.process.errorOccurred.disconnect(self._failed)
+            self.process.kill()
+            self.process.waitForFinished(2000)
+        self.process = None
+
+    def _read(self):
+        if self.process is not None:
+            self._stdout += bytes(self.process.readAllStandardOutput()).decode("utf-8", "replace")
+
+    def _timeout(self):
+        if self.process is not None and self.process.state() != QProcess.NotRunning:
+            self.stop()
+            self.finished.emit({"error": f"The runtime Python '{self.python}' did not answer within "
+                                         f"{PROBE_TIMEOUT_MS // 1000} s."})
+
+    def _failed(self, error):
+        if error == QProcess.FailedToStart:
+            self.process = None
+            self.finished.emit({"error": f"Cannot start the runtime Python '{self.python}'."})
+
+    def _done(self, code, status):
+        process, self.process = self.process, None
+        if process is None:
+            return
+        self._stdout += bytes(process.readAllStandardOutput()).decode("utf-8", "replace")
+        stderr = bytes(process.readAllStandardError()).decode("utf-8", "replace").strip()
+        line = next((l for l in self._stdout.splitlines() if l.startswith("MASKFORGE-PROBE ")), None)
+        if line is None:
+            tail = "\n".join(stderr.splitlines()[-5:])
+            self.finished.emit({"error": f"The runtime Python '{self.python}' failed (exit status {code}). "
+                                         f"{tail}".strip()})
+            return
+        try:
+            info = json.loads(line.partition(" ")[2])
+        except ValueError:
+            self.finished.emit({"error": f"The runtime Python '{self.python}' gave an unreadable answer."})
+            return
+        info["seconds"] = round(time.monotonic() - self._started, 1)
+        _cache[_cache_key(self.python)] = info
+        self.finished.emit(info)
+
+
+# -- setup ---------------------------------------------------------------------------
+
+def base_python():
+    """A system Python to create the venv with (QGIS's executable may be QGIS itself)."""
+    if os.path.basename(sys.executable).startswith("python") and os.path.exists(sys.executable):
+        return sys.executable
+    for candidate in ("/usr/bin/python3", shutil.which("python3"), shutil.which("python")):
+        if candidate and os.path.exists(candidate):
+            return candidate
+    return None
+
+
+def venv_python(folder):
+    return os.path.join(folder, "Scripts", "python.exe") if os.name == "nt" else os.path.join(folder, "bin", "python")
+
+
+def check_setup_folder(folder):
+    """The problem with making a runtime in ``folder``, or None."""
+    if not folder:
+        return "Choose a folder for the runtime."
+    real = os.path.realpath(folder)
+    if real in (os.path.realpath(sys.prefix), os.path.realpath(sys.base_prefix)):
+        return f"'{folder}' is QGIS's own Python; the runtime needs a folder of its own."
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        return f"'{folder}' is a file; choose a folder."
+    if os.path.isdir(folder) and os.listdir(folder) and not os.path.exists(os.path.join(folder, "pyvenv.cfg")):
+        return f"'{folder}' is not empty and is no Python venv; choose a new folder."
+    return None
+
+
+def _requirement_count(path):
+    with open(path, encoding="utf-8") as f:
+        return max(1, sum(1 for line in f if line.split("#")[0].strip() and not line.startswith("-")))
+
+
+class SetupRuntimeTask(QgsTask):
+    """``python3 -m venv <folder>`` then ``<folder>/bin/python -m pip install -r requirements.txt``.
+
+    Cancel stops the running command. On success the new Python becomes the runtime.
+    """
+    line = pyqtSignal(str)
+
+    def __init__(self, folder, requirements=REQUIREMENTS, python=None, on_finished=None):
+        super().__init__(f"MaskForge: set up the runtime in {folder}", QgsTask.CanCancel)
+        self.folder = os.path.abspath(folder)
+        self.requirements = requirements
+        self.base = python or base_python()
+        self.on_finished = on_finished
+        self.error = None
+        self.tail = []
+
+    def _run(self, command, first, last, total=None):
+        log(" ".join(command))
+        env = _child_env()
+        env["PIP_PROGRESS_BAR"] = "off"
+        child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                                 stdin=subprocess.DEVNULL, start_new_session=True)
+        seen = 0
+        for text in iter(child.stdout.readline, ""):
+            text = text.rstrip()
+            self.tail = (self.tail + [text])[-30:]
+            self.line.emit(text)
+            if re.match(r"(Collecting|Requirement already satisfied)", text) and total:
+                seen += 1
+                self.setProgress(first + (last - first) * 0.8 * min(seen, total) / total)
+            elif text.startswith("Installing collected packages"):
+                self.setProgress(first + (last - first) * 0.85)
+            if self.isCanceled():
+                child.terminate()
+                break
+        try:
+            code = child.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            code = child.wait()
+        if self.isCanceled():
+            raise RuntimeError("Cancelled; the runtime folder may be incomplete: set it up again.")
+        if code != 0:
+            raise RuntimeError(f"'{' '.join(command[:4])} …' failed (exit status {code}):\n" + "\n".join(self.tail[-10:]))
+        self.setProgress(last)
+
+    def run(self):
+        try:
+            problem = check_setup_folder(self.folder)
+            if problem:
+                raise RuntimeError(problem)
+            if not self.base:
+                raise RuntimeError("No system Python 3 found to create the runtime with (python3 is not on PATH).")
+            python = venv_python(self.folder)
+            if not os.path.exists(python):
+                self._run([self.base, "-m", "venv", self.folder], 0, 5)
+            # pip runs only in a venv of our own (a venv's python is a link to the system's, so the
+            # folder's pyvenv.cfg is what tells it apart from QGIS's Python).
+            if not os.path.exists(os.path.join(self.folder, "pyvenv.cfg")):
+                raise RuntimeError(f"'{self.folder}' is no Python venv; refusing to install into it.")
+            self._run([python, "-m", "pip", "install", "--disable-pip-version-check", "-r", self.requirements],
+                      5, 100, _requirement_count(self.requirements))
+            return True
+        except Exception as exc:
+            self.error = str(exc)
+            return False
+
+    def finished(self, ok):
+        try:
+            if ok:
+                settings.set_value("runtime_python", venv_python(self.folder))
+                push(f"MaskForge runtime ready: {venv_python(self.folder)}", Qgis.Success)
+            else:
+                push(f"Setting up the MaskForge runtime failed: {self.error or 'cancelled'}", Qgis.Critical)
+            if self.on_finished is not None:
+                self.on_finished(self, ok)
+        except Exception as exc:
+            log(f"Error after the runtime setup: {exc}", Qgis.Critical)
+        finally:
+            forget(self)

@@ -1,0 +1,225 @@
+"""Screenshots of the Label Objects dock in a real QGIS window, at 1366 x 768.
+
+    python3 scripts/screenshot_labeling.py
+
+starts QGIS under a virtual X server (``xvfb-run``) with a throw-away profile
+and this file as its ``--code`` script. In QGIS the script loads the MaskForge
+plugin from this folder, opens ../shared/data/osbs-trees/image.tif, draws
+labels with the dock's own map tools (mouse events on the canvas), and saves
+
+    screenshots/labeling.png          drawing: classes, labeled objects, a polygon in progress
+    screenshots/labeling_review.png   reviewing detections
+
+then quits QGIS. Nothing is written outside screenshots/ and a temporary folder.
+"""
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+# QGIS runs a --code file with exec(), without __file__: the launcher passes the folder on
+ROOT = (os.path.dirname(os.path.dirname(os.path.abspath(__file__))) if "__file__" in globals()
+        else os.environ["MASKFORGE_SCREENSHOT_ROOT"])
+SHOTS = os.path.join(ROOT, "screenshots")
+IMAGE = os.environ.get("MASKFORGE_SCREENSHOT_IMAGE",
+                       os.path.join(os.path.dirname(ROOT), "shared", "data", "osbs-trees", "image.tif"))
+TREES = os.path.join(os.path.dirname(IMAGE), "trees.geojson")
+SIZE = (1366, 768)
+
+
+def launch():
+    """Outside QGIS: run QGIS under Xvfb with this file as its startup code."""
+    if not os.path.exists(IMAGE):
+        sys.exit(f"The sample image {IMAGE} is absent (expected ../shared/data beside the repository).")
+    if not shutil.which("xvfb-run") or not shutil.which("qgis"):
+        sys.exit("xvfb-run and qgis are needed (apt-get install qgis xvfb).")
+    os.makedirs(SHOTS, exist_ok=True)
+    for name in ("labeling.png", "labeling_review.png"):
+        if os.path.exists(os.path.join(SHOTS, name)):
+            os.remove(os.path.join(SHOTS, name))
+    with tempfile.TemporaryDirectory(prefix="maskforge-shot-") as work:
+        env = dict(os.environ, MASKFORGE_SCREENSHOT_WORK=work, MASKFORGE_SCREENSHOT_ROOT=ROOT, QT_QPA_PLATFORM="xcb")
+        env.pop("QGIS_CUSTOM_CONFIG_PATH", None)
+        command = ["xvfb-run", "-a", "-s", f"-screen 0 {SIZE[0]}x{SIZE[1]}x24",
+                   "qgis", "--nologo", "--noversioncheck", "--profiles-path", os.path.join(work, "profile"),
+                   "--code", os.path.abspath(__file__)]
+        try:
+            run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
+        except subprocess.TimeoutExpired:
+            sys.exit("QGIS did not finish within 4 minutes.")
+        log = os.path.join(work, "log.txt")
+        if os.path.exists(log):
+            print(open(log).read().strip())
+    missing = [n for n in ("labeling.png", "labeling_review.png") if not os.path.exists(os.path.join(SHOTS, n))]
+    if missing:
+        sys.exit(f"QGIS exited ({run.returncode}) without writing {', '.join(missing)}:\n{run.stderr[-3000:]}")
+    print(f"Wrote {SHOTS}/labeling.png and labeling_review.png")
+
+
+# ---------------------------------------------------------------- inside QGIS
+
+def in_qgis():
+    from qgis.PyQt.QtCore import QTimer
+    work = os.environ["MASKFORGE_SCREENSHOT_WORK"]
+    log = open(os.path.join(work, "log.txt"), "w")
+
+    def step():
+        try:
+            shoot(work, log)
+        except Exception:  # noqa: BLE001 (report, then quit: a hung QGIS is worse)
+            import traceback
+            log.write(traceback.format_exc())
+        finally:
+            log.close()
+            from qgis.core import QgsProject
+            from qgis.utils import iface
+            QgsProject.instance().clear()
+            QgsProject.instance().setDirty(False)   # no "save the project?" question on the way out
+            # QGIS's own File > Exit: QgsApplication.exit() skipped its shutdown order and crashed on the way out
+            QTimer.singleShot(0, iface.actionExit().trigger)
+            QTimer.singleShot(20000, lambda: os._exit(0))
+
+    QTimer.singleShot(1500, step)   # after QGIS has finished starting
+
+
+def settle(seconds=0.3):
+    from qgis.core import QgsApplication
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        QgsApplication.processEvents()
+        time.sleep(0.01)
+
+
+def shoot(work, log):
+    from qgis.core import QgsPointXY, QgsProject, QgsRasterLayer, QgsRectangle, QgsVectorLayer
+    from qgis.PyQt.QtCore import QEvent, QPoint, QPointF, Qt
+    from qgis.PyQt.QtGui import QMouseEvent
+    from qgis.PyQt.QtWidgets import QApplication
+    from qgis.utils import iface
+
+    plugins = os.path.join(work, "plugins")
+    os.makedirs(plugins, exist_ok=True)
+    os.symlink(ROOT, os.path.join(plugins, "maskforge"))
+    sys.path.insert(0, plugins)
+    import maskforge
+    from maskforge.ui.label_store import create_labels_geopackage
+
+    window = iface.mainWindow()
+    window.showNormal()
+    window.setGeometry(0, 0, *SIZE)   # Xvfb has no window manager to maximize it
+    settle(1.0)
+    canvas = iface.mapCanvas()
+
+    raster = QgsRasterLayer(IMAGE, "osbs image")
+    QgsProject.instance().addMapLayer(raster)
+    QgsProject.instance().setCrs(raster.crs())
+    plugin = maskforge.classFactory(iface)
+    plugin.initGui()
+    plugin.label_action.trigger()
+    dock = plugin.labels_dock
+    settle(0.5)
+    dock.use_layer(create_labels_geopackage(os.path.join(work, "osbs_labels.gpkg"), raster.crs()))
+    dock.rename_class(1, "tree")
+    dock.add_class("dead tree")
+    canvas.setExtent(raster.extent())
+    canvas.refresh()
+    settle(1.0)
+
+    viewport = canvas.viewport()
+
+    def send(kind, point, button=Qt.LeftButton, buttons=None):
+        buttons = button if buttons is None else buttons
+        event = QMouseEvent(kind, QPointF(point), QPointF(viewport.mapToGlobal(point)), button, buttons,
+                            Qt.NoModifier)
+        QApplication.sendEvent(viewport, event)
+
+    def pixel(x, y):
+        p = canvas.getCoordinateTransform().transform(QgsPointXY(x, y))
+        return QPoint(round(p.x()), round(p.y()))
+
+    trees = sorted(QgsVectorLayer(TREES, "trees", "ogr").getFeatures(), key=lambda f: f.geometry().centroid()
+                   .asPoint().x())
+    boxes = [f.geometry().boundingBox() for f in trees]
+
+    # rectangles drawn with the rectangle tool, as a person drags them
+    dock.set_current_class(1)
+    dock.activate_tool("rectangle")
+    for box in boxes[::3][:14]:
+        a, b = pixel(box.xMinimum(), box.yMaximum()), pixel(box.xMaximum(), box.yMinimum())
+        send(QEvent.MouseButtonPress, a)
+        send(QEvent.MouseMove, (a + b) / 2, Qt.NoButton, Qt.LeftButton)
+        send(QEvent.MouseMove, b, Qt.NoButton, Qt.LeftButton)
+        send(QEvent.MouseButtonRelease, b, Qt.LeftButton, Qt.NoButton)
+    # two crowns outlined with the polygon tool, as 'dead tree'
+    dock.set_current_class(2)
+    dock.activate_tool("polygon")
+    for box in boxes[1::3][:2]:
+        c = box.center()
+        rx, ry = box.width() / 2, box.height() / 2
+        ring = [pixel(c.x() + rx * dx, c.y() + ry * dy) for dx, dy in
+                ((0, 1), (0.8, 0.7), (1, 0), (0.6, -0.8), (0, -1), (-0.8, -0.6), (-1, 0.1), (-0.6, 0.8))]
+        for p in ring:
+            send(QEvent.MouseButtonPress, p)
+            send(QEvent.MouseButtonRelease, p, Qt.LeftButton, Qt.NoButton)
+        send(QEvent.MouseButtonDblClick, ring[-1])
+        send(QEvent.MouseButtonRelease, ring[-1], Qt.LeftButton, Qt.NoButton)
+    # select one label in the table: it is selected on the map too
+    dock.select_rows([dock.table_feature_ids()[3]])
+    canvas.setExtent(raster.extent())
+    # and one polygon left half drawn, so the rubber band shows
+    box = boxes[7]
+    c = box.center()
+    for dx, dy in ((-1, 1), (1, 1.2), (1.2, -0.6)):
+        p = pixel(c.x() + dx * box.width() / 2, c.y() + dy * box.height() / 2)
+        send(QEvent.MouseButtonPress, p)
+        send(QEvent.MouseButtonRelease, p, Qt.LeftButton, Qt.NoButton)
+    send(QEvent.MouseMove, pixel(c.x() - box.width() / 2, c.y() - box.height() / 2), Qt.NoButton, Qt.NoButton)
+    canvas.refresh()
+    canvas.waitWhileRendering()
+    settle(1.0)
+    window.grab().save(os.path.join(SHOTS, "labeling.png"))
+    log.write(f"labels: {dock.store.counts()}, window {window.width()}x{window.height()}, "
+              f"dock {dock.width()}x{dock.height()}\n")
+
+    # review: the other trees as 'detections' with made-up confidences
+    dock.tools["polygon"].reset()
+    detections = make_detections(os.path.join(work, "detections.gpkg"), boxes[2::3], raster.crs())
+    QgsProject.instance().addMapLayer(detections)
+    dock.start_review(detections)
+    dock.review_accept()
+    dock.review_reject()
+    canvas.waitWhileRendering()
+    settle(1.0)
+    window.grab().save(os.path.join(SHOTS, "labeling_review.png"))
+    log.write(f"review: {dock.review.tally()}\n")
+    plugin.unload()
+    settle(0.3)
+
+
+def make_detections(path, boxes, crs):
+    from qgis.core import (QgsFeature, QgsField, QgsFields, QgsGeometry, QgsProject, QgsVectorFileWriter,
+                           QgsVectorLayer, QgsWkbTypes)
+    from qgis.PyQt.QtCore import QVariant
+    fields = QgsFields()
+    for name, kind in (("ClassValue", QVariant.Int), ("Class", QVariant.String), ("Confidence", QVariant.Double),
+                       ("Area", QVariant.Double)):
+        fields.append(QgsField(name, kind))
+    options = QgsVectorFileWriter.SaveVectorOptions()
+    options.driverName = "GPKG"
+    writer = QgsVectorFileWriter.create(path, fields, QgsWkbTypes.Polygon, crs,
+                                        QgsProject.instance().transformContext(), options)
+    for i, box in enumerate(boxes):
+        feature = QgsFeature(fields)
+        feature.setGeometry(QgsGeometry.fromRect(box))
+        feature.setAttributes([1, "tree", round(0.98 - 0.037 * i, 3), box.area()])
+        writer.addFeature(feature)
+    del writer
+    return QgsVectorLayer(path, "detections", "ogr")
+
+
+if __name__ == "__main__" and "MASKFORGE_SCREENSHOT_WORK" not in os.environ:
+    launch()
+elif "MASKFORGE_SCREENSHOT_WORK" in os.environ:
+    in_qgis()

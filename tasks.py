@@ -1,0 +1,191 @@
+"""Engine jobs as QGIS background tasks, for the toolbar dialogs.
+
+A ``JobTask`` runs one engine job through ``runner.run_job`` — the code path
+the Processing algorithms use — in QGIS's task manager: progress in the task
+bar, Cancel there or in the dialog, several jobs queued. ``run()`` is on a
+worker thread: it only emits signals and writes to the message log (both
+thread-safe). Everything that touches layers, the project or widgets happens
+in ``finished()``, on the main thread, through the ``on_finished`` callback.
+"""
+import threading
+import traceback
+
+from qgis.core import Qgis, QgsApplication, QgsMessageLog, QgsTask
+from qgis.PyQt.QtCore import QUrl, pyqtSignal
+from qgis.PyQt.QtGui import QDesktopServices
+from qgis.PyQt.QtWidgets import QPushButton
+
+from . import settings
+from .runner import JobCancelled, JobError, run_job
+
+TAG = "MaskForge"
+# A QgsTask whose Python object is collected while the task manager still runs it
+# crashes QGIS: every started task stays here until it has finished.
+_running = set()
+# Training and detection each take a GPU's memory (or all CPU cores): one at a time,
+# later ones wait in the queue. Export and NMS are light and run alongside.
+_HEAVY_STEPS = ("train", "detect")
+_heavy = threading.Lock()
+
+
+def log(message, level=Qgis.Info):
+    QgsMessageLog.logMessage(str(message), TAG, level)
+
+
+def message_bar():
+    from qgis.utils import iface   # None in qgis_process and plain scripts
+    return iface.messageBar() if iface is not None else None
+
+
+def push(text, level=Qgis.Info, more=None, duration=None):
+    """Message bar (when there is one) and log; a failure keeps its details under 'More'."""
+    log(text if not more else f"{text}\n{more}", level)
+    bar = message_bar()
+    if bar is None:
+        return
+    if duration is None:
+        duration = 0 if level in (Qgis.Critical, Qgis.Warning) else 10
+    if more:
+        bar.pushMessage(TAG, text, more, level, duration)
+    else:
+        bar.pushMessage(TAG, text, level, duration)
+
+
+def push_with_button(text, button_text, path, level=Qgis.Success, duration=0):
+    """A message offering to open a file or folder (report, export) with the desktop's application."""
+    log(f"{text} ({path})", level)
+    bar = message_bar()
+    if bar is None:
+        return None
+    item = bar.createMessage(TAG, text)
+    button = QPushButton(button_text, item)
+    button.setObjectName("MaskForgeOpenButton")
+    button.clicked.connect(lambda checked=False, p=path: open_path(p))
+    item.layout().addWidget(button)
+    bar.pushWidget(item, level, duration)
+    return item
+
+
+def open_path(path):
+    return QDesktopServices.openUrl(QUrl.fromLocalFile(str(path)))
+
+
+def forget(task):
+    _running.discard(task)
+
+
+def running_tasks():
+    return list(_running)
+
+
+def cancel_all():
+    for task in list(_running):
+        task.cancel()
+
+
+class JobTask(QgsTask):
+    """One engine step (``export``, ``train``, ``detect``, ``nms``) in a worker process.
+
+    ``on_finished(task)`` runs on the main thread when the job has ended, however
+    it ended: ``task.result`` holds the engine's result payload when it succeeded,
+    ``task.error`` the JobError (JobCancelled for a cancel) otherwise.
+    """
+
+    metric = pyqtSignal(object)        # each metric event (a dict): the train dialog plots them
+    progressText = pyqtSignal(str)     # noqa: N815 (Qt style) the engine's progress message
+    logged = pyqtSignal(str, str)      # level, message
+
+    def __init__(self, step, args, description=None, on_finished=None, python=None, grace_seconds=10.0):
+        super().__init__(description or f"MaskForge: {step}", QgsTask.CanCancel)
+        self.step = step
+        self.args = [str(a) for a in args]
+        self.python = python or settings.runtime_python()
+        self.on_finished = on_finished
+        self.grace_seconds = grace_seconds
+        self.result = None
+        self.error = None
+        self.metrics = []            # kept, so a dialog reopened mid-training can redraw the curve
+        self.last_message = ""
+
+    # -- worker thread --------------------------------------------------------------
+    def _on_event(self, event):
+        kind = event.get("event")
+        if kind == "progress":
+            self.setProgress(float(event.get("percent", 0)))
+            if event.get("message"):
+                self.last_message = event["message"]
+                self.progressText.emit(event["message"])
+        elif kind == "log":
+            level = event.get("level", "info")
+            log(event.get("message", ""), Qgis.Warning if level == "warning" else Qgis.Info)
+            self.logged.emit(level, event.get("message", ""))
+        elif kind == "metric":
+            values = {k: v for k, v in event.items() if k != "event"}
+            self.metrics.append(values)
+            log(", ".join(f"{k}={v}" for k, v in values.items()))
+            self.metric.emit(values)
+
+    def _wait_for_heavy_slot(self):
+        if self.step not in _HEAVY_STEPS:
+            return False
+        announced = False
+        while not _heavy.acquire(timeout=0.2):
+            if self.isCanceled():
+                raise JobCancelled("Cancelled while waiting for the running training or detection to finish.")
+            if not announced:
+                announced = True
+                self.progressText.emit("Waiting for the running training or detection to finish…")
+                log(f"{self.description()}: waiting for the running training or detection job to finish.")
+        return True
+
+    def run(self):
+        holds_slot = False
+        try:
+            log(f"{self.description()}: {self.python} -m core {self.step} {' '.join(self.args)}")
+            holds_slot = self._wait_for_heavy_slot()
+            self.result = run_job(self.python, self.step, self.args, on_event=self._on_event,
+                                  is_cancelled=self.isCanceled, grace_seconds=self.grace_seconds)
+            return True
+        except JobError as exc:
+            self.error = exc
+            return False
+        except Exception as exc:   # a bug on this side: report it, never let it reach QGIS
+            self.error = JobError(f"Internal error in MaskForge ({type(exc).__name__}: {exc}). "
+                                  "Please report it with the log.", "internal", traceback.format_exc())
+            return False
+        finally:
+            if holds_slot:
+                _heavy.release()
+
+    # -- main thread ---------------------------------------------------------------
+    def finished(self, ok):  # noqa: D401 (QgsTask's name)
+        try:
+            if ok:
+                log(f"{self.description()}: done.", Qgis.Success)
+            elif isinstance(self.error, JobCancelled) or self.error is None:
+                if self.error is None:   # cancelled by the task manager before run() started
+                    self.error = JobCancelled()
+                push(f"{self.description()}: {self.error}", Qgis.Info)
+            else:
+                more = self.error.stderr_tail if self.error.kind in ("internal", "crash") else None
+                push(f"{self.description()} failed: {self.error}", Qgis.Critical, more=more)
+            if self.on_finished is not None:
+                self.on_finished(self)
+        except Exception:   # a failing callback must not raise into QGIS's task manager
+            log(f"{self.description()}: error while handling the result:\n{traceback.format_exc()}", Qgis.Critical)
+        finally:
+            forget(self)
+
+    @property
+    def cancelled(self):
+        return isinstance(self.error, JobCancelled)
+
+
+def start(task):
+    """Queue a task (a JobTask, or any QgsTask whose finished() calls forget()) in QGIS's task manager;
+    the reference kept here keeps it alive until it ends."""
+    _running.add(task)
+    if not QgsApplication.taskManager().addTask(task):
+        _running.discard(task)
+        raise RuntimeError(f"QGIS's task manager refused the task '{task.description()}'.")
+    return task

@@ -1,0 +1,1 @@
+"""QGIS-side user interface: step dialogs, the labels dock and its map tools."""

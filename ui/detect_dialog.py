@@ -1,0 +1,129 @@
+"""Detect Objects: the toolbar dialog of maskforge:detectobjects; the result is added to the project."""
+import os
+import re
+
+from qgis.core import QgsMapLayerProxyModel, QgsProject, QgsVectorLayer
+from qgis.gui import QgsFileWidget
+from qgis.PyQt.QtWidgets import QLabel
+
+from .. import settings, tasks
+from ..algorithms.jobs import (DETECT_DEFAULTS, TTA, InvalidInput, check_detect, default_padding, detect_args,
+                               package_summary, read_emd)
+from .export_dialog import describe_raster
+from .extent_picker import ExtentPicker
+from .job_dialog import JobDialog, next_free, raster_info
+from .train_dialog import describe_package
+
+
+def add_result_layer(path, name):
+    """Add a GeoPackage to the project; QGIS applies the .qml beside it (the engine writes one)."""
+    layer = QgsVectorLayer(path, name, "ogr")
+    if not layer.isValid():
+        tasks.push(f"The result '{path}' cannot be opened as a layer.", tasks.Qgis.Warning)
+        return None
+    QgsProject.instance().addMapLayer(layer)
+    return layer
+
+
+class DetectDialog(JobDialog):
+    STEP = "detect"
+    TITLE = "Detect Objects"
+    DEFAULTS = DETECT_DEFAULTS
+
+    def build(self):
+        form = self.page("Parameters")
+        self.raster = self.add_layer(form, "INPUT_RASTER", "Input raster", QgsMapLayerProxyModel.RasterLayer)
+        self.raster_label = QLabel()
+        form.addRow("", self.raster_label)
+        self.model = self.add_path(form, "MODEL", "Model package", QgsFileWidget.GetFile,
+                                   "Model packages (*.dlpk *.emd);;All files (*)",
+                                   tooltip="A MaskForge package or an Esri resnet50 Mask R-CNN .dlpk; for a "
+                                           "package folder, its .emd.")
+        self.package_label = QLabel()
+        self.package_label.setObjectName("PackageLabel")
+        self.package_label.setWordWrap(True)
+        form.addRow("", self.package_label)
+        self.add_double(form, "THRESHOLD", "Confidence threshold", 0, 1, step=0.05)
+        self.padding = self.add_int(form, "PADDING", "Padding", -1, 100000, suffix=" px", special="from the package")
+        self.tile = self.add_int(form, "TILE_SIZE", "Tile size", 0, 100000, suffix=" px", special="the package's")
+        self.add_int(form, "BATCH_SIZE", "Batch size", 1, 4096)
+        self.extent = ExtentPicker(self.iface.mapCanvas())
+        form.addRow("Processing extent", self.extent)
+        self.output = self.add_path(form, "OUTPUT", "Detected objects", QgsFileWidget.SaveFile,
+                                    "GeoPackage (*.gpkg)")
+
+        advanced = self.page("Advanced")
+        self.add_enum(advanced, "TEST_TIME_AUGMENTATION", "Test-time augmentation", TTA)
+        self.add_bool(advanced, "RETURN_BOXES", "Return boxes instead of outlines")
+        self.add_layer(advanced, "EXTENT_POLYGONS", "Keep detections inside", QgsMapLayerProxyModel.PolygonLayer,
+                       optional=True)
+        self.add_double(advanced, "CELL_SIZE", "Cell size", 0, 1e9, decimals=4, special="the raster's")
+        self.add_bool(advanced, "NMS", "Non maximum suppression")
+        self.add_double(advanced, "MAX_OVERLAP_RATIO", "Max overlap ratio (IoU) for NMS", 0, 1, step=0.05)
+        self.add_double(advanced, "SIMPLIFY", "Simplify outlines (map units)", 0, 1e9, decimals=3, special="off")
+        self.add_device(advanced)
+
+        self.raster.layerChanged.connect(self._raster_changed)
+        self.model.fileChanged.connect(self._model_changed)
+        self.tile.valueChanged.connect(lambda _: self._model_changed(self.model.filePath()))
+        self.resize(640, 600)
+
+    def default(self, key):
+        if key == "OUTPUT":
+            folder = settings.folder("detections")
+            return os.path.join(folder, "detections.gpkg") if folder else ""
+        return super().default(key)
+
+    def after_restore(self):
+        self.output.setFilePath(next_free(self.output.filePath()))
+        self._raster_changed(self.raster.currentLayer())
+        self._model_changed(self.model.filePath())
+
+    def _raster_changed(self, layer):
+        self.raster_label.setText(describe_raster(layer))
+        self.extent.set_raster_crs(layer.crs() if layer is not None else None)
+        if layer is not None and not self.output.filePath():
+            folder = settings.folder("detections") or os.path.dirname(layer.source().split("|")[0])
+            name = re.sub(r"[^\w.-]+", "_", layer.name()).strip("_") or "raster"
+            self.output.setFilePath(next_free(os.path.join(folder, f"{name}_detections.gpkg")))
+
+    def _model_changed(self, path):
+        self.padding.setSpecialValueText("from the package")
+        self.tile.setSpecialValueText("the package's")
+        if not path:
+            self.package_label.setText("")
+            return
+        try:
+            summary = package_summary(read_emd(path))
+        except InvalidInput as exc:
+            self.package_label.setText(f"⚠ {exc}")
+            return
+        self.package_label.setText(describe_package(summary))
+        size = self.tile.value() or summary["tile_size"][0]
+        self.padding.setSpecialValueText(f"from the package ({default_padding(summary, size)} px)")
+        self.tile.setSpecialValueText(f"the package's ({summary['tile_size'][0]} px)")
+
+    def values(self):
+        values = super().values()
+        layer = self.raster.currentLayer()
+        values["EXTENT"] = self.extent.value(layer.crs() if layer is not None else None)
+        return values
+
+    def check(self, values):
+        check_detect(values, raster_info(self.raster.currentLayer()))
+
+    def job_args(self, values):
+        return detect_args(values)
+
+    def description(self, values):
+        return f"MaskForge: detect objects into {os.path.basename(values['OUTPUT'])}"
+
+    def on_finished(self, task):
+        if task.result is None:
+            return
+        r = task.result
+        out = task.args[task.args.index("--out") + 1]
+        layer = add_result_layer(out, os.path.splitext(os.path.basename(out))[0])
+        count = r.get("kept", r.get("detections"))
+        tasks.push(f"Detected {count} objects in {r.get('tiles')} tiles on {r.get('device')}"
+                   f"{' and added them to the project' if layer else ''}: {out}", tasks.Qgis.Success)

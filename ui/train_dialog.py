@@ -1,0 +1,180 @@
+"""Train (Fine-tune) Model: the toolbar dialog of maskforge:train, with the loss / AP curve as it trains."""
+import os
+import time
+
+from qgis.gui import QgsFileWidget
+from qgis.PyQt import sip
+from qgis.PyQt.QtWidgets import QGroupBox, QLabel, QVBoxLayout
+
+from .. import settings, tasks
+from ..algorithms.jobs import (BACKBONES, BASE_MODELS, MONITORS, PACKAGE_BASE, TRAIN_DEFAULTS, InvalidInput,
+                               check_train, kept_package, package_summary, read_emd, train_args,
+                               training_data_summary)
+from .job_dialog import JobDialog
+from .metric_plot import MetricPlot
+
+
+def _classes(classes):
+    return ", ".join(f"{v} {n}" if str(v) != str(n) else str(v) for v, n in classes) or "none"
+
+
+def describe_data(folder):
+    if not folder:
+        return ""
+    s = training_data_summary(folder)
+    if s is None:
+        return "No esri_accumulated_stats.json here: is this a folder written by Export Training Data?" \
+            if os.path.isdir(folder) else "This folder does not exist."
+    tile = "×".join(str(t) for t in s["tile_size"] if t)
+    bands = len(s["bands"]) if s["bands"] else "?"
+    return (f"{s['chips']} chips of {tile} px · {bands} band(s) of {s['dtype'] or '?'} · {s['objects']} objects · "
+            f"classes: {_classes(s['classes'])}")
+
+
+def describe_package(summary):
+    tile = "×".join(str(t) for t in summary["tile_size"])
+    text = (f"{summary['backbone']} · {tile} px tiles · bands {','.join(map(str, summary['bands']))} · "
+            f"classes: {_classes(summary['classes'])}")
+    if summary.get("best_epoch"):
+        text += f" · best epoch {summary['best_epoch']}"
+        if summary.get("mask_ap") is not None:
+            text += f" (mask AP {summary['mask_ap']})"
+    return text
+
+
+class _Note(QLabel):
+    def __init__(self):
+        super().__init__()
+        self.setWordWrap(True)
+        self.row_label = QLabel()   # the form row's (empty) label: hidden with the note, so the row takes no room
+        self.hide()
+        self.row_label.hide()
+
+    def setText(self, text):  # noqa: N802 (Qt's name)
+        super().setText(text)
+        self.setVisible(bool(text))
+        self.row_label.setVisible(bool(text))
+
+
+class TrainDialog(JobDialog):
+    STEP = "train"
+    TITLE = "Train (Fine-tune) Model"
+    DEFAULTS = TRAIN_DEFAULTS
+    CLOSE_WHEN_STARTED = False   # the curve is the point of keeping it open
+
+    def build(self):
+        form = self.page("Parameters")
+        self.data = self.add_path(form, "INPUT_DATA", "Training data folder", QgsFileWidget.GetDirectory,
+                                  tooltip="A folder written by Export Training Data (MaskForge's or ArcGIS's).")
+        self.data_label = self._note(form)
+        self.add_text(form, "ADDITIONAL_DATA", "More training folders", "optional; separated by ';'")
+        self.base = self.add_enum(form, "BASE_MODEL", "Base model", [label for label, _ in BASE_MODELS])
+        self.base_package = self.add_path(form, "BASE_PACKAGE", "Base model package", QgsFileWidget.GetFile,
+                                          "Model packages (*.dlpk *.emd);;All files (*)")
+        self.package_label = self._note(form)
+        self.add_int(form, "EPOCHS", "Maximum epochs", 1, 100000)
+        self.add_int(form, "BATCH_SIZE", "Batch size", 1, 4096)
+        self.add_double(form, "VALIDATION_PERCENT", "Validation chips", 0, 99, decimals=1, step=5, suffix=" %")
+        self.add_bool(form, "EARLY_STOPPING", "Stop when the model stops improving")
+        self.add_int(form, "PATIENCE", "Patience (epochs)", 1, 100000)
+        self.add_enum(form, "MONITOR", "Monitor metric", MONITORS)
+        self.add_device(form)
+        self.output = self.add_path(form, "OUTPUT_MODEL", "Output model folder", QgsFileWidget.GetDirectory,
+                                    tooltip="The package is named after this folder.")
+
+        advanced = self.page("Advanced")
+        self.add_double(advanced, "LEARNING_RATE", "Learning rate", 0, 10, decimals=6, step=0.001,
+                        special="default (0.005 per 2 images)")
+        self.add_enum(advanced, "BACKBONE", "Backbone", BACKBONES)
+        self.add_bool(advanced, "FREEZE_BACKBONE", "Freeze the backbone (train FPN and heads only)")
+        self.add_bool(advanced, "AUGMENT", "Augment (flips, rotations, brightness, contrast)")
+        self.add_text(advanced, "BANDS", "Bands for the network", "the chips'; e.g. 1,2,3 (1 or 3 bands)")
+        self.add_text(advanced, "ANCHOR_SIZES", "Anchor sizes (px)", "default; five, e.g. 8,16,32,64,128")
+        self.add_int(advanced, "SEED", "Random seed", 0, 2 ** 31 - 1)
+        self.add_bool(advanced, "RESUME", "Resume from the output folder's checkpoint")
+
+        side = QGroupBox("Loss and AP per epoch")
+        layout = QVBoxLayout(side)
+        self.plot = MetricPlot()
+        layout.addWidget(self.plot, 1)
+        self.best_label = QLabel("")
+        self.best_label.setObjectName("BestLabel")
+        self.best_label.setWordWrap(True)
+        layout.addWidget(self.best_label)
+        self.body.addWidget(side, 2)
+
+        self.data.fileChanged.connect(lambda path: self.data_label.setText(describe_data(path)))
+        self.base_package.fileChanged.connect(self._package_changed)
+        self.base.currentIndexChanged.connect(self._base_changed)
+        self.resize(1000, 650)
+
+    def _note(self, form):
+        """A line under a field that says what it holds; hidden while empty, so it takes no room."""
+        label = _Note()
+        form.addRow(label.row_label, label)
+        return label
+
+    def default(self, key):
+        if key == "OUTPUT_MODEL":
+            return os.path.join(settings.folder("models"), "model") if settings.folder("models") else ""
+        return super().default(key)
+
+    def after_restore(self):
+        self.data_label.setText(describe_data(self.data.filePath()))
+        self._base_changed()
+
+    def _base_changed(self, *_):
+        uses_package = self.base.currentIndex() == PACKAGE_BASE
+        self.base_package.setEnabled(uses_package)
+        self._package_changed(self.base_package.filePath() if uses_package else "")
+
+    def _package_changed(self, path):
+        if not path or self.base.currentIndex() != PACKAGE_BASE:
+            self.package_label.setText("")
+            return
+        try:
+            self.package_label.setText(describe_package(package_summary(read_emd(path))))
+        except InvalidInput as exc:
+            self.package_label.setText(f"⚠ {exc}")
+
+    def check(self, values):
+        check_train(values)
+
+    def job_args(self, values):
+        return train_args(values)
+
+    def description(self, values):
+        return f"MaskForge: train {os.path.basename(os.path.normpath(values['OUTPUT_MODEL']))}"
+
+    def watch(self, task):
+        super().watch(task)
+        task.started_at = time.time()
+        task.out = task.args[task.args.index("--out") + 1]
+        task.resumed = "--resume" in task.args
+        self.plot.clear(int(task.args[task.args.index("--epochs") + 1]))
+        self.best_label.setText("")
+        task.metric.connect(self._metric)
+
+    def _metric(self, record):
+        if sip.isdeleted(self):
+            return
+        self.plot.add(record)
+        trained = [r for r in self.plot.records if r.get("epoch")]
+        if trained:
+            last = trained[-1]
+            self.best_label.setText(f"Epoch {last['epoch']}: train loss {last.get('train_loss')}, valid loss "
+                                    f"{last.get('valid_loss')}, mask AP {last.get('mask_ap')}.")
+
+    def on_finished(self, task):
+        if task.result is not None:
+            r = task.result
+            package = os.path.join(r["package"], f"{r['name']}.dlpk")
+            best = r.get("best") or {}
+            settings.set_dialog_value("detect", "MODEL", package)
+            tasks.push_with_button(
+                f"Model package {package}: best epoch {r.get('best_epoch')} of {r.get('epochs_run')} "
+                f"(mask AP {best.get('mask_ap')}) on {r.get('device')}.", "Open report", r["report"])
+        elif task.cancelled:
+            kept = kept_package(task.out, task.started_at, task.resumed)
+            if kept:
+                settings.set_dialog_value("detect", "MODEL", kept[0])
