@@ -77,16 +77,20 @@ class MaskForgePlugin:
         return dialog
 
     def open_settings(self):
+        from qgis.PyQt.QtCore import Qt
         from .ui.settings_dialog import SettingsDialog
         dialog = SettingsDialog(self.iface)
+        dialog.setAttribute(Qt.WA_DeleteOnClose)
         dialog.setModal(True)
         dialog.show()
         self._settings_dialog = dialog
         return dialog
 
     def open_diagnostics(self):
+        from qgis.PyQt.QtCore import Qt
         from .ui.settings_dialog import DiagnosticsDialog
         dialog = DiagnosticsDialog(self.iface.mainWindow())
+        dialog.setAttribute(Qt.WA_DeleteOnClose)
         dialog.show()
         self._diagnostics_dialog = dialog
         return dialog
@@ -104,11 +108,12 @@ class MaskForgePlugin:
         self.settings_actions = tuple(actions)
 
     def _unload_dialogs(self):
+        from qgis.PyQt import sip
         from . import tasks
         tasks.cancel_all()   # a job must not call back into an unloaded plugin; training keeps its best package
         for dialog in list((self.dialogs or {}).values()) + [getattr(self, "_settings_dialog", None),
                                                              getattr(self, "_diagnostics_dialog", None)]:
-            if dialog is not None:
+            if dialog is not None and not sip.isdeleted(dialog):
                 if hasattr(dialog, "cleanup"):
                     dialog.cleanup()
                 dialog.close()

@@ -14,7 +14,7 @@ import sys
 import time
 
 from qgis.core import Qgis, QgsTask
-from qgis.PyQt.QtCore import QObject, QProcess, QProcessEnvironment, pyqtSignal
+from qgis.PyQt.QtCore import QObject, QProcess, QProcessEnvironment, QTimer, pyqtSignal
 
 from . import settings
 from .runner import PLUGIN_DIR, _child_env, missing_runtime_message
@@ -30,7 +30,13 @@ info = {"python": sys.version.split()[0], "executable": sys.executable, "platfor
 def version(name):
     try:
         module = __import__(name)
-        return getattr(module, "__version__", "?"), module
+        if getattr(module, "__version__", None):
+            return str(module.__version__), module   # torch's carries its build (+cu130, +cpu)
+        try:
+            from importlib.metadata import version as installed
+            return installed(name), module
+        except Exception:
+            return "?", module
     except Exception as exc:
         info.setdefault("errors", {})[name] = f"{type(exc).__name__}: {exc}"
         return None, None
@@ -79,7 +85,8 @@ def effective_device(preference, info):
     """(device the engine will use for ``preference``, a problem or None), as the engine chooses."""
     preference = (preference or "auto").strip().lower()
     if not info or info.get("torch") is None:
-        return None, "PyTorch is not available in the runtime Python."
+        return None, ("PyTorch is not available in the runtime Python: choose another in MaskForge > Settings…, "
+                      "or click 'Set up runtime…' there.")
     devices = info.get("devices") or []
     why = info.get("cuda_reason") or "no CUDA GPU"
     if preference == "auto":
@@ -138,11 +145,16 @@ class RuntimeProbe(QObject):
         self.process.errorOccurred.connect(self._failed)
         self._started = time.monotonic()
         self.process.start(self.python, ["-c", PROBE_SCRIPT])
-        # A runtime that hangs (a broken driver) must not leave the dialog waiting forever.
-        from qgis.PyQt.QtCore import QTimer
-        QTimer.singleShot(PROBE_TIMEOUT_MS, self._timeout)
+        # A runtime that hangs (a broken driver) must not leave the dialog waiting forever. The timer
+        # is the probe's child, so it goes with the probe.
+        self._timer = QTimer(self)
+        self._timer.setSingleShot(True)
+        self._timer.timeout.connect(self._timeout)
+        self._timer.start(PROBE_TIMEOUT_MS)
 
     def stop(self):
+        if getattr(self, "_timer", None) is not None:
+            self._timer.stop()
         if self.process is not None and self.process.state() != QProcess.NotRunning:
             self.process.finished.disconnect(self._done)
             self.process.errorOccurred.disconnect(self._failed)
@@ -166,6 +178,7 @@ class RuntimeProbe(QObject):
             self.finished.emit({"error": f"Cannot start the runtime Python '{self.python}'."})
 
     def _done(self, code, status):
+        self._timer.stop()
         process, self.process = self.process, None
         if process is None:
             return

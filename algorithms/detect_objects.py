@@ -66,6 +66,9 @@ class DetectObjectsAlgorithm(MaskForgeAlgorithm):
             self.SIMPLIFY, "Simplify outlines (map units, 0 = off)", QgsProcessingParameterNumber.Double, 0.0,
             minValue=0.0))
         self.addParameter(QgsProcessingParameterString(self.DEVICE, "Device (auto, cpu, cuda:N)", "auto"))
+        self.addParameter(QgsProcessingParameterNumber(
+            "PROCESSES", "Processes / GPUs (more than 1 runs under torchrun)", QgsProcessingParameterNumber.Integer, 1,
+            minValue=1))
         self.addParameter(QgsProcessingParameterVectorDestination(
             self.OUTPUT, "Detected objects", QgsProcessing.TypeVectorPolygon))
         self.addOutput(QgsProcessingOutputNumber("COUNT", "Objects detected"))
@@ -84,7 +87,7 @@ class DetectObjectsAlgorithm(MaskForgeAlgorithm):
             self.EXTENT_POLYGONS: (source_path(self, parameters, self.EXTENT_POLYGONS, context, feedback)
                                    if parameters.get(self.EXTENT_POLYGONS) else None),
         }
-        for key in (self.PADDING, self.BATCH_SIZE, self.TILE_SIZE):
+        for key in (self.PADDING, self.BATCH_SIZE, self.TILE_SIZE, "PROCESSES"):
             values[key] = self.parameterAsInt(parameters, key, context)
         for key in (self.THRESHOLD, self.NMS_RATIO, self.SIMPLIFY, self.CELL_SIZE):
             values[key] = self.parameterAsDouble(parameters, key, context)

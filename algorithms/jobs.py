@@ -45,12 +45,12 @@ TRAIN_DEFAULTS = {
     "ADDITIONAL_DATA": "", "BASE_MODEL": 0, "BASE_PACKAGE": "", "EPOCHS": 20, "BATCH_SIZE": 2,
     "LEARNING_RATE": 0.0, "VALIDATION_PERCENT": 10.0, "EARLY_STOPPING": True, "PATIENCE": 5, "MONITOR": 0,
     "FREEZE_BACKBONE": False, "AUGMENT": True, "BACKBONE": 0, "BANDS": "", "ANCHOR_SIZES": "",
-    "DEVICE": "auto", "SEED": 0, "RESUME": False,
+    "DEVICE": "auto", "SEED": 0, "RESUME": False, "PROCESSES": 1,
 }
 DETECT_DEFAULTS = {
     "PADDING": -1, "BATCH_SIZE": 4, "THRESHOLD": 0.5, "TILE_SIZE": 0, "TEST_TIME_AUGMENTATION": 0,
     "RETURN_BOXES": False, "EXTENT": None, "EXTENT_POLYGONS": None, "CELL_SIZE": 0.0, "NMS": True,
-    "MAX_OVERLAP_RATIO": 0.0, "SIMPLIFY": 0.0, "DEVICE": "auto",
+    "MAX_OVERLAP_RATIO": 0.0, "SIMPLIFY": 0.0, "DEVICE": "auto", "PROCESSES": 1,
 }
 NMS_DEFAULTS = {"CONFIDENCE_FIELD": DEFAULT_CONFIDENCE_FIELD, "CLASS_FIELD": None, "MAX_OVERLAP_RATIO": 0.0}
 
@@ -246,7 +246,13 @@ def train_args(values):
                             ("FREEZE_BACKBONE", "--freeze-backbone", True), ("RESUME", "--resume", True)):
         if bool(v[key]) == when:
             args.append(flag)
-    return args
+    return args + _processes_args(v)
+
+
+def _processes_args(v):
+    """More than one process: the engine relaunches itself under torchrun (one per GPU, or CPU workers)."""
+    n = int(v.get("PROCESSES") or 1)
+    return ["--processes", n] if n > 1 else []
 
 
 def check_train(values):
@@ -425,7 +431,7 @@ def detect_args(values):
         args += ["--extent-polygons", absolute(v["EXTENT_POLYGONS"])]
     if float(v["CELL_SIZE"] or 0) > 0:
         args += ["--cell-size", float(v["CELL_SIZE"])]
-    return args
+    return args + _processes_args(v)
 
 
 def _overlaps(a, b):

@@ -95,6 +95,9 @@ class TrainAlgorithm(MaskForgeAlgorithm):
             self.SEED, "Random seed", QgsProcessingParameterNumber.Integer, 0, minValue=0))
         self.addParameter(QgsProcessingParameterBoolean(
             self.RESUME, "Resume from the output folder's checkpoint", False))
+        self.addParameter(QgsProcessingParameterNumber(
+            "PROCESSES", "Processes / GPUs (more than 1 runs under torchrun)", QgsProcessingParameterNumber.Integer, 1,
+            minValue=1))
         self.addParameter(QgsProcessingParameterFolderDestination(self.OUTPUT_MODEL, "Output model folder"))
         self.addOutput(QgsProcessingOutputFile("PACKAGE", "Model package (.dlpk)"))
         self.addOutput(QgsProcessingOutputHtml("REPORT", "Training report"))
@@ -109,7 +112,7 @@ class TrainAlgorithm(MaskForgeAlgorithm):
         values[self.DEVICE] = (self.parameterAsString(parameters, self.DEVICE, context) or "auto").strip()
         for key in (self.BASE_MODEL, self.MONITOR, self.BACKBONE):
             values[key] = self.parameterAsEnum(parameters, key, context)
-        for key in (self.EPOCHS, self.BATCH_SIZE, self.PATIENCE, self.SEED):
+        for key in (self.EPOCHS, self.BATCH_SIZE, self.PATIENCE, self.SEED, "PROCESSES"):
             values[key] = self.parameterAsInt(parameters, key, context)
         for key in (self.LEARNING_RATE, self.VALIDATION_PERCENT):
             values[key] = self.parameterAsDouble(parameters, key, context)

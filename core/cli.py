@@ -108,6 +108,12 @@ def _add_train(sub):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from the folder's checkpoint")
     p.add_argument("--name", help="package name (default: the output folder's name)")
+    _add_processes(p)
+
+
+def _add_processes(p):
+    p.add_argument("--processes", type=int, default=1,
+                   help="processes / GPUs on this machine (default 1); >1 relaunches under torchrun")
 
 
 def _run_train(args, reporter):
@@ -139,6 +145,7 @@ def _add_detect(sub):
     p.add_argument("--nms-overlap-ratio", type=float, default=0.0, help="IoU for the final NMS (default 0)")
     p.add_argument("--simplify", type=float, default=0.0, help="simplify outlines (map units)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda:N")
+    _add_processes(p)
 
 
 def _run_detect(args, reporter):
@@ -241,6 +248,27 @@ def build_parser():
     return parser
 
 
+def _relaunch_under_torchrun(argv, processes, reporter):
+    """``--processes N``: become torchrun with N workers of the same command (same PID, same pipes,
+    so a caller's SIGTERM reaches torchrun, which stops every worker)."""
+    rest, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--processes":
+            skip = True
+        elif not a.startswith("--processes="):
+            rest.append(a)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
+               "-m", "core", *rest]
+    sys.stdout.flush()
+    try:
+        os.execv(sys.executable, command)
+    except OSError as exc:
+        reporter.error(f"Cannot start torchrun for {processes} processes: {exc}.", kind="runtime")
+        return EXIT_INTERNAL
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     reporter = Reporter(json_lines="--json-progress" in argv)
@@ -250,6 +278,8 @@ def main(argv=None):
         reporter.error(str(exc), kind="input")
         return EXIT_INPUT
     distributed = None
+    if getattr(args, "processes", 1) > 1 and "WORLD_SIZE" not in os.environ:
+        return _relaunch_under_torchrun(argv, args.processes, reporter)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:   # under torchrun; light steps never import torch
         from . import distributed
         if args.step not in ("train", "detect"):

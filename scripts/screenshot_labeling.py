@@ -14,6 +14,7 @@ then quits QGIS. Nothing is written outside screenshots/ and a temporary folder.
 """
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -40,21 +41,30 @@ def launch():
         if os.path.exists(os.path.join(SHOTS, name)):
             os.remove(os.path.join(SHOTS, name))
     with tempfile.TemporaryDirectory(prefix="maskforge-shot-") as work:
-        env = dict(os.environ, MASKFORGE_SCREENSHOT_WORK=work, MASKFORGE_SCREENSHOT_ROOT=ROOT, QT_QPA_PLATFORM="xcb")
-        env.pop("QGIS_CUSTOM_CONFIG_PATH", None)
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("PYENV", "PYTHON", "QGIS_", "VIRTUAL_ENV"))}
+        # QGIS's embedded Python finds its home from the first python3 on PATH: a pyenv or
+        # venv one there leaves it without the qgis module (and QGIS waits on an error dialog)
+        env["PATH"] = os.pathsep.join(["/usr/bin", "/bin"] + [p for p in env.get("PATH", "").split(os.pathsep)
+                                                             if ".pyenv" not in p and "/.venv/" not in p])
+        env.update(MASKFORGE_SCREENSHOT_WORK=work, MASKFORGE_SCREENSHOT_ROOT=ROOT, QT_QPA_PLATFORM="xcb")
         command = ["xvfb-run", "-a", "-s", f"-screen 0 {SIZE[0]}x{SIZE[1]}x24",
                    "qgis", "--nologo", "--noversioncheck", "--profiles-path", os.path.join(work, "profile"),
                    "--code", os.path.abspath(__file__)]
+        child = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                 start_new_session=True)
         try:
-            run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
+            output, _ = child.communicate(timeout=240)
         except subprocess.TimeoutExpired:
-            sys.exit("QGIS did not finish within 4 minutes.")
+            os.killpg(child.pid, signal.SIGKILL)   # QGIS and its X server with it
+            child.communicate()
+            sys.exit("QGIS did not finish within 4 minutes (a dialog waiting for an answer?).")
         log = os.path.join(work, "log.txt")
         if os.path.exists(log):
             print(open(log).read().strip())
     missing = [n for n in ("labeling.png", "labeling_review.png") if not os.path.exists(os.path.join(SHOTS, n))]
     if missing:
-        sys.exit(f"QGIS exited ({run.returncode}) without writing {', '.join(missing)}:\n{run.stderr[-3000:]}")
+        sys.exit(f"QGIS exited ({child.returncode}) without writing {', '.join(missing)}:\n{output[-3000:]}")
     print(f"Wrote {SHOTS}/labeling.png and labeling_review.png")
 
 
@@ -93,7 +103,7 @@ def settle(seconds=0.3):
 
 
 def shoot(work, log):
-    from qgis.core import QgsPointXY, QgsProject, QgsRasterLayer, QgsRectangle, QgsVectorLayer
+    from qgis.core import QgsFillSymbol, QgsPointXY, QgsProject, QgsRasterLayer, QgsVectorLayer
     from qgis.PyQt.QtCore import QEvent, QPoint, QPointF, Qt
     from qgis.PyQt.QtGui import QMouseEvent
     from qgis.PyQt.QtWidgets import QApplication
@@ -176,6 +186,9 @@ def shoot(work, log):
         send(QEvent.MouseButtonPress, p)
         send(QEvent.MouseButtonRelease, p, Qt.LeftButton, Qt.NoButton)
     send(QEvent.MouseMove, pixel(c.x() - box.width() / 2, c.y() - box.height() / 2), Qt.NoButton, Qt.NoButton)
+    view = iface.layerTreeView()   # show the classes in the legend
+    view.setCurrentLayer(dock.labels_layer())
+    view.expand(view.currentIndex())
     canvas.refresh()
     canvas.waitWhileRendering()
     settle(1.0)
@@ -186,6 +199,9 @@ def shoot(work, log):
     # review: the other trees as 'detections' with made-up confidences
     dock.tools["polygon"].reset()
     detections = make_detections(os.path.join(work, "detections.gpkg"), boxes[2::3], raster.crs())
+    # outlines, as Detect Objects styles its output: the image stays visible under them
+    detections.renderer().setSymbol(QgsFillSymbol.createSimple(
+        {"color": "0,0,0,0", "outline_color": "255,255,255", "outline_width": "0.5", "outline_style": "dash"}))
     QgsProject.instance().addMapLayer(detections)
     dock.start_review(detections)
     dock.review_accept()

@@ -5,7 +5,6 @@ Makes a tiny scene, chips and a model with the engine, opens each dialog over a
 tab into screenshots/. The training dialog is caught mid-run, with its curve.
 It reports any dialog that does not fit the screen.
 """
-import os
 import subprocess
 import sys
 import tempfile

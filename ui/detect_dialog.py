@@ -47,6 +47,8 @@ class DetectDialog(JobDialog):
         self.padding = self.add_int(form, "PADDING", "Padding", -1, 100000, suffix=" px", special="from the package")
         self.tile = self.add_int(form, "TILE_SIZE", "Tile size", 0, 100000, suffix=" px", special="the package's")
         self.add_int(form, "BATCH_SIZE", "Batch size", 1, 4096)
+        self.add_int(form, "PROCESSES", "Processes / GPUs", 1, 1024,
+                     tooltip="More than 1 splits the tiles over processes under torchrun (one per GPU).")
         self.extent = ExtentPicker(self.iface.mapCanvas())
         form.addRow("Processing extent", self.extent)
         self.output = self.add_path(form, "OUTPUT", "Detected objects", QgsFileWidget.SaveFile,

@@ -6,7 +6,8 @@ becomes a curved shape in another CRS, and its bounds cover all of it).
 """
 from qgis.core import QgsCoordinateReferenceSystem, QgsCoordinateTransform, QgsCsException, QgsProject, QgsRectangle
 from qgis.gui import QgsMapToolExtent
-from qgis.PyQt.QtCore import pyqtSignal
+from qgis.PyQt import sip
+from qgis.PyQt.QtCore import Qt, pyqtSignal
 from qgis.PyQt.QtWidgets import QComboBox, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
 
 WHOLE, MAP, DRAWN = 0, 1, 2
@@ -96,8 +97,12 @@ class ExtentPicker(QWidget):
     def start_drawing(self):
         if self.canvas is None:
             return
-        self.tool = QgsMapToolExtent(self.canvas)
+        self.tool = _ExtentTool(self.canvas)
         self.tool.extentChanged.connect(self._drawn)
+        # Escape, or the user picking another map tool, brings the dialog back without a rectangle:
+        # a hidden dialog with no way back would be lost.
+        self.tool.cancelled.connect(self.finish_drawing)
+        self.tool.deactivated.connect(self.finish_drawing)
         self._previous_tool = self.canvas.mapTool()
         self.canvas.setMapTool(self.tool)
         self.window().hide()   # the user needs the map; the dialog comes back with the rectangle
@@ -109,16 +114,30 @@ class ExtentPicker(QWidget):
         self.finish_drawing()
 
     def finish_drawing(self):
-        if self.tool is not None:
-            self.tool.clearRubberBand()
-            if self.canvas.mapTool() is self.tool:
-                if self._previous_tool is not None:
-                    self.canvas.setMapTool(self._previous_tool)
-                else:
-                    self.canvas.unsetMapTool(self.tool)
-            self.tool.deleteLater()
-            self.tool = None
+        tool, self.tool = self.tool, None
+        if tool is None or sip.isdeleted(tool):
+            return
+        tool.deactivated.disconnect(self.finish_drawing)
+        tool.clearRubberBand()
+        if self.canvas.mapTool() is tool:
+            previous = self._previous_tool
+            if previous is not None and not sip.isdeleted(previous):
+                self.canvas.setMapTool(previous)
+            else:
+                self.canvas.unsetMapTool(tool)
+        tool.deleteLater()
         window = self.window()
         window.show()
         window.raise_()
         window.activateWindow()
+
+
+class _ExtentTool(QgsMapToolExtent):
+    cancelled = pyqtSignal()
+
+    def keyPressEvent(self, event):  # noqa: N802 (Qt's name)
+        if event.key() == Qt.Key_Escape:
+            event.accept()
+            self.cancelled.emit()
+        else:
+            super().keyPressEvent(event)

@@ -381,7 +381,7 @@ class JobDialog(QDialog):
         self.error_label.setVisible(bool(message))
 
     def error_text(self):
-        return self.error_label.text() if self.error_label.isVisible() or self.error_label.text() else ""
+        return self.error_label.text()
 
     def validate(self):
         """(values, args) ready to run, or None with the problem shown in the dialog."""
@@ -432,18 +432,17 @@ class JobDialog(QDialog):
             self.status_label.setText(text)
 
     def cancel_job(self):
-        if self.task is not None:
+        if self.task is not None and not sip.isdeleted(self.task) and self.task in tasks.running_tasks():
             self.status_label.setText("Cancelling…")
             self.task.cancel()
 
     def _finished(self, task):
-        if sip.isdeleted(self):
-            return
-        if task is self.task:
+        if task is self.task and not sip.isdeleted(self):
             self.cancel_button.setEnabled(False)
             if task.result is not None:
                 self.progress.setValue(100)
                 self.status_label.setText("Done.")
             else:
                 self.status_label.setText(str(task.error))
+        # The result is the user's even when the dialog has gone (closed, plugin reloaded).
         self.on_finished(task)

@@ -13,7 +13,7 @@ puts the old class back — each again committed at once.
 import os
 
 from qgis.core import (NULL, QgsCategorizedSymbolRenderer, QgsCoordinateReferenceSystem, QgsCoordinateTransform,
-                       QgsCsException, QgsDistanceArea, QgsFeature, QgsFeatureRequest, QgsField, QgsFields,
+                       QgsCsException, QgsDistanceArea, QgsFeatureRequest, QgsField, QgsFields,
                        QgsFillSymbol, QgsGeometry, QgsProject, QgsRendererCategory, QgsUnitTypes,
                        QgsVectorDataProvider, QgsVectorFileWriter, QgsVectorLayer, QgsVectorLayerUtils, QgsWkbTypes)
 from qgis.PyQt.QtCore import QObject, QVariant, pyqtSignal
@@ -44,7 +44,10 @@ def create_labels_geopackage(path, crs, layer_name=LAYER_NAME):
     options.layerName = layer_name
     options.fileEncoding = "UTF-8"
     if os.path.exists(path):
-        options.actionOnExistingFile = QgsVectorFileWriter.CreateOrOverwriteLayer
+        if QgsVectorLayer(f"{path}|layername={layer_name}", "existing", "ogr").isValid():
+            raise LabelError(f"'{path}' already has a layer '{layer_name}'; pick it as the labels layer, or "
+                             "another file.")   # overwriting it could destroy hours of labels
+        options.actionOnExistingFile = QgsVectorFileWriter.CreateOrOverwriteLayer   # a new layer beside the others
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
         raise LabelError(f"Cannot create the labels file in '{folder}': the folder does not exist or is not "
@@ -83,7 +86,8 @@ def default_labels_path(project=None, folder=None):
 
 
 def labels_layer_at(path, crs):
-    """Open the labels layer of ``path`` when there is one, else create it (a new file or a new layer in it)."""
+    """Open the labels layer of ``path`` when there is one, else create it (as ``<name>_2.gpkg`` and so on
+    when ``path`` is taken by something else)."""
     if os.path.exists(path):
         layer = open_labels_geopackage(path)
         if layer is not None:

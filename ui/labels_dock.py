@@ -9,9 +9,9 @@ without a person at the screen.
 """
 import os
 
-from qgis.core import (Qgis, QgsCoordinateTransform, QgsCsException, QgsFeatureRequest, QgsMapLayerProxyModel,
-                       QgsMessageLog, QgsProject, QgsRasterLayer, QgsRectangle)
-from qgis.gui import QgsColorDialog, QgsDockWidget, QgsMapLayerComboBox
+from qgis.core import (Qgis, QgsApplication, QgsCoordinateTransform, QgsCsException, QgsFeatureRequest, QgsMapLayerProxyModel,
+                       QgsMessageLog, QgsProject, QgsRasterLayer, QgsRectangle, QgsWkbTypes)
+from qgis.gui import QgsColorDialog, QgsDockWidget, QgsMapLayerComboBox, QgsRubberBand
 from qgis.PyQt.QtCore import QSize, Qt, QTimer
 from qgis.PyQt.QtGui import QColor, QIcon, QKeySequence, QPixmap
 from qgis.PyQt.QtWidgets import (QAbstractItemView, QAction, QComboBox, QDoubleSpinBox, QFileDialog, QGridLayout,
@@ -29,7 +29,6 @@ ID_ROLE = Qt.UserRole + 1
 
 
 def theme_icon(name):
-    from qgis.core import QgsApplication
     return QgsApplication.getThemeIcon(name)
 
 
@@ -87,6 +86,7 @@ class LabelsDock(QgsDockWidget):
         self.schema.subscribe(self._schema_changed)
         self.store = None
         self.review = None
+        self._review_band = None
         self.current_value = self.schema.values()[0]
         self._layer_signals = []
         self._syncing = False
@@ -237,6 +237,7 @@ class LabelsDock(QgsDockWidget):
         row.addStretch(1)
         self.filter_combo = QComboBox()
         self.filter_combo.setToolTip("Show the labels of one class only")
+        self.filter_combo.setSizeAdjustPolicy(QComboBox.AdjustToContents)
         self.filter_combo.currentIndexChanged.connect(lambda _i: self._refresh_objects())
         row.addWidget(self.filter_combo)
         box.addLayout(row)
@@ -328,7 +329,6 @@ class LabelsDock(QgsDockWidget):
         note = QLabel("Decisions are saved in a 'review' field of the detections layer, so a second pass "
                       "offers only what is left.")
         note.setWordWrap(True)
-        note.setStyleSheet("color: palette(mid);")
         grid.addWidget(note, 7, 0, 1, 3)
         grid.setRowStretch(8, 1)
         grid.setColumnStretch(1, 1)
@@ -375,11 +375,11 @@ class LabelsDock(QgsDockWidget):
         """Write labels into ``layer`` (added to the project if needed); returns the store or None."""
         if layer is not None and QgsProject.instance().mapLayer(layer.id()) is None:
             QgsProject.instance().addMapLayer(layer)
-        if self.layer_combo.currentLayer() is layer:
-            if self.labels_layer() is not layer:
-                self._attach(layer)
-        else:
-            self.layer_combo.setLayer(layer)
+        self.layer_combo.blockSignals(True)   # attach once, here, even for a layer the combo cannot offer
+        self.layer_combo.setLayer(layer)
+        self.layer_combo.blockSignals(False)
+        if self.labels_layer() is not layer:
+            self._attach(layer)
         return self.store
 
     def _pick_stored_layer(self):
@@ -394,19 +394,19 @@ class LabelsDock(QgsDockWidget):
     def _attach(self, layer):
         if layer is not None and self.labels_layer() is layer:
             return
-        self._detach()
         if layer is None:
+            self._detach()
             self.refresh()
             return
         try:
             store = LabelStore(layer, self.schema, self)
-        except LabelError as exc:
+        except LabelError as exc:   # keep writing where we were
             self._message(str(exc), Qgis.Warning)
             self.layer_combo.blockSignals(True)
-            self.layer_combo.setLayer(None)
+            self.layer_combo.setLayer(self.labels_layer())
             self.layer_combo.blockSignals(False)
-            self.refresh()
             return
+        self._detach()
         self.store = store
         store.edited.connect(self._edited)
         store.undoStateChanged.connect(self._update_undo)
@@ -427,7 +427,11 @@ class LabelsDock(QgsDockWidget):
                 self.schema.merge(in_data)
         else:
             self._schema_changed()
-        self._status(f"Labels go to '{layer.name()}' ({layer.crs().authid()}).")
+        if layer.providerType() == "memory":
+            self._message(f"'{layer.name()}' is a temporary layer: its labels are lost when QGIS closes. Save it "
+                          "as a GeoPackage (Export > Save Features As) or create a new labels layer.", Qgis.Warning)
+        else:
+            self._status(f"Labels go to '{layer.name()}' ({layer.crs().authid()}).")
         self.refresh()
 
     def _detach(self):
@@ -737,8 +741,8 @@ class LabelsDock(QgsDockWidget):
             table.setItem(i, 2, id_item)
         table.setSortingEnabled(True)
         table.blockSignals(False)
-        total = sum(self.store.counts().values()) if self.store else 0
         shown = len(rows)
+        total = shown if self.filter_combo.currentData() is None else sum(self.store.counts().values())
         self.count_label.setText(f"{total} labels" if shown == total else f"{shown} of {total} labels")
         self._layer_selection_changed()
 
@@ -946,15 +950,29 @@ class LabelsDock(QgsDockWidget):
         fid = review.current()
         if fid is None:
             self.review_info.setText(f"Every detection of '{review.layer.name()}' is decided. {done}")
-            review.layer.removeSelection()
+            self._clear_review_band()
             return
         value, name = review.current_class()
         label = name or self.schema.name_of(value) or "?"
         self.review_info.setText(
             f"Detection {review.position + 1} of {review.remaining()}: <b>{label}</b> (class {value}), "
             f"confidence <b>{review.confidence(fid):.2f}</b><br>{done}")
-        review.layer.selectByIds([fid])
+        self._show_review_band(review.layer, fid)
         self.focus_features(review.layer, [fid])
+
+    def _show_review_band(self, layer, fid):
+        # An outline, not the selection: a selected polygon is filled and hides the very object to judge.
+        if self._review_band is None:
+            self._review_band = QgsRubberBand(self.canvas, QgsWkbTypes.PolygonGeometry)
+            self._review_band.setFillColor(QColor(0, 0, 0, 0))
+            self._review_band.setStrokeColor(QColor(255, 255, 0))
+            self._review_band.setWidth(3)
+        self._review_band.setToGeometry(layer.getFeature(fid).geometry(), layer)
+
+    def _clear_review_band(self):
+        if self._review_band is not None:
+            self.canvas.scene().removeItem(self._review_band)
+            self._review_band = None
 
     def _review_action(self, action):
         if self.review is None:
@@ -971,11 +989,28 @@ class LabelsDock(QgsDockWidget):
     def review_previous(self):
         return self._review_action(self.review.previous) if self.review else None
 
+    def _decision_text(self):
+        fid = self.review.current()
+        value, name = self.review.current_class()
+        return f"'{name or self.schema.name_of(value) or value}' at confidence {self.review.confidence(fid):.2f}"
+
     def review_accept(self):
-        return self._review_action(self.review.accept) if self.review else None
+        if self.review is None or self.review.current() is None:
+            return None
+        what = self._decision_text()
+        added = self._review_action(self.review.accept)
+        if added:
+            self._status(f"Accepted {what}: it is now a label.")
+        return added
 
     def review_reject(self):
-        return self._review_action(self.review.reject) if self.review else None
+        if self.review is None or self.review.current() is None:
+            return None
+        what = self._decision_text()
+        rejected = self._review_action(self.review.reject)
+        if rejected:
+            self._status(f"Rejected {what}.")
+        return rejected
 
     def review_accept_above(self, threshold=None):
         if self.review is None:
@@ -1002,4 +1037,5 @@ class LabelsDock(QgsDockWidget):
         if self.review is not None:
             self.review.changed.disconnect(self._show_review)
             self.review = None
+        self._clear_review_band()
         self._detach()

@@ -91,6 +91,8 @@ class TrainDialog(JobDialog):
         self.add_text(advanced, "BANDS", "Bands for the network", "the chips'; e.g. 1,2,3 (1 or 3 bands)")
         self.add_text(advanced, "ANCHOR_SIZES", "Anchor sizes (px)", "default; five, e.g. 8,16,32,64,128")
         self.add_int(advanced, "SEED", "Random seed", 0, 2 ** 31 - 1)
+        self.add_int(advanced, "PROCESSES", "Processes / GPUs", 1, 1024,
+                     tooltip="More than 1 trains with DistributedDataParallel under torchrun (one per GPU).")
         self.add_bool(advanced, "RESUME", "Resume from the output folder's checkpoint")
 
         side = QGroupBox("Loss and AP per epoch")

@@ -100,10 +100,13 @@ def make_detections(path, rows, crs=LAYER_CRS):
     options.layerName = "detections"
     writer = QgsVectorFileWriter.create(str(path), fields, QgsWkbTypes.Polygon, crs,
                                         QgsProject.instance().transformContext(), options)
+    to_crs = QgsCoordinateTransform(LAYER_CRS, crs, QgsProject.instance())
     for i, (value, name, confidence) in enumerate(rows):
         x = CENTRE_UTM.x() - 40 + 12 * i
         feature = QgsFeature(fields)
-        feature.setGeometry(QgsGeometry.fromRect(QgsRectangle(x, CENTRE_UTM.y(), x + 8, CENTRE_UTM.y() + 6)))
+        geometry = QgsGeometry.fromRect(QgsRectangle(x, CENTRE_UTM.y(), x + 8, CENTRE_UTM.y() + 6))
+        geometry.transform(to_crs)
+        feature.setGeometry(geometry)
         feature.setAttributes([value, name, confidence, 48.0])
         writer.addFeature(feature)
     del writer
@@ -288,6 +291,29 @@ def test_labels_layer_created_on_demand_beside_the_project(dock, canvas, tmp_pat
     fresh = QgsVectorLayer(f"{gpkg}|layername=labels", "fresh", "ogr")
     assert fresh.featureCount() == 1
     assert [f.name() for f in fresh.fields()][-2:] == ["classvalue", "classname"]
+    from maskforge.ui.label_store import schema_from_layer
+    assert schema_from_layer(fresh).to_dict()["Classes"] == [   # opened elsewhere: classes from the data
+        {"Value": 1, "Name": "Class 1", "Color": [255, 0, 0]}]
+
+
+def test_unsaved_project_asks_for_a_folder(dock, canvas, tmp_path):
+    dock.activate_tool("rectangle")
+    press(canvas, 100, 100)
+    move(canvas, 150, 160, held=Qt.LeftButton)
+    release(canvas, 150, 160)                     # the fixture's choose_folder answers tmp_path
+    assert rows_on_disk(tmp_path / "labels.gpkg") == [(1, "Class 1")]
+    assert dock.labels_layer().crs() == CANVAS_CRS  # no raster on the map: the map's CRS
+
+    dock.choose_folder = lambda: ""               # the person cancels the folder dialog
+    dock.use_layer(None)
+    press(canvas, 200, 200)
+    move(canvas, 250, 260, held=Qt.LeftButton)
+    release(canvas, 250, 260)
+    assert "no folder was picked" in dock.status_label.text()
+
+    dock.choose_file = lambda purpose, start: str(tmp_path / "picked.gpkg")   # the New… button
+    dock.new_layer_button.click()
+    assert dock.labels_layer().source().startswith(str(tmp_path / "picked.gpkg"))
 
 
 # ------------------------------------------------------------------ class schema
@@ -412,6 +438,11 @@ def test_table_selection_selects_and_pans_and_deletes(dock, labels, canvas):
 
     layer.selectByIds([f.id() for f in layer.getFeatures()])          # selecting on the map selects rows
     assert len(dock.objects_table.selectionModel().selectedRows()) == 2
+    dock.add_class("tent")                                            # becomes the current class
+    assert dock.set_class_of_selected() == 2
+    assert sorted((f["classvalue"], f["classname"]) for f in layer.getFeatures()) == [(2, "tent")] * 2
+    dock.undo()
+    assert {f["classvalue"] for f in layer.getFeatures()} == {1}
     assert dock.delete_selected() == 2
     assert layer.featureCount() == 0 and dock.objects_table.rowCount() == 0
 
@@ -465,8 +496,9 @@ def test_export_button_opens_the_processing_dialog_prefilled(provider, dock, osb
 
 def test_review_accept_reject_and_second_pass(dock, labels, tmp_path):
     layer, path = labels
-    detections = make_detections(tmp_path / "detections.gpkg", [
-        (1, "tent", 0.55), (1, "tent", 0.97), (3, "latrine", 0.80), (1, "tent", 0.30), (1, "tent", 0.91)])
+    detections = make_detections(tmp_path / "detections.gpkg", [   # in Web Mercator: accepting reprojects
+        (1, "tent", 0.55), (1, "tent", 0.97), (3, "latrine", 0.80), (1, "tent", 0.30), (1, "tent", 0.91)],
+        crs=CANVAS_CRS)
     review = dock.start_review(detections)
     assert review is not None and review.remaining() == 5
     order = [review.confidence(review.current())]
@@ -485,9 +517,10 @@ def test_review_accept_reject_and_second_pass(dock, labels, tmp_path):
     assert dock.schema.name_of(3) == "latrine"
     got = sorted((f["classvalue"], f["classname"]) for f in layer.getFeatures())
     assert got == [(1, "Class 1"), (3, "latrine")]
-    accepted = [f for f in detections.getFeatures() if f["Confidence"] == 0.80][0]
     label = [f for f in layer.getFeatures() if f["classvalue"] == 3][0]
-    assert label.geometry().equals(QgsGeometry(accepted.geometry()).convertToType(QgsWkbTypes.PolygonGeometry, True))
+    third = QgsGeometry.fromRect(QgsRectangle(CENTRE_UTM.x() - 16, CENTRE_UTM.y(), CENTRE_UTM.x() - 8,
+                                              CENTRE_UTM.y() + 6))   # the third detection, in UTM
+    assert label.geometry().hausdorffDistance(third) < 1e-3
     marks = {f["Confidence"]: f["review"] for f in QgsVectorLayer(f"{tmp_path / 'detections.gpkg'}|layername=detections",
                                                                  "disk", "ogr").getFeatures()}
     assert marks[0.97] == "accepted" and marks[0.91] == "rejected" and marks[0.80] == "accepted"
@@ -526,6 +559,11 @@ def test_review_refuses_a_layer_that_is_not_detections(dock, labels, tmp_path):
     plain.commitChanges()
     assert dock.start_review(plain) is None
     assert "no 'Confidence' field" in dock.status_label.text()
+
+    points = QgsVectorLayer("Point?crs=EPSG:32636&field=classvalue:integer", "points", "memory")
+    assert dock.use_layer(points).layer is layer                # refused: the labels stay where they were
+    assert "labels are polygons" in dock.status_label.text()
+    assert dock.layer_combo.currentLayer() is layer
 
 
 # ------------------------------------------------------------------ the plugin

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from qgis.core import (Qgis, QgsApplication, QgsCoordinateReferenceSystem, QgsCoordinateTransform,
-                       QgsCoordinateTransformContext, QgsFeature, QgsGeometry, QgsMessageLog, QgsProject,
+                       QgsCoordinateTransformContext, QgsFeature, QgsGeometry, QgsProject,
                        QgsRasterLayer, QgsRectangle, QgsSettings, QgsVectorFileWriter, QgsVectorLayer)
 from qgis.gui import QgsMapToolPan
 from qgis.PyQt.QtCore import QPoint, Qt, QTimer
@@ -390,6 +390,10 @@ def test_detect_dialog_on_a_drawn_rectangle_adds_the_styled_layer(plugin, qgis_i
     pan = QgsMapToolPan(canvas)
     canvas.setMapTool(pan)
     dialog.extent.draw_button.click()
+    assert not dialog.isVisible()
+    QTest.keyClick(canvas, Qt.Key_Escape)   # changed their mind: the dialog comes back as it was
+    assert dialog.isVisible() and canvas.mapTool() is pan and dialog.extent.drawn is None
+    dialog.extent.draw_button.click()
     assert not dialog.isVisible() and canvas.mapTool() is dialog.extent.tool
     size = canvas.viewport().size()
     _drag(canvas, QPoint(10, 10), QPoint(size.width() * 3 // 4, size.height() - 10))
@@ -466,3 +470,48 @@ def test_set_up_runtime_makes_a_venv_in_the_background(plugin, tmp_path):
     python = venv_python(str(tmp_path / "runtime"))
     assert os.path.exists(python) and QgsSettings().value("MaskForge/runtime_python") == python
     assert dialog.python.filePath() == python and progress and max(progress) == 100
+
+
+# -- what the dialogs and the algorithms share ------------------------------------------------------------
+
+def test_dialog_defaults_are_the_algorithms_defaults(provider):
+    from maskforge.algorithms import jobs
+    for algorithm_id, defaults in (("maskforge:exporttrainingdata", jobs.EXPORT_DEFAULTS),
+                                   ("maskforge:train", jobs.TRAIN_DEFAULTS),
+                                   ("maskforge:detectobjects", jobs.DETECT_DEFAULTS),
+                                   ("maskforge:nonmaximumsuppression", jobs.NMS_DEFAULTS)):
+        algorithm = QgsApplication.processingRegistry().algorithmById(algorithm_id)
+        names = {p.name() for p in algorithm.parameterDefinitions()}
+        assert set(defaults) <= names, (algorithm_id, set(defaults) - names)
+        for parameter in algorithm.parameterDefinitions():
+            if parameter.name() in defaults and parameter.defaultValue() is not None:
+                assert parameter.defaultValue() == defaults[parameter.name()], (algorithm_id, parameter.name())
+
+
+def test_the_new_qgis_side_modules_never_import_the_engine_or_torch():
+    import ast
+    for path in [ROOT / "tasks.py", ROOT / "runtime.py", *(ROOT / "ui").glob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module] if node.module else []
+            else:
+                continue
+            for name in names:
+                assert name.split(".")[0] not in ("torch", "torchvision", "core"), f"{path.name} imports {name}"
+
+
+def test_the_device_shown_is_the_one_the_engine_picks(maskforge):
+    """The engine's rule (core/model.py select_device) on what a runtime reported; no GPU is needed here."""
+    from maskforge.runtime import describe_device, effective_device
+    gpu = {"torch": "2.14.1", "devices": [{"index": 0, "name": "NVIDIA H100", "memory_gb": 79.1,
+                                           "capability": "9.0"}]}
+    cpu_only = {"torch": "2.14.1", "devices": [], "cuda_reason": "Found no NVIDIA driver on your system"}
+    assert effective_device("auto", gpu) == ("cuda:0", None)
+    assert describe_device("cuda:0", gpu) == "cuda:0 — NVIDIA H100 (79.1 GB)"
+    assert effective_device("cuda:1", gpu) == (None, "There is no GPU 1: this machine has 1.")
+    assert effective_device("auto", cpu_only) == ("cpu", None)
+    assert describe_device("cpu", cpu_only) == "cpu (no GPU: Found no NVIDIA driver on your system)"
+    assert effective_device("cuda", cpu_only)[1].startswith("'cuda' was asked for, but Found no NVIDIA driver")
+    assert effective_device("auto", {"torch": None})[0] is None
