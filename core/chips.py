@@ -30,8 +30,8 @@ import shapely.affinity
 from affine import Affine
 from rasterio.windows import Window
 
-from .errors import Cancelled, UserError
-from .geodata import open_raster, read_labels, read_vector, reproject_geometries, to_polygons
+from .errors import UserError
+from .geodata import open_raster, read_area, read_labels
 from .progress import NullReporter
 
 IMAGE_FORMATS = {"TIFF": ("GTiff", "tif"), "PNG": ("PNG", "png"), "JPEG": ("JPEG", "jpg")}
@@ -322,12 +322,7 @@ def export_training_data(raster, labels, out_dir, options=None, reporter=None):
 
         mask_area = None
         if o.mask_polygons:
-            geoms, _, crs = read_vector(o.mask_polygons, "mask polygons")
-            polys, keep, _ = to_polygons(geoms)
-            if not keep.any():
-                raise UserError(f"The mask polygons '{o.mask_polygons}' hold no polygon.")
-            mask_area = shapely.union_all(reproject_geometries(polys[keep], crs, src.crs))
-            shapely.prepare(mask_area)
+            mask_area = read_area(o.mask_polygons, src.crs, "mask polygons")
 
         angles = [0.0]
         if o.rotation_angle and o.rotation_angle > 0:

@@ -32,8 +32,8 @@ from rasterio.windows import Window
 from . import distributed
 from .bands import to_network_input
 from .chips import _Grid, class_color
-from .errors import Cancelled, UserError
-from .geodata import GPKG_CREATION, open_raster, read_vector, reproject_geometries, to_polygons
+from .errors import UserError
+from .geodata import GPKG_CREATION, open_raster, read_area
 from .model import network_for_package, select_device
 from .package import load_package
 from .progress import NullReporter
@@ -442,12 +442,7 @@ def detect(raster, model, out, options=None, reporter=None, predictor=None):
         bands, norm = _input_spec(pkg, src, reporter)
         extent, area = o.extent, None
         if o.extent_polygons:
-            geoms, _, crs = read_vector(o.extent_polygons, "processing extent polygons")
-            polys, keep, _ = to_polygons(geoms)
-            if not keep.any():
-                raise UserError(f"The extent polygons '{o.extent_polygons}' hold no polygon.")
-            area = shapely.union_all(reproject_geometries(polys[keep], crs, src.crs))
-            shapely.prepare(area)
+            area = read_area(o.extent_polygons, src.crs, "processing extent polygons")
             extent = area.bounds if extent is None else extent
         if extent is not None and not shapely.box(*extent).intersects(shapely.box(*src.bounds)):
             raise UserError(f"The processing extent {tuple(round(v, 2) for v in extent)} does not overlap the raster "

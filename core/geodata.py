@@ -151,6 +151,17 @@ def to_polygons(geoms, buffer_radius=0.0):
     return out, keep, repaired
 
 
+def read_area(source, crs, what):
+    """The union of a polygon layer's features in ``crs``, prepared for fast containment tests."""
+    geoms, _, source_crs = read_vector(source, what)
+    polys, keep, _ = to_polygons(geoms)
+    if not keep.any():
+        raise UserError(f"The {what} '{source}' hold no polygon. Give a polygon layer.")
+    area = shapely.union_all(reproject_geometries(polys[keep], source_crs, crs))
+    shapely.prepare(area)
+    return area
+
+
 def read_labels(source, raster_crs, class_value_field=None, class_name_field=None, buffer_radius=0.0):
     geoms, fields, crs = read_vector(source)
     if len(geoms) == 0:

@@ -6,7 +6,6 @@ mask) every epoch, early stopping on the monitored metric, an atomic
 checkpoint per epoch (``--resume``), and a package written each time the
 monitored metric improves — so a cancel leaves the best epoch so far.
 """
-import json
 import math
 import os
 import random

@@ -9,9 +9,7 @@ Usage: python scripts/bench.py [--quick] [--device cpu|cuda] [--out bench_output
 A small package is trained first (cached in the output folder) so detections are real.
 """
 import argparse
-import json
 import os
-import resource
 import subprocess
 import sys
 import time

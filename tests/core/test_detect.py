@@ -1,5 +1,4 @@
 """Detect Objects: tiling at borders, georeferencing, band parity, bad input, and a real network end to end."""
-import json
 
 import numpy as np
 import pyogrio.raw

@@ -104,7 +104,7 @@ def test_min_overlap_ratio_drops_labels_cut_by_the_chip_edge(scene, tmp_path):
 
 
 def test_bands_and_formats(scene, tmp_path):
-    result = export_training_data(scene["raster"], scene["labels"], tmp_path / "png",
+    export_training_data(scene["raster"], scene["labels"], tmp_path / "png",
                                   ExportOptions(tile_size_x=128, tile_size_y=128, stride_x=128, stride_y=128,
                                                 image_format="PNG", bands=(3, 1)))
     image = _images(tmp_path / "png")[0]

@@ -3,11 +3,9 @@ import json
 
 import numpy as np
 import pyogrio.raw
-import pytest
 import rasterio
 import rasterio.features
 import shapely
-from affine import Affine
 from pycocotools.coco import COCO
 from pyproj import Transformer
 

@@ -3,10 +3,8 @@ import json
 import signal
 import subprocess
 import sys
-import time
 import zipfile
 
-import numpy as np
 import pytest
 import torch
 
