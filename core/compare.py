@@ -72,11 +72,7 @@ def compare(a, b, out_dir, iou_threshold=0.3, zones=None, zone_field=None, repor
         raise UserError(f"A zone name field ('{zone_field}') is given but no zones layer. Give the zones layer "
                         "too, or leave the field out.")
 
-    def progress(percent, message):
-        reporter.check_cancelled()
-        reporter.progress(percent, message)
-
-    progress(0, "Reading the detections of both dates")
+    reporter.step(0, "Reading the detections of both dates")
     layer_a = read_polygons(a, "detections of date A")
     layer_b = to_crs(read_polygons(b, "detections of date B"), layer_a.crs, "detections of date A")
     zone_layer, zone_name_field, zone_names = _zones(zones, zone_field, layer_a.crs) if zones else (None, None, [])
@@ -84,7 +80,7 @@ def compare(a, b, out_dir, iou_threshold=0.3, zones=None, zone_field=None, repor
 
     outputs = AtomicOutputs(out_dir)
     try:
-        progress(10, f"Pairing {len(layer_a)} objects of date A with {len(layer_b)} of date B")
+        reporter.step(10, f"Pairing {len(layer_a)} objects of date A with {len(layer_b)} of date B")
         a_to_b, b_to_a, a_iou = match_dates(layer_a.polys, layer_b.polys, iou_threshold, reporter)
         gone = np.flatnonzero(a_to_b < 0)
         new = np.flatnonzero(b_to_a < 0)
@@ -99,7 +95,7 @@ def compare(a, b, out_dir, iou_threshold=0.3, zones=None, zone_field=None, repor
         no_a = np.r_[np.zeros(len(kept_b), bool), np.ones(len(new), bool), np.zeros(len(gone), bool)]
         no_b = np.r_[np.zeros(len(kept_b) + len(new), bool), np.ones(len(gone), bool)]
 
-        progress(60, "Counting by zone")
+        reporter.step(60, "Counting by zone")
         labels = list(dict.fromkeys(zone_names))      # zone names in layer order, each once
         if zone_layer is not None:
             zone_index = _zone_of(shapely.centroid(polys), zone_layer)
@@ -116,7 +112,7 @@ def compare(a, b, out_dir, iou_threshold=0.3, zones=None, zone_field=None, repor
         if zone_layer is not None:
             per_zone.append({"zone": None, **counts(np.array([z is None for z in zone.tolist()], dtype=bool))})
 
-        progress(70, "Writing the change layer")
+        reporter.step(70, "Writing the change layer")
         fields = ["change", "a_fid", "b_fid", "iou", "zone"]
         data = [change, a_fid, b_fid, iou, zone]
         masks = [None, no_a, no_b, None, None]
@@ -140,5 +136,5 @@ def compare(a, b, out_dir, iou_threshold=0.3, zones=None, zone_field=None, repor
         outputs.commit()
     finally:
         outputs.discard()
-    progress(100, f"{overall['persisted']} persisted, {overall['new']} new, {overall['gone']} gone")
+    reporter.step(100, f"{overall['persisted']} persisted, {overall['new']} new, {overall['gone']} gone")
     return result

@@ -292,11 +292,7 @@ def evaluate(detections, truth, out_dir, options=None, reporter=None):
     confidence_threshold = check_fraction(o.confidence_threshold, "confidence threshold", 0.5, allow_zero=True)
     extent = _check_extent(o.extent)
 
-    def progress(percent, message):
-        reporter.check_cancelled()
-        reporter.progress(percent, message)
-
-    progress(0, "Reading the detections and the ground truth")
+    reporter.step(0, "Reading the detections and the ground truth")
     det = read_polygons(detections, "detections")
     truth = to_crs(read_polygons(truth, "ground-truth polygons"), det.crs, "detections")
     score_field, scores, messages = _scores(det, o.confidence_field)
@@ -338,9 +334,9 @@ def evaluate(detections, truth, out_dir, options=None, reporter=None):
 
     outputs = AtomicOutputs(out_dir)
     try:
-        progress(10, f"Matching {len(det)} detections to {len(truth)} truth polygons")
+        reporter.step(10, f"Matching {len(det)} detections to {len(truth)} truth polygons")
         m = match(det.polys, scores, det_codes, truth.polys, truth_codes, iou_threshold, reporter)
-        progress(40, "Average precision (COCOeval)")
+        reporter.step(40, "Average precision (COCOeval)")
         ap = coco_ap(shapely.area(det.polys), scores, det_codes, shapely.area(truth.polys), truth_codes,
                      m["pairs"], len(keys))
 
@@ -355,7 +351,7 @@ def evaluate(detections, truth, out_dir, options=None, reporter=None):
         overall = {**_counts(int(det_tp.sum()), int((~det_tp).sum()), int((~truth_tp).sum())),
                    "ap50": ap["ap50"], "ap": ap["ap"]}
 
-        progress(70, "Writing the assessed layers")
+        reporter.step(70, "Writing the assessed layers")
         det_out = _write_layer(outputs, DETECTIONS_OUT, det, np.where(det_tp, "TP", "FP"), m["det_match"],
                                truth.fids, m["det_iou"], m["det_max_iou"], DETECTION_STYLE)
         truth_out = _write_layer(outputs, TRUTH_OUT, truth, np.where(truth_tp, "TP", "FN"), m["truth_match"],
@@ -379,7 +375,7 @@ def evaluate(detections, truth, out_dir, options=None, reporter=None):
         outputs.commit()
     finally:
         outputs.discard()
-    progress(100, f"precision {overall['precision']}, recall {overall['recall']}, F1 {overall['f1']}, "
+    reporter.step(100, f"precision {overall['precision']}, recall {overall['recall']}, F1 {overall['f1']}, "
                   f"AP50 {overall['ap50']}, AP {overall['ap']}")
     return result
 

@@ -59,6 +59,11 @@ class Reporter:
         elif message:
             self.err_stream.write(f"[{percent:5.1f}%] {message}\n")
 
+    def step(self, percent, message=""):
+        """A stage boundary: stop here if cancelled, else report progress."""
+        self.check_cancelled()
+        self.progress(percent, message)
+
     def log(self, message, level="info"):
         if self.json_lines:
             self._emit("log", level=level, message=message)

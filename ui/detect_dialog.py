@@ -15,14 +15,18 @@ from .job_dialog import JobDialog, next_free, raster_info
 from .train_dialog import describe_package
 
 
-def add_result_layer(path, name):
-    """Add a GeoPackage to the project; QGIS applies the .qml beside it (the engine writes one)."""
+def add_result_layer(task):
+    """Add a finished job's output GeoPackage (its --out) to the project; QGIS applies the .qml beside it.
+
+    Returns the output path and the layer (None when it cannot be opened)."""
+    path = task.args[task.args.index("--out") + 1]
+    name = os.path.splitext(os.path.basename(path))[0]
     layer = QgsVectorLayer(path, name, "ogr")
     if not layer.isValid():
         tasks.push(f"The result '{path}' cannot be opened as a layer.", tasks.Qgis.Warning)
-        return None
+        return path, None
     QgsProject.instance().addMapLayer(layer)
-    return layer
+    return path, layer
 
 
 class DetectDialog(JobDialog):
@@ -124,8 +128,7 @@ class DetectDialog(JobDialog):
         if task.result is None:
             return
         r = task.result
-        out = task.args[task.args.index("--out") + 1]
-        layer = add_result_layer(out, os.path.splitext(os.path.basename(out))[0])
+        out, layer = add_result_layer(task)
         count = r.get("kept", r.get("detections"))
         tasks.push(f"Detected {count} objects in {r.get('tiles')} tiles on {r.get('device')}"
                    f"{' and added them to the project' if layer else ''}: {out}", tasks.Qgis.Success)

@@ -59,7 +59,6 @@ class NmsDialog(JobDialog):
         if task.result is None:
             return
         r = task.result
-        out = task.args[task.args.index("--out") + 1]
-        layer = add_result_layer(out, os.path.splitext(os.path.basename(out))[0])
+        out, layer = add_result_layer(task)
         tasks.push(f"Kept {r.get('kept')} of {r.get('input')} features, removed {r.get('removed')}"
                    f"{' (added to the project)' if layer else ''}: {out}", tasks.Qgis.Success)
