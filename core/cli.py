@@ -131,7 +131,9 @@ def _add_detect(sub):
     p = sub.add_parser("detect", help="Detect objects over a raster with a model package; writes polygons.")
     p.add_argument("--raster", required=True)
     p.add_argument("--model", required=True, help="package folder, .dlpk or .emd")
-    p.add_argument("--out", required=True, help="output GeoPackage (.gpkg); a .qml style is written beside it")
+    p.add_argument("--out", required=True, help="output GeoPackage (.gpkg; 'path|layername=x' ok); a new layer of "
+                                                "an existing file, whose other layers are kept; a .qml style beside")
+    _add_layer_options(p)
     p.add_argument("--padding", type=int, help="pixels (default: half the largest training object, else tile/4)")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--threshold", type=float, default=0.5, help="minimum confidence (default 0.5)")
@@ -154,14 +156,16 @@ def _run_detect(args, reporter):
         padding=args.padding, batch_size=args.batch_size, threshold=args.threshold, tile_size=args.tile_size,
         tta=args.tta, return_boxes=args.return_boxes, extent=args.extent, extent_polygons=args.extent_polygons,
         cell_size=args.cell_size, nms=not args.no_nms, nms_overlap_ratio=args.nms_overlap_ratio,
-        simplify=args.simplify, device=args.device)
+        simplify=args.simplify, device=args.device, layer=args.layer, overwrite=args.overwrite)
     return detect(args.raster, args.model, args.out, options, reporter)
 
 
 def _add_nms(sub):
     p = sub.add_parser("nms", help="Non Maximum Suppression: drop overlapping duplicates of lower confidence.")
     p.add_argument("--input", required=True, help="polygon layer (any OGR source; 'path|layername=x' ok)")
-    p.add_argument("--out", required=True, help="output GeoPackage")
+    p.add_argument("--out", required=True, help="output GeoPackage ('path|layername=x' ok): a new file, or a new "
+                                                "layer of an existing one (its other layers are kept)")
+    _add_layer_options(p)
     p.add_argument("--confidence-field", default="Confidence")
     p.add_argument("--class-field", help="class field: within each class first, then across classes")
     p.add_argument("--max-overlap-ratio", type=float, default=0.0,
@@ -170,7 +174,14 @@ def _add_nms(sub):
 
 def _run_nms(args, reporter):
     from .nms import nms_file
-    return nms_file(args.input, args.out, args.confidence_field, args.class_field, args.max_overlap_ratio, reporter)
+    return nms_file(args.input, args.out, args.confidence_field, args.class_field, args.max_overlap_ratio, reporter,
+                    layer=args.layer, overwrite=args.overwrite)
+
+
+def _add_layer_options(p):
+    p.add_argument("--layer", help="layer name in the GeoPackage (default: the one in --out, else the file's stem)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing layer of that name (the file's other layers are kept)")
 
 
 def _add_info(sub):

@@ -7,8 +7,9 @@ the padding at least half the largest training object, every object lies
 whole inside the tile that keeps it. A reader thread prepares the next
 batch of tiles (windowed reads, never the whole raster) while the network
 works; masks become polygons only inside each detection's box and are
-written to a GeoPackage in batches, under a temporary name renamed at the
-end. Optionally Non Maximum Suppression then removes what duplicates remain.
+written to a temporary GeoPackage in batches; only a complete run becomes a
+layer of the output GeoPackage (gpkg.py: the file's other layers are kept).
+Optionally Non Maximum Suppression then removes what duplicates remain.
 """
 import math
 import os
@@ -16,7 +17,6 @@ import queue
 import shutil
 import threading
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +29,7 @@ import torch
 from affine import Affine
 from rasterio.windows import Window
 
-from . import distributed
+from . import distributed, gpkg
 from .bands import to_network_input
 from .chips import _Grid, class_color
 from .errors import UserError
@@ -60,6 +60,8 @@ class DetectOptions:
     min_area_pixels: int = 4         # slivers below this are dropped
     device: str = "auto"
     keep_padding_detections: bool = False   # diagnostics: keep what tiles see in their padding too
+    layer: str = None                # layer of the output GeoPackage; None: the one in the path, else the stem
+    overwrite: bool = False          # replace an existing layer of that name (other layers are always kept)
 
 
 # --- reconciling the raster with the package --------------------------------------
@@ -377,24 +379,15 @@ def _merge_parts(parts, path, layer, crs):
     return len(order)
 
 
-def _check_output(out):
-    out = Path(out)
-    if out.suffix.lower() != ".gpkg":
-        raise UserError(f"The output '{out}' must be a GeoPackage: give a path ending in .gpkg.")
-    if out.is_dir():
-        raise UserError(f"The output '{out}' is a folder: give a file path ending in .gpkg.")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"Cannot create the output folder '{out.parent}' ({exc.strerror}). "
-                        "Choose a folder you can write to.") from None
-    if not os.access(out.parent, os.W_OK):
-        raise UserError(f"Cannot write into '{out.parent}'. Choose a folder you can write to.")
-    return out
+def style_path(path, layer, created):
+    """``<file>.qml`` is the default style QGIS gives EVERY layer of ``<file>.gpkg``: only for a file that holds
+    this layer alone. In a file with other layers the style is ``<file>.<layer>.qml``, applied by the plugin."""
+    path = Path(path)
+    return path.with_suffix(".qml") if created and layer == path.stem else path.with_name(f"{path.stem}.{layer}.qml")
 
 
 def write_style(path, classes):
-    """A .qml beside the GeoPackage: QGIS loads it as the layer's default style (categories by class)."""
+    """A categorized (by class) .qml style at ``path``."""
     cats, symbols = [], []
     for i, (value, name) in enumerate(classes.items()):
         r, g, b = class_color(value)
@@ -407,7 +400,8 @@ def write_style(path, classes):
     qml = ('<!DOCTYPE qgis PUBLIC \'http://mrcc.com/qgis.dtd\' \'SYSTEM\'>\n<qgis version="3.22" styleCategories="Symbology">'
            '<renderer-v2 type="categorizedSymbol" attr="ClassValue" forceraster="0" symbollevels="0" enableorderby="0">'
            f'<categories>{"".join(cats)}</categories><symbols>{"".join(symbols)}</symbols></renderer-v2></qgis>\n')
-    Path(path).with_suffix(".qml").write_text(qml)
+    Path(path).write_text(qml)
+    return str(path)
 
 
 def detect(raster, model, out, options=None, reporter=None, predictor=None):
@@ -423,7 +417,7 @@ def detect(raster, model, out, options=None, reporter=None, predictor=None):
         raise UserError(f"Test-time augmentation merges by {', '.join(TTA_MERGES)}, not '{o.tta}'.")
     if o.batch_size < 1:
         raise UserError("The batch size must be at least 1.")
-    out = _check_output(out)
+    out, layer = gpkg.check_destination(out, o.layer, o.overwrite)
     pkg = load_package(model)
     device = distributed.init(o.device) or select_device(o.device)
     classes = pkg.classes
@@ -475,7 +469,8 @@ def detect(raster, model, out, options=None, reporter=None, predictor=None):
             def predictor(images):
                 return _predict_with_retry(net, images, device, o, size, reporter)
 
-        tmp = out.parent / f".{out.stem}.partial-{uuid.uuid4().hex[:8]}.gpkg"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = gpkg.partial_path(out)
         crs_wkt = src.crs.to_wkt()
         parts_dir = None
         if distributed.is_distributed():
@@ -483,9 +478,9 @@ def detect(raster, model, out, options=None, reporter=None, predictor=None):
             run_id = os.environ.get("TORCHELASTIC_RUN_ID") or os.environ.get("MASTER_PORT", "0")
             parts_dir = out.parent / f".{out.stem}.parts-{run_id}"
             parts_dir.mkdir(exist_ok=True)
-            writer = _Writer(parts_dir / f"part-{distributed.rank():05d}.gpkg", out.stem, crs_wkt, with_tile=True)
+            writer = _Writer(parts_dir / f"part-{distributed.rank():05d}.gpkg", layer, crs_wkt, with_tile=True)
         else:
-            writer = _Writer(tmp, out.stem, crs_wkt)
+            writer = _Writer(tmp, layer, crs_wkt)
         mine = distributed.shard(list(enumerate(tiles)))
         reader = TileReader(src, bands, norm, grid, mine, size, o.batch_size, src.nodata)
         post = PostProcessor(lambda result, transform, i: _keep(result, transform, tiles[i], i, padding, core, grid,
@@ -516,25 +511,26 @@ def detect(raster, model, out, options=None, reporter=None, predictor=None):
                 distributed.barrier()          # every part is complete
                 if not distributed.is_main():
                     return {"rank": distributed.rank(), "detections": writer.count}
-                count = _merge_parts(sorted(parts_dir.glob("part-*.gpkg")), tmp, out.stem, crs_wkt)
+                count = _merge_parts(sorted(parts_dir.glob("part-*.gpkg")), tmp, layer, crs_wkt)
             result = {"detections": count, "tiles": len(tiles), "padding": padding, "tile_size": size,
                       "processes": distributed.world_size()}
             if o.nms and count:
                 from .nms import nms_file
-                nms = nms_file(tmp, out, "Confidence", "ClassValue", o.nms_overlap_ratio)
+                nms = nms_file(tmp, out, "Confidence", "ClassValue", o.nms_overlap_ratio, layer=layer,
+                               overwrite=o.overwrite)
                 result.update(after_nms=nms["kept"], removed_by_nms=nms["removed"])
+                created = nms["written"] == "created"
             else:
-                os.replace(tmp, out)
+                created = gpkg.commit(tmp, out, layer, o.overwrite) == "created"
         finally:
             reader.stop.set()
             post.stop()
-            for suffix in ("", "-journal", "-wal", "-shm"):
-                if os.path.exists(f"{tmp}{suffix}"):
-                    os.remove(f"{tmp}{suffix}")
+            gpkg.remove_partial(tmp)
             if parts_dir is not None and distributed.is_main():
                 shutil.rmtree(parts_dir, ignore_errors=True)
-    write_style(out, classes)
-    result.update(output=str(out), kept=result.get("after_nms", count),
+    style = write_style(style_path(out, layer, created), classes)
+    result.update(output=str(out), layer=layer, source=f"{out}|layername={layer}", style=style,
+                  kept=result.get("after_nms", count),
                   seconds=round(time.monotonic() - started, 3), device=str(device))
     reporter.progress(100, f"{result['kept']} objects detected.")
     return result

@@ -11,7 +11,6 @@ of overlaps, not with the square of the number of features.
 import math
 import os
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import numpy as np
 import pyogrio
 import shapely
 
+from . import gpkg
 from .errors import UserError
 from .geodata import GPKG_CREATION, split_layer_source
 
@@ -239,58 +239,36 @@ def _free_name(base, taken):
     return name
 
 
-def _prepare_output(output_path, input_path):
-    out = Path(output_path)
-    if out.suffix.lower() != ".gpkg":
-        raise UserError(
-            f"The output '{out}' must be a GeoPackage. Give a path ending in .gpkg."
-        )
-    if out.is_dir():
-        raise UserError(f"The output '{out}' is a folder. Give a file path ending in .gpkg.")
+def _refuse_input_as_output(out, out_layer, path, layer_in):
+    """Writing the result over the layer it is read from would lose it; another layer of that file is fine."""
     try:
-        if out.exists() and Path(input_path).exists() and out.samefile(input_path):
-            raise UserError(
-                f"The output '{out}' is the input file. Give a new file name, "
-                "so the input (and any other layers in it) stays intact."
-            )
+        same_file = out.exists() and Path(path).exists() and out.samefile(path)
     except OSError:
-        pass
-    # The folder is only created when there is something to write; check now
-    # the part of its path that exists, so a bad output fails before the work.
-    folder = out.parent
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    if not folder.is_dir():
-        raise UserError(
-            f"Cannot create the output folder '{out.parent}': '{folder}' is a file. "
-            "Choose a folder you can write to."
-        )
-    if not os.access(folder, os.W_OK):
-        raise UserError(f"Cannot write into '{folder}'. Choose a folder you can write to.")
-    # Written here first and renamed at the end, so a failed or cancelled
-    # run never leaves a half-written file under the output's name.
-    return out, out.parent / f".{out.stem}.partial-{uuid.uuid4().hex[:8]}.gpkg"
-
-
-def _remove_partial(tmp):
-    for suffix in ("", "-journal", "-wal", "-shm"):
-        try:
-            os.remove(f"{tmp}{suffix}")
-        except FileNotFoundError:
-            pass
+        same_file = False
+    if not same_file:
+        return
+    if layer_in is None or isinstance(layer_in, int):
+        names = [str(n) for n in pyogrio.list_layers(path)[:, 0]]
+        layer_in = names[layer_in or 0] if names else None
+    if layer_in is not None and str(layer_in).lower() == out_layer.lower():
+        raise UserError(f"The output layer '{out_layer}' of '{out}' is the input layer. Give another layer name "
+                        "(--layer) or file, so the input stays intact.")
 
 
 def nms_file(input_source, output_path, confidence_field="Confidence", class_field=None,
-             max_overlap_ratio=0.0, reporter=None):
-    """Remove duplicate detections from a vector layer into a new GeoPackage.
+             max_overlap_ratio=0.0, reporter=None, layer=None, overwrite=False):
+    """Remove duplicate detections from a vector layer into a layer of a GeoPackage (gpkg.py: a new file,
+    or a new layer of an existing one; an existing layer of that name is replaced only with ``overwrite``).
 
     Without a class field the fields Classvalue or Value are used when
     present (as Esri does); otherwise all features form one class.
     """
     started = time.monotonic()
     ratio = _check_ratio(max_overlap_ratio)
-    path, layer = split_layer_source(input_source)
-    out, tmp = _prepare_output(output_path, path)
+    path, layer_in = split_layer_source(input_source)
+    _refuse_input_as_output(*gpkg.parse_destination(output_path, layer), path, layer_in)
+    out, out_layer = gpkg.check_destination(output_path, layer, overwrite)
+    tmp = gpkg.partial_path(out)
 
     def progress(percent, message):
         if reporter is not None:
@@ -299,7 +277,7 @@ def nms_file(input_source, output_path, confidence_field="Confidence", class_fie
 
     progress(0, f"Reading {input_source}")
     try:
-        meta, _, wkb, field_data = pyogrio.raw.read(path, layer=layer)
+        meta, _, wkb, field_data = pyogrio.raw.read(path, layer=layer_in)
     except Exception as exc:
         raise UserError(
             f"Cannot read the detections '{input_source}': {exc}. "
@@ -326,6 +304,9 @@ def nms_file(input_source, output_path, confidence_field="Confidence", class_fie
     classes = by_name[class_name] if class_name else None
 
     n_in = len(wkb)
+    if n_in == 0 and reporter is not None:
+        reporter.warning(f"The layer '{input_source}' holds no feature: the output is an empty layer. Check that "
+                         "you chose the detections layer.")
     missing = int(np.isnan(scores).sum())
     if missing and reporter is not None:
         reporter.warning(f"{missing} features have no confidence; they rank below all others.")
@@ -349,13 +330,13 @@ def nms_file(input_source, output_path, confidence_field="Confidence", class_fie
         out.parent.mkdir(parents=True, exist_ok=True)
         pyogrio.raw.write(
             str(tmp), np.asarray(wkb, dtype=object)[kept], data, fields, field_mask=masks,
-            layer=out.stem, driver="GPKG", geometry_type=meta.get("geometry_type") or "Unknown",
+            layer=out_layer, driver="GPKG", geometry_type=meta.get("geometry_type") or "Unknown",
             crs=meta.get("crs"), promote_to_multi=False, layer_options=layer_options or None,
             dataset_options=GPKG_CREATION,
         )
         if reporter is not None:
             reporter.check_cancelled()
-        os.replace(tmp, out)
+        written = gpkg.commit(tmp, out, out_layer, overwrite)
     except OSError as exc:
         raise UserError(
             f"Cannot write the output '{out}': {exc.strerror or exc}. "
@@ -369,7 +350,8 @@ def nms_file(input_source, output_path, confidence_field="Confidence", class_fie
             ) from None
         raise
     finally:
-        _remove_partial(tmp)
+        gpkg.remove_partial(tmp)
     progress(100, "Done")
-    return {"input": n_in, "kept": int(len(kept)), "removed": int(n_in - len(kept)),
+    return {"input": n_in, "kept": int(len(kept)), "removed": int(n_in - len(kept)), "output": str(out),
+            "layer": out_layer, "source": f"{out}|layername={out_layer}", "written": written,
             "class_field": class_name, "seconds": round(time.monotonic() - started, 3)}

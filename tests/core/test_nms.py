@@ -222,11 +222,72 @@ def test_value_field_is_the_class_when_none_is_named(tmp_path):
     assert result["class_field"] == "Value" and result["kept"] == 1
 
 
-def test_output_replaces_an_older_file(detections, tmp_path):
+def _layer(path, layer):
+    meta, _, wkb, data = pyogrio.raw.read(str(path), layer=layer)
+    return meta, shapely.from_wkb(wkb), dict(zip(meta["fields"], data))
+
+
+def test_output_is_a_new_layer_of_an_existing_geopackage(detections, user_gpkg):
+    result = nms_file(detections["source"], user_gpkg.path, max_overlap_ratio=0.05)
+    assert result["layer"] == "project" and result["written"] == "merged"
+    assert result["source"] == f"{user_gpkg.path}|layername=project"
+    assert user_gpkg.layer_names() == ["my_labels", "project", "roads"]
+    user_gpkg.assert_kept()
+    assert len(_layer(user_gpkg.path, "project")[1]) == result["kept"] > 0
+    # --layer names it; the file stays a valid GeoPackage GDAL can append to, with a working spatial index
+    nms_file(detections["source"], user_gpkg.path, layer="kept")
+    user_gpkg.assert_kept()
+    assert len(pyogrio.raw.read(str(user_gpkg.path), layer="kept", bbox=(29, 0, 42, 12))[2]) == 1
+
+
+def test_existing_layer_is_refused_unless_overwrite(detections, user_gpkg):
+    before = user_gpkg.digest()
+    with pytest.raises(UserError, match="already holds a layer 'my_labels'.*--overwrite"):
+        nms_file(detections["source"], f"{user_gpkg.path}|layername=my_labels")
+    with pytest.raises(UserError, match="already holds a layer 'roads'"):
+        nms_file(detections["source"], user_gpkg.path, layer="ROADS")      # layer names ignore case in SQLite
+    assert user_gpkg.digest() == before, "a refused run must leave the file byte for byte"
+    nms_file(detections["source"], user_gpkg.path, layer="kept")
+    again = nms_file(detections["source"], user_gpkg.path, layer="kept", max_overlap_ratio=0.05, overwrite=True)
+    assert len(_layer(user_gpkg.path, "kept")[1]) == again["kept"] > 0
+    user_gpkg.layers.pop("roads")
+    nms_file(detections["source"], user_gpkg.path, layer="roads", overwrite=True)   # asked for: replaced
+    assert user_gpkg.layer_names() == ["kept", "my_labels", "roads"]
+    assert list(_layer(user_gpkg.path, "roads")[0]["fields"])[0] == "Confidence"
+    user_gpkg.assert_kept()
+
+
+def test_a_file_that_is_no_geopackage_is_left_alone(detections, tmp_path):
     out = tmp_path / "kept.gpkg"
     out.write_text("old")
-    nms_file(detections["source"], out)
-    assert _read(out)[0]["fields"][0] == "Confidence"
+    with pytest.raises(UserError, match="exists and is not a GeoPackage.*left as it is"):
+        nms_file(detections["source"], out)
+    assert out.read_text() == "old"
+
+
+def test_cancel_while_merging_leaves_the_geopackage_byte_for_byte(detections, user_gpkg):
+    class CancelAtWrite(NullReporter):
+        def progress(self, percent, message=""):
+            if message.startswith("Writing"):
+                self.cancel_requested = True
+
+    before = user_gpkg.digest()
+    with pytest.raises(Cancelled):
+        nms_file(detections["source"], user_gpkg.path, reporter=CancelAtWrite())
+    assert user_gpkg.digest() == before
+    assert sorted(p.name for p in user_gpkg.path.parent.iterdir() if "partial" in p.name) == []
+
+
+def test_empty_input_says_so(tmp_path):
+    src = _write(tmp_path / "in.gpkg", [], {"Confidence": np.array([], np.float64)})
+    warnings = []
+
+    class Collect(NullReporter):
+        def warning(self, message):
+            warnings.append(message)
+
+    assert nms_file(src, tmp_path / "out.gpkg", reporter=Collect())["kept"] == 0
+    assert any("holds no feature" in w for w in warnings)
 
 
 def _refused(tmp_path, source, match, out=None, **kwargs):
@@ -288,9 +349,11 @@ def test_output_folder_without_write_permission(detections, tmp_path):
 
 def test_output_must_be_a_new_geopackage(detections, tmp_path):
     _refused(tmp_path, detections["source"], "ending in .gpkg", out=tmp_path / "kept.shp")
-    with pytest.raises(UserError, match="is the input file"):
-        nms_file(detections["source"], detections["path"])
+    with pytest.raises(UserError, match="is the input layer"):
+        nms_file(detections["source"], detections["path"], layer="Detections")
     assert len(pyogrio.list_layers(detections["path"])) == 2
+    nms_file(detections["source"], detections["path"], layer="kept")    # another layer of the input's file
+    assert sorted(pyogrio.list_layers(detections["path"])[:, 0]) == ["detections", "kept", "other"]
 
 
 def test_cancel_while_writing_leaves_nothing(detections, tmp_path):

@@ -1,0 +1,237 @@
+"""Results written as one layer of a GeoPackage, never at the cost of the file's other layers.
+
+A GeoPackage is a container: users keep their labels, roads and earlier
+results in one file. A step that writes a polygon layer (detect, nms) names
+its output ``file.gpkg`` plus a layer (``--layer``, default the file's stem);
+QGIS's own forms ``file.gpkg|layername=x`` and ``ogr:dbname='file.gpkg'
+table="x"`` are read too.
+
+The layer is always written to a temporary GeoPackage beside the output
+first. When the run is complete it becomes the output: renamed into place
+when there was no file, else merged into the existing file in ONE SQLite
+transaction (the old layer of that name dropped only with ``overwrite``).
+So a failed or cancelled run leaves the existing file byte for byte as it
+was, a crash during the merge is rolled back by SQLite, and the merge goes
+through SQLite's locks, so a file open in QGIS (WAL mode) is safe.
+Measured against writing into the file under a temporary layer name
+(README, "Outputs into existing GeoPackages"): that leaves the file changed
+after a cancel (the temporary layer must be dropped again: different bytes,
+and a leftover layer after a crash) and costs the same; pyogrio can neither
+rename nor drop a layer.
+
+The merge copies GDAL's own tables (the layer, its R*Tree, its rows in the
+gpkg_* tables, its triggers) as GDAL wrote them, rows before triggers: the
+triggers call GDAL's SQL functions (ST_MinX...), which plain SQLite lacks.
+"""
+import os
+import re
+import sqlite3
+import uuid
+from pathlib import Path
+
+from .errors import UserError
+
+GPKG_APPLICATION_IDS = (0x47504B47, 0x47503130)   # 'GPKG' (1.2+), 'GP10' (1.0)
+_OGR_SOURCE = re.compile(r"""^ogr:dbname=(?P<q>['"]?)(?P<path>.+?)(?P=q)(\s+table=(?P<t>['"]?)(?P<layer>.+?)(?P=t)"""
+                         r"""(\s+\(\w+\))?)?\s*$""")
+
+
+def parse_destination(out, layer=None):
+    """(GeoPackage path, layer name) of an output; an explicit ``layer`` wins over one in ``out``."""
+    text, named = str(out), None
+    match = _OGR_SOURCE.match(text)
+    if match:
+        text, named = match.group("path"), match.group("layer")
+    elif "|" in text:
+        text, *options = text.split("|")
+        for option in options:
+            key, _, value = option.partition("=")
+            if key.strip().lower() == "layername" and value:
+                named = value
+    path = Path(text)
+    return path, str(layer or named or path.stem)
+
+
+def layers_of(path):
+    """The feature and attribute layers of an existing GeoPackage; a UserError when it is none."""
+    try:
+        con = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            app_id = con.execute("PRAGMA application_id").fetchone()[0]
+            names = [r[0] for r in con.execute("SELECT table_name FROM gpkg_contents ORDER BY table_name")]
+        finally:
+            con.close()
+    except sqlite3.Error as exc:
+        raise UserError(f"The output '{path}' exists and is not a GeoPackage ({exc}). It is left as it is: "
+                        "give another file name ending in .gpkg.") from None
+    if app_id not in GPKG_APPLICATION_IDS:
+        raise UserError(f"The output '{path}' exists and is an SQLite database, not a GeoPackage. It is left as it "
+                        "is: give another file name ending in .gpkg.")
+    return names
+
+
+def check_destination(out, layer=None, overwrite=False):
+    """Checks an output can be written before any work: returns (path, layer name)."""
+    path, name = parse_destination(out, layer)
+    if path.suffix.lower() != ".gpkg":
+        raise UserError(f"The output '{path}' must be a GeoPackage: give a path ending in .gpkg.")
+    if path.is_dir():
+        raise UserError(f"The output '{path}' is a folder: give a file path ending in .gpkg.")
+    if name.lower().startswith(("gpkg_", "rtree_", "sqlite_")) or not name.strip():
+        raise UserError(f"'{name}' cannot name a GeoPackage layer (names starting with gpkg_, rtree_ or sqlite_ "
+                        "are reserved). Give another layer name.")
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise UserError(f"Cannot create the output folder '{path.parent}': '{folder}' is a file. "
+                        "Choose a folder you can write to.")
+    if not os.access(folder, os.W_OK):
+        raise UserError(f"Cannot write into '{folder}'. Choose a folder you can write to.")
+    if path.exists():
+        existing = layers_of(path)
+        same = [n for n in existing if n.lower() == name.lower()]
+        if same and not overwrite:
+            raise UserError(
+                f"The GeoPackage '{path}' already holds a layer '{same[0]}' (layers: {', '.join(existing)}). "
+                "Give another layer name (--layer), another file, or ask to overwrite that layer (--overwrite); "
+                "the file's other layers are kept either way.")
+    return path, name
+
+
+def partial_path(path):
+    """The temporary GeoPackage a run writes, beside the output (same file system: rename is atomic)."""
+    path = Path(path)
+    return path.parent / f".{path.stem}.partial-{uuid.uuid4().hex[:8]}.gpkg"
+
+
+def remove_partial(tmp):
+    for suffix in ("", "-journal", "-wal", "-shm"):
+        try:
+            os.remove(f"{tmp}{suffix}")
+        except FileNotFoundError:
+            pass
+
+
+def commit(tmp, path, layer, overwrite=False):
+    """Make the layer ``layer`` of the temporary GeoPackage ``tmp`` the output; returns 'created' or 'merged'."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        os.replace(tmp, path)
+        return "created"
+    check_destination(path, layer, overwrite)      # again: the file may have changed during the run
+    _merge(tmp, path, layer)
+    return "merged"
+
+
+def _q(name):
+    return '"' + str(name).replace('"', '""') + '"'
+
+
+def _merge(tmp, path, layer):
+    con = sqlite3.connect(str(path), isolation_level=None, timeout=30)
+    try:
+        con.execute("ATTACH DATABASE ? AS src", (str(tmp),))
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            old = [r[0] for r in con.execute("SELECT table_name FROM main.gpkg_contents WHERE lower(table_name) = "
+                                             "lower(?)", (layer,))]
+            for name in old:
+                _drop_layer(con, name)
+            _copy_layer(con, layer)
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        finally:
+            pass
+        con.execute("DETACH DATABASE src")
+    except sqlite3.Error as exc:
+        raise UserError(f"Cannot add the layer '{layer}' to '{path}' ({exc}); the file is left as it was. "
+                        "Close programs that are editing it, check the free space, or write to a new file.") from None
+    finally:
+        con.close()
+
+
+def _has_table(con, schema, table):
+    return con.execute(f"SELECT 1 FROM {schema}.sqlite_master WHERE type = 'table' AND name = ?",
+                       (table,)).fetchone() is not None
+
+
+def _drop_layer(con, name):
+    geometry = [r[0] for r in con.execute("SELECT column_name FROM main.gpkg_geometry_columns WHERE table_name = ?",
+                                          (name,))]
+    con.execute(f"DROP TABLE IF EXISTS main.{_q(name)}")              # its triggers go with it
+    for column in geometry:
+        con.execute(f"DROP TABLE IF EXISTS main.{_q(f'rtree_{name}_{column}')}")
+    for table in ("gpkg_geometry_columns", "gpkg_extensions", "gpkg_ogr_contents", "gpkg_data_columns",
+                  "gpkg_metadata_reference", "gpkg_contents"):
+        if _has_table(con, "main", table):
+            con.execute(f"DELETE FROM main.{table} WHERE table_name = ?", (name,))
+
+
+def _srs_id(con, srs_id):
+    """The main file's id of the temporary file's CRS ``srs_id`` (added when the file lacks it)."""
+    row = con.execute("SELECT srs_name, srs_id, organization, organization_coordsys_id, definition, description "
+                      "FROM src.gpkg_spatial_ref_sys WHERE srs_id = ?", (srs_id,)).fetchone()
+    if row is None:
+        return srs_id
+    name, sid, org, org_id, definition, description = row
+    if str(org).upper() != "NONE":
+        found = con.execute("SELECT srs_id FROM main.gpkg_spatial_ref_sys WHERE upper(organization) = upper(?) "
+                            "AND organization_coordsys_id = ?", (org, org_id)).fetchone()
+    else:
+        found = con.execute("SELECT srs_id FROM main.gpkg_spatial_ref_sys WHERE srs_id = ? AND definition = ?",
+                            (sid, definition)).fetchone()
+    if found:
+        return found[0]
+    taken = con.execute("SELECT 1 FROM main.gpkg_spatial_ref_sys WHERE srs_id = ?", (sid,)).fetchone()
+    if taken:
+        sid = max(100000, con.execute("SELECT max(srs_id) FROM main.gpkg_spatial_ref_sys").fetchone()[0] + 1)
+    con.execute("INSERT INTO main.gpkg_spatial_ref_sys VALUES (?, ?, ?, ?, ?, ?)",
+                (name, sid, org, org_id, definition, description))
+    return sid
+
+
+def _copy_layer(con, layer):
+    (name,) = con.execute("SELECT table_name FROM src.gpkg_contents WHERE lower(table_name) = lower(?)",
+                          (layer,)).fetchone()
+    schema = con.execute("SELECT type, name, sql FROM src.sqlite_master WHERE tbl_name = ? AND sql IS NOT NULL",
+                         (name,)).fetchall()
+    geometry = con.execute("SELECT column_name, geometry_type_name, srs_id, z, m FROM src.gpkg_geometry_columns "
+                           "WHERE table_name = ?", (name,)).fetchall()
+    con.execute(next(sql for kind, _, sql in schema if kind == "table"))
+    con.execute(f"INSERT INTO main.{_q(name)} SELECT * FROM src.{_q(name)}")
+    for kind, _, sql in schema:
+        if kind == "index":
+            con.execute(sql)
+    for column, *_ in geometry:
+        rtree = f"rtree_{name}_{column}"
+        if _has_table(con, "src", rtree):
+            con.execute(f"CREATE VIRTUAL TABLE main.{_q(rtree)} USING rtree(id, minx, maxx, miny, maxy)")
+            con.execute(f"INSERT INTO main.{_q(rtree)} SELECT * FROM src.{_q(rtree)}")
+    contents = con.execute("SELECT table_name, data_type, identifier, description, last_change, min_x, min_y, "
+                           "max_x, max_y, srs_id FROM src.gpkg_contents WHERE table_name = ?", (name,)).fetchone()
+    srs = _srs_id(con, contents[9]) if contents[9] is not None else None
+    if con.execute("SELECT 1 FROM main.gpkg_contents WHERE identifier = ?", (contents[2],)).fetchone():
+        contents = contents[:2] + (name,) + contents[3:]      # identifiers are unique in a GeoPackage
+    con.execute("INSERT INTO main.gpkg_contents VALUES (?, ?, ?, ?, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), "
+                "?, ?, ?, ?, ?)", contents[:4] + contents[5:9] + (srs,))
+    for column, type_name, srs_id, z, m in geometry:
+        con.execute("INSERT INTO main.gpkg_geometry_columns VALUES (?, ?, ?, ?, ?, ?)",
+                    (name, column, type_name, _srs_id(con, srs_id), z, m))
+    extensions = con.execute("SELECT table_name, column_name, extension_name, definition, scope "
+                             "FROM src.gpkg_extensions WHERE table_name = ?", (name,)).fetchall() \
+        if _has_table(con, "src", "gpkg_extensions") else []
+    if extensions and not _has_table(con, "main", "gpkg_extensions"):
+        con.execute(con.execute("SELECT sql FROM src.sqlite_master WHERE name = 'gpkg_extensions'").fetchone()[0])
+    con.executemany("INSERT INTO main.gpkg_extensions VALUES (?, ?, ?, ?, ?)", extensions)
+    counted = _has_table(con, "main", "gpkg_ogr_contents")
+    if counted:
+        count = con.execute(f"SELECT count(*) FROM main.{_q(name)}").fetchone()[0]
+        con.execute("INSERT INTO main.gpkg_ogr_contents VALUES (?, ?)", (name, count))
+    for kind, trigger, sql in schema:
+        # GDAL's feature-count triggers need gpkg_ogr_contents; a file without it keeps no count.
+        if kind == "trigger" and (counted or "feature_count" not in trigger):
+            con.execute(sql)
