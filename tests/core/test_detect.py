@@ -197,3 +197,36 @@ def test_cancel_leaves_no_output(tmp_path):
     with pytest.raises(Cancelled):
         detect(tmp_path / "r.tif", pkg, tmp_path / "d.gpkg", DetectOptions(), reporter, predictor=cancel_after_first)
     assert calls and not list(tmp_path.glob("*.gpkg")) and not list(tmp_path.glob(".*partial*"))
+
+
+def test_detections_become_a_layer_of_the_users_geopackage(tmp_path, user_gpkg):
+    truth = _squares_raster(tmp_path / "r.tif", ON_BORDERS)
+    pkg = _package(tmp_path / "pkg")
+    result = detect(tmp_path / "r.tif", pkg, user_gpkg.path, DetectOptions(layer="squares"), predictor=bright_parts)
+    assert result["layer"] == "squares" and result["source"] == f"{user_gpkg.path}|layername=squares"
+    assert user_gpkg.layer_names() == ["my_labels", "roads", "squares"]
+    user_gpkg.assert_kept()
+    found = pyogrio.raw.read(str(user_gpkg.path), layer="squares")[2]
+    assert len(found) == len(truth) == result["kept"]
+    # The file's default style would restyle the user's layers: this one's style is named after it.
+    assert result["style"] == str(tmp_path / "project.squares.qml") and not (tmp_path / "project.qml").exists()
+
+    before = user_gpkg.digest()
+    with pytest.raises(UserError, match="already holds a layer 'squares'.*--overwrite"):
+        detect(tmp_path / "r.tif", pkg, f"{user_gpkg.path}|layername=squares", predictor=bright_parts)
+    reporter = NullReporter()
+
+    def cancel_after_first(images):
+        reporter.cancel_requested = True
+        return bright_parts(images)
+    with pytest.raises(Cancelled):
+        detect(tmp_path / "r.tif", pkg, user_gpkg.path, DetectOptions(layer="squares", overwrite=True), reporter,
+               predictor=cancel_after_first)
+    assert user_gpkg.digest() == before, "a cancelled run must leave the file byte for byte as it was"
+    assert not list(tmp_path.glob(".*partial*"))
+    half = detect(tmp_path / "r.tif", pkg, user_gpkg.path,
+                  DetectOptions(layer="squares", overwrite=True, extent=(400000, 2999850, 400075, 3000000)),
+                  predictor=bright_parts)
+    assert 0 < half["kept"] < result["kept"]
+    assert len(pyogrio.raw.read(str(user_gpkg.path), layer="squares")[2]) == half["kept"]
+    user_gpkg.assert_kept()
