@@ -32,12 +32,16 @@ from rasterio.windows import Window
 
 from .errors import UserError
 from .geodata import open_raster, read_area, read_labels
+from .outputs import check_export_folder
 from .progress import NullReporter
 
 IMAGE_FORMATS = {"TIFF": ("GTiff", "tif"), "PNG": ("PNG", "png"), "JPEG": ("JPEG", "jpg")}
 PALETTE = [(255, 0, 0), (0, 170, 255), (255, 200, 0), (0, 200, 80), (200, 0, 255),
            (255, 120, 0), (0, 255, 220), (255, 0, 140), (120, 80, 0), (140, 140, 255)]
 STATS_SAMPLES_PER_CHIP = 1024
+# Tiles an export looks at (every grid position x rotation). A 40,000 px square raster at 256 px tiles and
+# stride 128 is ~100,000; ten times that is a cell size or stride far off (hours of work, a huge folder).
+MAX_TILES = 1_000_000
 
 
 def class_color(value):
@@ -61,7 +65,8 @@ class ExportOptions:
     class_value_field: str = None
     class_name_field: str = None
     buffer_radius: float = 0.0
-    overwrite: bool = False
+    overwrite: bool = False           # only over an earlier export (outputs.check_export_folder)
+    max_tiles: int = MAX_TILES        # refuse grids above this many tiles (they run for hours)
 
 
 def tile_offsets(length, tile, stride):
@@ -86,6 +91,9 @@ def _validate_options(o):
         raise UserError("The rotation angle must lie in [0, 360) degrees (0 = no rotated copies).")
     if o.cell_size is not None and float(o.cell_size) <= 0:
         raise UserError("The cell size must be positive (or empty to keep the raster's).")
+    if float(o.buffer_radius or 0) < 0:
+        raise UserError(f"The buffer radius is {o.buffer_radius:g}: it must be positive (map units; it turns point "
+                        "and line labels into polygons), or 0 when the labels are polygons.")
 
 
 def _check_format(fmt, dtype, nbands):
@@ -100,13 +108,7 @@ def _check_format(fmt, dtype, nbands):
 
 def _prepare_output(out_dir, overwrite):
     out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"The output '{out}' exists and is a file. Give a folder path.")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise UserError(
-            f"The output folder '{out}' is not empty. Choose a new folder, or ask to overwrite "
-            "(--overwrite / 'Overwrite existing output')."
-        )
+    check_export_folder(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     if not os.access(out.parent, os.W_OK):
         raise UserError(f"Cannot write into '{out.parent}'. Choose a folder you can write to.")
@@ -117,9 +119,14 @@ def _prepare_output(out_dir, overwrite):
 
 def _finish_output(tmp, out_dir):
     out = Path(out_dir)
-    if out.exists():
-        shutil.rmtree(out)
+    if not out.exists():
+        os.replace(tmp, out)
+        return
+    # The earlier export (checked to be nothing else) steps aside first: no moment without a whole export.
+    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.replaced-", dir=out.parent))
+    os.replace(out, old / out.name)
     os.replace(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 class _Grid:
@@ -330,6 +337,13 @@ def export_training_data(raster, labels, out_dir, options=None, reporter=None):
         cols = tile_offsets(grid.width, tx, int(o.stride_x))
         rows = tile_offsets(grid.height, ty, int(o.stride_y))
         total = len(cols) * len(rows) * len(angles)
+        if total > o.max_tiles:
+            raise UserError(
+                f"This export would look at {total:,} tiles of {tx}x{ty} px ({len(cols)} x {len(rows)} positions"
+                + (f" x {len(angles)} rotations" if len(angles) > 1 else "")
+                + f" over {grid.width:,}x{grid.height:,} px at cell size {grid.cell_size[0]:g}), above the limit "
+                f"of {o.max_tiles:,}: it would run for hours and could write as many chips. Use a larger cell size "
+                "or stride, a processing extent, or raise the limit (--max-tiles) if you mean it.")
         reporter.log(f"Exporting up to {total} chips of {tx}x{ty} px from {len(lab.geometries)} labels "
                      f"({len(lab.class_names)} classes).")
 
@@ -339,6 +353,12 @@ def export_training_data(raster, labels, out_dir, options=None, reporter=None):
             result = _write_chips(src, bands, nodata, lab, tree, grid, rows, cols, angles, tx, ty,
                                   mask_area, o, tmp, reporter, total)
             result.update(repaired=lab.repaired, skipped_labels=lab.skipped)
+            if result["chips"] == 0 and result["skipped_nodata"]:
+                raise UserError(
+                    f"No chip was written: all {result['skipped_nodata']} tiles that hold a label are nodata "
+                    f"(value {nodata:g}) in the raster, so the raster (or the extent) holds only nodata where the "
+                    "labels are. Check the raster's nodata value (gdalinfo) and that labels and raster show the "
+                    "same place.")
             if result["chips"] == 0:
                 raise UserError(
                     "No chip was written: no tile of the raster holds a label"

@@ -54,7 +54,10 @@ def _add_export(sub):
                    help="drop labels with less than this fraction of their area inside a chip")
     p.add_argument("--bands", type=_bands, help="1-based bands to extract, e.g. 1,2,3 (default all)")
     p.add_argument("--buffer-radius", type=float, default=0.0, help="turn point/line labels into polygons")
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier export in --out (a folder with anything else is refused)")
+    p.add_argument("--max-tiles", type=int, default=1_000_000,
+                   help="refuse grids of more tiles than this (default 1,000,000)")
 
 
 def _run_export(args, reporter):
@@ -66,7 +69,7 @@ def _run_export(args, reporter):
         cell_size=args.cell_size, rotation_angle=args.rotation_angle,
         min_polygon_overlap_ratio=args.min_overlap_ratio, bands=args.bands,
         class_value_field=args.class_value_field, class_name_field=args.class_name_field,
-        buffer_radius=args.buffer_radius, overwrite=args.overwrite,
+        buffer_radius=args.buffer_radius, overwrite=args.overwrite, max_tiles=args.max_tiles,
     )
     return export_training_data(args.raster, args.labels, args.out, options, reporter)
 
@@ -107,6 +110,8 @@ def _add_train(sub):
     p.add_argument("--device", default="auto", help="auto, cpu or cuda:N")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from the folder's checkpoint")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the package already in --out (it stays until the new best epoch is written)")
     p.add_argument("--name", help="package name (default: the output folder's name)")
     _add_processes(p)
 
@@ -123,7 +128,7 @@ def _run_train(args, reporter):
         val_fraction=args.val_percent / 100.0, early_stopping=not args.no_early_stopping, patience=args.patience,
         monitor=args.monitor, freeze_backbone=args.freeze_backbone, augment=not args.no_augment,
         device=args.device, seed=args.seed, backbone=args.backbone, bands=args.bands,
-        anchor_sizes=args.anchor_sizes, resume=args.resume, name=args.name)
+        anchor_sizes=args.anchor_sizes, resume=args.resume, overwrite=args.overwrite, name=args.name)
     return train(args.data, args.out, args.base, options, reporter)
 
 

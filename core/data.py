@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import rasterio
 import torch
+from rasterio.errors import RasterioIOError
 
 from .bands import choose_bands, normalization_for, to_network_input
 from .errors import UserError
@@ -52,6 +53,31 @@ def _class_dirs(folder, stats):
     return dirs
 
 
+def _open_chip(path):
+    try:
+        return rasterio.open(path)
+    except (RasterioIOError, OSError) as exc:
+        raise UserError(f"The chip '{path}' is not a readable raster ({exc}). Remove it (and its labels), or export "
+                        "the training data again.") from None
+
+
+def _check_chip_headers(folder, images):
+    """(bands, height, width, dtype) shared by every chip of the folder; only headers are read (cheap)."""
+    shapes = {}
+    for image in images:
+        with _open_chip(image) as src:
+            shapes.setdefault((src.count, src.height, src.width, src.dtypes[0]), []).append(image.name)
+    if len(shapes) > 1:
+        common = max(shapes, key=lambda k: len(shapes[k]))
+        odd = [f"{', '.join(names[:5])}{' ...' if len(names) > 5 else ''} ({k[2]}x{k[1]} px, {k[0]} band(s) of "
+               f"{k[3]})" for k, names in shapes.items() if k != common]
+        raise UserError(
+            f"The chips of '{folder}' differ: most are {common[2]}x{common[1]} px with {common[0]} band(s) of "
+            f"{common[3]}, but {'; '.join(odd)}. A model trains on one tile size: remove the odd chips or export "
+            "the folder again.")
+    return next(iter(shapes))
+
+
 def load_training_data(folders, bands=None):
     """Read every chip of one or more export folders (same bands and tile size)."""
     chips, stats_all, class_names = [], [], {}
@@ -64,8 +90,7 @@ def load_training_data(folders, bands=None):
         images = sorted(p for p in (folder / "images").iterdir() if p.suffix.lower() in (".tif", ".tiff", ".png", ".jpg", ".jpeg"))
         if not images:
             raise UserError(f"'{folder}/images' holds no chip: export training data into it first.")
-        with rasterio.open(images[0]) as src:
-            shape = (src.count, src.height, src.width, src.dtypes[0])
+        shape = _check_chip_headers(folder, images)
         if first is None:
             first = (folder, shape)
         elif shape != first[1]:
@@ -80,14 +105,18 @@ def load_training_data(folders, bands=None):
         for value, _ in dirs:
             class_names.setdefault(value, str(value))
         for image in images:
-            with rasterio.open(image) as src:
+            with _open_chip(image) as src:
                 data = src.read([b + 1 for b in chosen])
             labels = []
             for value, d in dirs:
                 found = list(d.glob(image.stem + ".*"))
                 found = [f for f in found if not f.name.endswith(".aux.xml")]
                 if found:
-                    with rasterio.open(found[0]) as m:
+                    with _open_chip(found[0]) as m:
+                        if (m.height, m.width) != data.shape[1:]:
+                            raise UserError(f"The label '{found[0]}' is {m.width}x{m.height} px, its chip "
+                                            f"'{image.name}' {data.shape[2]}x{data.shape[1]}. Export the training "
+                                            "data again.")
                         labels.append((value, m.read(1)))
             chips.append(Chip(f"{folder.name}/{image.name}", data, labels))
         stats_all.append((stats, chosen))

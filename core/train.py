@@ -21,6 +21,7 @@ from .chips import class_color
 from .data import ChipDataset, collate, load_training_data, max_object_size, split_train_val
 from .errors import Cancelled, UserError
 from .metrics import coco_evaluate
+from .outputs import check_model_folder, remove_packages
 from .model import (COCO_NUM_CLASSES, DEFAULT_ANCHORS, build_model, coco_state_dict, load_state_strict,
                     network_for_package, replace_heads, select_device)
 from .package import FRAMEWORK, load_package, read_weights, write_package
@@ -46,6 +47,7 @@ class TrainOptions:
     bands: tuple = None              # 1-based chip bands (1 or 3)
     anchor_sizes: tuple = None       # default: the base's, else torchvision's (32..512)
     resume: bool = False
+    overwrite: bool = False          # replace the folder's package (only once the new best epoch is written)
     name: str = None                 # package name; default: the output folder's name
     score_threshold: float = 0.05    # for AP: keep low-confidence predictions (COCO practice)
 
@@ -212,10 +214,10 @@ def train(data_dirs, out_dir, base="none", options=None, reporter=None):
     if o.epochs < 1 or o.batch_size < 1:
         raise UserError("Epochs and batch size must be at least 1.")
     if not 0 <= o.val_fraction < 1:
-        raise UserError("The validation fraction must lie in [0, 1) (e.g. 0.1 for 10 %).")
+        raise UserError(f"The validation percentage is {o.val_fraction * 100:g} %: it must be at least 0 and below "
+                        "100 (e.g. 10 for 10 %).")
     out = Path(out_dir)
-    if out.exists() and any(out.glob("*.emd")) and not o.resume and not (out / CHECKPOINT).exists():
-        pass  # a previous package is replaced when the first epoch improves on nothing
+    earlier = check_model_folder(out, CHECKPOINT, o.resume, o.overwrite)
     _seed_everything(o.seed)
     device = distributed.init(o.device) or select_device(o.device)
     main = distributed.is_main()
@@ -332,6 +334,7 @@ def train(data_dirs, out_dir, base="none", options=None, reporter=None):
                     emd = _package_emd(spec, class_names, backbone, anchors, max_obj, history, best, o, base_desc,
                                        tile)
                     write_package(out, name, emd, {k: v.detach().cpu() for k, v in model.state_dict().items()})
+                    earlier = remove_packages(out, earlier, keep=name)
                 reporter.log(f"Epoch {epoch + 1}: {o.monitor} {value} is the best so far; package written.")
             else:
                 stale += 1
@@ -351,7 +354,7 @@ def train(data_dirs, out_dir, base="none", options=None, reporter=None):
     # The package holds the best epoch; refresh its history (later epochs included) and add the report.
     from .report import write_report
     distributed.barrier()        # rank 0 has written the best package
-    pkg = load_package(out)
+    pkg = load_package(out / f"{name}.emd")
     model.load_state_dict(read_weights(pkg))
     _, preds = evaluate(model, val_set, val_idx, batch_size, device, amp, class_names, o.score_threshold)
     emd = _package_emd(spec, class_names, backbone, anchors, max_obj, history, best, o, base_desc, tile)

@@ -87,18 +87,86 @@ def test_non_integer_class_field(scene, tmp_path):
     _refused(scene, tmp_path, path, "no field 'missing'", class_value_field="missing")
 
 
+def _tree(folder):
+    """Every file under ``folder`` with its bytes: what must survive a refused or cancelled export."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
 def test_output_folder_not_empty_refused_unless_overwrite(scene, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "precious.txt").write_text("keep me")
-    with pytest.raises(UserError, match="not empty.*overwrite"):
+    (out / "photos").mkdir()
+    (out / "photos" / "holiday.jpg").write_bytes(b"\xff\xd8 a photo")
+    before = _tree(out)
+    with pytest.raises(UserError, match="not empty \\(it holds photos, precious.txt\\).*overwrite"):
         export_training_data(scene["raster"], scene["labels"], out, ExportOptions(**SMALL))
-    assert (out / "precious.txt").read_text() == "keep me"
-    result = export_training_data(scene["raster"], scene["labels"], out, ExportOptions(overwrite=True, **SMALL))
-    assert result["chips"] > 0 and not (out / "precious.txt").exists() and (out / "map.txt").exists()
+    # --overwrite deletes only an earlier export: a folder of the user's files is refused, saying what is there
+    with pytest.raises(UserError, match="not an earlier export \\(it has no map.txt or esri_accumulated_stats.json; "
+                                        "it holds photos, precious.txt\\)"):
+        export_training_data(scene["raster"], scene["labels"], out, ExportOptions(overwrite=True, **SMALL))
+    assert _tree(out) == before
     empty = tmp_path / "empty"
     empty.mkdir()   # an empty folder (as a file dialog makes) is fine
     assert export_training_data(scene["raster"], scene["labels"], empty, ExportOptions(**SMALL))["chips"] > 0
+
+
+def test_overwrite_replaces_an_earlier_export_only(scene, tmp_path):
+    out = tmp_path / "out"
+    first = export_training_data(scene["raster"], scene["labels"], out, ExportOptions(**SMALL))
+    again = export_training_data(scene["raster"], scene["labels"], out,
+                                 ExportOptions(overwrite=True, **{**SMALL, "stride_x": 32, "stride_y": 32}))
+    assert again["chips"] > first["chips"] == len(list((out / "images").iterdir())) - (again["chips"] - first["chips"])
+    (out / "labels" / "notes.txt").write_text("my notes")
+    (out / "images" / "thesis.docx").write_text("chapter 1")
+    before = _tree(out)
+    with pytest.raises(UserError, match="also files an export does not write: images/thesis.docx, "
+                                        "labels/notes.txt. They are not deleted"):
+        export_training_data(scene["raster"], scene["labels"], out, ExportOptions(overwrite=True, **SMALL))
+    assert _tree(out) == before and not list(tmp_path.glob(".out.*"))
+
+
+def test_cancel_mid_write_keeps_the_earlier_export(scene, tmp_path):
+    from core.errors import Cancelled
+    from core.progress import NullReporter
+    out = tmp_path / "out"
+    export_training_data(scene["raster"], scene["labels"], out, ExportOptions(**SMALL))
+    before = _tree(out)
+
+    class CancelWhileWriting(NullReporter):
+        """Cancels once chips of the new export are on disk (the temporary folder holds images)."""
+        def progress(self, percent, message=""):
+            written = [p for d in tmp_path.glob(".out.partial-*") for p in (d / "images").glob("*.tif")]
+            if len(written) >= 2:
+                self.cancel_requested = True
+
+    with pytest.raises(Cancelled):
+        export_training_data(scene["raster"], scene["labels"], out,
+                             ExportOptions(overwrite=True, **{**SMALL, "stride_x": 16, "stride_y": 16}),
+                             CancelWhileWriting())
+    assert _tree(out) == before and not list(tmp_path.glob(".out.*"))
+
+
+def test_negative_buffer_radius(scene, tmp_path):
+    _refused(scene, tmp_path, scene["labels"], "buffer radius is -5: it must be positive", buffer_radius=-5)
+
+
+def test_too_many_tiles_are_refused_with_the_count(scene, tmp_path):
+    message = _refused(scene, tmp_path, scene["labels"], "would look at 4,225 tiles of 64x64 px \\(65 x 65 "
+                       "positions over 128x128 px.*above the limit of 1,000.*--max-tiles", stride_x=1, stride_y=1,
+                       max_tiles=1000)
+    assert "hours" in message
+
+
+def test_all_nodata_raster_says_so(scene, tmp_path):
+    with rasterio.open(scene["raster"]) as src:
+        profile = src.profile
+    profile.update(nodata=0)
+    blank = tmp_path / "blank.tif"
+    with rasterio.open(blank, "w", **profile) as dst:
+        dst.write(np.zeros((profile["count"], profile["height"], profile["width"]), profile["dtype"]))
+    _refused(scene, tmp_path, scene["labels"], "tiles that hold a label are nodata \\(value 0\\).*holds only "
+             "nodata", raster=blank)
 
 
 def test_tile_size_larger_than_raster(scene, tmp_path):
