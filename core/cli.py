@@ -215,6 +215,7 @@ def _add_evaluate(sub):
                    help="xmin,ymin,xmax,ymax in the detections' CRS: assess features whose centroid is inside "
                         "(write --extent=-10,... when it starts with a minus)")
     p.add_argument("--extent-polygons", help="assess only features whose centroid lies in these polygons")
+    _add_overwrite_outputs(p)
 
 
 def _run_evaluate(args, reporter):
@@ -222,7 +223,8 @@ def _run_evaluate(args, reporter):
     options = EvaluateOptions(
         iou_threshold=args.iou, confidence_threshold=args.confidence, confidence_field=args.confidence_field,
         detections_class_field=args.detections_class_field, truth_class_field=args.truth_class_field,
-        ignore_classes=args.ignore_classes, extent=args.extent, extent_polygons=args.extent_polygons)
+        ignore_classes=args.ignore_classes, extent=args.extent, extent_polygons=args.extent_polygons,
+        overwrite=args.overwrite)
     return evaluate(args.detections, args.truth, args.out_dir, options, reporter)
 
 
@@ -234,11 +236,17 @@ def _add_compare(sub):
     p.add_argument("--iou", type=float, default=0.3, help="minimum IoU of the same object (default 0.3)")
     p.add_argument("--zones", help="zone polygons: counts per zone, by centroid")
     p.add_argument("--zone-field", help="zone name field (default: 'name' when present, else the zone's id)")
+    _add_overwrite_outputs(p)
+
+
+def _add_overwrite_outputs(p):
+    p.add_argument("--overwrite", action="store_true", help="replace files of the output names in --out-dir")
 
 
 def _run_compare(args, reporter):
     from .compare import compare
-    return compare(args.a, args.b, args.out_dir, args.iou, args.zones, args.zone_field, reporter)
+    return compare(args.a, args.b, args.out_dir, args.iou, args.zones, args.zone_field, reporter,
+                   overwrite=args.overwrite)
 
 
 STEPS = {"export": (_add_export, _run_export), "train": (_add_train, _run_train),

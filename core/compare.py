@@ -18,11 +18,12 @@ import numpy as np
 import shapely
 
 from .errors import UserError
-from .matching import (GREEN, GREY, RED, AtomicOutputs, check_fraction, fallback_field, find_field,
+from .matching import (GREEN, GREY, RED, AtomicOutputs, check_fraction, disjoint_message, fallback_field, find_field,
                        greedy_one_to_one, iou_pairs, read_polygons, report, to_crs)
 from .progress import NullReporter
 
 CHANGES_OUT, TABLE_OUT, JSON_OUT = "changes.gpkg", "changes.csv", "changes.json"
+OUTPUT_NAMES = (CHANGES_OUT, "changes.qml", TABLE_OUT, JSON_OUT)
 CHANGE_STYLE = [("persisted", "persisted", GREY), ("new", "new (only at date B)", GREEN),
                 ("gone", "gone (only at date A)", RED)]
 ZONE_NAME_FALLBACKS = ("name",)
@@ -63,7 +64,7 @@ def _zone_of(points, zones):
     return np.where(out == none, -1, out)
 
 
-def compare(a, b, out_dir, iou_threshold=0.3, zones=None, zone_field=None, reporter=None):
+def compare(a, b, out_dir, iou_threshold=0.3, zones=None, zone_field=None, reporter=None, overwrite=False):
     """Compare the detections ``a`` (earlier) and ``b`` (later); write the change layer and tables to ``out_dir``."""
     reporter = reporter or NullReporter()
     started = time.monotonic()
@@ -78,7 +79,13 @@ def compare(a, b, out_dir, iou_threshold=0.3, zones=None, zone_field=None, repor
     zone_layer, zone_name_field, zone_names = _zones(zones, zone_field, layer_a.crs) if zones else (None, None, [])
     report(reporter, layer_a.messages + layer_b.messages + (zone_layer.messages if zone_layer else []))
 
-    outputs = AtomicOutputs(out_dir)
+    outputs = AtomicOutputs(out_dir, OUTPUT_NAMES, overwrite)
+    if len(layer_a) == 0 and len(layer_b) == 0:
+        reporter.warning("Both layers hold no polygon: there is nothing to compare. Check that you chose the "
+                         "detection layers.")
+    disjoint = disjoint_message(layer_a.polys, layer_b.polys, "detections of date A", "detections of date B")
+    if disjoint:
+        reporter.warning(disjoint)
     try:
         reporter.step(10, f"Pairing {len(layer_a)} objects of date A with {len(layer_b)} of date B")
         a_to_b, b_to_a, a_iou = match_dates(layer_a.polys, layer_b.polys, iou_threshold, reporter)

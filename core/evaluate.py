@@ -44,8 +44,8 @@ from pycocotools.cocoeval import COCOeval
 from .errors import UserError
 from .geodata import read_vector, reproject_geometries, to_polygons
 from .matching import (GREEN, ORANGE, RED, AtomicOutputs, area_filter, attributes_with, check_fraction,
-                       components, f1_score, fallback_field, find_field, greedy_one_to_one, iou_pairs,
-                       rate, read_polygons, report, to_crs)
+                       components, disjoint_message, f1_score, fallback_field, find_field, greedy_one_to_one,
+                       iou_pairs, rate, read_polygons, report, to_crs)
 from .nms import _confidence_values
 from .progress import NullReporter
 
@@ -55,6 +55,7 @@ MIN_MAX_DETECTIONS = 10_000
 
 DETECTIONS_OUT, TRUTH_OUT = "accuracy_detections.gpkg", "accuracy_truth.gpkg"
 TABLE_OUT, JSON_OUT = "accuracy.csv", "accuracy.json"
+OUTPUT_NAMES = (DETECTIONS_OUT, TRUTH_OUT, "accuracy_detections.qml", "accuracy_truth.qml", TABLE_OUT, JSON_OUT)
 DETECTION_STYLE = [("TP", "TP: true positive", GREEN), ("FP", "FP: false positive", RED)]
 TRUTH_STYLE = [("TP", "TP: detected", GREEN), ("FN", "FN: missed (false negative)", ORANGE)]
 
@@ -69,6 +70,7 @@ class EvaluateOptions:
     ignore_classes: bool = False
     extent: tuple = None              # xmin, ymin, xmax, ymax in the detections' CRS
     extent_polygons: str = None       # any OGR polygon layer, any CRS
+    overwrite: bool = False           # replace earlier outputs of the same names in the folder
 
 
 # -- classes ----------------------------------------------------------------
@@ -332,7 +334,10 @@ def evaluate(detections, truth, out_dir, options=None, reporter=None):
             f"No class value occurs in both layers (detections: {listed(det_keys)}; truth: {listed(truth_keys)}), "
             "so nothing can match. Give the class fields that hold the same values, or ignore classes.")
 
-    outputs = AtomicOutputs(out_dir)
+    outputs = AtomicOutputs(out_dir, OUTPUT_NAMES, o.overwrite)
+    disjoint = disjoint_message(det.polys, truth.polys, "detections", "ground-truth polygons")
+    if disjoint:
+        reporter.warning(disjoint)
     try:
         reporter.step(10, f"Matching {len(det)} detections to {len(truth)} truth polygons")
         m = match(det.polys, scores, det_codes, truth.polys, truth_codes, iou_threshold, reporter)

@@ -23,6 +23,7 @@ from pyproj import CRS
 from .errors import UserError
 from .geodata import GPKG_CREATION, crs_of, reproject_geometries, split_layer_source, to_polygons
 from .nms import _pair_areas, _restore_types
+from .outputs import check_output_files
 
 IOU_DECIMALS = 9
 
@@ -168,6 +169,16 @@ def iou_pairs(a, b, reporter=None):
     return ia[keep], ib[keep], iou[keep]
 
 
+def disjoint_message(a, b, what_a, what_b):
+    """A warning when two non-empty layers share no area at all (their numbers alone would look real)."""
+    if len(a) == 0 or len(b) == 0 or shapely.STRtree(b).query(a, predicate="intersects").size:
+        return None
+    def bounds(polys):
+        return tuple(round(float(v), 2) for v in shapely.total_bounds(polys))
+    return (f"The {what_a} and the {what_b} do not overlap anywhere ({what_a} cover {bounds(a)}, {what_b} "
+            f"{bounds(b)}), so nothing can match. Check that both show the same place and that their CRS are right.")
+
+
 def greedy_one_to_one(ia, ib, iou, order, n_a, n_b):
     """Take the pairs in ``order``; a pair matches when both of its features are still free.
 
@@ -210,10 +221,12 @@ def components(n, left, right):
 
 class AtomicOutputs:
     """Files written under temporary names in the output folder and renamed together at the end,
-    so a failed or cancelled run leaves nothing that looks finished (and earlier results stay whole)."""
+    so a failed or cancelled run leaves nothing that looks finished (and earlier results stay whole).
+    ``names``: the files the step writes; when one exists already it is refused unless ``overwrite``."""
 
-    def __init__(self, folder):
+    def __init__(self, folder, names=(), overwrite=False):
         self.folder = Path(folder)
+        check_output_files(self.folder, names, overwrite)
         if self.folder.exists() and not self.folder.is_dir():
             raise UserError(f"The output folder '{self.folder}' is a file. Give a folder path.")
         try:

@@ -158,3 +158,35 @@ def test_bad_files_name_the_fix(dates, tmp_path):
     with pytest.raises(UserError, match="The zones '.*points.gpkg' hold no polygon"):
         compare(a, b, tmp_path / "out", zones=points)
     assert not (tmp_path / "out").exists()
+
+
+class _Warnings(NullReporter):
+    def __init__(self):
+        super().__init__()
+        self.warnings = []
+
+    def warning(self, message):
+        self.warnings.append(message)
+
+
+def test_layers_that_do_not_overlap_or_are_empty_are_said(tmp_path):
+    a = _write(tmp_path / "a.gpkg", A)
+    far = _write(tmp_path / "far.gpkg", [shapely.affinity.translate(p, 0, 5000) for p in B])
+    reporter = _Warnings()
+    assert compare(a, far, tmp_path / "out", reporter=reporter)["overall"]["persisted"] == 0
+    assert any("do not overlap anywhere" in w for w in reporter.warnings), reporter.warnings
+    empty = _write(tmp_path / "empty.gpkg", [])
+    reporter = _Warnings()
+    compare(empty, empty, tmp_path / "out2", reporter=reporter)
+    assert any("Both layers hold no polygon" in w for w in reporter.warnings), reporter.warnings
+
+
+def test_the_users_files_of_the_output_names_are_refused_unless_overwrite(dates, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "changes.json").write_text("{}")
+    with pytest.raises(UserError, match="already holds changes.json.*--overwrite"):
+        compare(dates[0], dates[1], out)
+    assert sorted(p.name for p in out.iterdir()) == ["changes.json"]
+    compare(dates[0], dates[1], out, overwrite=True)
+    assert json.loads((out / "changes.json").read_text())["overall"]["a"] == 8

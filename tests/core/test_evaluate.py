@@ -302,6 +302,37 @@ def test_cancel_while_writing_leaves_the_earlier_results_whole(scene, tmp_path):
     first = evaluate(*scene, out)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     with pytest.raises(Cancelled):
-        evaluate(*scene, out, EvaluateOptions(iou_threshold=0.3), reporter=_CancelWhen("Writing"))
+        evaluate(*scene, out, EvaluateOptions(iou_threshold=0.3, overwrite=True), reporter=_CancelWhen("Writing"))
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert json.loads((out / "accuracy.json").read_text())["overall"] == first["overall"]
+
+
+def test_the_users_files_of_the_output_names_are_refused_unless_overwrite(scene, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "accuracy.csv").write_text("my own table")
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="already holds accuracy.csv. Choose another folder, or ask to overwrite"):
+        evaluate(*scene, out)
+    assert sorted(p.name for p in out.iterdir()) == ["accuracy.csv", "notes.txt"]
+    assert (out / "accuracy.csv").read_text() == "my own table"
+    evaluate(*scene, out, EvaluateOptions(overwrite=True))
+    assert (out / "accuracy.csv").read_text().startswith("class,") and (out / "notes.txt").read_text() == "mine"
+
+
+class _Warnings(NullReporter):
+    def __init__(self):
+        super().__init__()
+        self.warnings = []
+
+    def warning(self, message):
+        self.warnings.append(message)
+
+
+def test_truth_that_does_not_overlap_the_detections_is_said(tmp_path):
+    detections = _write(tmp_path / "d.gpkg", DETECTIONS, {"Confidence": CONFIDENCE})
+    far = _write(tmp_path / "far.gpkg", [shapely.affinity.translate(t, 10000, 0) for t in TRUTH])
+    reporter = _Warnings()
+    result = evaluate(detections, far, tmp_path / "out", reporter=reporter)
+    assert result["overall"]["tp"] == 0
+    assert any("do not overlap anywhere" in w and "same place" in w for w in reporter.warnings), reporter.warnings
