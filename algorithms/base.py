@@ -86,6 +86,19 @@ def build_args(build, values):
         raise QgsProcessingException(str(exc)) from None
 
 
+def gpkg_output(alg, parameters, name, context, feedback):
+    """(the destination as Processing registered it, what the engine's --out gets) of a vector destination:
+    a file, or "Save to GeoPackage..." with a layer name (read by the engine); other formats become a .gpkg."""
+    destination = alg.parameterAsOutputLayer(parameters, name, context)
+    if destination.startswith("ogr:"):
+        return destination, destination
+    out = absolute(destination)
+    if not out.split("|")[0].lower().endswith(".gpkg"):
+        out = out.split("|")[0].rsplit(".", 1)[0] + ".gpkg"
+        feedback.pushInfo(f"The result is written as a GeoPackage: {out}")
+    return destination, out
+
+
 def raster_path(alg, parameters, name, context):
     layer = alg.parameterAsRasterLayer(parameters, name, context)
     if layer is None:

@@ -4,8 +4,9 @@ from qgis.core import (QgsProcessing, QgsProcessingParameterBoolean, QgsProcessi
                        QgsProcessingParameterNumber, QgsProcessingParameterRasterLayer,
                        QgsProcessingParameterString, QgsProcessingParameterVectorDestination, QgsProcessingOutputNumber)
 
-from .base import MaskForgeAlgorithm, absolute, build_args, extent_value, raster_path, source_path
+from .base import MaskForgeAlgorithm, absolute, build_args, extent_value, gpkg_output, raster_path, source_path
 from .jobs import TTA, detect_args
+from .results import load_result_layer
 
 
 class DetectObjectsAlgorithm(MaskForgeAlgorithm):
@@ -13,6 +14,7 @@ class DetectObjectsAlgorithm(MaskForgeAlgorithm):
     PADDING, BATCH_SIZE, THRESHOLD, TILE_SIZE = "PADDING", "BATCH_SIZE", "THRESHOLD", "TILE_SIZE"
     TTA, RETURN_BOXES, EXTENT, EXTENT_POLYGONS = "TEST_TIME_AUGMENTATION", "RETURN_BOXES", "EXTENT", "EXTENT_POLYGONS"
     CELL_SIZE, NMS, NMS_RATIO, SIMPLIFY, DEVICE = "CELL_SIZE", "NMS", "MAX_OVERLAP_RATIO", "SIMPLIFY", "DEVICE"
+    OVERWRITE = "OVERWRITE"
 
     def name(self):
         return "detectobjects"
@@ -30,8 +32,11 @@ class DetectObjectsAlgorithm(MaskForgeAlgorithm):
             "seen in training (from the package), else a quarter of the tile. Bands, data type and stretch are "
             "applied exactly as in training. Test-time augmentation runs the 8 flips/rotations and merges "
             "their scores by mean, max or min. A final Non Maximum Suppression (within classes, then across) removes "
-            "remaining duplicates whose overlap (IoU) is above the ratio (0 = any overlap). The output appears "
-            "only when the run completes; cancel leaves nothing under its name. Jobs run in the MaskForge runtime "
+            "remaining duplicates whose overlap (IoU) is above the ratio (0 = any overlap).\n\n"
+            "The output is a layer of a GeoPackage: a new file, or a new layer of an existing one (Save to "
+            "GeoPackage... with a layer name; default: the file's name), whose other layers are always kept. An "
+            "existing layer of that name is replaced only with 'Replace an existing layer'. The layer appears "
+            "only when the run completes; a failed or cancelled run leaves the file as it was. Jobs run in the MaskForge runtime "
             "Python, on the GPU when there is one (device auto)."
         )
 
@@ -69,16 +74,15 @@ class DetectObjectsAlgorithm(MaskForgeAlgorithm):
         self.addParameter(QgsProcessingParameterNumber(
             "PROCESSES", "Processes / GPUs (more than 1 runs under torchrun)", QgsProcessingParameterNumber.Integer, 1,
             minValue=1))
+        self.addParameter(QgsProcessingParameterBoolean(
+            self.OVERWRITE, "Replace an existing layer of that name (the GeoPackage's other layers are kept)", False))
         self.addParameter(QgsProcessingParameterVectorDestination(
             self.OUTPUT, "Detected objects", QgsProcessing.TypeVectorPolygon))
         self.addOutput(QgsProcessingOutputNumber("COUNT", "Objects detected"))
 
     def processAlgorithm(self, parameters, context, feedback):
         layer, raster = raster_path(self, parameters, self.INPUT_RASTER, context)
-        out = absolute(self.parameterAsOutputLayer(parameters, self.OUTPUT, context))
-        if not out.lower().endswith(".gpkg"):
-            out = out.rsplit(".", 1)[0] + ".gpkg"
-            feedback.pushInfo(f"Detections are written as a GeoPackage: {out}")
+        destination, out = gpkg_output(self, parameters, self.OUTPUT, context, feedback)
         values = {
             self.INPUT_RASTER: raster, self.MODEL: absolute(self.parameterAsFile(parameters, self.MODEL, context)),
             self.OUTPUT: out, self.TTA: self.parameterAsEnum(parameters, self.TTA, context),
@@ -91,11 +95,12 @@ class DetectObjectsAlgorithm(MaskForgeAlgorithm):
             values[key] = self.parameterAsInt(parameters, key, context)
         for key in (self.THRESHOLD, self.NMS_RATIO, self.SIMPLIFY, self.CELL_SIZE):
             values[key] = self.parameterAsDouble(parameters, key, context)
-        for key in (self.RETURN_BOXES, self.NMS):
+        for key in (self.RETURN_BOXES, self.NMS, self.OVERWRITE):
             values[key] = self.parameterAsBoolean(parameters, key, context)
         args = build_args(detect_args, values)
         result = self.run_step("detect", args, feedback)
-        if result:
-            feedback.pushInfo(f"{result['kept']} objects from {result['tiles']} tiles in {result['seconds']} s "
-                              f"on {result['device']}.")
-        return {self.OUTPUT: out, "COUNT": result.get("kept", 0)}
+        if not result:
+            return {}
+        feedback.pushInfo(f"{result['kept']} objects from {result['tiles']} tiles in {result['seconds']} s "
+                          f"on {result['device']}: layer '{result['layer']}' of {result['output']}.")
+        return {self.OUTPUT: load_result_layer(context, destination, result), "COUNT": result["kept"]}

@@ -18,6 +18,9 @@ import os
 import re
 import zipfile
 
+from .destinations import destination_args, gpkg_destination, same_layer
+from .invalid import InvalidInput
+
 FORMATS = ["TIFF", "PNG", "JPEG"]
 TILE_MODES = ["Only tiles with features", "All tiles"]
 TTA = ["Off", "Mean of the 8 dihedral variants", "Max", "Min"]
@@ -45,22 +48,19 @@ TRAIN_DEFAULTS = {
     "ADDITIONAL_DATA": "", "BASE_MODEL": 0, "BASE_PACKAGE": "", "EPOCHS": 20, "BATCH_SIZE": 2,
     "LEARNING_RATE": 0.0, "VALIDATION_PERCENT": 10.0, "EARLY_STOPPING": True, "PATIENCE": 5, "MONITOR": 0,
     "FREEZE_BACKBONE": False, "AUGMENT": True, "BACKBONE": 0, "BANDS": "", "ANCHOR_SIZES": "",
-    "DEVICE": "auto", "SEED": 0, "RESUME": False, "PROCESSES": 1,
+    "DEVICE": "auto", "SEED": 0, "RESUME": False, "OVERWRITE": False, "PROCESSES": 1,
 }
 DETECT_DEFAULTS = {
     "PADDING": -1, "BATCH_SIZE": 4, "THRESHOLD": 0.5, "TILE_SIZE": 0, "TEST_TIME_AUGMENTATION": 0,
     "RETURN_BOXES": False, "EXTENT": None, "EXTENT_POLYGONS": None, "CELL_SIZE": 0.0, "NMS": True,
-    "MAX_OVERLAP_RATIO": 0.0, "SIMPLIFY": 0.0, "DEVICE": "auto", "PROCESSES": 1,
+    "MAX_OVERLAP_RATIO": 0.0, "SIMPLIFY": 0.0, "DEVICE": "auto", "PROCESSES": 1, "OVERWRITE": False,
 }
-NMS_DEFAULTS = {"CONFIDENCE_FIELD": DEFAULT_CONFIDENCE_FIELD, "CLASS_FIELD": None, "MAX_OVERLAP_RATIO": 0.0}
+NMS_DEFAULTS = {"CONFIDENCE_FIELD": DEFAULT_CONFIDENCE_FIELD, "CLASS_FIELD": None, "MAX_OVERLAP_RATIO": 0.0,
+                "OVERWRITE": False}
 
 # The largest .emd read from a .dlpk: a definition is a few kB; this refuses a zip bomb.
 MAX_EMD_BYTES = 8 * 1024 * 1024
 REQUIRED_EMD_KEYS = ("ModelFile", "ImageHeight", "ImageWidth", "Classes")
-
-
-class InvalidInput(ValueError):
-    """A value the user must change; the message says which and how."""
 
 
 def absolute(path):
@@ -243,7 +243,8 @@ def train_args(values):
         if text and str(text).strip():
             args += [flag, positive_ints(text, what, example, count)]
     for key, flag, when in (("EARLY_STOPPING", "--no-early-stopping", False), ("AUGMENT", "--no-augment", False),
-                            ("FREEZE_BACKBONE", "--freeze-backbone", True), ("RESUME", "--resume", True)):
+                            ("FREEZE_BACKBONE", "--freeze-backbone", True), ("RESUME", "--resume", True),
+                            ("OVERWRITE", "--overwrite", True)):
         if bool(v[key]) == when:
             args.append(flag)
     return args + _processes_args(v)
@@ -402,16 +403,10 @@ def default_padding(summary, tile_size=0):
 
 # -- detect -----------------------------------------------------------------------
 
-def _gpkg(out, what="output"):
-    if not str(out).lower().endswith(".gpkg"):
-        raise InvalidInput(f"The {what} '{out}' must be a GeoPackage: give a path ending in .gpkg.")
-    if os.path.isdir(out):
-        raise InvalidInput(f"The {what} '{out}' is a folder: give a file path ending in .gpkg.")
-
-
 def detect_args(values):
     v = _merged(DETECT_DEFAULTS, values)
-    args = ["--raster", absolute(v["INPUT_RASTER"]), "--model", absolute(v["MODEL"]), "--out", absolute(v["OUTPUT"]),
+    args = ["--raster", absolute(v["INPUT_RASTER"]), "--model", absolute(v["MODEL"]),
+            *destination_args(v["OUTPUT"], v["OVERWRITE"], absolute),
             "--batch-size", int(v["BATCH_SIZE"]), "--threshold", float(v["THRESHOLD"]),
             "--nms-overlap-ratio", float(v["MAX_OVERLAP_RATIO"]), "--simplify", float(v["SIMPLIFY"]),
             "--device", v["DEVICE"] or "auto"]
@@ -448,7 +443,7 @@ def check_detect(values, raster=None):
     out = v.get("OUTPUT")
     if not out:
         raise InvalidInput("Choose the output GeoPackage for the detected objects.")
-    _gpkg(out)
+    gpkg_destination(out)
     if not 0.0 <= float(v["THRESHOLD"]) <= 1.0:
         raise InvalidInput("The confidence threshold must lie between 0 and 1.")
     if int(v["BATCH_SIZE"]) < 1:
@@ -493,7 +488,7 @@ def check_detect(values, raster=None):
 
 def nms_args(values):
     v = _merged(NMS_DEFAULTS, values)
-    args = ["--input", absolute(v["INPUT"]), "--out", absolute(v["OUTPUT"]),
+    args = ["--input", absolute(v["INPUT"]), *destination_args(v["OUTPUT"], v["OVERWRITE"], absolute),
             "--confidence-field", v["CONFIDENCE_FIELD"] or DEFAULT_CONFIDENCE_FIELD,
             "--max-overlap-ratio", float(v["MAX_OVERLAP_RATIO"])]
     if v["CLASS_FIELD"]:
@@ -509,15 +504,8 @@ def check_nms(values, fields=None):
     out = v.get("OUTPUT")
     if not out:
         raise InvalidInput("Choose the output GeoPackage.")
-    _gpkg(out)
-    source = str(v["INPUT"]).partition("|")[0]
-    try:
-        same = os.path.exists(out) and os.path.exists(source) and os.path.samefile(out, source)
-    except OSError:
-        same = False
-    if same:
-        raise InvalidInput(f"The output '{out}' is the input file. Give a new file name, "
-                           "so the input (and any other layers in it) stays intact.")
+    same_layer(out, v["INPUT"])
+    gpkg_destination(out)
     if fields is not None:
         lower = {f.lower() for f in fields}
         for key, role in (("CONFIDENCE_FIELD", "confidence"), ("CLASS_FIELD", "class value")):

@@ -1,15 +1,16 @@
 """Processing algorithm maskforge:nonmaximumsuppression (engine: core/nms.py)."""
-from qgis.core import (QgsProcessing, QgsProcessingOutputNumber, QgsProcessingParameterFeatureSource,
-                       QgsProcessingParameterField, QgsProcessingParameterFileDestination,
-                       QgsProcessingParameterNumber)
+from qgis.core import (QgsProcessing, QgsProcessingOutputNumber, QgsProcessingParameterBoolean,
+                       QgsProcessingParameterFeatureSource, QgsProcessingParameterField, QgsProcessingParameterNumber,
+                       QgsProcessingParameterVectorDestination)
 
-from .base import MaskForgeAlgorithm, absolute, build_args, source_path
+from .base import MaskForgeAlgorithm, build_args, gpkg_output, source_path
 from .jobs import DEFAULT_CONFIDENCE_FIELD, nms_args
+from .results import load_result_layer
 
 
 class NonMaximumSuppressionAlgorithm(MaskForgeAlgorithm):
     INPUT, CONFIDENCE_FIELD, CLASS_FIELD = "INPUT", "CONFIDENCE_FIELD", "CLASS_FIELD"
-    MAX_OVERLAP_RATIO, OUTPUT = "MAX_OVERLAP_RATIO", "OUTPUT"
+    MAX_OVERLAP_RATIO, OUTPUT, OVERWRITE = "MAX_OVERLAP_RATIO", "OUTPUT", "OVERWRITE"
 
     def name(self):
         return "nonmaximumsuppression"
@@ -31,8 +32,11 @@ class NonMaximumSuppressionAlgorithm(MaskForgeAlgorithm):
             "Of equal confidences the earlier feature ranks first; features without a confidence rank last. "
             "Features without area (empty, points, lines) are kept as they are. Invalid polygons are repaired "
             "to measure their overlap; the output keeps the original geometries.\n"
-            "The output is a new GeoPackage (a layer named after the file) with the kept features and all their "
-            "fields. It must not be the input file; it appears only once complete."
+            "The output is a layer of a GeoPackage with the kept features and all their fields: a new file, or a "
+            "new layer of an existing one (Save to GeoPackage... with a layer name; default: the file's name), "
+            "whose other layers are always kept, even in the input's own file. An existing layer of that name "
+            "is replaced only with 'Replace an existing layer', and never the input layer. The layer appears "
+            "only once complete; a failed or cancelled run leaves the file as it was."
         )
 
     def initAlgorithm(self, config=None):
@@ -49,15 +53,18 @@ class NonMaximumSuppressionAlgorithm(MaskForgeAlgorithm):
         self.addParameter(QgsProcessingParameterNumber(
             self.MAX_OVERLAP_RATIO, "Maximum overlap ratio (IoU; 0 = no overlap allowed)",
             QgsProcessingParameterNumber.Double, 0.0, minValue=0.0, maxValue=1.0))
-        self.addParameter(QgsProcessingParameterFileDestination(
-            self.OUTPUT, "Output (GeoPackage)", fileFilter="GeoPackage (*.gpkg)"))
+        self.addParameter(QgsProcessingParameterBoolean(
+            self.OVERWRITE, "Replace an existing layer of that name (the GeoPackage's other layers are kept)", False))
+        self.addParameter(QgsProcessingParameterVectorDestination(
+            self.OUTPUT, "Output (GeoPackage)", QgsProcessing.TypeVectorPolygon))
         self.addOutput(QgsProcessingOutputNumber("KEPT", "Features kept"))
         self.addOutput(QgsProcessingOutputNumber("REMOVED", "Features removed"))
 
     def processAlgorithm(self, parameters, context, feedback):
-        out = absolute(self.parameterAsFileOutput(parameters, self.OUTPUT, context))
+        destination, out = gpkg_output(self, parameters, self.OUTPUT, context, feedback)
         args = build_args(nms_args, {
             self.INPUT: source_path(self, parameters, self.INPUT, context, feedback), self.OUTPUT: out,
+            self.OVERWRITE: self.parameterAsBoolean(parameters, self.OVERWRITE, context),
             self.CONFIDENCE_FIELD: self.parameterAsString(parameters, self.CONFIDENCE_FIELD, context) or None,
             self.CLASS_FIELD: self.parameterAsString(parameters, self.CLASS_FIELD, context) or None,
             self.MAX_OVERLAP_RATIO: self.parameterAsDouble(parameters, self.MAX_OVERLAP_RATIO, context)})
@@ -67,5 +74,7 @@ class NonMaximumSuppressionAlgorithm(MaskForgeAlgorithm):
             return {}
         by_class = f" (classes from '{result['class_field']}')" if result.get("class_field") else ""
         feedback.pushInfo(f"Kept {result['kept']} of {result['input']} features{by_class}, removed "
-                          f"{result['removed']}, in {result['seconds']} s: {out}")
-        return {self.OUTPUT: out, "KEPT": result["kept"], "REMOVED": result["removed"]}
+                          f"{result['removed']}, in {result['seconds']} s: layer '{result['layer']}' of "
+                          f"{result['output']}")
+        return {self.OUTPUT: load_result_layer(context, destination, result), "KEPT": result["kept"],
+                "REMOVED": result["removed"]}

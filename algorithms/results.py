@@ -21,6 +21,27 @@ class _ApplyStyle(QgsProcessingLayerPostProcessorInterface):
             layer.triggerRepaint()
 
 
+def load_result_layer(context, destination, result):
+    """The layer the engine wrote, as OUTPUT returns it and Processing loads it (styled) on completion.
+
+    Processing registered the destination as given (a path, or the 'ogr:dbname=... table=...' of "Save to
+    GeoPackage"); the layer to load is the engine's: the file when it holds that layer alone, else
+    'path|layername=x' (a plain path would load the file's first layer)."""
+    alone = result.get("written") == "created" and result["layer"] == os.path.splitext(
+        os.path.basename(result["output"]))[0]
+    value = result["output"] if alone else result["source"]
+    loading = context.layersToLoadOnCompletion()
+    if destination in loading:
+        details = loading.pop(destination)
+        if result.get("style"):
+            styler = _ApplyStyle(result["style"])
+            _STYLERS.append(styler)
+            details.setPostProcessor(styler)
+        loading[value] = details
+        context.setLayersToLoadOnCompletion(loading)
+    return value
+
+
 def load_on_completion(context, path, name, output_name):
     """Ask Processing to add the GeoPackage at ``path`` to the project (as the toolbox does for destinations)."""
     if not path or context.project() is None:

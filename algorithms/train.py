@@ -95,6 +95,8 @@ class TrainAlgorithm(MaskForgeAlgorithm):
             self.SEED, "Random seed", QgsProcessingParameterNumber.Integer, 0, minValue=0))
         self.addParameter(QgsProcessingParameterBoolean(
             self.RESUME, "Resume from the output folder's checkpoint", False))
+        self.addParameter(QgsProcessingParameterBoolean(
+            "OVERWRITE", "Replace the package already in the output folder (kept until the new best epoch)", False))
         self.addParameter(QgsProcessingParameterNumber(
             "PROCESSES", "Processes / GPUs (more than 1 runs under torchrun)", QgsProcessingParameterNumber.Integer, 1,
             minValue=1))
@@ -116,7 +118,7 @@ class TrainAlgorithm(MaskForgeAlgorithm):
             values[key] = self.parameterAsInt(parameters, key, context)
         for key in (self.LEARNING_RATE, self.VALIDATION_PERCENT):
             values[key] = self.parameterAsDouble(parameters, key, context)
-        for key in (self.EARLY_STOPPING, self.AUGMENT, self.FREEZE_BACKBONE, self.RESUME):
+        for key in (self.EARLY_STOPPING, self.AUGMENT, self.FREEZE_BACKBONE, self.RESUME, "OVERWRITE"):
             values[key] = self.parameterAsBoolean(parameters, key, context)
         out = values[self.OUTPUT_MODEL]
         base, ignored_package = build_args(train_base, values)

@@ -530,6 +530,7 @@ def detect(raster, model, out, options=None, reporter=None, predictor=None):
                 shutil.rmtree(parts_dir, ignore_errors=True)
     style = write_style(style_path(out, layer, created), classes)
     result.update(output=str(out), layer=layer, source=f"{out}|layername={layer}", style=style,
+                  written="created" if created else "merged",
                   kept=result.get("after_nms", count),
                   seconds=round(time.monotonic() - started, 3), device=str(device))
     reporter.progress(100, f"{result['kept']} objects detected.")

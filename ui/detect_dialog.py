@@ -16,15 +16,19 @@ from .train_dialog import describe_package
 
 
 def add_result_layer(task):
-    """Add a finished job's output GeoPackage (its --out) to the project; QGIS applies the .qml beside it.
+    """Add a finished job's result layer (a layer of its --out GeoPackage, which may hold other layers) to the
+    project, with the style the engine wrote for it.
 
     Returns the output path and the layer (None when it cannot be opened)."""
-    path = task.args[task.args.index("--out") + 1]
-    name = os.path.splitext(os.path.basename(path))[0]
-    layer = QgsVectorLayer(path, name, "ogr")
+    r = task.result or {}
+    path = r.get("output") or task.args[task.args.index("--out") + 1]
+    name = r.get("layer") or os.path.splitext(os.path.basename(path))[0]
+    layer = QgsVectorLayer(r.get("source") or path, name, "ogr")
     if not layer.isValid():
         tasks.push(f"The result '{path}' cannot be opened as a layer.", tasks.Qgis.Warning)
         return path, None
+    if r.get("style") and os.path.exists(r["style"]):
+        layer.loadNamedStyle(r["style"])
     QgsProject.instance().addMapLayer(layer)
     return path, layer
 

@@ -246,3 +246,89 @@ def test_cli_train_events_cancel_and_resume(chips, tmp_path, root):
     assert any(e["event"] == "log" and "Resuming after epoch" in e["message"] for e in final)
     assert [e["epoch"] for e in final if e["event"] == "metric"] == [done + 1]
     assert final[-1]["result"]["epochs_run"] == done + 1
+
+
+def _files(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def test_an_earlier_package_is_kept_unless_resume_or_overwrite(package, tmp_path):
+    import shutil
+    out = tmp_path / "tents"
+    shutil.copytree(package[0], out)
+    before = _files(out)
+    with pytest.raises(UserError, match="already holds tents. Choose a new folder.*--resume.*--overwrite"):
+        train([package[0].parent.parent / "x"], out, "none", TrainOptions(**TINY))   # refused before the data
+    assert _files(out) == before
+    (out / "not-a-folder").write_text("")
+    with pytest.raises(UserError, match="is a file: training writes a model folder"):
+        train([out], out / "not-a-folder", "none", TrainOptions(**TINY))
+    (out / "not-a-folder").unlink()
+    (out / "checkpoint.pth").unlink()
+    with pytest.raises(UserError, match="no checkpoint.pth to resume from.*--overwrite"):
+        train([out], out, "none", TrainOptions(resume=True, **TINY))
+
+
+def test_overwrite_replaces_the_package_only_when_the_new_best_epoch_is_written(package, chips, tmp_path):
+    import shutil
+    out = tmp_path / "tents"
+    shutil.copytree(package[0], out)
+    (out / "other.emd").write_text((out / "tents.emd").read_text())    # an earlier package of another name
+    (out / "other.pth").write_bytes(b"weights")
+    before = _files(out)
+
+    class CancelBeforeFirstEpochEnds(NullReporter):
+        def progress(self, percent, message=""):
+            if "step 2/" in message:
+                self.cancel_requested = True
+
+    from core.errors import Cancelled
+    with pytest.raises(Cancelled, match="no package was written"):
+        train([chips], out, "none", TrainOptions(epochs=1, val_fraction=0.25, overwrite=True, **TINY),
+              CancelBeforeFirstEpochEnds())
+    assert _files(out) == before, "the old package stays until a new best epoch is written"
+    result = train([chips], out, "none", TrainOptions(epochs=1, val_fraction=0.25, overwrite=True, seed=3, **TINY))
+    assert result["epochs_run"] == 1 and result["name"] == "tents"
+    assert (out / "tents.pth").read_bytes() != before["tents.pth"]
+    assert not (out / "other.emd").exists() and not (out / "other.pth").exists()
+    assert len(json.loads((out / "tents.emd").read_text())["TrainingHistory"]) == 1
+
+
+def test_early_stopping_on_mask_ap_stops(chips, tmp_path):
+    """A learning rate too small to change anything: mask AP cannot improve, so patience 1 stops at epoch 2."""
+    logs = []
+
+    class Logs(NullReporter):
+        def log(self, message, level="info"):
+            logs.append(message)
+
+    result = train([chips], tmp_path / "m", "none",
+                   TrainOptions(epochs=6, val_fraction=0.25, monitor="mask_ap", patience=1, learning_rate=1e-12,
+                                **TINY), Logs())
+    assert result["epochs_run"] == 2 and result["best_epoch"] == 1 and result["monitor"] == "mask_ap"
+    assert any("Early stopping: mask_ap has not improved for 1 epochs" in m for m in logs)
+
+
+def test_validation_percent_is_answered_in_percent(chips, tmp_path, root):
+    run = subprocess.run([sys.executable, "-m", "core", "train", "--data", str(chips), "--out", str(tmp_path / "m"),
+                          "--val-percent", "100"], cwd=root, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2
+    assert "validation percentage is 100 %: it must be at least 0 and below 100 (e.g. 10 for 10 %)" in run.stderr + run.stdout
+
+
+def test_every_chip_is_checked_and_named(chips, tmp_path):
+    import shutil
+    import rasterio
+    data = tmp_path / "chips"
+    shutil.copytree(chips, data)
+    images = sorted((data / "images").iterdir())
+    with rasterio.open(images[0]) as src:
+        profile = src.profile
+    profile.update(width=48, height=48)
+    with rasterio.open(images[-1], "w", **profile) as dst:
+        dst.write(torch.zeros((profile["count"], 48, 48), dtype=torch.uint8).numpy())
+    with pytest.raises(UserError, match=f"most are 64x64 px.*but {images[-1].name} \\(48x48 px"):
+        train([data], tmp_path / "m", "none", TrainOptions(**TINY))
+    images[-1].write_text("not a raster")
+    with pytest.raises(UserError, match=f"The chip '{images[-1]}' is not a readable raster.*Remove it"):
+        train([data], tmp_path / "m", "none", TrainOptions(**TINY))

@@ -1,0 +1,48 @@
+"""GeoPackage destinations of the detect and NMS jobs, as the Processing algorithms and dialogs give them.
+
+A destination is a path, ``path|layername=x``, or the ``ogr:dbname='path' table="x" (geom)`` that
+Processing's "Save to GeoPackage..." makes. The engine (core/gpkg.py) reads all three, writes the result as
+that layer of the file, keeps the file's other layers and refuses an existing layer of that name without
+--overwrite; what is checked here is only what a dialog can see at once, in the engine's words.
+"""
+import os
+
+from .invalid import InvalidInput
+
+
+def _path_and_layer(out):
+    path, _, options = str(out).partition("|")
+    layer = dict(o.partition("=")[::2] for o in options.split("|") if "=" in o).get("layername")
+    return path, layer or os.path.splitext(os.path.basename(path))[0]
+
+
+def gpkg_destination(out, what="output"):
+    if str(out).startswith("ogr:"):
+        return      # Processing's "Save to GeoPackage...": a .gpkg by construction
+    path, _ = _path_and_layer(out)
+    if not path.lower().endswith(".gpkg"):
+        raise InvalidInput(f"The {what} '{path}' must be a GeoPackage: give a path ending in .gpkg.")
+    if os.path.isdir(path):
+        raise InvalidInput(f"The {what} '{path}' is a folder: give a file path ending in .gpkg.")
+
+
+def destination_args(out, overwrite, absolute):
+    """``--out DESTINATION [--overwrite]``; ``absolute``: jobs.absolute (the worker runs in the plugin folder)."""
+    out = str(out)
+    return ["--out", out if out.startswith("ogr:") else absolute(out)] + (["--overwrite"] if overwrite else [])
+
+
+def same_layer(out, source):
+    """The output may be another layer of the input's file, never the input layer itself."""
+    if str(out).startswith("ogr:"):
+        return      # the engine checks it
+    path, layer = _path_and_layer(out)
+    in_path, _, options = str(source).partition("|")
+    in_layer = dict(o.partition("=")[::2] for o in options.split("|") if "=" in o).get("layername")
+    try:
+        same = os.path.exists(path) and os.path.exists(in_path) and os.path.samefile(path, in_path)
+    except OSError:
+        same = False
+    if same and (in_layer is None or in_layer.lower() == layer.lower()):
+        raise InvalidInput(f"The output layer '{layer}' of '{path}' {'is' if in_layer else 'may be'} the input "
+                           "layer. Give another layer name or file, so the input stays intact.")
