@@ -157,8 +157,10 @@ def check_export(values, raster=None):
     if os.path.exists(out) and not os.path.isdir(out):
         raise InvalidInput(f"The output '{out}' exists and is a file. Give a folder path.")
     if os.path.isdir(out) and os.listdir(out) and not v["OVERWRITE"]:
-        raise InvalidInput(f"The output folder '{out}' is not empty. Choose a new folder, or ask to overwrite "
-                           "(--overwrite / 'Overwrite existing output').")
+        names = sorted(os.listdir(out))    # the engine's words (core/outputs.py): what is there, six at most
+        held = ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
+        raise InvalidInput(f"The output folder '{out}' is not empty (it holds {held}). Choose a new folder, or ask "
+                           "to overwrite an earlier export there (--overwrite / 'Overwrite existing output').")
     for key in ("TILE_SIZE_X", "TILE_SIZE_Y", "STRIDE_X", "STRIDE_Y"):
         if int(v[key]) < 1:
             raise InvalidInput(f"{key.lower().replace('_', ' ')} must be a positive number of pixels.")

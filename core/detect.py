@@ -81,6 +81,12 @@ def _input_spec(pkg, src, reporter):
             raise UserError(
                 f"The package reads raster bands {[b + 1 for b in extract]} but the raster has {src.count}. "
                 "Use a raster with those bands, or fine-tune the package on chips exported from this raster.")
+    if src.count > len(set(extract)):
+        names = ", ".join(str(b + 1) for b in extract)
+        reporter.warning(f"The raster has {src.count} bands; the package reads band{'s' if len(extract) > 1 else ''} "
+                         f"{names} of it (the band{'s' if len(extract) > 1 else ''} it was trained on"
+                         f"{', replicated to three' if len(set(extract)) == 1 and len(extract) < 3 else ''}). If this "
+                         "raster's bands are in another order, reorder them first (gdal_translate -b).")
     dtype = src.dtypes[extract[0]]
     trained = pkg.emd.get("DataType") or "uint8"
     if norm.get("type") == "scale" and dtype != "uint8" and float(norm.get("divisor", 255)) == 255.0:
@@ -489,7 +495,7 @@ def detect(raster, model, out, options=None, reporter=None, predictor=None):
                                                                 area, by_label, writer, o))
         reader.start()
         post.start()
-        done = 0
+        done = looked_at = 0
         try:
             while True:
                 batch = reader.queue.get()
@@ -499,12 +505,18 @@ def detect(raster, model, out, options=None, reporter=None, predictor=None):
                 post.check()
                 work = [(i, x, t) for i, x, t in batch if x is not None]
                 outputs = predictor([x for _, x, _ in work]) if work else []
+                looked_at += len(work)
                 for (i, _, transform), result in zip(work, outputs):
                     post.put((result, transform, i))
                 done += len(batch)
                 reporter.progress(100.0 * done / len(mine), f"{done}/{len(mine)} tiles")
             if reader.error:
                 raise reader.error
+            if mine and not looked_at and parts_dir is None:
+                raise UserError(
+                    f"The raster{' within the processing extent' if extent is not None else ''} holds only nodata "
+                    f"(value {src.nodata:g}): none of its {len(tiles)} tiles has a pixel to look at, so nothing was "
+                    "written. Check the extent and the raster's nodata value (gdalinfo).")
             post.finish()
             writer.flush(force=True)
             reporter.check_cancelled()

@@ -37,7 +37,7 @@ class UserGeoPackage:
     Outputs written into it must leave these layers as they are: ``assert_kept`` compares them feature by
     feature (geometry and every attribute) with what was written; ``digest`` is the file's bytes' hash."""
 
-    def __init__(self, path):
+    def __init__(self, path, write=True):
         import numpy as np
         import pyogrio.raw
         import shapely
@@ -49,7 +49,7 @@ class UserGeoPackage:
             "roads": ([shapely.LineString([(400000, 3000000 + k), (400100, 3000050 + k)]) for k in range(3)],
                       {"name": np.array(["A1", "B2", "C3"], dtype=object)}, "LineString"),
         }
-        for k, (layer, (geoms, fields, kind)) in enumerate(self.layers.items()):
+        for k, (layer, (geoms, fields, kind)) in enumerate(self.layers.items() if write else ()):
             pyogrio.raw.write(str(self.path), shapely.to_wkb(np.array(geoms, dtype=object)), list(fields.values()),
                               list(fields), layer=layer, driver="GPKG", geometry_type=kind, crs="EPSG:32636",
                               dataset_options={"VERSION": "1.2"} if k == 0 else None)

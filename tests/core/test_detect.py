@@ -230,3 +230,64 @@ def test_detections_become_a_layer_of_the_users_geopackage(tmp_path, user_gpkg):
     assert 0 < half["kept"] < result["kept"]
     assert len(pyogrio.raw.read(str(user_gpkg.path), layer="squares")[2]) == half["kept"]
     user_gpkg.assert_kept()
+
+
+def test_a_real_tiny_network_end_to_end_with_tta_boxes_cell_size_area_and_simplify(tmp_path):
+    """The real torchvision network (resnet18 FPN, fixed random weights, so its answers are reproducible but not
+    known): what each option promises is checked on its detections."""
+    _squares_raster(tmp_path / "r.tif", [(30, 30), (50, 80), (95, 60)], size=120)
+    torch.manual_seed(0)
+    pkg = _package(tmp_path / "pkg")
+    area = shapely.box(400002, 2999942, 400058, 2999998)
+    pyogrio.raw.write(str(tmp_path / "area.gpkg"), np.array([shapely.to_wkb(area)], dtype=object), [], [],
+                      geometry_type="Polygon", crs="EPSG:32636", driver="GPKG")
+    boxes = dict(return_boxes=True, cell_size=1.0, extent_polygons=str(tmp_path / "area.gpkg"), nms=False,
+                 threshold=0.3, device="cpu")
+    high = detect(tmp_path / "r.tif", pkg, tmp_path / "max.gpkg", DetectOptions(tta="max", **boxes))
+    low = detect(tmp_path / "r.tif", pkg, tmp_path / "min.gpkg", DetectOptions(tta="min", **boxes))
+    assert high["tiles"] == low["tiles"] == 4          # the area, 56 x 56 m, at 1 m: 2 x 2 cores of 50 px
+    assert high["kept"] > 0
+    assert low["kept"] <= high["kept"], "a score merged by min is never above the same group's max"
+    _, found, fields = _read(tmp_path / "max.gpkg")
+    assert all(abs(f.area - f.envelope.area) < 1e-6 * max(f.area, 1) for f in found), "boxes are rectangles"
+    assert all(area.contains(f.centroid) for f in found)
+    assert fields["Confidence"].min() >= 0.3 and fields["Confidence"].max() <= 1.0
+
+    outlines = dict(nms=False, threshold=0.3, device="cpu")
+    plain = detect(tmp_path / "r.tif", pkg, tmp_path / "plain.gpkg", DetectOptions(**outlines))
+    simple = detect(tmp_path / "r.tif", pkg, tmp_path / "simple.gpkg", DetectOptions(simplify=1.0, **outlines))
+    assert plain["tiles"] == 9 and plain["kept"] > 0
+    _, a, _ = _read(tmp_path / "plain.gpkg")
+    _, b, _ = _read(tmp_path / "simple.gpkg")
+    assert simple["kept"] == plain["kept"]
+    assert sum(shapely.get_num_coordinates(b)) < sum(shapely.get_num_coordinates(a))
+    for before, after in zip(a, b):      # each outline is the pixel outline simplified (GEOS, topology kept)
+        expected = before.simplify(1.0, preserve_topology=True)
+        assert after.equals(expected if expected.is_valid else shapely.make_valid(expected))
+
+
+def test_all_nodata_raster_or_extent_is_said(tmp_path):
+    _squares_raster(tmp_path / "r.tif", [(40, 40)])
+    with rasterio.open(tmp_path / "r.tif") as src:
+        profile = src.profile
+    profile.update(nodata=0)
+    with rasterio.open(tmp_path / "blank.tif", "w", **profile) as dst:
+        dst.write(np.zeros((3, profile["height"], profile["width"]), np.uint8))
+    pkg = _package(tmp_path / "pkg")
+    with pytest.raises(UserError, match="The raster holds only nodata \\(value 0\\): none of its 36 tiles"):
+        detect(tmp_path / "blank.tif", pkg, tmp_path / "d.gpkg", predictor=bright_parts)
+    assert not list(tmp_path.glob("*.gpkg")) and not list(tmp_path.glob(".*partial*"))
+
+
+def test_a_one_band_package_on_a_multi_band_raster_says_which_band(tmp_path):
+    _squares_raster(tmp_path / "r.tif", [(40, 40)])
+    warnings = []
+
+    class Collect(NullReporter):
+        def warning(self, message):
+            warnings.append(message)
+
+    pkg = _package(tmp_path / "pkg", bands=(1,))
+    detect(tmp_path / "r.tif", pkg, tmp_path / "d.gpkg", reporter=Collect(), predictor=bright_parts)
+    assert any("The raster has 3 bands; the package reads band 2 of it" in w and "replicated to three" in w
+               for w in warnings), warnings

@@ -142,3 +142,24 @@ def test_class_fields_and_names(scene, tmp_path):
     fallback = export_training_data(scene["raster"], scene["labels"], tmp_path / "fallback",
                                     ExportOptions(tile_size_x=128, tile_size_y=128, stride_x=128, stride_y=128))
     assert set(fallback["per_class"]) == {"1"}
+
+
+def test_class_fields_and_names_with_values_that_are_not_1_to_n(scene, tmp_path):
+    """Class values 3 and 7 (not 1, 2): folders, COCO ids and counts keep the values and their names."""
+    meta, _, wkb, _ = pyogrio.raw.read(scene["labels"])
+    n = len(wkb)
+    kinds = np.where(np.arange(n) % 3 == 0, 7, 3).astype(np.int32)
+    names = np.array(["shelter" if k == 7 else "tent" for k in kinds], dtype=object)
+    path = tmp_path / "values.gpkg"
+    pyogrio.raw.write(path, wkb, [kinds, names], fields=["kind", "label"], geometry_type="Polygon",
+                      crs=meta["crs"], driver="GPKG")
+    result = export_training_data(scene["raster"], path, tmp_path / "out",
+                                  ExportOptions(tile_size_x=128, tile_size_y=128, stride_x=128, stride_y=128,
+                                                class_value_field="kind", class_name_field="label"))
+    assert sorted(p.name for p in (tmp_path / "out" / "labels").iterdir()) == ["3", "7"]
+    coco = json.loads((tmp_path / "out" / "annotations.json").read_text())
+    assert {c["id"]: c["name"] for c in coco["categories"]} == {3: "tent", 7: "shelter"}
+    by_class = {v: sum(a["category_id"] == v for a in coco["annotations"]) for v in (3, 7)}
+    assert result["per_class"] == {"3": by_class[3], "7": by_class[7]} and by_class[3] > by_class[7] > 0
+    stats = json.loads((tmp_path / "out" / "esri_accumulated_stats.json").read_text())
+    assert [(c["Value"], c["Name"]) for c in stats["Classes"]] == [(3, "tent"), (7, "shelter")]

@@ -1,4 +1,6 @@
 """maskforge:detectobjects in real QGIS: processing.run on a generated scene, qgis_process on Atlanta."""
+import ast
+import hashlib
 import os
 import subprocess
 
@@ -64,3 +66,42 @@ def test_qgis_process_detects_on_atlanta_with_a_trained_package(atlanta, tmp_pat
     layer = QgsVectorLayer(str(out), "buildings", "ogr")
     assert layer.isValid() and layer.crs().authid() == "EPSG:32616"
     assert "COUNT:" in run.stdout
+
+
+def _user_gpkg(path, check=False):
+    """The user's GeoPackage of tests/conftest.py (my_labels, roads), made and checked in the engine's Python:
+    this process is QGIS's (its own GDAL), as in the plugin."""
+    code = (f"from tests.conftest import UserGeoPackage as U; u = U({str(path)!r}, write={not check}); "
+            + ("u.assert_kept(); print(u.layer_names())" if check else "print(u.layer_names())"))
+    run = subprocess.run([PY, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    return ast.literal_eval(run.stdout.strip())
+
+
+def test_save_to_geopackage_adds_a_layer_and_keeps_the_others(provider, scene_package, tmp_path):
+    """Processing's "Save to GeoPackage..." with a layer name, into the user's GeoPackage: a new layer, loaded
+    on completion by its own source and style; the user's layers survive; an existing layer is refused
+    (the file untouched) unless 'Replace an existing layer'."""
+    import processing
+    from qgis.core import QgsProject
+    project = tmp_path / "project.gpkg"
+    assert _user_gpkg(project) == ["my_labels", "roads"]
+    params = {"INPUT_RASTER": str(scene_package / "scene" / "image.tif"), "THRESHOLD": 0.3,
+              "MODEL": str(scene_package / "model" / "model.dlpk"),
+              "OUTPUT": f"ogr:dbname='{project}' table=\"tents\" (geom)"}
+    result = processing.runAndLoadResults("maskforge:detectobjects", params)
+    assert _user_gpkg(project, check=True) == ["my_labels", "roads", "tents"]
+    loaded = [layer for layer in QgsProject.instance().mapLayers().values()
+              if layer.source().startswith(str(project)) and "layername=tents" in layer.source()]
+    assert len(loaded) == 1 and loaded[0].featureCount() == result["COUNT"]
+    assert loaded[0].renderer().type() == "categorizedSymbol"          # project.tents.qml, not project.qml
+    assert (tmp_path / "project.tents.qml").exists() and not (tmp_path / "project.qml").exists()
+
+    before = hashlib.sha256(project.read_bytes()).hexdigest()
+    with pytest.raises(QgsProcessingException, match="already holds a layer 'tents'.*overwrite"):
+        processing.run("maskforge:detectobjects", params)
+    assert hashlib.sha256(project.read_bytes()).hexdigest() == before
+    again = processing.run("maskforge:detectobjects", {**params, "OVERWRITE": True, "THRESHOLD": 0.9})
+    assert again["OUTPUT"] == f"{project}|layername=tents"
+    assert QgsVectorLayer(again["OUTPUT"], "t", "ogr").featureCount() == again["COUNT"]
+    assert _user_gpkg(project, check=True) == ["my_labels", "roads", "tents"]

@@ -4,6 +4,7 @@ Every dialog opens from its toolbar action, fills from a project with real layer
 values with the engine's own words, and runs its step as a QgsTask on tiny data. This process
 never imports core or torch: the scene and the chips come from the engine's command line.
 """
+import json
 import os
 import subprocess
 import sys
@@ -515,3 +516,23 @@ def test_the_device_shown_is_the_one_the_engine_picks(maskforge):
     assert describe_device("cpu", cpu_only) == "cpu (no GPU: Found no NVIDIA driver on your system)"
     assert effective_device("cuda", cpu_only)[1].startswith("'cuda' was asked for, but Found no NVIDIA driver")
     assert effective_device("auto", {"torch": None})[0] is None
+
+
+def test_the_device_shown_agrees_with_the_engines_select_device_on_this_machine(maskforge):
+    """Not a copy of the rule: the runtime Python probed as the dialog probes it, and the engine's own
+    select_device run in that Python, for every kind of choice; both pick the same device or both refuse."""
+    from maskforge.runtime import PROBE_SCRIPT, effective_device
+    python = str(ROOT / ".venv" / "bin" / "python")
+    probe = subprocess.run([python, "-c", PROBE_SCRIPT], capture_output=True, text=True, timeout=300)
+    info = json.loads(next(l for l in probe.stdout.splitlines() if l.startswith("MASKFORGE-PROBE "))[16:])
+    choices = ["auto", "cpu", "cuda", "cuda:0", "cuda:1", "CPU"]
+    code = ("import json; from core.errors import UserError; from core.model import select_device\n"
+            "out = {}\nfor c in %r:\n    try:\n        out[c] = str(select_device(c))\n"
+            "    except UserError as e:\n        out[c] = None\nprint(json.dumps(out))" % choices)
+    engine = subprocess.run([python, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert engine.returncode == 0, engine.stderr[-2000:]
+    picked = json.loads(engine.stdout.strip().splitlines()[-1])
+    for choice in choices:
+        shown, problem = effective_device(choice, info)
+        assert shown == picked[choice], (choice, shown, problem, picked[choice])
+        assert (problem is None) == (picked[choice] is not None), choice
