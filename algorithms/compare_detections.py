@@ -1,7 +1,7 @@
 """Processing algorithm maskforge:comparedetections (engine: core/compare.py)."""
 from qgis.core import (QgsProcessing, QgsProcessingException, QgsProcessingOutputFile, QgsProcessingOutputNumber,
-                       QgsProcessingOutputVectorLayer, QgsProcessingParameterFeatureSource,
-                       QgsProcessingParameterField, QgsProcessingParameterFolderDestination,
+                       QgsProcessingOutputVectorLayer, QgsProcessingParameterBoolean,
+                       QgsProcessingParameterFeatureSource, QgsProcessingParameterField, QgsProcessingParameterFolderDestination,
                        QgsProcessingParameterNumber)
 
 from .base import MaskForgeAlgorithm, absolute, source_path
@@ -49,6 +49,8 @@ class CompareDetectionsAlgorithm(MaskForgeAlgorithm):
         self.addParameter(QgsProcessingParameterField(
             self.ZONE_FIELD, "Zone name field (default 'name', else the zone's id)",
             parentLayerParameterName=self.ZONES, type=QgsProcessingParameterField.Any, optional=True))
+        self.addParameter(QgsProcessingParameterBoolean(
+            "OVERWRITE", "Replace earlier outputs of the same names in the folder", False))
         self.addParameter(QgsProcessingParameterFolderDestination(self.OUTPUT, "Output folder"))
         self.addOutput(QgsProcessingOutputVectorLayer("CHANGES", "Changes (persisted/new/gone)",
                                                       QgsProcessing.TypeVectorPolygon))
@@ -69,6 +71,8 @@ class CompareDetectionsAlgorithm(MaskForgeAlgorithm):
         elif zone_field:
             raise QgsProcessingException(f"A zone name field ('{zone_field}') is given but no zones layer. Choose the "
                                          "zones layer too, or leave the field empty.")
+        if self.parameterAsBoolean(parameters, "OVERWRITE", context):
+            args.append("--overwrite")
 
         result = self.run_step("compare", args, feedback)
         if not result:

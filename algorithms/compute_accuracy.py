@@ -76,6 +76,8 @@ class ComputeAccuracyAlgorithm(MaskForgeAlgorithm):
         self.addParameter(QgsProcessingParameterExtent(self.EXTENT, "Assessment extent", optional=True))
         self.addParameter(QgsProcessingParameterFeatureSource(
             self.EXTENT_POLYGONS, "Assessment area polygons", [QgsProcessing.TypeVectorPolygon], optional=True))
+        self.addParameter(QgsProcessingParameterBoolean(
+            "OVERWRITE", "Replace earlier outputs of the same names in the folder", False))
         self.addParameter(QgsProcessingParameterFolderDestination(self.OUTPUT, "Output folder"))
         self.addOutput(QgsProcessingOutputVectorLayer("DETECTIONS_OUTPUT", "Assessed detections (TP/FP)",
                                                       QgsProcessing.TypeVectorPolygon))
@@ -107,6 +109,8 @@ class ComputeAccuracyAlgorithm(MaskForgeAlgorithm):
             args.append(f"--extent={extent[1]}")
         if parameters.get(self.EXTENT_POLYGONS):
             args += ["--extent-polygons", source_path(self, parameters, self.EXTENT_POLYGONS, context, feedback)]
+        if self.parameterAsBoolean(parameters, "OVERWRITE", context):
+            args.append("--overwrite")
 
         result = self.run_step("evaluate", args, feedback)
         if not result:

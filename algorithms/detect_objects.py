@@ -36,7 +36,8 @@ class DetectObjectsAlgorithm(MaskForgeAlgorithm):
             "The output is a layer of a GeoPackage: a new file, or a new layer of an existing one (Save to "
             "GeoPackage... with a layer name; default: the file's name), whose other layers are always kept. An "
             "existing layer of that name is replaced only with 'Replace an existing layer'. The layer appears "
-            "only when the run completes; a failed or cancelled run leaves the file as it was. Jobs run in the MaskForge runtime "
+            "only when the run completes; a failed or cancelled run leaves the file as it was. Jobs run in the "
+            "MaskForge runtime "
             "Python, on the GPU when there is one (device auto)."
         )
 
