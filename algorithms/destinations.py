@@ -6,6 +6,8 @@ that layer of the file, keeps the file's other layers and refuses an existing la
 --overwrite; what is checked here is only what a dialog can see at once, in the engine's words.
 """
 import os
+import sqlite3
+from pathlib import Path
 
 from .invalid import InvalidInput
 
@@ -14,6 +16,19 @@ def _path_and_layer(out):
     path, _, options = str(out).partition("|")
     layer = dict(o.partition("=")[::2] for o in options.split("|") if "=" in o).get("layername")
     return path, layer or os.path.splitext(os.path.basename(path))[0]
+
+
+def _only_layer(path):
+    """The layer of a GeoPackage that holds one (what a path without a layer name opens), else None."""
+    try:
+        con = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            names = [r[0] for r in con.execute("SELECT table_name FROM gpkg_contents")]
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return None
+    return names[0] if len(names) == 1 else None
 
 
 def gpkg_destination(out, what="output"):
@@ -43,6 +58,8 @@ def same_layer(out, source):
         same = os.path.exists(path) and os.path.exists(in_path) and os.path.samefile(path, in_path)
     except OSError:
         same = False
+    if same and in_layer is None:
+        in_layer = _only_layer(in_path)
     if same and (in_layer is None or in_layer.lower() == layer.lower()):
         raise InvalidInput(f"The output layer '{layer}' of '{path}' {'is' if in_layer else 'may be'} the input "
-                           "layer. Give another layer name or file, so the input stays intact.")
+                           "layer. Give another layer name (--layer) or file, so the input stays intact.")
