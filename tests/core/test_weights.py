@@ -4,7 +4,6 @@ random weights in the published layouts and served from a folder or a loopback H
 import http.server
 import io
 import json
-import re
 import threading
 
 import pytest
@@ -20,27 +19,9 @@ from core.progress import NullReporter, Reporter
 from core.synthetic import make_scene
 from core.train import TrainOptions, train
 from core.weights import MIRROR_ENV, fetch
+from tests.core.torchvision_legacy import to_2019_names as _to_2019_names
 
 COCO = catalogue.find("coco")
-
-
-def _to_2019_names(state):
-    """The inverse of torchvision's version hooks: the key names of maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth
-    (saved with torchvision 0.3, before FeaturePyramidNetwork, RPNHead and MaskRCNNHeads became
-    Conv2dNormActivation blocks in 0.13)."""
-    rules = ((r"^(.*\.fpn\.(?:inner|layer)_blocks\.\d+)\.0\.(weight|bias)$", lambda m: f"{m[1]}.{m[2]}"),
-             (r"^rpn\.head\.conv\.0\.0\.(weight|bias)$", lambda m: f"rpn.head.conv.{m[1]}"),
-             (r"^roi_heads\.mask_head\.(\d+)\.0\.(weight|bias)$",
-              lambda m: f"roi_heads.mask_head.mask_fcn{int(m[1]) + 1}.{m[2]}"))
-    old = {}
-    for k, v in state.items():
-        for pattern, rename in rules:
-            m = re.match(pattern, k)
-            if m:
-                k = rename(m)
-                break
-        old[k] = v
-    return old
 
 
 @pytest.fixture(scope="module")
