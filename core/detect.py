@@ -67,14 +67,13 @@ class DetectOptions:
 def _input_spec(pkg, src, reporter):
     """(1-based raster bands to read, normalization) as in training."""
     extract = [int(b) for b in (pkg.emd.get("ExtractBands") or [0, 1, 2])]
-    norm = pkg.emd.get("Normalization") or {"type": "scale", "divisor": 255.0}
+    norm = pkg.normalization
     if max(extract) >= src.count:
         if src.count == 1:
             reporter.warning(f"The package expects bands {[b + 1 for b in extract]}; the raster has one band, "
                              "which is replicated to three.")
             extract = [0]
-            if norm.get("type") == "percentile_stretch":
-                norm = {**norm, "low": norm["low"][:1], "high": norm["high"][:1]}
+            norm = {k: (v[:1] if isinstance(v, list) else v) for k, v in norm.items()}
         else:
             raise UserError(
                 f"The package reads raster bands {[b + 1 for b in extract]} but the raster has {src.count}. "

@@ -144,3 +144,110 @@ def test_variants_that_cannot_load_correctly_are_named(tmp_path):
     with pytest.raises(UserError, match="multispectral"):
         load_package(esri_package(tmp_path, {1: "a"}, state, name="ms",
                                   extra={"IsMultispectral": True, "ExtractBands": [0, 1, 2, 3]}))
+
+
+def _stats16(n_bands=3):
+    """NormalizationStats as _arcgis_model.py:1646-1660 writes them (lists over all raster bands)."""
+    return {"band_min_values": [100.0, 150.0, 80.0][:n_bands], "band_max_values": [3000.0, 4200.0, 2500.0][:n_bands],
+            "band_mean_values": [900.0, 1100.0, 700.0][:n_bands], "band_std_values": [300.0, 350.0, 250.0][:n_bands],
+            "scaled_min_values": [0.0] * n_bands, "scaled_max_values": [1.0] * n_bands,
+            "scaled_mean_values": [0.28, 0.23, 0.25][:n_bands], "scaled_std_values": [0.1, 0.09, 0.1][:n_bands]}
+
+
+def _transformed(net, x):
+    net.eval()
+    return net.transform([x])[0].tensors[0]
+
+
+@pytest.mark.parametrize("sixteen_bit", [False, True])
+def test_network_input_follows_arcgis_normalisation_and_resize(tmp_path, sixteen_bit):
+    """8-bit: pixels / 255 and ImageNet mean/std (_maskrcnn_inferencing.py:311-314); 16-bit
+    (IsImageNetNormalization false): scale_batch's min-max with NormalizationStats, the network's mean/std set
+    to the scaled statistics; either way the network resizes to min_size 1.5 x chip, max_size 2 x chip
+    (models/_maskrcnn.py:350-351). The network input tensors must be equal."""
+    from core.bands import to_network_input
+    from core.detect import _input_spec
+    from tests.core.arcgis_contract import from_model_network, network_input
+    extra = {"IsImageNetNormalization": False, "NormalizationStats": _stats16()} if sixteen_bit else {}
+    dlpk = esri_package(tmp_path, {1: "tent"}, _no_counters(_esri_net(2).state_dict()), extra=extra)
+    pkg = load_package(dlpk)
+    dtype = "uint16" if sixteen_bit else "uint8"
+    raw = np.random.default_rng(0).integers(0, 4000 if sixteen_bit else 256, (3, 64, 64)).astype(dtype)
+    raster = tmp_path / "r.tif"
+    with rasterio.open(raster, "w", driver="GTiff", width=64, height=64, count=3, dtype=dtype, crs="EPSG:32636",
+                       transform=Affine(0.5, 0, 400000, 0, -0.5, 3000000)) as dst:
+        dst.write(raw)
+    with rasterio.open(raster) as src:
+        bands, norm = _input_spec(pkg, src, None)
+        pixels = src.read(bands)
+    ours, _ = network_for_package(pkg)
+    x = torch.from_numpy(to_network_input(pixels, norm))
+    theirs = from_model_network(json.loads(pkg.emd_path.read_text()))
+    a, b = _transformed(ours, x), _transformed(theirs, network_input(pkg.emd, pixels))
+    assert a.shape == b.shape == (3, 96, 96)
+    assert torch.allclose(a, b, atol=1e-5)
+    if sixteen_bit:
+        assert float(x.max()) > 1.0, "min-max scaling is not clipped, as in arcgis.learn"
+
+
+def _maskforge_emd(backbone="resnet50_fpn", bands=(0, 1, 2), normalization=None):
+    return {"Framework": "MaskForge", "MaskForgeVersion": "0.2.0", "ModelName": "MaskRCNN",
+            "ModelType": "InstanceDetection", "ImageHeight": 64, "ImageWidth": 64, "ExtractBands": list(bands),
+            "ImageSpaceUsed": "MAP_SPACE", "DataType": "uint8" if not normalization else "uint16",
+            "Classes": [{"Value": 3, "Name": "latrine", "Color": [0, 0, 255]},
+                        {"Value": 1, "Name": "tent", "Color": [255, 0, 0]}],
+            "Normalization": normalization or {"type": "scale", "divisor": 255.0},
+            "ModelParameters": {"backbone": backbone, "anchor_sizes": [32, 64, 128, 256, 512], "pointrend": False,
+                                "min_size": 96, "max_size": 128, "class_labels": {"1": 1, "3": 2}}}
+
+
+def test_a_maskforge_resnet50_package_is_one_arcgis_pro_runs(tmp_path):
+    """Every key ArcGIS Pro's inference function and from_model read; ModelParameters limited to what
+    MaskRCNN(...) accepts as keywords; the inference function referenced, not bundled; the .pth loads
+    strictly into the network from_model builds; and MaskForge still reads its own keys back."""
+    from core.esri import with_arcgis_keys
+    from core.model import build_model
+    from core.package import write_package
+    from tests.core.arcgis_contract import MODEL_PARAMETERS, REQUIRED_KEYS, from_model_network, load_like_fastai
+    emd = with_arcgis_keys(_maskforge_emd())
+    state = build_model("resnet50_fpn", 3, (64, 64), min_size=96, max_size=128).state_dict()
+    write_package(tmp_path / "ours", "tents", emd, state)
+    written = json.loads((tmp_path / "ours" / "tents.emd").read_text())
+    for key in REQUIRED_KEYS:
+        assert key in written, key
+    assert set(written["ModelParameters"]) <= MODEL_PARAMETERS and written["ModelParameters"]["backbone"] == "resnet50"
+    assert written["InferenceFunction"].startswith("[Functions]")
+    assert [c["Value"] for c in written["Classes"]] == [1, 3], "label L is Classes[L - 1] in ArcGIS Pro"
+    assert written["ArcGISPro"].startswith("runs in ArcGIS Pro") and "1.5x" not in written["ArcGISPro"]
+    with zipfile.ZipFile(tmp_path / "ours" / "tents.dlpk") as z:
+        assert not [n for n in z.namelist() if n.endswith(".py")]
+    load_like_fastai(from_model_network(written), torch.load(tmp_path / "ours" / "tents.pth", weights_only=True))
+
+    pkg = load_package(tmp_path / "ours" / "tents.dlpk")
+    assert not pkg.is_esri and pkg.backbone == "resnet50_fpn" and pkg.input_size == (96, 128)
+    assert pkg.value_to_label == {1: 1, 3: 2} and pkg.summary()["arcgis_pro"] == written["ArcGISPro"]
+    network_for_package(pkg)
+
+
+def test_our_16_bit_stretch_is_written_as_arcgis_min_max(tmp_path):
+    from core.bands import to_network_input
+    from core.esri import with_arcgis_keys
+    from tests.core.arcgis_contract import network_input
+    stretch = {"type": "percentile_stretch", "low": [120.0, 200.0, 90.0], "high": [2800.0, 4000.0, 2400.0]}
+    emd = with_arcgis_keys(_maskforge_emd(normalization=stretch))
+    assert emd["IsImageNetNormalization"] is False
+    pixels = np.random.default_rng(1).integers(200, 2300, (3, 32, 32)).astype("uint16")   # inside the stretch
+    assert torch.allclose(network_input(emd, pixels), torch.from_numpy(to_network_input(pixels, stretch)), atol=1e-6)
+    assert emd["NormalizationStats"]["scaled_mean_values"] == [0.485, 0.456, 0.406]
+
+
+def test_other_packages_say_they_are_maskforge_only(tmp_path):
+    from core.esri import with_arcgis_keys
+    for emd, why in ((_maskforge_emd("resnet18_fpn"), "resnet18_fpn backbone exists only in MaskForge"),
+                     (_maskforge_emd(bands=(0,)), "one band replicated")):
+        out = with_arcgis_keys(emd)
+        assert out["Framework"] == "MaskForge" and "InferenceFunction" not in out
+        assert out["ArcGISPro"].startswith("MaskForge-only") and why in out["ArcGISPro"]
+    scaled = with_arcgis_keys({**_maskforge_emd(), "ModelParameters": {
+        **_maskforge_emd()["ModelParameters"], "min_size": 64, "max_size": 64}})
+    assert "resized 1.5x, this package was trained at 1x" in scaled["ArcGISPro"]

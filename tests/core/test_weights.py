@@ -19,6 +19,7 @@ from core.progress import NullReporter, Reporter
 from core.synthetic import make_scene
 from core.train import TrainOptions, train
 from core.weights import MIRROR_ENV, fetch
+from tests.core.arcgis_contract import REQUIRED_KEYS, from_model_network, load_like_fastai
 from tests.core.torchvision_legacy import to_2019_names as _to_2019_names
 
 COCO = catalogue.find("coco")
@@ -96,11 +97,15 @@ def test_train_base_coco_fine_tunes_from_the_published_layout(coco_like, chips, 
     result = train([chips], tmp_path / "model", "coco",
                    TrainOptions(epochs=1, batch_size=2, val_fraction=0.25, device="cpu"))
     emd = json.loads((tmp_path / "model" / "model.emd").read_text())
-    assert emd["BaseModel"] == "coco" and emd["ModelParameters"]["backbone"] == "resnet50_fpn"
+    assert emd["BaseModel"] == "coco" and emd["ModelParameters"]["backbone"] == "resnet50"   # arcgis.learn's name
     assert result["best_epoch"] == 1 and result["before"]["epoch"] == 0
     fine = read_state_file(tmp_path / "model" / "model.pth")
     assert fine["roi_heads.box_predictor.cls_score.weight"].shape[0] == 2      # new heads for 1 class
     assert not torch.equal(fine["backbone.fpn.inner_blocks.0.0.weight"], old["backbone.fpn.inner_blocks.0.weight"])
+    # a resnet50 FPN v1 package: one ArcGIS Pro's Detect Objects runs (its network takes the .pth strictly)
+    for key in REQUIRED_KEYS:
+        assert key in emd, key
+    load_like_fastai(from_model_network(emd), torch.load(tmp_path / "model" / "model.pth", weights_only=True))
 
 
 def _save(tmp_path, name, blob):
