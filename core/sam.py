@@ -229,6 +229,7 @@ class SamSession:
         if not all(np.isfinite(xs + ys)):
             raise UserError("The prompt lies outside the area where the raster's CRS is defined.")
         encoded, encode_s, predict_s = False, 0.0, 0.0
+        extra_x, extra_y = [], []   # the object's extent, once it ran out of the window
         fresh = self.window is None or self.window.raster != str(src.name) or not self.window.holds(xs, ys)
         for attempt in (0, 1):
             if fresh:
