@@ -436,6 +436,8 @@ def detect(raster, model, out, options=None, reporter=None, predictor=None):
     pkg = load_package(model)
     device = distributed.init(o.device) or select_device(o.device)
     classes = pkg.classes
+    # The network's labels are ranks of the class values (see ModelPackage.value_to_label).
+    by_label = {label: (value, classes[value]) for value, label in pkg.value_to_label.items()}
     size = int(o.tile_size or pkg.tile_size[0])
     max_obj = pkg.emd.get("MaxObjectSizePixels")
     padding = int(o.padding) if o.padding is not None else (
@@ -498,7 +500,7 @@ def detect(raster, model, out, options=None, reporter=None, predictor=None):
         mine = distributed.shard(list(enumerate(tiles)))
         reader = TileReader(src, bands, norm, grid, mine, size, o.batch_size, src.nodata)
         post = PostProcessor(lambda result, transform, i: _keep(result, transform, tiles[i], i, padding, core, grid,
-                                                                area, classes, writer, o))
+                                                                area, by_label, writer, o))
         reader.start()
         post.start()
         done = 0
@@ -565,7 +567,7 @@ def _predict_with_retry(net, images, device, o, size, reporter):
                 + _predict_with_retry(net, images[half:], device, o, size, reporter))
 
 
-def _keep(result, transform, origin, tile, padding, core, grid, area, classes, writer, o):
+def _keep(result, transform, origin, tile, padding, core, grid, area, by_label, writer, o):
     """Write the detections of one tile whose box centre lies in its core; returns how many."""
     boxes = result["boxes"].numpy()
     scores, labels = result["scores"].numpy(), result["labels"].numpy()
@@ -583,7 +585,7 @@ def _keep(result, transform, origin, tile, padding, core, grid, area, classes, w
             continue
         if area is not None and not area.contains(shapely.Point(transform * (cx, cy))):
             continue
-        value = int(labels[j])
-        writer.add(polygon, value, classes.get(value, str(value)), scores[j], tile)
+        value, name = by_label.get(int(labels[j]), (int(labels[j]), str(int(labels[j]))))
+        writer.add(polygon, value, name, scores[j], tile)
         kept += 1
     return kept

@@ -17,6 +17,7 @@ The predictor is segment-anything's ``SamPredictor`` or anything with its
 multimask_output) -> (masks, scores, logits)`` methods (tests use one whose
 mask is known).
 """
+import pickle
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -82,14 +83,13 @@ def _checkpoint(options, reporter):
         if variant is None:
             raise UserError(f"Which SAM is '{model}'? Give --variant vit_b, vit_l or vit_h.")
         return model, variant
-    from . import catalogue, weights   # the weights issue's catalogue (kind "sam")
+    from . import catalogue   # the weights issue's catalogue (kind "sam"): mirror, cache, checked download
     entry = catalogue.find(model)
-    if entry is None or entry.get("kind") != "sam":
-        ids = ", ".join(e["id"] for e in catalogue.entries(kind="sam")) or "none"
-        raise UserError(f"'{model}' is not a Segment Anything model of the catalogue (there: {ids}); "
+    if entry.get("kind") != "sam":
+        ids = ", ".join(e["id"] for e in catalogue.entries(kind="sam"))
+        raise UserError(f"'{model}' is a {entry.get('kind')} model, not a Segment Anything one (those: {ids}); "
                         "or give a checkpoint file (.pth).")
-    path = weights.fetch(entry["url"], sha256=entry.get("sha256"), file_name=entry.get("file_name"),
-                         reporter=reporter, what=entry.get("name", model))
+    path = catalogue.fetch(entry, reporter)
     return str(path), options.variant or entry.get("variant") or _variant_of(entry["file_name"]) or "vit_b"
 
 
@@ -112,7 +112,7 @@ def build_predictor(options, reporter=None):
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
             sam.load_state_dict(state)
-        except (RuntimeError, OSError, ValueError) as exc:
+        except (RuntimeError, OSError, ValueError, EOFError, pickle.UnpicklingError) as exc:
             raise UserError(f"'{path}' is not a {variant} Segment Anything checkpoint ({str(exc)[:300]}). "
                             "Pick the variant that matches the file (vit_b, vit_l, vit_h).") from None
     sam.to(select_device(options.device)).eval()

@@ -189,3 +189,23 @@ def test_standin_behind_the_worker_protocol_gives_the_exact_outline(raster):
         assert shapely.from_wkt(answer["polygon"]).equals(OBJECT)
     finally:
         worker.close()
+
+
+def test_checkpoints_come_from_the_catalogue_through_fetch(tmp_path, monkeypatch):
+    """The catalogue's SAM entries resolve through weights.fetch (here: a mirror folder, no network);
+    a file that is not a SAM checkpoint is a clear error, not a traceback."""
+    from core import catalogue
+    from core.sam import _checkpoint, build_predictor
+    from core.weights import MIRROR_ENV
+    entry = catalogue.find("sam_vit_b")
+    assert entry["kind"] == "sam" and len(entry["sha256"]) == 64        # the name's '01ec64' is no SHA-256 prefix
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    (mirror / entry["file_name"]).write_bytes(b"not a checkpoint")
+    monkeypatch.setenv(MIRROR_ENV, str(mirror))
+    path, variant = _checkpoint(SamOptions(model="sam_vit_b"), None)
+    assert Path(path) == mirror / entry["file_name"] and variant == "vit_b"
+    with pytest.raises(UserError, match="not a vit_b Segment Anything checkpoint"):
+        build_predictor(SamOptions(model="sam_vit_b", device="cpu"))
+    with pytest.raises(UserError, match="not a Segment Anything one"):
+        _checkpoint(SamOptions(model="coco"), None)
