@@ -3,7 +3,7 @@
 Same interface as segment-anything's SamPredictor (set_image / predict), so it
 runs inside the real SamSession and, through ``main()``, behind the real worker
 protocol (``python tests/sam_standin.py`` speaks exactly as ``python -m core
-sam-worker``). Its mask: the pixels brighter than 128 connected to a positive
+sam-worker``). Its mask: the pixels far from the window's median colour connected to a positive
 point (or, for a box alone, those inside the box), minus the blob under any
 negative point.
 """
@@ -46,7 +46,11 @@ class BrightPredictor:
             blob = grown
 
     def predict(self, point_coords=None, point_labels=None, box=None, multimask_output=True):
-        bright = self.image.mean(axis=2) > 128
+        image = self.image.astype(np.float32)
+        # "bright": unlike the window's ground — far from its median colour (a roof on sand, a square on
+        # black) — and not darker than it (a shadow is not the object)
+        ground = np.median(image.reshape(-1, 3), axis=0)
+        bright = (np.linalg.norm(image - ground, axis=2) > 60) & (image.mean(axis=2) > ground.mean() - 10)
         mask = np.zeros_like(bright)
         points = [] if point_coords is None else list(zip(point_coords, point_labels))
         for (col, row), label in points:

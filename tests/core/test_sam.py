@@ -101,7 +101,8 @@ def test_negative_point_removes_what_it_marks(raster):
     minus = s.prompt(raster, CRS, points=[INSIDE, (700060.0, 400540.0)], labels=[1, 0])
     # the square ran out of the window between the two points: the second window holds both, at coarser cells
     outline = shapely.from_wkt(minus["polygon"])
-    assert outline.geom_type == "Polygon" and outline.symmetric_difference(OBJECT).area < 0.03 * OBJECT.area
+    # (half a coarse cell around the edge: the resampled edge pixels are half bright)
+    assert outline.geom_type == "Polygon" and outline.symmetric_difference(OBJECT).area < 0.06 * OBJECT.area
     near = session().prompt(raster, CRS, points=[INSIDE, (700125.0, 400480.0)], labels=[1, 0])
     assert shapely.from_wkt(near["polygon"]).equals(OBJECT)
 
