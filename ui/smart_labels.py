@@ -26,9 +26,8 @@ REFINE_THRESHOLD = 0.7   # SAM's predicted IoU below this keeps the rectangle
 
 def worker_command():
     """The worker as it runs in the user's runtime: model and device from the plugin's settings."""
-    return [settings.runtime_python(), "-m", "core", "sam-worker", "--model",
-            str(settings.value("sam/model", "sam_vit_b") or "sam_vit_b"), "--device", settings.device(),
-            "--json-progress"]
+    return [settings.runtime_python(), "-m", "core", "sam-worker", "--model", settings.sam_model(),
+            "--device", settings.device(), "--json-progress"]
 
 
 def is_rectangle(geometry, tolerance=0.01):

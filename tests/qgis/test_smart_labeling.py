@@ -240,3 +240,38 @@ def test_real_sam_with_random_weights_through_the_dock(maskforge, qgis_iface, ca
         assert not dock.smart.client.running()
         dock.deleteLater()
         QgsApplication.sendPostedEvents(None, QEvent.DeferredDelete)
+
+
+def test_unloading_the_plugin_stops_the_worker_and_the_setting_names_the_model(maskforge, qgis_iface, canvas,
+                                                                               qgis_processing):
+    from qgis.core import QgsSettings
+    from maskforge.ui.settings_dialog import SettingsDialog
+    from maskforge.ui.smart_labels import worker_command
+    registry = QgsApplication.processingRegistry()
+    if registry.providerById("maskforge") is not None:   # left by another test module
+        registry.removeProvider(registry.providerById("maskforge"))
+    dialog = SettingsDialog(qgis_iface)
+    assert [dialog.sam_model.itemText(i) for i in range(dialog.sam_model.count())] == \
+        ["sam_vit_b", "sam_vit_l", "sam_vit_h"]                                 # the catalogue's SAM entries
+    dialog.sam_model.setCurrentText("sam_vit_l")
+    dialog.save()
+    dialog.close()
+    try:
+        command = worker_command()
+        assert command[1:4] == ["-m", "core", "sam-worker"] and command[command.index("--model") + 1] == "sam_vit_l"
+    finally:
+        QgsSettings().remove("MaskForge/sam/model")
+
+    plugin = maskforge.classFactory(qgis_iface)
+    plugin.initGui()
+    plugin.label_action.trigger()
+    dock = plugin.labels_dock
+    dock.smart.client.command = lambda: STANDIN
+    dock.activate_tool("smart")
+    click(canvas, INSIDE)
+    assert dock.smart.wait()
+    child = dock.smart.client.child
+    assert child.poll() is None
+    plugin.unload()
+    QgsApplication.processEvents()
+    assert child.wait(timeout=10) == 0                                           # it quit at the end of its input
