@@ -54,7 +54,7 @@ class ModelPackage:
         """Class value -> the network's label (0 is the background).
 
         arcgis.learn numbers classes by rank among the sorted values (so {1, 3} are labels 1, 2 and a
-        value 0 is allowed); MaskForge does the same and records it. Packages of MaskForge before 0.3
+        value 0 is allowed); MaskForge does the same and records it. Packages of MaskForge 0.1
         used label = value, and say so by not recording it."""
         recorded = (self.emd.get("ModelParameters") or {}).get("class_labels")
         if recorded:
