@@ -213,7 +213,9 @@ class SamSession:
 
     def prompt(self, raster, crs=None, points=(), labels=(), box=None, simplify=0.0):
         """Points ([x, y] with label 1 = object, 0 = not) and/or a box [xmin, ymin, xmax, ymax] in ``crs``
-        (default: the raster's) -> {"polygon": WKT in ``crs`` or None, "score", "encoded", timings}."""
+        (default: the raster's) -> {"polygon": WKT in ``crs`` or None, "score" (SAM's predicted IoU),
+        "encoded" (whether this prompt needed a new window), "encode_s", "predict_s", "window" (its bounds in
+        the raster's CRS)}."""
         points = [list(map(float, p)) for p in points]
         labels = [int(v) for v in labels] if labels else [1] * len(points)
         if not points and box is None:
@@ -234,8 +236,7 @@ class SamSession:
         for attempt in (0, 1):
             if fresh:
                 t0 = time.perf_counter()
-                self.window, image = self._new_window(src, xs + extra_x, ys + extra_y) if attempt else \
-                    self._new_window(src, xs, ys)
+                self.window, image = self._new_window(src, xs + extra_x, ys + extra_y)
                 self.window.widened = bool(attempt)
                 self.predictor.set_image(image)
                 encode_s, encoded = encode_s + time.perf_counter() - t0, True
