@@ -27,10 +27,12 @@ class SamClient(QObject):
     progress = pyqtSignal(str)     # the worker's progress messages (model download, encoding)
     stopped = pyqtSignal(str)      # the worker ended on its own (why)
 
-    def __init__(self, command, parent=None):
-        """``command()`` returns the worker's argv (built when it starts, so settings changes apply)."""
+    def __init__(self, command, parent=None, env=None):
+        """``command()`` returns the worker's argv and ``env()`` its extra variables (the weights mirror);
+        both are asked when it starts, so settings changes apply."""
         super().__init__(parent)
         self.command = command
+        self.env = env or dict
         self.child = None
         self.starts = 0
         self._lines = queue.Queue()
@@ -48,7 +50,7 @@ class SamClient(QObject):
     def start(self):
         argv = self.command()
         try:
-            self.child = subprocess.Popen(argv, cwd=PLUGIN_DIR, env=_child_env(), text=True, bufsize=1,
+            self.child = subprocess.Popen(argv, cwd=PLUGIN_DIR, env=_child_env(self.env()), text=True, bufsize=1,
                                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                           start_new_session=True)
         except OSError as exc:

@@ -47,7 +47,7 @@ class SmartLabeling(QObject):
         from .sam_client import SamClient
         self.dock = dock
         self.canvas = dock.canvas
-        self.client = SamClient(command or worker_command, self)
+        self.client = SamClient(command or worker_command, self, env=settings.job_env)   # with the weights mirror
         self.client.progress.connect(lambda text: self.dock._status(f"Segment Anything: {text}…"))
         self.client.stopped.connect(lambda text: self.dock._message(text, Qgis.Warning))
         self.tool = SmartTool(self.canvas)

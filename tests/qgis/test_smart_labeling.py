@@ -267,6 +267,11 @@ def test_unloading_the_plugin_stops_the_worker_and_the_setting_names_the_model(m
     plugin.label_action.trigger()
     dock = plugin.labels_dock
     dock.smart.client.command = lambda: STANDIN
+    QgsSettings().setValue("MaskForge/weights_mirror", "/srv/weights")
+    try:   # the worker finds SAM's checkpoint in the weights mirror, as every job does
+        assert dock.smart.client.env() == {"MASKFORGE_WEIGHTS_MIRROR": "/srv/weights"}
+    finally:
+        QgsSettings().remove("MaskForge/weights_mirror")
     dock.activate_tool("smart")
     click(canvas, INSIDE)
     assert dock.smart.wait()
