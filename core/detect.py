@@ -301,11 +301,20 @@ def _polygon(mask, box, transform, min_pixels, simplify, return_boxes):
     crop = mask[y0:y1, x0:x1]
     if crop.sum() < min_pixels:
         return None
-    parts = [shapely.geometry.shape(g) for g, v in rasterio.features.shapes(
-        crop.astype(np.uint8), mask=crop, transform=transform * Affine.translation(x0, y0)) if v == 1]
+    parts = mask_parts(crop, transform * Affine.translation(x0, y0))
     if not parts:
         return None
-    polygon = max(parts, key=lambda p: p.area)     # stray specks of the mask are dropped
+    return tidy_polygon(max(parts, key=lambda p: p.area), simplify)   # stray specks of the mask are dropped
+
+
+def mask_parts(mask, transform):
+    """The connected shapes of a boolean mask as polygons, holes kept, in ``transform``'s coordinates
+    (also what the Segment Anything worker traces its masks with)."""
+    return [shapely.geometry.shape(g) for g, v in rasterio.features.shapes(
+        mask.astype(np.uint8), mask=mask.astype(bool), transform=transform) if v == 1]
+
+
+def tidy_polygon(polygon, simplify=0.0):
     if simplify > 0:
         polygon = polygon.simplify(simplify, preserve_topology=True)
     return polygon if polygon.is_valid else shapely.make_valid(polygon)
