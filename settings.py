@@ -41,6 +41,21 @@ def runtime_python():
     return plugin_venv_python()
 
 
+def sam_model():
+    """The Smart tool's Segment Anything model: a catalogue id (kind "sam") or a .pth checkpoint."""
+    return str(value("sam/model", "") or "sam_vit_b")
+
+
+def sam_catalogue_ids():
+    """The catalogue's SAM entries, read as data (the QGIS side never imports the engine)."""
+    import json
+    try:
+        with open(os.path.join(PLUGIN_DIR, "core", "catalogue.json"), encoding="utf-8") as f:
+            return [e["id"] for e in json.load(f)["entries"] if e.get("kind") == "sam"]
+    except (OSError, ValueError, KeyError):
+        return ["sam_vit_b"]
+
+
 def device():
     return str(value("device", "auto") or "auto")
 

@@ -392,17 +392,18 @@ def read_emd(path):
 
 
 def package_summary(emd):
-    params = emd.get("ModelParameters") or {}
+    params = {**(emd.get("ModelParameters") or {}), **(emd.get("MaskForgeParameters") or {})}
     backbone = str(params.get("backbone", "resnet50"))
     try:
-        classes = [(int(c["Value"]), str(c.get("Name", c["Value"]))) for c in emd["Classes"]]
+        classes = [(int(c.get("Value", c.get("ClassValue"))), str(c.get("Name", c.get("ClassName", c.get("Value")))))
+                   for c in emd["Classes"]]
         tile = [int(emd["ImageWidth"]), int(emd["ImageHeight"])]
     except (KeyError, TypeError, ValueError):
         raise InvalidInput("The model definition's Classes or ImageWidth/ImageHeight are malformed.") from None
     metrics = emd.get("Metrics") if isinstance(emd.get("Metrics"), dict) else {}
     return {"tile_size": tile, "bands": [int(b) + 1 for b in emd.get("ExtractBands") or [0, 1, 2]],
             "classes": classes, "backbone": {"resnet50": "resnet50_fpn"}.get(backbone, backbone),
-            "framework": emd.get("Framework"), "dtype": emd.get("DataType"),
+            "framework": emd.get("Framework"), "dtype": emd.get("DataType"), "arcgis_pro": emd.get("ArcGISPro"),
             "normalization": (emd.get("Normalization") or {}).get("type"),
             "max_object_size": emd.get("MaxObjectSizePixels"), "cell_size": emd.get("CellSize"),
             "best_epoch": emd.get("BestEpoch"), "mask_ap": metrics.get("mask_ap"),

@@ -270,10 +270,32 @@ def _run_compare(args, reporter):
                    overwrite=args.overwrite)
 
 
+def _add_sam_worker(sub):
+    p = sub.add_parser("sam-worker", help="Segment Anything for labeling: answers prompts (JSON lines on stdin) "
+                                          "until end of input; see core/sam_worker.py.")
+    p.add_argument("--model", default="sam_vit_b",
+                   help="catalogue id (python -m core models), a .pth checkpoint, or 'random' (random weights, "
+                        "for tests and timings)")
+    p.add_argument("--variant", default="", help="vit_b, vit_l, vit_h (tiny: test size, random weights only)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda:N")
+    p.add_argument("--cell-size", type=float, default=0.0, help="read windows at this cell size (default: native)")
+    p.add_argument("--bands", type=_bands, default=(), help="1 or 3 raster bands, from 1 (default 1,2,3 or 1)")
+    p.add_argument("--min-pixels", type=int, default=16, help="drop mask parts smaller than this")
+
+
+def _run_sam_worker(args, reporter):
+    from .sam import SamOptions
+    from .sam_worker import make_session_factory, serve
+    options = SamOptions(model=args.model, variant=args.variant, device=args.device, cell_size=args.cell_size,
+                         bands=tuple(args.bands or ()), min_pixels=args.min_pixels)
+    return serve(make_session_factory(options))
+
+
 STEPS = {"export": (_add_export, _run_export), "train": (_add_train, _run_train),
          "detect": (_add_detect, _run_detect), "nms": (_add_nms, _run_nms), "info": (_add_info, _run_info),
          "models": (_add_models, _run_models), "sample": (_add_sample, _run_sample),
-         "evaluate": (_add_evaluate, _run_evaluate), "compare": (_add_compare, _run_compare)}
+         "evaluate": (_add_evaluate, _run_evaluate), "compare": (_add_compare, _run_compare),
+         "sam-worker": (_add_sam_worker, _run_sam_worker)}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -333,7 +355,8 @@ def main(argv=None):
             return EXIT_INPUT
         if not distributed.is_main():
             reporter = QuietReporter()   # rank 0 speaks for the job
-    reporter.install_signal_handlers()
+    if args.step != "sam-worker":   # the worker waits on its input: a SIGTERM must end it there
+        reporter.install_signal_handlers()
     try:
         result = STEPS[args.step][1](args, reporter)
     except UserError as exc:

@@ -178,7 +178,7 @@ def read_state_file(path, source=None):
 def network_for_package(pkg, anchor_sizes=None):
     """The package's network with its weights loaded (strictly)."""
     from .package import read_weights
-    params = pkg.emd.get("ModelParameters") or {}
+    params = pkg.params
     anchors = tuple(anchor_sizes or params.get("anchor_sizes") or DEFAULT_ANCHORS)
     state = read_weights(pkg)
     num_classes = int(state["roi_heads.box_predictor.cls_score.weight"].shape[0]) \
@@ -186,6 +186,8 @@ def network_for_package(pkg, anchor_sizes=None):
     min_size, max_size = pkg.input_size
     model = build_model(pkg.backbone, num_classes, pkg.tile_size, anchors, min_size=min_size, max_size=max_size)
     load_state_strict(model, state, f"the package '{pkg.name}'")
+    if pkg.image_mean_std:
+        model.transform.image_mean, model.transform.image_std = pkg.image_mean_std
     return model, anchors
 
 

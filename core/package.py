@@ -40,8 +40,16 @@ class ModelPackage:
         return self.folder / self.emd["ModelFile"]
 
     @property
+    def params(self):
+        """The network's parameters: arcgis.learn's ModelParameters, plus MaskForge's own (kept apart in
+        packages ArcGIS Pro runs, because it passes ModelParameters to its model as keyword arguments)."""
+        return {**(self.emd.get("ModelParameters") or {}), **(self.emd.get("MaskForgeParameters") or {})}
+
+    @property
     def is_esri(self):
-        return not str(self.emd.get("Framework", "")).startswith(FRAMEWORK)
+        """Written by arcgis.learn. MaskForge's own packages say MaskForgeVersion (their resnet50 ones also
+        carry arcgis.learn's Framework keys, so that ArcGIS Pro runs them)."""
+        return "MaskForgeVersion" not in self.emd and not str(self.emd.get("Framework", "")).startswith(FRAMEWORK)
 
     @property
     def classes(self):
@@ -53,15 +61,57 @@ class ModelPackage:
     def value_to_label(self):
         """Class value -> the network's label (0 is the background).
 
-        arcgis.learn numbers classes by rank among the sorted values (so {1, 3} are labels 1, 2 and a
-        value 0 is allowed); MaskForge does the same and records it. Packages of MaskForge 0.1
-        used label = value, and say so by not recording it."""
-        recorded = (self.emd.get("ModelParameters") or {}).get("class_labels")
+        arcgis.learn numbers classes in the order of its data's classes, which it writes as the .emd's
+        Classes list (models/_maskrcnn.py:757-770), and ArcGIS Pro names label L by Classes[L - 1]
+        (models/_codetemplate.py:1462): so label = position in the list + 1, a value 0 allowed. Both are
+        the rank among the sorted values for the lists arcgis.learn writes. MaskForge records its
+        mapping; packages of MaskForge 0.1 used label = value, and say so by not recording one."""
+        recorded = self.params.get("class_labels")
         if recorded:
             return {int(v): int(label) for v, label in recorded.items()}
         if not self.is_esri:
             return {v: v for v in self.classes}
-        return {v: i + 1 for i, v in enumerate(sorted(self.classes))}
+        return {v: i + 1 for i, v in enumerate(self.classes)}
+
+    @property
+    def normalization(self):
+        """How raster values become the network's 0..1 input (see bands.py), as the package was trained.
+
+        arcgis.learn, for 16-bit or multispectral data (IsImageNetNormalization false), min-max scales each
+        band with NormalizationStats (models/_inferencing/util.py:36-69, no clipping) and sets the network's
+        mean/std to the scaled statistics (models/_maskrcnn.py:324-326, 473-475); else it divides by 255."""
+        if self.emd.get("Normalization"):
+            return self.emd["Normalization"]
+        stats = self.emd.get("NormalizationStats")
+        if self.is_esri and stats and (not self.emd.get("IsImageNetNormalization", True)
+                                       or self.emd.get("IsMultispectral")):
+            bands = [int(b) for b in self.emd.get("ExtractBands") or [0, 1, 2]]
+            try:
+                return {"type": "minmax", "min": [float(stats["band_min_values"][b]) for b in bands],
+                        "max": [float(stats["band_max_values"][b]) for b in bands]}
+            except (KeyError, IndexError, TypeError):
+                raise UserError(f"The NormalizationStats of '{self.emd_path.name}' lack band_min_values/"
+                                f"band_max_values for the bands {bands}; MaskForge cannot normalise the input as "
+                                "ArcGIS would, so it refuses to run the package.") from None
+        return {"type": "scale", "divisor": 255.0}
+
+    @property
+    def image_mean_std(self):
+        """(mean, std) the network's transform applies to its 0..1 input; None: ImageNet's (torchvision's)."""
+        params = self.params
+        if params.get("image_mean") and params.get("image_std"):
+            return [float(v) for v in params["image_mean"]], [float(v) for v in params["image_std"]]
+        if self.normalization.get("type") == "minmax":
+            stats = self.emd["NormalizationStats"]
+            bands = [int(b) for b in self.emd.get("ExtractBands") or [0, 1, 2]]
+            try:
+                return ([float(stats["scaled_mean_values"][b]) for b in bands],
+                        [float(stats["scaled_std_values"][b]) for b in bands])
+            except (KeyError, IndexError, TypeError):
+                raise UserError(f"The NormalizationStats of '{self.emd_path.name}' lack scaled_mean_values/"
+                                "scaled_std_values, which ArcGIS uses as the network's mean and std; MaskForge "
+                                "refuses to run the package mis-normalised.") from None
+        return None
 
     @property
     def input_size(self):
@@ -69,7 +119,7 @@ class ModelPackage:
 
         arcgis.learn builds its Mask R-CNN with 1.5x and 2x the chip size, and its models are
         meant to be run so; MaskForge's packages record their own."""
-        params = self.emd.get("ModelParameters") or {}
+        params = self.params
         if params.get("min_size"):
             return int(params["min_size"]), int(params.get("max_size") or params["min_size"])
         if self.is_esri:
@@ -79,7 +129,7 @@ class ModelPackage:
 
     @property
     def backbone(self):
-        raw = str((self.emd.get("ModelParameters") or {}).get("backbone", "resnet50"))
+        raw = str(self.params.get("backbone", "resnet50"))
         return ESRI_BACKBONE_ALIASES.get(raw, raw)
 
     @property
@@ -97,6 +147,8 @@ class ModelPackage:
             "max_cell_size": e.get("MaxCellSize"), "normalization": e.get("Normalization"),
             "max_object_size_pixels": e.get("MaxObjectSizePixels"), "metrics": e.get("Metrics"),
             "epochs_trained": len(e.get("TrainingHistory") or []),
+            "arcgis_pro": e.get("ArcGISPro") or ("an arcgis.learn package" if self.is_esri else
+                                                 "MaskForge-only: written before MaskForge 0.2"),
         }
 
 

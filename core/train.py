@@ -18,6 +18,7 @@ import torch
 
 from . import __version__, distributed
 from .chips import class_color
+from .esri import with_arcgis_keys
 from .data import ChipDataset, collate, load_training_data, max_object_size, split_train_val
 from .errors import Cancelled, UserError
 from .metrics import coco_evaluate
@@ -145,13 +146,16 @@ def evaluate(model, dataset, indices, batch_size, device, amp, class_names, scor
     return {"valid_loss": round(float(np.mean(losses)), 5), **ap}, preds
 
 
-def _package_emd(spec, class_names, backbone, anchors, max_obj, history, best, o, base_desc, tile, model_input):
+def _package_emd(spec, class_names, backbone, anchors, max_obj, history, best, o, base_desc, tile, network):
+    """``network``: the model's GeneralizedRCNNTransform (its resize and mean/std are recorded)."""
     cell = spec.get("CellSize")
-    return {
+    return with_arcgis_keys({
         "Framework": FRAMEWORK, "MaskForgeVersion": __version__, "ModelConfiguration": "MaskForge_MaskRCNN",
         "ModelType": "InstanceDetection", "ModelName": "MaskRCNN", "backend": "pytorch",
         "ModelParameters": {"backbone": backbone, "anchor_sizes": list(anchors), "pointrend": False,
-                            "min_size": int(model_input[0]), "max_size": int(model_input[1]),
+                            "min_size": int(network.min_size[0]), "max_size": int(network.max_size),
+                            "image_mean": [float(v) for v in network.image_mean],
+                            "image_std": [float(v) for v in network.image_std],
                             "class_labels": {str(v): i + 1 for i, v in enumerate(sorted(class_names))}},
         "ExtractBands": spec["ExtractBands"], "ImageHeight": int(tile[1]), "ImageWidth": int(tile[0]),
         "ImageSpaceUsed": "MAP_SPACE", "IsMultispectral": False, "DataType": spec["DataType"],
@@ -162,7 +166,7 @@ def _package_emd(spec, class_names, backbone, anchors, max_obj, history, best, o
         "BaseModel": base_desc, "BestEpoch": best.get("epoch"), "Metrics": best,
         "TrainingParameters": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(o).items()},
         "TrainingHistory": history,
-    }
+    })
 
 
 def _better(value, best, monitor):
@@ -203,7 +207,6 @@ def train(data_dirs, out_dir, base="none", options=None, reporter=None):
         chip.labels = [(value_to_label[v], m) for v, m in chip.labels]
     start = base_model(base, class_names, tile, o, reporter)
     model, backbone, anchors, base_desc = start.model, start.backbone, start.anchors, start.description
-    model_input = (model.transform.min_size[0], model.transform.max_size)
     if o.freeze_backbone:
         _freeze_backbone(model)
     model.to(device)
@@ -305,7 +308,7 @@ def train(data_dirs, out_dir, base="none", options=None, reporter=None):
                 best = {**record, "per_class": metrics.get("per_class")}
                 if main:
                     emd = _package_emd(spec, class_names, backbone, anchors, max_obj, history, best, o, base_desc,
-                                       tile, model_input)
+                                       tile, model.transform)
                     write_package(out, name, emd, {k: v.detach().cpu() for k, v in model.state_dict().items()})
                     earlier = remove_packages(out, earlier, keep=name)
                 reporter.log(f"Epoch {epoch + 1}: {o.monitor} {value} is the best so far; package written.")
@@ -331,7 +334,7 @@ def train(data_dirs, out_dir, base="none", options=None, reporter=None):
     model.load_state_dict(read_weights(pkg))
     _, preds = evaluate(model, val_set, val_idx, batch_size, device, amp, class_names, o.score_threshold)
     emd = _package_emd(spec, class_names, backbone, anchors, max_obj, history, best, o, base_desc, tile,
-                       model_input)
+                       model.transform)
     emd["TrainingSeconds"] = round(time.monotonic() - started, 1)
     if main:
         shown = [chips[i] for i in val_idx]

@@ -160,6 +160,15 @@ class SettingsDialog(QDialog):
         self.device.setCurrentText(settings.device())
         self.device.setToolTip("The device new jobs default to: auto (a CUDA GPU when there is one), cpu, cuda:N.")
         form.addRow("Device", self.device)
+        self.sam_model = QComboBox()
+        self.sam_model.setObjectName("sam_model")
+        self.sam_model.setEditable(True)
+        self.sam_model.addItems(settings.sam_catalogue_ids())
+        self.sam_model.setCurrentText(settings.sam_model())
+        self.sam_model.setToolTip("The Segment Anything model of the labels dock's Smart tool: a catalogue id "
+                                  "(downloaded once, hash-checked; sam_vit_b is the one for CPUs) or the path of "
+                                  "a SAM .pth checkpoint.\nTaken by the next start of the worker.")
+        form.addRow("Segment Anything", self.sam_model)
         setup_row = QHBoxLayout()
         self.setup_button = QPushButton("Set up runtime…")
         self.setup_button.setToolTip("Creates a Python venv and installs requirements.txt (PyTorch included: "
@@ -223,6 +232,7 @@ class SettingsDialog(QDialog):
     def save(self):
         settings.set_value("runtime_python", self.python.filePath().strip())
         settings.set_value("device", self.device.currentText().strip() or "auto")
+        settings.set_value("sam/model", self.sam_model.currentText().strip() or "sam_vit_b")
         for kind, widget in self.folders.items():
             settings.set_value(f"folders/{kind}", widget.filePath().strip())
         settings.set_value("weights_mirror", self.mirror.text().strip())

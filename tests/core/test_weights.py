@@ -4,7 +4,6 @@ random weights in the published layouts and served from a folder or a loopback H
 import http.server
 import io
 import json
-import re
 import threading
 
 import pytest
@@ -20,27 +19,10 @@ from core.progress import NullReporter, Reporter
 from core.synthetic import make_scene
 from core.train import TrainOptions, train
 from core.weights import MIRROR_ENV, fetch
+from tests.core.arcgis_contract import REQUIRED_KEYS, from_model_network, load_like_fastai
+from tests.core.torchvision_legacy import to_2019_names as _to_2019_names
 
 COCO = catalogue.find("coco")
-
-
-def _to_2019_names(state):
-    """The inverse of torchvision's version hooks: the key names of maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth
-    (saved with torchvision 0.3, before FeaturePyramidNetwork, RPNHead and MaskRCNNHeads became
-    Conv2dNormActivation blocks in 0.13)."""
-    rules = ((r"^(.*\.fpn\.(?:inner|layer)_blocks\.\d+)\.0\.(weight|bias)$", lambda m: f"{m[1]}.{m[2]}"),
-             (r"^rpn\.head\.conv\.0\.0\.(weight|bias)$", lambda m: f"rpn.head.conv.{m[1]}"),
-             (r"^roi_heads\.mask_head\.(\d+)\.0\.(weight|bias)$",
-              lambda m: f"roi_heads.mask_head.mask_fcn{int(m[1]) + 1}.{m[2]}"))
-    old = {}
-    for k, v in state.items():
-        for pattern, rename in rules:
-            m = re.match(pattern, k)
-            if m:
-                k = rename(m)
-                break
-        old[k] = v
-    return old
 
 
 @pytest.fixture(scope="module")
@@ -115,11 +97,15 @@ def test_train_base_coco_fine_tunes_from_the_published_layout(coco_like, chips, 
     result = train([chips], tmp_path / "model", "coco",
                    TrainOptions(epochs=1, batch_size=2, val_fraction=0.25, device="cpu"))
     emd = json.loads((tmp_path / "model" / "model.emd").read_text())
-    assert emd["BaseModel"] == "coco" and emd["ModelParameters"]["backbone"] == "resnet50_fpn"
+    assert emd["BaseModel"] == "coco" and emd["ModelParameters"]["backbone"] == "resnet50"   # arcgis.learn's name
     assert result["best_epoch"] == 1 and result["before"]["epoch"] == 0
     fine = read_state_file(tmp_path / "model" / "model.pth")
     assert fine["roi_heads.box_predictor.cls_score.weight"].shape[0] == 2      # new heads for 1 class
     assert not torch.equal(fine["backbone.fpn.inner_blocks.0.0.weight"], old["backbone.fpn.inner_blocks.0.weight"])
+    # a resnet50 FPN v1 package: one ArcGIS Pro's Detect Objects runs (its network takes the .pth strictly)
+    for key in REQUIRED_KEYS:
+        assert key in emd, key
+    load_like_fastai(from_model_network(emd), torch.load(tmp_path / "model" / "model.pth", weights_only=True))
 
 
 def _save(tmp_path, name, blob):
