@@ -107,6 +107,7 @@ def _add_train(sub):
     p.add_argument("--device", default="auto", help="auto, cpu or cuda:N")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from the folder's checkpoint")
+    p.add_argument("--workers", type=int, help="chip-preparing processes (default: 0 on the CPU, up to 4 on a GPU)")
     p.add_argument("--name", help="package name (default: the output folder's name)")
     _add_processes(p)
 
@@ -123,7 +124,7 @@ def _run_train(args, reporter):
         val_fraction=args.val_percent / 100.0, early_stopping=not args.no_early_stopping, patience=args.patience,
         monitor=args.monitor, freeze_backbone=args.freeze_backbone, augment=not args.no_augment,
         device=args.device, seed=args.seed, backbone=args.backbone, bands=args.bands,
-        anchor_sizes=args.anchor_sizes, resume=args.resume, name=args.name)
+        anchor_sizes=args.anchor_sizes, resume=args.resume, name=args.name, workers=args.workers)
     return train(args.data, args.out, args.base, options, reporter)
 
 
@@ -132,10 +133,12 @@ def _add_detect(sub):
     p.add_argument("--raster", required=True)
     p.add_argument("--model", required=True, help="package folder, .dlpk or .emd")
     p.add_argument("--out", required=True, help="output GeoPackage (.gpkg); a .qml style is written beside it")
-    p.add_argument("--padding", type=int, help="pixels (default: half the largest training object, else tile/4)")
-    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--padding", type=int, help="pixels (default: half the largest training object, else chip/4)")
+    p.add_argument("--batch-size", type=int, help="tiles per batch (default: from free GPU memory; 4 on the CPU)")
     p.add_argument("--threshold", type=float, default=0.5, help="minimum confidence (default 0.5)")
-    p.add_argument("--tile-size", type=int, help="default: the package's")
+    p.add_argument("--tile-size", type=int,
+                   help="default: automatic, so that about 1.5x the raster's pixels go through the network")
+    p.add_argument("--tracers", type=int, help="polygon-tracing threads (default: one per spare core)")
     p.add_argument("--tta", choices=["mean", "max", "min"], help="test-time augmentation (8 dihedral variants)")
     p.add_argument("--return-boxes", action="store_true", help="boxes instead of mask outlines")
     p.add_argument("--extent", type=lambda t: _floats(t, 4), help="xmin,ymin,xmax,ymax in the raster's CRS")
@@ -154,7 +157,7 @@ def _run_detect(args, reporter):
         padding=args.padding, batch_size=args.batch_size, threshold=args.threshold, tile_size=args.tile_size,
         tta=args.tta, return_boxes=args.return_boxes, extent=args.extent, extent_polygons=args.extent_polygons,
         cell_size=args.cell_size, nms=not args.no_nms, nms_overlap_ratio=args.nms_overlap_ratio,
-        simplify=args.simplify, device=args.device)
+        simplify=args.simplify, device=args.device, tracers=args.tracers)
     return detect(args.raster, args.model, args.out, options, reporter)
 
 

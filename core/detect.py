@@ -31,7 +31,7 @@ from .model import network_for_package, select_device
 from .package import load_package
 from .progress import NullReporter
 from .tiling import TileReader, _input_spec, auto_tile_size, overlap_factor, tile_origins
-from .tracing import trace_tile
+from .tracing import TileTracer
 
 FIELDS = ["ClassValue", "Class", "Confidence", "Area"]
 WRITE_EVERY = 2000          # features per GeoPackage append
@@ -55,7 +55,8 @@ class DetectOptions:
     min_area_pixels: int = 4         # slivers below this are dropped
     device: str = "auto"
     keep_padding_detections: bool = False   # diagnostics: keep what tiles see in their padding too
-    tracers: int = None              # polygon-tracing threads; None: one per spare core
+    tracers: int = None              # polygon tracers; None: one per spare core
+    tracer_processes: bool = None    # tracers as processes (None: on CUDA, where the CPU is free) or threads
 
 
 # --- the run ------------------------------------------------------------------------
@@ -238,9 +239,10 @@ def detect(raster, model, out, options=None, reporter=None, predictor=None):
         else:
             caps = (None, None)
         tracer_threads = o.tracers or pipeline.default_tracers()
+        processes = o.tracer_processes if o.tracer_processes is not None else device.type == "cuda"
         reporter.log(f"{len(tiles)} tiles of {size} px (padding {padding} px, core {core} px) over "
                      f"{grid.width}x{grid.height} px: overlap factor {overlap:.2f} (pixels through the network / "
-                     f"raster pixels); batch {batch_size} on {device}, {tracer_threads} tracing thread(s)"
+                     f"raster pixels); batch {batch_size} on {device}, {tracer_threads} tracing {'process' if processes else 'thread'}(s)"
                      + (f"; up to {caps[0]} detections per tile" if caps[0] else "") + ".")
         if core < size / 2:
             reporter.warning(f"The padding ({padding} px, for objects up to {2 * padding} px) leaves a core of only "
@@ -261,16 +263,13 @@ def detect(raster, model, out, options=None, reporter=None, predictor=None):
         mine = distributed.shard(list(enumerate(tiles)))
         reader = TileReader(src, bands, norm, grid, mine, size, batch_size, src.nodata, pin=device.type == "cuda")
 
-        def trace(result, transform, i):
-            return i, trace_tile(result, transform, (size, size), tiles[i], padding, core,
-                                 (grid.width, grid.height), area, o)
-
         def write(traced):
             i, rows = traced
             for polygon, value, score in rows:
                 writer.add(polygon, value, classes.get(value, str(value)), score, i)
 
-        post = pipeline.Tracers(trace, write, tracer_threads)
+        trace = TileTracer(size, padding, (grid.width, grid.height), area, o, tiles)
+        post = pipeline.Tracers(trace, write, tracer_threads, processes=processes)
         reader.start()
         try:
             pipeline.run(reader, predictor, post, check_cancelled=reporter.check_cancelled,

@@ -122,9 +122,10 @@ def _merge_variants(found, merge, n_variants, iou=0.55):
 
 
 @torch.inference_mode()
-def predict(model, batch, device, tta, size):
-    """Detections of a (B, 3, H, W) batch, on the CPU: one copy back per batch (per variant with TTA)."""
-    amp = device.type == "cuda"
+def predict(model, batch, device, tta, size, amp=None):
+    """Detections of a (B, 3, H, W) batch, on the CPU: one copy back per batch (per variant with TTA).
+    ``amp``: mixed precision (default: on CUDA)."""
+    amp = device.type == "cuda" if amp is None else amp
     batch = batch.to(device, non_blocking=True)
     variants = [(k, f) for f in (False, True) for k in range(4)] if tta else [(0, False)]
     per_variant = []
@@ -142,12 +143,12 @@ def predict(model, batch, device, tta, size):
             for i in range(len(batch))]
 
 
-def predict_with_retry(net, batch, device, o, size, reporter):
+def predict_with_retry(net, batch, device, o, size, reporter, amp=None):
     """``predict``, halving the batch on CUDA out-of-memory (and remembering the smaller size)."""
     if len(batch) == 0:
         return []
     try:
-        return predict(net, batch, device, o.tta, size)
+        return predict(net, batch, device, o.tta, size, amp)
     except torch.cuda.OutOfMemoryError:
         torch.cuda.empty_cache()
         if len(batch) == 1:
@@ -155,8 +156,8 @@ def predict_with_retry(net, batch, device, o, size, reporter):
         half = len(batch) // 2
         o.batch_size = max(1, half)
         reporter.warning(f"CUDA ran out of memory: batch size lowered to {o.batch_size}.")
-        return (predict_with_retry(net, batch[:half], device, o, size, reporter)
-                + predict_with_retry(net, batch[half:], device, o, size, reporter))
+        return (predict_with_retry(net, batch[:half], device, o, size, reporter, amp)
+                + predict_with_retry(net, batch[half:], device, o, size, reporter, amp))
 
 
 # --- sizes: caps, memory ---------------------------------------------------------------

@@ -7,16 +7,20 @@
 
 The network thread only moves a batch to the device, runs it and copies the
 packed detections back once; tiles are read and normalised ahead by the
-reader, and polygons are traced on ``tracers`` threads (rasterio/GDAL,
-shapely/GEOS and torch's interpolation release the GIL). The writer takes the
+reader, and polygons are traced on ``tracers`` threads or processes. Tracing
+is mostly Python around GDAL's polygonize, so threads share one core's worth
+of the GIL: processes are what scales when a GPU makes objects faster than one
+core traces them (``scripts/gpu_check.py`` prints objects/s per thread). The
+traced polygons come back pickled (shapely pickles as WKB). The writer takes the
 tracers' results in submission order, so the output is in tile order
 whatever the threads' timing. Queues are bounded: a slow tracer slows the
 network down rather than filling memory.
 """
+import multiprocessing
 import os
 import queue
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
 
 def default_tracers():
@@ -24,13 +28,35 @@ def default_tracers():
     return max(1, min(8, (os.cpu_count() or 2) - 1))
 
 
-class Tracers:
-    """``put(*args)`` traces ``trace(*args)`` on a pool; ``consume(result)`` sees results in order."""
+_worker_trace = None
 
-    def __init__(self, trace, consume, threads=None, depth=None):
+
+def _init_worker(trace):
+    """A tracer process keeps its ``trace`` (pickled once, not with every tile)."""
+    global _worker_trace
+    import torch
+    torch.set_num_threads(1)
+    _worker_trace = trace
+
+
+def _call_worker(*args):
+    return _worker_trace(*args)
+
+
+class Tracers:
+    """``put(*args)`` traces ``trace(*args)`` on a pool; ``consume(result)`` sees results in order.
+    With ``processes`` the pool is of spawned processes and ``trace`` must be picklable."""
+
+    def __init__(self, trace, consume, threads=None, depth=None, processes=False):
         self.threads = int(threads or default_tracers())
-        self.trace, self.consume = trace, consume
-        self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="tracer")
+        self.trace, self.consume, self.processes = trace, consume, processes
+        if processes:
+            self.pool = ProcessPoolExecutor(self.threads, mp_context=multiprocessing.get_context("spawn"),
+                                            initializer=_init_worker, initargs=(trace,))
+            self._submit = lambda *args: self.pool.submit(_call_worker, *args)
+        else:
+            self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="tracer")
+            self._submit = lambda *args: self.pool.submit(trace, *args)
         self.queue = queue.Queue(maxsize=depth or 4 * self.threads)
         self.error = None
         self._stopped = threading.Event()
@@ -54,7 +80,7 @@ class Tracers:
 
     def put(self, *args):
         self.check()
-        future = self.pool.submit(self.trace, *args)
+        future = self._submit(*args)
         while self.writer.is_alive():
             try:
                 self.queue.put(future, timeout=0.2)

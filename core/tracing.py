@@ -22,9 +22,20 @@ import shapely
 import torch
 import torch.nn.functional as F
 from affine import Affine
-from torchvision.models.detection.roi_heads import expand_boxes, expand_masks
+from torchvision.models.detection.roi_heads import expand_masks
 
 PAD = 1   # torchvision pastes with padding=1
+
+
+def _expanded_box(box, scale):
+    """torchvision's ``expand_boxes`` in the same float32 operations, floored to whole pixels.
+    (torchvision truncates toward zero, which shifts a box crossing the tile's left or top edge
+    by a pixel; flooring is the same everywhere else and right there.)"""
+    b = np.asarray(box[:4], np.float32)
+    scale = np.float32(scale)
+    w_half, h_half = (b[2] - b[0]) * np.float32(0.5) * scale, (b[3] - b[1]) * np.float32(0.5) * scale
+    x_c, y_c = (b[2] + b[0]) * np.float32(0.5), (b[3] + b[1]) * np.float32(0.5)
+    return [int(math.floor(v)) for v in (x_c - w_half, y_c - h_half, x_c + w_half, y_c + h_half)]
 
 
 def box_mask(probabilities, box, tile_h, tile_w, threshold=0.5):
@@ -35,10 +46,7 @@ def box_mask(probabilities, box, tile_h, tile_w, threshold=0.5):
         return x0, y0, None
     m = torch.as_tensor(probabilities, dtype=torch.float32).reshape(1, 1, *np.shape(probabilities)[-2:])
     m, scale = expand_masks(m, padding=PAD)
-    # torchvision truncates toward zero, which shifts a box crossing the tile's left or top edge
-    # by a pixel; flooring is the same everywhere else and right there.
-    expanded = expand_boxes(torch.from_numpy(np.asarray(box[:4], np.float32)[None]), scale)
-    ex0, ey0, ex1, ey1 = expanded.floor().to(torch.int64)[0].tolist()
+    ex0, ey0, ex1, ey1 = _expanded_box(box, scale)
     w, h = max(ex1 - ex0 + 1, 1), max(ey1 - ey0 + 1, 1)
     pasted = F.interpolate(m, size=(h, w), mode="bilinear", align_corners=False)[0, 0].numpy() > threshold
     out = np.zeros((y1 - y0, x1 - x0), bool)
@@ -80,28 +88,44 @@ def trace_tile(result, transform, tile_shape, origin, padding, core, grid_shape,
     scores, labels = result["scores"].numpy(), result["labels"].numpy()
     masks = result["masks"].numpy() if len(boxes) else None
     rows = []
-    for j in np.nonzero(scores >= o.threshold)[0]:
-        cx, cy = (boxes[j, 0] + boxes[j, 2]) / 2, (boxes[j, 1] + boxes[j, 3]) / 2
-        if not o.keep_padding_detections:
-            if not (padding <= cx < padding + core and padding <= cy < padding + core):
+    with rasterio.Env():       # one GDAL environment per tile, not one per polygon
+        for j in np.nonzero(scores >= o.threshold)[0]:
+            cx, cy = (boxes[j, 0] + boxes[j, 2]) / 2, (boxes[j, 1] + boxes[j, 3]) / 2
+            if not o.keep_padding_detections:
+                if not (padding <= cx < padding + core and padding <= cy < padding + core):
+                    continue
+                gx, gy = origin[0] + cx, origin[1] + cy          # grid pixel of the centre
+                if not (0 <= gx < grid_shape[0] and 0 <= gy < grid_shape[1]):
+                    continue
+            poly = polygon(masks[j, 0], boxes[j], tile_shape, transform, o.min_area_pixels, o.simplify,
+                           o.return_boxes)
+            if poly is None or poly.is_empty:
                 continue
-            gx, gy = origin[0] + cx, origin[1] + cy          # grid pixel of the centre
-            if not (0 <= gx < grid_shape[0] and 0 <= gy < grid_shape[1]):
+            if area is not None and not area.contains(shapely.Point(transform * (cx, cy))):
                 continue
-        poly = polygon(masks[j, 0], boxes[j], tile_shape, transform, o.min_area_pixels, o.simplify, o.return_boxes)
-        if poly is None or poly.is_empty:
-            continue
-        if area is not None and not area.contains(shapely.Point(transform * (cx, cy))):
-            continue
-        rows.append((poly, int(labels[j]), float(scores[j])))
+            rows.append((poly, int(labels[j]), float(scores[j])))
     return rows
+
+
+class TileTracer:
+    """``trace_tile`` for the tiles of one run, picklable for tracer processes (sent once to each):
+    (result, transform, tile number) -> (tile number, rows)."""
+
+    def __init__(self, size, padding, grid_shape, area, options, origins):
+        self.size, self.padding, self.grid_shape, self.area, self.o = size, padding, grid_shape, area, options
+        self.origins = origins
+
+    def __call__(self, result, transform, tile):
+        return tile, trace_tile(result, transform, (self.size, self.size), self.origins[tile], self.padding,
+                                self.size - 2 * self.padding, self.grid_shape, self.area, self.o)
 
 
 def tracing_rate(masks, boxes, tile_shape, seconds=1.0):
     """Objects per second one thread turns into polygons (a benchmark figure)."""
     done, started = 0, time.perf_counter()
-    while time.perf_counter() - started < seconds or done == 0:
-        for m, b in zip(masks, boxes):
-            polygon(m, b, tile_shape, Affine.identity())
-            done += 1
+    with rasterio.Env():
+        while time.perf_counter() - started < seconds or done == 0:
+            for m, b in zip(masks, boxes):
+                polygon(m, b, tile_shape, Affine.identity())
+                done += 1
     return done / (time.perf_counter() - started)

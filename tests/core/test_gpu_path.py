@@ -12,7 +12,7 @@ import shapely
 import torch
 from affine import Affine
 
-import core.detect
+import core.tracing
 from core import inference, pipeline
 from core.detect import DetectOptions, detect
 from core.model import build_model
@@ -155,16 +155,21 @@ def test_detect_output_is_the_same_in_order_with_slow_tracer_threads(tmp_path, m
     pkg = _package(tmp_path / "pkg")
     one = detect(tmp_path / "r.tif", pkg, tmp_path / "one.gpkg", DetectOptions(nms=False, tracers=1, tile_size=64),
                  predictor=bright_parts)
-    real = core.detect.trace_tile
+    real = core.tracing.trace_tile
 
     def slow(result, transform, *args):
         time.sleep(random.Random(float(transform.c)).uniform(0, 0.03))
         return real(result, transform, *args)
-    monkeypatch.setattr(core.detect, "trace_tile", slow)
+    monkeypatch.setattr(core.tracing, "trace_tile", slow)
     four = detect(tmp_path / "r.tif", pkg, tmp_path / "four.gpkg",
                   DetectOptions(nms=False, tracers=4, tile_size=64, batch_size=3), predictor=bright_parts)
     assert one["detections"] == four["detections"] > 20 and four["tracers"] == 4
     assert _features(tmp_path / "one.gpkg") == _features(tmp_path / "four.gpkg")
+    monkeypatch.undo()
+    procs = detect(tmp_path / "r.tif", pkg, tmp_path / "procs.gpkg",
+                   DetectOptions(nms=False, tracers=1, tracer_processes=True, tile_size=64), predictor=bright_parts)
+    assert procs["detections"] == one["detections"]
+    assert _features(tmp_path / "one.gpkg") == _features(tmp_path / "procs.gpkg")
 
 
 def test_auto_tile_overlap_factor():
@@ -238,3 +243,31 @@ def test_batch_and_tile_limits_on_the_cpu():
     assert inference.max_tile_for_memory(cpu) == 1024
     assert inference.detection_caps(400, 400) == (300, 1000)
     assert inference.detection_caps(800, 400)[0] == 1200
+
+
+def test_chip_loader_workers_give_the_batches_the_main_thread_gives():
+    from core.data import Chip, ChipDataset, EpochBatches, chip_loader
+    from core.train import epoch_batches
+    rng = np.random.default_rng(2)
+    chips = []
+    for n in range(6):
+        ids = np.zeros((32, 32), np.uint8)
+        ids[4:12, 5 + n:15 + n] = 1
+        ids[18:30, 20:28] = 2
+        chips.append(Chip(f"c{n}", rng.integers(0, 255, (3, 32, 32), dtype=np.uint8), [(1, ids)]))
+    dataset = ChipDataset(chips, {"type": "scale", "divisor": 255.0}, augment=True)
+    results = {}
+    for workers in (0, 1):
+        plan = EpochBatches()
+        loader = chip_loader(dataset, plan, workers)
+        results[workers] = []
+        for epoch in (0, 1):                 # persistent workers see each epoch's new order
+            plan.set(epoch_batches(range(6), 4, seed=7, epoch=epoch))
+            results[workers].append([(torch.stack(images), [t["boxes"] for t in targets])
+                                     for images, targets in loader])
+        del loader
+    assert [len(e) for e in results[0]] == [2, 2]
+    for e0, e1 in zip(results[0], results[1]):
+        for (i0, b0), (i1, b1) in zip(e0, e1):
+            assert torch.equal(i0, i1) and all(torch.equal(x, y) for x, y in zip(b0, b1))
+    assert not torch.equal(results[0][0][0][0], results[0][1][0][0])     # a new epoch, new order/augmentation
