@@ -212,7 +212,7 @@ def main():
     args = ap.parse_args()
     if args.cpu:
         device, backbone, chip, padding = torch.device("cpu"), "resnet18_fpn", 64, 12
-        args.tiles, args.cpu_tile, args.objects, repeats = args.tiles or 4, 160, min(args.objects, 50), 2
+        args.tiles, args.cpu_tile, args.objects, repeats = args.tiles or 2, 128, min(args.objects, 20), 1
     else:
         if not torch.cuda.is_available():
             line("error", "no CUDA GPU visible to torch; run with --cpu for the small CPU check")
