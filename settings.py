@@ -45,6 +45,16 @@ def device():
     return str(value("device", "auto") or "auto")
 
 
+def weights_mirror():
+    """A folder or base URL holding weight files under their published names (no internet needed)."""
+    return str(value("weights_mirror", "") or "").strip()
+
+
+def job_env():
+    """Variables the engine's worker reads: the weights mirror (core/weights.py) when one is set."""
+    return {"MASKFORGE_WEIGHTS_MIRROR": weights_mirror()} if weights_mirror() else {}
+
+
 def folder(kind):
     """The user's default folder for 'data', 'models' or 'detections' ('' when unset)."""
     return str(value(f"folders/{kind}", "") or "")

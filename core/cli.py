@@ -89,8 +89,11 @@ def _add_train(sub):
     p.add_argument("--data", required=True, action="append", help="training data folder (repeat for several)")
     p.add_argument("--out", required=True, help="model folder (<name>.emd, .pth, .dlpk, model_metrics.html)")
     p.add_argument("--base", default="none",
-                   help="coco (torchvision's COCO weights, downloaded once), none (random), or a package "
-                        "(folder, .dlpk or .emd; MaskForge's or an Esri resnet50 Mask R-CNN)")
+                   help="where fine-tuning starts: none (random), coco / coco_v2 (torchvision's COCO Mask R-CNN "
+                        "v1 / v2, downloaded once), imagenet (an ImageNet ResNet-50 body, new FPN and heads), "
+                        "another id of 'python -m core models', a .pth of a torchvision Mask R-CNN (bare or "
+                        "wrapped, old or new key names), or a package (folder, .dlpk or .emd; MaskForge's or "
+                        "an Esri resnet50 Mask R-CNN)")
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--batch-size", type=int, default=2)
     p.add_argument("--learning-rate", type=float, help="default 0.005 per 2 images")
@@ -186,6 +189,24 @@ def _run_info(args, reporter):
     return load_package(args.model).summary()
 
 
+def _add_models(sub):
+    sub.add_parser("models", help="List the catalogue of open starting points (id, what it detects, licence, "
+                                  "URL, hash) and where weight files are looked for.")
+
+
+def _run_models(args, reporter):
+    from .catalogue import summary
+    result = summary()
+    if not reporter.json_lines:   # a person at a terminal reads a table; the JSON result follows
+        for m in result["models"]:
+            reporter.err_stream.write(f"{m['id']:<22} {m['kind']:<9} {'cached' if m['cached'] else '':<7}"
+                                      f"{m['name']}\n{'':<23}detects: {m['detects']}\n{'':<23}licence: "
+                                      f"{m['licence']}\n{'':<23}{m['url']} (sha256 {m['sha256']}...)\n")
+        reporter.err_stream.write(f"cache: {result['cache']}; mirror ({'MASKFORGE_WEIGHTS_MIRROR'}): "
+                                  f"{result['mirror'] or 'not set'}\n")
+    return result
+
+
 def _add_evaluate(sub):
     p = sub.add_parser("evaluate", help="Compute accuracy: detections against ground-truth polygons.")
     p.add_argument("--detections", required=True, help="detected polygons (any OGR source; 'path|layername=x' ok)")
@@ -229,7 +250,8 @@ def _run_compare(args, reporter):
 
 
 STEPS = {"export": (_add_export, _run_export), "train": (_add_train, _run_train),
-         "detect": (_add_detect, _run_detect), "nms": (_add_nms, _run_nms), "info": (_add_info, _run_info), "sample": (_add_sample, _run_sample),
+         "detect": (_add_detect, _run_detect), "nms": (_add_nms, _run_nms), "info": (_add_info, _run_info),
+         "models": (_add_models, _run_models), "sample": (_add_sample, _run_sample),
          "evaluate": (_add_evaluate, _run_evaluate), "compare": (_add_compare, _run_compare)}
 
 

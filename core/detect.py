@@ -160,9 +160,9 @@ def write_style(path, classes):
 def _plan(pkg, o, grid, padding, device):
     """(tile size, batch size, network input scale): as given, else from the raster, padding and memory."""
     chip = int(pkg.tile_size[0])
-    params = pkg.emd.get("ModelParameters") or {}
-    # A package may feed the network resized chips (arcgis.learn: min_size 1.5 x chip); keep that scale.
-    scale = float(params.get("min_size") or chip) / chip
+    # A package may feed the network resized chips (arcgis.learn: min_size 1.5 x chip): keep that
+    # pixel scale at any tile size (the objects then look as in training).
+    scale = float(pkg.input_size[0] or chip) / chip
     amp = device.type == "cuda"
     if o.tile_size:
         size = int(o.tile_size)
@@ -193,6 +193,8 @@ def detect(raster, model, out, options=None, reporter=None, predictor=None):
     device = distributed.init(o.device) or select_device(o.device)
     classes = pkg.classes
     chip = int(pkg.tile_size[0])
+    # The network's labels are ranks of the class values (see ModelPackage.value_to_label).
+    by_label = {label: (value, classes[value]) for value, label in pkg.value_to_label.items()}
     max_obj = pkg.emd.get("MaxObjectSizePixels")
     padding = int(o.padding) if o.padding is not None else (
         int(math.ceil(float(max_obj) / 2)) if max_obj else chip // 4)
@@ -265,8 +267,9 @@ def detect(raster, model, out, options=None, reporter=None, predictor=None):
 
         def write(traced):
             i, rows = traced
-            for polygon, value, score in rows:
-                writer.add(polygon, value, classes.get(value, str(value)), score, i)
+            for polygon, label, score in rows:
+                value, name = by_label.get(label, (label, str(label)))
+                writer.add(polygon, value, name, score, i)
 
         trace = TileTracer(size, padding, (grid.width, grid.height), area, o, tiles)
         post = pipeline.Tracers(trace, write, tracer_threads, processes=processes)

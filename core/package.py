@@ -45,7 +45,37 @@ class ModelPackage:
 
     @property
     def classes(self):
-        return {int(c["Value"]): str(c.get("Name", c["Value"])) for c in self.emd["Classes"]}
+        """Class value -> name, as the package says (older Esri .emd files write ClassValue/ClassName)."""
+        return {int(c.get("Value", c.get("ClassValue"))): str(c.get("Name", c.get("ClassName", c.get("Value"))))
+                for c in self.emd["Classes"]}
+
+    @property
+    def value_to_label(self):
+        """Class value -> the network's label (0 is the background).
+
+        arcgis.learn numbers classes by rank among the sorted values (so {1, 3} are labels 1, 2 and a
+        value 0 is allowed); MaskForge does the same and records it. Packages of MaskForge 0.1
+        used label = value, and say so by not recording it."""
+        recorded = (self.emd.get("ModelParameters") or {}).get("class_labels")
+        if recorded:
+            return {int(v): int(label) for v, label in recorded.items()}
+        if not self.is_esri:
+            return {v: v for v in self.classes}
+        return {v: i + 1 for i, v in enumerate(sorted(self.classes))}
+
+    @property
+    def input_size(self):
+        """(min_size, max_size) of the network's resize; None, None: the tile (no resize).
+
+        arcgis.learn builds its Mask R-CNN with 1.5x and 2x the chip size, and its models are
+        meant to be run so; MaskForge's packages record their own."""
+        params = self.emd.get("ModelParameters") or {}
+        if params.get("min_size"):
+            return int(params["min_size"]), int(params.get("max_size") or params["min_size"])
+        if self.is_esri:
+            chip = max(self.tile_size)
+            return int(1.5 * chip), int(2 * chip)
+        return None, None
 
     @property
     def backbone(self):
@@ -132,8 +162,12 @@ def load_package(path):
         raise UserError(f"'{emd_path.name}' is a {emd.get('ModelName')} model; MaskForge runs Mask R-CNN "
                         "(ModelName MaskRCNN) packages only.")
     pkg = ModelPackage(emd_path.parent, emd_path, emd)
-    values = sorted(pkg.classes)
-    if not values or values[0] < 1:
+    try:
+        values = sorted(pkg.classes)
+    except (KeyError, TypeError, ValueError):
+        raise UserError(f"The Classes of '{emd_path.name}' need a Value (or ClassValue) that is an integer for "
+                        "each class.") from None
+    if not values or (values[0] < 1 and not pkg.is_esri):
         raise UserError(f"The package's class values {values} must start at 1 (0 is the background).")
     if not pkg.weights_path.exists():
         raise UserError(f"The package lacks its weights file '{emd['ModelFile']}' next to '{emd_path.name}'.")
@@ -163,18 +197,44 @@ def _check_supported(pkg):
                         "load it correctly. Use a 3-band (RGB) package.")
 
 
-def read_weights(pkg):
-    """The state dict of a package (plain, or arcgis.learn's {'model': state_dict, ...})."""
+# What arcgis.learn's save_optimizer=True adds to a .pth besides tensors: fastai's optimizer state
+# with numpy scalars. These types are plain data; the allow-list lets weights_only read them without
+# ever unpickling code.
+def _numpy_safe_globals():
+    import numpy as np
+    found = [np.dtype, type(np.dtype("float32")), type(np.dtype("float64")), type(np.dtype("int64"))]
+    for name in ("numpy.core.multiarray", "numpy._core.multiarray"):
+        try:
+            found.append(getattr(__import__(name, fromlist=["scalar"]), "scalar"))
+        except (ImportError, AttributeError):
+            pass
+    return found
+
+
+def torch_load_weights(path):
+    """``torch.load(weights_only=True)`` with the data-only allow-list; a clear message when it refuses."""
     import torch
     try:
-        blob = torch.load(pkg.weights_path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(_numpy_safe_globals()):
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise UserError(f"Cannot read the weights '{pkg.weights_path.name}': {str(exc).splitlines()[0][:300]}. "
-                        "The file is truncated, corrupted or not a PyTorch state dict; copy the package again.") from None
-    state = blob.get("model", blob) if isinstance(blob, dict) else None
-    if not isinstance(state, dict) or not state or not all(hasattr(v, "shape") for v in state.values()):
-        raise UserError(f"'{pkg.weights_path.name}' holds no state dict of tensors; it is not a model weights file.")
-    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+        text = str(exc)
+        if "Unsupported global" in text or "weights_only" in text.lower() and "GLOBAL" in text:
+            bad = text.split("GLOBAL", 1)[1].split()[0] if "GLOBAL" in text else "an object"
+            raise UserError(
+                f"'{Path(path).name}' holds a pickled Python object ({bad}) besides the weights. MaskForge reads "
+                "weights as data and never unpickles code; save the model's state_dict alone (in arcgis.learn: "
+                "save(..., save_optimizer=False)) and try again.") from None
+        first = " ".join(text.split())
+        first = first[:first.find(". ") + 1] if ". " in first[:400] else first[:400].rsplit(" ", 1)[0] + " ..."
+        raise UserError(f"Cannot read the weights '{Path(path).name}' (PyTorch says: {first}) The file is "
+                        "truncated, corrupted or not a PyTorch file; copy it again.") from None
+
+
+def read_weights(pkg):
+    """The state dict of a package (plain, or arcgis.learn's {'model': state_dict, 'opt': ...})."""
+    from .model import unwrap_state
+    return unwrap_state(torch_load_weights(pkg.weights_path), f"'{pkg.weights_path.name}'")
 
 
 def write_package(folder, name, emd, state_dict, extra_files=()):

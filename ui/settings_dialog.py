@@ -11,7 +11,7 @@ from qgis.PyQt import sip
 from qgis.PyQt.QtCore import QT_VERSION_STR
 from qgis.PyQt.QtGui import QFontDatabase
 from qgis.PyQt.QtWidgets import (QApplication, QComboBox, QDialog, QFormLayout, QGroupBox, QHBoxLayout, QLabel,
-                                 QMessageBox, QPlainTextEdit, QProgressBar, QPushButton, QVBoxLayout)
+                                 QLineEdit, QMessageBox, QPlainTextEdit, QProgressBar, QPushButton, QVBoxLayout)
 
 from .. import settings, tasks
 from ..runner import PLUGIN_DIR
@@ -189,6 +189,12 @@ class SettingsDialog(QDialog):
             widget.setFilePath(settings.folder(kind))
             folder_form.addRow(name, widget)
             self.folders[kind] = widget
+        self.mirror = QLineEdit(settings.weights_mirror())
+        self.mirror.setObjectName("weights_mirror")
+        self.mirror.setPlaceholderText("optional: a folder or URL holding the weight files (no internet needed)")
+        self.mirror.setToolTip("Where jobs look first for pretrained weights (COCO, ImageNet, the catalogue's "
+                               "models) under their published file names, e.g. a shared network folder.")
+        folder_form.addRow("Weights mirror", self.mirror)
         layout.addWidget(folders)
         layout.addStretch(1)
 
@@ -219,6 +225,7 @@ class SettingsDialog(QDialog):
         settings.set_value("device", self.device.currentText().strip() or "auto")
         for kind, widget in self.folders.items():
             settings.set_value(f"folders/{kind}", widget.filePath().strip())
+        settings.set_value("weights_mirror", self.mirror.text().strip())
 
     def save_and_close(self):
         self.save()
