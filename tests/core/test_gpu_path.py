@@ -271,3 +271,17 @@ def test_chip_loader_workers_give_the_batches_the_main_thread_gives():
         for (i0, b0), (i1, b1) in zip(e0, e1):
             assert torch.equal(i0, i1) and all(torch.equal(x, y) for x, y in zip(b0, b1))
     assert not torch.equal(results[0][0][0][0], results[0][1][0][0])     # a new epoch, new order/augmentation
+
+
+def test_tta_merges_box_local_masks_on_a_real_network():
+    torch.manual_seed(1)
+    net = build_model("resnet18_fpn", 2, (64, 64), ANCHORS).eval()
+    net.roi_heads.score_thresh, net.roi_heads.detections_per_img = 0.0, 20
+    batch = torch.stack([_scene(64, seed=2)[:, :64, :64]])
+    plain = inference.predict(inference.BoxMaskNet(net), batch, torch.device("cpu"), None, 64)
+    merged = inference.predict(inference.BoxMaskNet(net), batch, torch.device("cpu"), "mean", 64)
+    for out in plain + merged:
+        assert out["masks"].shape[1:] == (1, 28, 28) and len(out["boxes"]) > 0
+        assert float(out["masks"].min()) >= 0 and float(out["masks"].max()) <= 1
+        assert float(out["boxes"].min()) >= 0 and float(out["boxes"].max()) <= 64
+    assert len(merged[0]["boxes"]) >= len(plain[0]["boxes"]) // 2
