@@ -170,7 +170,6 @@ def _plan(pkg, o, grid, padding, device):
         limit = inference.max_tile_for_memory(device, scale, amp)
         size = auto_tile_size(chip, padding, grid.width, grid.height, max(limit, chip))
     batch = o.batch_size or inference.batch_for_memory(device, size, scale, amp)
-    o.batch_size = batch
     return size, batch, scale
 
 
