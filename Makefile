@@ -4,7 +4,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 QGIS_ENV := QT_QPA_PLATFORM=offscreen
 
-.PHONY: setup test test-core test-qgis demo qgis bench package clean
+.PHONY: setup test test-core test-qgis demo qgis bench gpu-check package clean
 
 setup:
 	@./scripts/setup.sh
@@ -28,9 +28,14 @@ demo: setup
 qgis: setup
 	qgis --nologo --project demo_output/maskforge_demo.qgz
 
-# Figures as name=value lines (see README, Performance).
+# Figures as name=value lines (see README, Performance); on a CUDA machine the GPU check's too.
 bench: setup
 	$(PY) scripts/bench.py
+	@if $(PY) -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then PYTHON=$(PY) scripts/gpu_check.sh; fi
+
+# The GPU figures alone (scripts/gpu_check.sh: no setup needed, only torch and torchvision).
+gpu-check:
+	scripts/gpu_check.sh
 
 # The installable plugin zip, dist/maskforge-<version>.zip (standard library only).
 package:
@@ -42,4 +47,4 @@ screenshots: setup
 	xvfb-run -a -s "-screen 0 1366x768x24" $(PY) scripts/screenshots.py
 
 clean:
-	rm -rf demo_output bench_output dist .pytest_cache
+	rm -rf demo_output bench_output dist .pytest_cache .gpu_check_deps

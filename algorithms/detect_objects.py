@@ -29,7 +29,9 @@ class DetectObjectsAlgorithm(MaskForgeAlgorithm):
             "with ClassValue, Class, Confidence and Area to a GeoPackage in the raster's CRS (styled by class).\n\n"
             "Tiles overlap by the padding; an object is kept by the tile whose core (tile minus padding) holds its "
             "centre, so objects on tile borders are found once and whole. Default padding: half the largest object "
-            "seen in training (from the package), else a quarter of the tile. Bands, data type and stretch are "
+            "seen in training (from the package), else a quarter of the training chip. The tile need not be the "
+            "training chip: by default it is chosen so that about 1.5x the raster's pixels go through the network "
+            "(the overlap factor, in the log), within free memory. Bands, data type and stretch are "
             "applied exactly as in training. Test-time augmentation runs the 8 flips/rotations and merges "
             "their scores by mean, max or min. A final Non Maximum Suppression (within classes, then across) removes "
             "remaining duplicates whose overlap (IoU) is above the ratio (0 = any overlap).\n\n"
@@ -49,12 +51,12 @@ class DetectObjectsAlgorithm(MaskForgeAlgorithm):
         self.addParameter(QgsProcessingParameterNumber(
             self.PADDING, "Padding in pixels (-1 = from the package)", QgsProcessingParameterNumber.Integer, -1,
             minValue=-1))
-        self.addParameter(QgsProcessingParameterNumber(self.BATCH_SIZE, "Batch size", QgsProcessingParameterNumber.Integer,
-                                                       4, minValue=1))
+        self.addParameter(QgsProcessingParameterNumber(self.BATCH_SIZE, "Batch size (0 = from free GPU memory; 4 on the CPU)",
+                                                       QgsProcessingParameterNumber.Integer, 0, minValue=0))
         self.addParameter(QgsProcessingParameterNumber(
             self.THRESHOLD, "Confidence threshold", QgsProcessingParameterNumber.Double, 0.5, minValue=0.0, maxValue=1.0))
         self.addParameter(QgsProcessingParameterNumber(
-            self.TILE_SIZE, "Tile size in pixels (0 = the package's)", QgsProcessingParameterNumber.Integer, 0,
+            self.TILE_SIZE, "Tile size in pixels (0 = automatic: about 1.5x the raster's pixels through the network)", QgsProcessingParameterNumber.Integer, 0,
             minValue=0))
         self.addParameter(QgsProcessingParameterEnum(self.TTA, "Test-time augmentation", TTA, defaultValue=0))
         self.addParameter(QgsProcessingParameterBoolean(self.RETURN_BOXES, "Return boxes instead of outlines", False))
@@ -102,6 +104,7 @@ class DetectObjectsAlgorithm(MaskForgeAlgorithm):
         result = self.run_step("detect", args, feedback)
         if not result:
             return {}
-        feedback.pushInfo(f"{result['kept']} objects from {result['tiles']} tiles in {result['seconds']} s "
+        feedback.pushInfo(f"{result['kept']} objects from {result['tiles']} tiles of {result.get('tile_size')} px "
+                          f"(overlap factor {result.get('overlap_factor')}) in {result['seconds']} s "
                           f"on {result['device']}: layer '{result['layer']}' of {result['output']}.")
         return {self.OUTPUT: load_result_layer(context, destination, result), "COUNT": result["kept"]}

@@ -62,7 +62,7 @@ TRAIN_DEFAULTS = {
     "DEVICE": "auto", "SEED": 0, "RESUME": False, "OVERWRITE": False, "PROCESSES": 1,
 }
 DETECT_DEFAULTS = {
-    "PADDING": -1, "BATCH_SIZE": 4, "THRESHOLD": 0.5, "TILE_SIZE": 0, "TEST_TIME_AUGMENTATION": 0,
+    "PADDING": -1, "BATCH_SIZE": 0, "THRESHOLD": 0.5, "TILE_SIZE": 0, "TEST_TIME_AUGMENTATION": 0,
     "RETURN_BOXES": False, "EXTENT": None, "EXTENT_POLYGONS": None, "CELL_SIZE": 0.0, "NMS": True,
     "MAX_OVERLAP_RATIO": 0.0, "SIMPLIFY": 0.0, "DEVICE": "auto", "PROCESSES": 1, "OVERWRITE": False,
 }
@@ -411,8 +411,8 @@ def package_summary(emd):
 
 
 def default_padding(summary, tile_size=0):
-    """The engine's rule: half the largest training object, else a quarter of the tile."""
-    size = int(tile_size or summary["tile_size"][0])
+    """The engine's rule: half the largest training object, else a quarter of the training chip."""
+    size = int(summary["tile_size"][0])
     max_obj = summary.get("max_object_size")
     return int(-(-float(max_obj) // 2)) if max_obj else size // 4
 
@@ -423,9 +423,11 @@ def detect_args(values):
     v = _merged(DETECT_DEFAULTS, values)
     args = ["--raster", absolute(v["INPUT_RASTER"]), "--model", absolute(v["MODEL"]),
             *destination_args(v["OUTPUT"], v["OVERWRITE"], absolute),
-            "--batch-size", int(v["BATCH_SIZE"]), "--threshold", float(v["THRESHOLD"]),
+            "--threshold", float(v["THRESHOLD"]),
             "--nms-overlap-ratio", float(v["MAX_OVERLAP_RATIO"]), "--simplify", float(v["SIMPLIFY"]),
             "--device", v["DEVICE"] or "auto"]
+    if int(v["BATCH_SIZE"]) > 0:          # 0: the engine picks it from free GPU memory
+        args += ["--batch-size", int(v["BATCH_SIZE"])]
     if int(v["PADDING"]) >= 0:
         args += ["--padding", int(v["PADDING"])]
     if int(v["TILE_SIZE"]) > 0:
@@ -462,13 +464,13 @@ def check_detect(values, raster=None):
     gpkg_destination(out)
     if not 0.0 <= float(v["THRESHOLD"]) <= 1.0:
         raise InvalidInput("The confidence threshold must lie between 0 and 1.")
-    if int(v["BATCH_SIZE"]) < 1:
-        raise InvalidInput("The batch size must be at least 1.")
+    if int(v["BATCH_SIZE"]) < 0:
+        raise InvalidInput("The batch size must be at least 1 (or 0 for automatic).")
     emd = read_emd(v["MODEL"])
     summary = package_summary(emd)
-    size = int(v["TILE_SIZE"]) or summary["tile_size"][0]
+    size = int(v["TILE_SIZE"])            # 0: automatic, always large enough for the padding
     padding = int(v["PADDING"]) if int(v["PADDING"]) >= 0 else default_padding(summary, size)
-    if size < 2 * padding + 1:
+    if size and size < 2 * padding + 1:
         raise InvalidInput(f"The tile size {size} px leaves no core with a padding of {padding} px on each side: "
                            f"choose a tile size above {2 * padding} px or a smaller padding.")
     check_device(v["DEVICE"])

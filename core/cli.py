@@ -115,6 +115,7 @@ def _add_train(sub):
     p.add_argument("--resume", action="store_true", help="continue from the folder's checkpoint")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the package already in --out (it stays until the new best epoch is written)")
+    p.add_argument("--workers", type=int, help="chip-preparing processes (default: 0 on the CPU, up to 4 on a GPU)")
     p.add_argument("--name", help="package name (default: the output folder's name)")
     _add_processes(p)
 
@@ -131,7 +132,8 @@ def _run_train(args, reporter):
         val_fraction=args.val_percent / 100.0, early_stopping=not args.no_early_stopping, patience=args.patience,
         monitor=args.monitor, freeze_backbone=args.freeze_backbone, augment=not args.no_augment,
         device=args.device, seed=args.seed, backbone=args.backbone, bands=args.bands,
-        anchor_sizes=args.anchor_sizes, resume=args.resume, overwrite=args.overwrite, name=args.name)
+        anchor_sizes=args.anchor_sizes, resume=args.resume, overwrite=args.overwrite, name=args.name,
+        workers=args.workers)
     return train(args.data, args.out, args.base, options, reporter)
 
 
@@ -142,10 +144,12 @@ def _add_detect(sub):
     p.add_argument("--out", required=True, help="output GeoPackage (.gpkg; 'path|layername=x' ok); a new layer of "
                                                 "an existing file, whose other layers are kept; a .qml style beside")
     _add_layer_options(p)
-    p.add_argument("--padding", type=int, help="pixels (default: half the largest training object, else tile/4)")
-    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--padding", type=int, help="pixels (default: half the largest training object, else chip/4)")
+    p.add_argument("--batch-size", type=int, help="tiles per batch (default: from free GPU memory; 4 on the CPU)")
     p.add_argument("--threshold", type=float, default=0.5, help="minimum confidence (default 0.5)")
-    p.add_argument("--tile-size", type=int, help="default: the package's")
+    p.add_argument("--tile-size", type=int,
+                   help="default: automatic, so that about 1.5x the raster's pixels go through the network")
+    p.add_argument("--tracers", type=int, help="polygon-tracing threads (default: one per spare core)")
     p.add_argument("--tta", choices=["mean", "max", "min"], help="test-time augmentation (8 dihedral variants)")
     p.add_argument("--return-boxes", action="store_true", help="boxes instead of mask outlines")
     p.add_argument("--extent", type=lambda t: _floats(t, 4), help="xmin,ymin,xmax,ymax in the raster's CRS")
@@ -164,7 +168,8 @@ def _run_detect(args, reporter):
         padding=args.padding, batch_size=args.batch_size, threshold=args.threshold, tile_size=args.tile_size,
         tta=args.tta, return_boxes=args.return_boxes, extent=args.extent, extent_polygons=args.extent_polygons,
         cell_size=args.cell_size, nms=not args.no_nms, nms_overlap_ratio=args.nms_overlap_ratio,
-        simplify=args.simplify, device=args.device, layer=args.layer, overwrite=args.overwrite)
+        simplify=args.simplify, device=args.device, layer=args.layer, overwrite=args.overwrite,
+        tracers=args.tracers)
     return detect(args.raster, args.model, args.out, options, reporter)
 
 

@@ -1,7 +1,11 @@
 """Training chips (Esri RCNN_Masks folders, ours or ArcGIS's) as Mask R-CNN samples.
 
-Chips are read once into memory (they are small and reused every epoch; no
-DataLoader workers, which hang when forked with GDAL open). Augmentation —
+Chips are read once into memory (they are small and reused every epoch), so
+the DataLoader's workers never touch rasterio: they are started with
+``spawn`` (a fork of a process with GDAL open can hang) and kept for the whole
+run, and they only turn in-memory chips into augmented tensors and targets.
+Each sample's augmentation is drawn from its own seed (run seed, rank, epoch,
+position), so batches are the same whatever the number of workers. Augmentation —
 the 8 dihedral transforms, brightness and contrast — is applied to the
 arrays before boxes are derived from the masks, so boxes always fit.
 """
@@ -10,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import rasterio
 import torch
 from rasterio.errors import RasterioIOError
 
@@ -80,6 +83,7 @@ def _check_chip_headers(folder, images):
 
 def load_training_data(folders, bands=None):
     """Read every chip of one or more export folders (same bands and tile size)."""
+    import rasterio      # here, not at the top: ChipDataset and the loader run without it (scripts/gpu_check.py)
     chips, stats_all, class_names = [], [], {}
     first = None
     for folder in folders:
@@ -177,16 +181,18 @@ class ChipDataset(torch.utils.data.Dataset):
     def __len__(self):
         return len(self.chips)
 
-    def __getitem__(self, i):
+    def __getitem__(self, key):
+        """``key``: a chip index, or (index, seed) to draw this sample's augmentation from ``seed``."""
+        i, rng = (key[0], np.random.default_rng(key[1])) if isinstance(key, tuple) else (key, self.rng)
         chip = self.chips[i]
         image, labels = chip.image, chip.labels
         if self.augment:
-            k, flip = int(self.rng.integers(4)), bool(self.rng.integers(2))
+            k, flip = int(rng.integers(4)), bool(rng.integers(2))
             image = _dihedral(image, k, flip)
             labels = [(v, _dihedral(m[None], k, flip)[0]) for v, m in labels]
         x = to_network_input(np.ascontiguousarray(image), self.normalization)
         if self.augment:
-            brightness, contrast = self.rng.uniform(-0.1, 0.1), self.rng.uniform(0.8, 1.2)
+            brightness, contrast = rng.uniform(-0.1, 0.1), rng.uniform(0.8, 1.2)
             mean = x.mean(axis=(1, 2), keepdims=True)
             x = np.clip((x - mean) * contrast + mean + brightness, 0.0, 1.0)
         return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), targets_from_labels(labels, *x.shape[1:])
@@ -199,3 +205,38 @@ def _dihedral(array, k, flip):
 
 def collate(batch):
     return tuple(zip(*batch))
+
+
+class EpochBatches:
+    """The DataLoader's batch sampler: the batches of the current epoch, set by the training loop
+    (it is iterated in the main process, so persistent workers see each epoch's new order)."""
+
+    def __init__(self):
+        self.batches = []
+
+    def set(self, batches):
+        self.batches = [list(b) for b in batches]
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self):
+        return len(self.batches)
+
+
+def _worker_init(_):
+    torch.set_num_threads(1)      # workers prepare chips; the cores' threads belong to the network
+
+
+def chip_loader(dataset, batches, workers=0, pin_memory=False):
+    """A DataLoader over ``batches`` (an ``EpochBatches``) with ``workers`` processes ahead of the step."""
+    extra = dict(multiprocessing_context="spawn", persistent_workers=True, prefetch_factor=4,
+                 worker_init_fn=_worker_init) if workers > 0 else {}
+    return torch.utils.data.DataLoader(dataset, batch_sampler=batches, collate_fn=collate, num_workers=workers,
+                                       pin_memory=pin_memory, **extra)
+
+
+def default_workers(device):
+    """Loader processes: none on the CPU (the network needs every core), some on a GPU."""
+    import os
+    return 0 if device.type != "cuda" else max(1, min(4, (os.cpu_count() or 2) - 1))

@@ -28,7 +28,8 @@ from affine import Affine
 from pyproj import CRS, Transformer
 
 from .bands import to_network_input
-from .detect import _read_native, _read_resampled, mask_parts, tidy_polygon
+from .tiling import _read_native, _read_resampled
+from .tracing import mask_parts, tidy_polygon
 from .errors import UserError
 from .geodata import open_raster
 

@@ -19,7 +19,8 @@ import torch
 from . import __version__, distributed
 from .chips import class_color
 from .esri import with_arcgis_keys
-from .data import ChipDataset, collate, load_training_data, max_object_size, split_train_val
+from .data import (ChipDataset, EpochBatches, chip_loader, collate, default_workers, load_training_data,
+                   max_object_size, split_train_val, targets_from_labels)
 from .errors import Cancelled, UserError
 from .metrics import coco_evaluate
 from .bases import base_model
@@ -27,6 +28,7 @@ from .model import select_device
 from .outputs import check_model_folder, remove_packages
 from .package import FRAMEWORK, load_package, read_weights, write_package
 from .progress import NullReporter
+from .steps import _to_device, train_step
 
 CHECKPOINT = "checkpoint.pth"
 
@@ -51,6 +53,7 @@ class TrainOptions:
     overwrite: bool = False          # replace the folder's package (only once the new best epoch is written)
     name: str = None                 # package name; default: the output folder's name
     score_threshold: float = 0.05    # for AP: keep low-confidence predictions (COCO practice)
+    workers: int = None              # chip-preparing processes; None: 0 on the CPU, up to 4 on a GPU
 
 
 def _seed_everything(seed):
@@ -73,32 +76,19 @@ def _lr_at(step, total_steps, warmup, base_lr):
     return base_lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def _to_device(images, targets, device):
-    return ([i.to(device, non_blocking=True) for i in images],
-            [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in targets])
-
-
-def train_step(model, optimizer, scaler, images, targets, device, amp, max_grad_norm=10.0):
-    """One optimisation step; returns the loss. Gradients are clipped: a bad batch early on
-    (random heads, many objects) must not throw the weights off."""
-    images, targets = _to_device(images, targets, device)
-    with torch.autocast(device.type, enabled=amp):
-        loss = sum(model(images, targets).values())
-    optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
-    scaler.unscale_(optimizer)
-    torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], max_grad_norm)
-    scaler.step(optimizer)
-    scaler.update()
-    return float(loss.detach())
-
-
-def _batches(dataset, indices, batch_size, shuffle, seed, shard=False):
+def epoch_batches(indices, batch_size, seed, epoch):
+    """This rank's training batches of an epoch: [(chip index, augmentation seed)] lists, shuffled
+    the same on every rank (each takes its share), each sample with its own augmentation seed."""
     order = list(indices)
-    if shuffle:
-        random.Random(seed).shuffle(order)     # the same order on every rank...
-    if shard:
-        order = distributed.padded_shard(order)   # ...of which each rank takes its share
+    random.Random(seed + epoch).shuffle(order)
+    order = distributed.padded_shard(order)
+    keyed = [(j, (seed, distributed.rank(), epoch, pos)) for pos, j in enumerate(order)]
+    return [keyed[i:i + batch_size] for i in range(0, len(keyed), batch_size)]
+
+
+def _batches(dataset, indices, batch_size):
+    """Validation batches, in order, on the main thread (no augmentation: little to prepare)."""
+    order = list(indices)
     for i in range(0, len(order), batch_size):
         yield collate([dataset[j] for j in order[i:i + batch_size]])
 
@@ -119,7 +109,7 @@ def evaluate(model, dataset, indices, batch_size, device, amp, class_names, scor
     if not indices:
         return {"valid_loss": None}, []
     losses, preds, truths = [], [], []
-    for images, targets in _batches(dataset, distributed.shard(list(indices)), batch_size, False, 0):
+    for images, targets in _batches(dataset, distributed.shard(list(indices)), batch_size):
         model.train()
         for m in model.modules():   # no BatchNorm statistics updates from validation data
             if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
@@ -163,6 +153,7 @@ def _package_emd(spec, class_names, backbone, anchors, max_obj, history, best, o
         "SpatialReference": spec.get("SpatialReference"),
         "Classes": [{"Value": v, "Name": n, "Color": class_color(v)} for v, n in class_names.items()],
         "Normalization": spec["Normalization"], "MaxObjectSizePixels": max_obj,
+        "MaxObjectsPerChip": spec.get("MaxObjectsPerChip"),     # sizes detection caps for larger tiles
         "BaseModel": base_desc, "BestEpoch": best.get("epoch"), "Metrics": best,
         "TrainingParameters": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(o).items()},
         "TrainingHistory": history,
@@ -224,7 +215,9 @@ def train(data_dirs, out_dir, base="none", options=None, reporter=None):
                  + (f", {distributed.world_size()} processes" if distributed.is_distributed() else "") + ".")
     if o.monitor == "mask_ap" and not val_idx:
         raise UserError("Monitoring mask AP needs validation chips: set a validation percentage above 0.")
-    train_set = ChipDataset(chips, spec["Normalization"], augment=o.augment, seed=o.seed + distributed.rank())
+    train_set = ChipDataset(chips, spec["Normalization"], augment=o.augment)
+    workers = default_workers(device) if o.workers is None else int(o.workers)
+    spec["MaxObjectsPerChip"] = max(len(targets_from_labels(c.labels, *c.image.shape[1:])["boxes"]) for c in chips)
     val_set = ChipDataset(chips, spec["Normalization"], augment=False)
     max_obj = max_object_size(chips)
 
@@ -256,6 +249,10 @@ def train(data_dirs, out_dir, base="none", options=None, reporter=None):
 
     steps_per_epoch = math.ceil(len(distributed.padded_shard(train_idx)) / batch_size)
     total_steps, warmup = o.epochs * steps_per_epoch, min(100, steps_per_epoch)
+    epoch_plan = EpochBatches()
+    loader = chip_loader(train_set, epoch_plan, workers, pin_memory=device.type == "cuda")
+    if workers:
+        reporter.log(f"{workers} process(es) prepare the chips.")
     started = time.monotonic()
     try:
         epoch = start_epoch
@@ -263,9 +260,9 @@ def train(data_dirs, out_dir, base="none", options=None, reporter=None):
             t0 = time.monotonic()
             model.train()
             losses = []
+            epoch_plan.set(epoch_batches(train_idx, batch_size, o.seed, epoch))
             try:
-                for step, (images, targets) in enumerate(
-                        _batches(train_set, train_idx, batch_size, True, o.seed + epoch, shard=True)):
+                for step, (images, targets) in enumerate(loader):
                     reporter.check_cancelled()
                     global_step = epoch * steps_per_epoch + step
                     for g in optimizer.param_groups:

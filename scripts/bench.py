@@ -2,6 +2,8 @@
 
   train_step_ratio          our training step (augment, targets, clip) / a bare torchvision step, same batch
   detect_pipeline_vs_raw    end-to-end Detect Objects throughput / the raw model's on the same tiles in memory
+  detect_large_objects_*    objects large relative to the 128 px chips (padding 48): the chip as tile vs the
+                            automatic tile — tiles, seconds, overlap factor
   detect_peak_rss_ratio     peak resident memory, raster 16x larger / smaller
   nms_100k_seconds          NMS of 100,000 polygons (scripts/bench_nms.py)
 
@@ -24,7 +26,10 @@ import torch  # noqa: E402
 
 from core.chips import ExportOptions, export_training_data  # noqa: E402
 from core.data import ChipDataset, collate, load_training_data  # noqa: E402
-from core.detect import DetectOptions, detect, _Grid, _tile_origins  # noqa: E402
+from core import inference  # noqa: E402
+from core.chips import _Grid  # noqa: E402
+from core.detect import DetectOptions, detect  # noqa: E402
+from core.tiling import _read_native, tile_origins  # noqa: E402
 from core.model import build_model, network_for_package, select_device  # noqa: E402
 from core.package import load_package  # noqa: E402
 from core.synthetic import make_scene  # noqa: E402
@@ -96,34 +101,31 @@ def big_raster(src_path, path, factor):
 
 
 def raw_model_seconds(raster, package, device, batch, tile, padding, amp):
-    """The model alone on the same tiles, already normalised in memory."""
+    """The model alone on the same tiles, already normalised in memory (detections copied back)."""
     pkg = load_package(package)
     net, _ = network_for_package(pkg)
     net.roi_heads.score_thresh = 0.5
-    net.transform.min_size, net.transform.max_size = (tile,), tile
+    inference.configure_network(net, tile, pkg.tile_size[0], 1.0, pkg.emd.get("MaxObjectsPerChip"))
     net.to(device).eval()
+    box_net = inference.BoxMaskNet(net)
     norm = pkg.emd["Normalization"]
     from core.bands import to_network_input
-    from core.detect import _read_native
-    core = tile - 2 * padding
     with rasterio.open(raster) as src:
         grid = _Grid(src, None, None)
-        tiles = [(x, y) for y in _tile_origins(grid.height, core, padding) for x in _tile_origins(grid.width, core, padding)]
+        tiles = tile_origins(grid.width, grid.height, tile, padding)
         arrays = [to_network_input(_read_native(src, [1, 2, 3], x, y, tile, 0), norm) for x, y in tiles]
     tensors = torch.from_numpy(np.stack(arrays))
     if device.type == "cuda":
         tensors = tensors.pin_memory()
-    with torch.inference_mode():
-        net([t.to(device) for t in tensors[:batch]])   # warm up
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        for i in range(0, len(tensors), batch):
-            with torch.autocast(device.type, enabled=amp):
-                net([t.to(device, non_blocking=True) for t in tensors[i:i + batch]])
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        return time.perf_counter() - t0, len(tiles)
+    inference.predict(box_net, tensors[:batch], device, None, tile, amp)   # warm up
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for i in range(0, len(tensors), batch):
+        inference.predict(box_net, tensors[i:i + batch], device, None, tile, amp)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0, len(tiles)
 
 
 def peak_rss_mb(raster, package, out, device):
@@ -175,22 +177,32 @@ def main():
     package = out / "package"
     if not (package / "package.emd").exists():
         train([chips], package, "none", TrainOptions(epochs=3, learning_rate=0.01, device=str(device), **TINY))
-    pkg = load_package(package)
-    tile, padding = pkg.tile_size[0], int(np.ceil(pkg.emd["MaxObjectSizePixels"] / 2))
     factor = 2 if args.quick else 3
     raster = big_raster(scene["raster"], out / f"raster_x{factor}.tif", factor)
     with rasterio.open(raster) as src:
         megapixels = src.width * src.height / 1e6
-    batch = 4
     t0 = time.perf_counter()
-    result = detect(raster, package, out / "detections.gpkg", DetectOptions(batch_size=batch, device=str(device)))
+    result = detect(raster, package, out / "detections.gpkg", DetectOptions(device=str(device)))
     t_pipe = time.perf_counter() - t0
-    t_raw, n_tiles = raw_model_seconds(raster, package, device, batch, tile, padding, amp)
+    t_raw, n_tiles = raw_model_seconds(raster, package, device, result["batch_size"], result["tile_size"],
+                                       result["padding"], amp)
+    line("detect_tile_size", result["tile_size"])
     line("detect_tiles", n_tiles)
+    line("detect_overlap_factor", result["overlap_factor"])
     line("detect_objects", result["kept"])
     line("detect_pipeline_mpix_per_s", round(megapixels / t_pipe, 3))
     line("detect_raw_model_mpix_per_s", round(megapixels / t_raw, 3))
     line(f"detect_pipeline_vs_raw_{device.type}", round(t_raw / t_pipe, 3))
+
+    # 2b. objects large relative to the chips: the chip as detection tile vs the automatic tile
+    for name, tile in (("chip_tile", 128), ("auto_tile", None)):
+        t0 = time.perf_counter()
+        r = detect(raster, package, out / f"large_{name}.gpkg",
+                   DetectOptions(device=str(device), padding=48, tile_size=tile))
+        line(f"detect_large_objects_{name}_size", r["tile_size"])
+        line(f"detect_large_objects_{name}_tiles", r["tiles"])
+        line(f"detect_large_objects_{name}_overlap_factor", r["overlap_factor"])
+        line(f"detect_large_objects_{name}_seconds", round(time.perf_counter() - t0, 2))
 
     # 3. memory: a raster 16x larger (4x each way)
     small = big_raster(scene["raster"], out / "raster_small.tif", 1)

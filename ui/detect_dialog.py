@@ -53,8 +53,8 @@ class DetectDialog(JobDialog):
         form.addRow("", self.package_label)
         self.add_double(form, "THRESHOLD", "Confidence threshold", 0, 1, step=0.05)
         self.padding = self.add_int(form, "PADDING", "Padding", -1, 100000, suffix=" px", special="from the package")
-        self.tile = self.add_int(form, "TILE_SIZE", "Tile size", 0, 100000, suffix=" px", special="the package's")
-        self.add_int(form, "BATCH_SIZE", "Batch size", 1, 4096)
+        self.tile = self.add_int(form, "TILE_SIZE", "Tile size", 0, 100000, suffix=" px", special="automatic")
+        self.add_int(form, "BATCH_SIZE", "Batch size", 0, 4096, special="automatic")
         self.add_int(form, "PROCESSES", "Processes / GPUs", 1, 1024,
                      tooltip="More than 1 splits the tiles over processes under torchrun (one per GPU).")
         self.extent = ExtentPicker(self.iface.mapCanvas())
@@ -99,7 +99,7 @@ class DetectDialog(JobDialog):
 
     def _model_changed(self, path):
         self.padding.setSpecialValueText("from the package")
-        self.tile.setSpecialValueText("the package's")
+        self.tile.setSpecialValueText("automatic")
         if not path:
             self.package_label.setText("")
             return
@@ -111,7 +111,7 @@ class DetectDialog(JobDialog):
         self.package_label.setText(describe_package(summary))
         size = self.tile.value() or summary["tile_size"][0]
         self.padding.setSpecialValueText(f"from the package ({default_padding(summary, size)} px)")
-        self.tile.setSpecialValueText(f"the package's ({summary['tile_size'][0]} px)")
+        self.tile.setSpecialValueText(f"automatic (trained on {summary['tile_size'][0]} px chips)")
 
     def values(self):
         values = super().values()

@@ -8,10 +8,13 @@ import rasterio.features
 import shapely
 import torch
 from affine import Affine
+from torchvision.ops import roi_align
 
 from core.chips import ExportOptions, export_training_data
 from core.data import ChipDataset, load_training_data
-from core.detect import DetectOptions, TileReader, _Grid, _input_spec, _undo_boxes, _dihedral, detect
+from core.detect import DetectOptions, _Grid, detect
+from core.inference import _dihedral, _undo_boxes
+from core.tiling import TileReader, _input_spec
 from core.errors import Cancelled, UserError
 from core.model import build_model
 from core.package import load_package, write_package
@@ -34,18 +37,22 @@ def _package(folder, tile=64, classes=None, bands=(0, 1, 2), normalization=None,
 
 
 def bright_parts(images):
-    """A detector whose answers are known: every bright connected patch of the tile is one object."""
+    """A detector whose answers are known: every bright connected patch of the tile is one object,
+    its mask given like the network's (28x28 in its box: the full mask sampled by RoIAlign, as
+    Mask R-CNN's training targets are)."""
     outputs = []
     for image in images:
-        mask = image[0] > 0.5
+        mask = (image[0] > 0.5).numpy()
         h, w = mask.shape
         shapes = [shapely.geometry.shape(g) for g, v in rasterio.features.shapes(mask.astype(np.uint8), mask=mask)
                   if v == 1]
-        boxes = [s.bounds for s in shapes]
-        masks = [rasterio.features.rasterize([(s, 1)], out_shape=(h, w)) for s in shapes]
-        outputs.append({"boxes": torch.tensor(np.asarray(boxes, np.float32).reshape(-1, 4)),
-                        "scores": torch.ones(len(shapes)), "labels": torch.ones(len(shapes), dtype=torch.int64),
-                        "masks": torch.tensor(np.asarray(masks, np.float32).reshape(-1, 1, h, w))})
+        boxes = torch.tensor(np.asarray([s.bounds for s in shapes], np.float32).reshape(-1, 4))
+        full = torch.tensor(np.asarray([rasterio.features.rasterize([(s, 1)], out_shape=(h, w)) for s in shapes],
+                                       np.float32).reshape(-1, 1, h, w))
+        rois = torch.cat([torch.arange(len(boxes), dtype=torch.float32)[:, None], boxes], 1)
+        outputs.append({"boxes": boxes, "scores": torch.ones(len(shapes)),
+                        "labels": torch.ones(len(shapes), dtype=torch.int64),
+                        "masks": roi_align(full, rois, (28, 28), 1.0) if len(boxes) else torch.zeros((0, 1, 28, 28))})
     return outputs
 
 
@@ -73,7 +80,7 @@ ON_BORDERS = [(50, 30), (100, 100), (150, 51), (30, 200), (200, 150), (250, 250)
 def test_objects_across_tile_borders_and_corners_are_found_once(tmp_path):
     truth = _squares_raster(tmp_path / "r.tif", ON_BORDERS)
     pkg = _package(tmp_path / "pkg")
-    result = detect(tmp_path / "r.tif", pkg, tmp_path / "d.gpkg", DetectOptions(nms=False),
+    result = detect(tmp_path / "r.tif", pkg, tmp_path / "d.gpkg", DetectOptions(nms=False, tile_size=64),
                     NullReporter(), predictor=bright_parts)
     assert result["padding"] == 7 and result["tiles"] == 36
     meta, found, fields = _read(tmp_path / "d.gpkg")
@@ -91,10 +98,10 @@ def test_without_the_core_rule_duplicates_appear_and_nms_removes_them(tmp_path):
     truth = _squares_raster(tmp_path / "r.tif", ON_BORDERS)
     pkg = _package(tmp_path / "pkg")
     raw = detect(tmp_path / "r.tif", pkg, tmp_path / "raw.gpkg",
-                 DetectOptions(nms=False, keep_padding_detections=True), predictor=bright_parts)
+                 DetectOptions(nms=False, keep_padding_detections=True, tile_size=64), predictor=bright_parts)
     assert raw["detections"] > len(truth)          # the same squares seen by several tiles, and cut pieces
     cleaned = detect(tmp_path / "r.tif", pkg, tmp_path / "nms.gpkg",
-                     DetectOptions(nms=True, nms_overlap_ratio=0.0, keep_padding_detections=True),
+                     DetectOptions(nms=True, nms_overlap_ratio=0.0, keep_padding_detections=True, tile_size=64),
                      predictor=bright_parts)
     _, found, _ = _read(tmp_path / "nms.gpkg")
     assert cleaned["kept"] == len(found) == len(truth)
@@ -150,7 +157,8 @@ def test_detection_input_equals_training_input_for_16_bit_single_band(atlanta, t
         bands, norm = _input_spec(pkg, src, NullReporter())
         reader = TileReader(src, bands, norm, _Grid(src, None, None), [(0, (0, 0))], 128, 1, src.nodata)
         reader.run()
-        [(_, detection_input, transform)] = reader.queue.get()
+        [(_, transform, holds)], batch = reader.queue.get()
+        detection_input = batch[0].numpy()
     assert spec["Normalization"]["type"] == "percentile_stretch" and detection_input.shape == (3, 128, 128)
     np.testing.assert_array_equal(detection_input, training_input)
 
@@ -172,7 +180,7 @@ def test_bad_input(tmp_path, atlanta):
     with pytest.raises(UserError, match="does not overlap the raster"):
         detect(tmp_path / "r.tif", pkg, tmp_path / "d.gpkg", DetectOptions(extent=(0, 0, 10, 10)))
     with pytest.raises(UserError, match="leaves no core"):
-        detect(tmp_path / "r.tif", pkg, tmp_path / "e.gpkg", DetectOptions(padding=40))
+        detect(tmp_path / "r.tif", pkg, tmp_path / "e.gpkg", DetectOptions(padding=40, tile_size=64))
     (tmp_path / "file").write_text("")
     with pytest.raises(UserError, match="Cannot create the output folder"):
         detect(tmp_path / "r.tif", pkg, tmp_path / "file" / "f.gpkg")
