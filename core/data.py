@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from rasterio.errors import RasterioIOError
 
 from .bands import choose_bands, normalization_for, to_network_input
 from .errors import UserError
@@ -57,6 +56,8 @@ def _class_dirs(folder, stats):
 
 
 def _open_chip(path):
+    import rasterio      # here, not at the top: ChipDataset and the loader run without it (scripts/gpu_check.py)
+    from rasterio.errors import RasterioIOError
     try:
         return rasterio.open(path)
     except (RasterioIOError, OSError) as exc:
