@@ -4,8 +4,10 @@ from qgis.core import (QgsProcessing, QgsProcessingParameterBoolean, QgsProcessi
                        QgsProcessingParameterNumber, QgsProcessingParameterRasterLayer,
                        QgsProcessingParameterString, QgsProcessingParameterVectorDestination, QgsProcessingOutputNumber)
 
-from .base import MaskForgeAlgorithm, absolute, build_args, extent_value, raster_path, source_path
-from .jobs import TTA, detect_args
+from .base import (MaskForgeAlgorithm, absolute, build_args, engine_raster_values, extent_value, raster_layer,
+                   source_extent, source_path)
+from .jobs import TTA, InvalidInput, detect_args, read_emd
+from .layers import model_cell
 
 
 class DetectObjectsAlgorithm(MaskForgeAlgorithm):
@@ -31,7 +33,11 @@ class DetectObjectsAlgorithm(MaskForgeAlgorithm):
             "applied exactly as in training. Test-time augmentation runs the 8 flips/rotations and merges "
             "their scores by mean, max or min. A final Non Maximum Suppression (within classes, then across) removes "
             "remaining duplicates whose overlap (IoU) is above the ratio (0 = any overlap). The output appears "
-            "only when the run completes; cancel leaves nothing under its name. Jobs run in the MaskForge runtime "
+            "only when the run completes; cancel leaves nothing under its name.\n\n"
+            "Any raster layer works: files, VRT, /vsicurl/ cloud GeoTIFFs, and web layers (XYZ/TMS, WMS; WMTS and "
+            "others are rendered by QGIS first). A web layer needs a processing extent (or area polygons); it is read "
+            "at the zoom level matching the package's CellSize unless a cell size is given, and its tiles are cached "
+            "(MaskForge settings) so later runs over the same area download nothing.\n\nJobs run in the MaskForge runtime "
             "Python, on the GPU when there is one (device auto)."
         )
 
@@ -57,7 +63,7 @@ class DetectObjectsAlgorithm(MaskForgeAlgorithm):
             self.EXTENT_POLYGONS, "Processing area polygons (keep detections inside)",
             [QgsProcessing.TypeVectorPolygon], optional=True))
         self.addParameter(QgsProcessingParameterNumber(
-            self.CELL_SIZE, "Cell size (0 = the raster's)", QgsProcessingParameterNumber.Double, 0.0, minValue=0.0))
+            self.CELL_SIZE, "Cell size (0 = the raster's; web layers: the zoom for the package's CellSize)", QgsProcessingParameterNumber.Double, 0.0, minValue=0.0))
         self.addParameter(QgsProcessingParameterBoolean(self.NMS, "Non maximum suppression", True))
         self.addParameter(QgsProcessingParameterNumber(
             self.NMS_RATIO, "Max overlap ratio (IoU) for NMS", QgsProcessingParameterNumber.Double, 0.0,
@@ -74,13 +80,13 @@ class DetectObjectsAlgorithm(MaskForgeAlgorithm):
         self.addOutput(QgsProcessingOutputNumber("COUNT", "Objects detected"))
 
     def processAlgorithm(self, parameters, context, feedback):
-        layer, raster = raster_path(self, parameters, self.INPUT_RASTER, context)
+        layer = raster_layer(self, parameters, self.INPUT_RASTER, context)
         out = absolute(self.parameterAsOutputLayer(parameters, self.OUTPUT, context))
         if not out.lower().endswith(".gpkg"):
             out = out.rsplit(".", 1)[0] + ".gpkg"
             feedback.pushInfo(f"Detections are written as a GeoPackage: {out}")
         values = {
-            self.INPUT_RASTER: raster, self.MODEL: absolute(self.parameterAsFile(parameters, self.MODEL, context)),
+            self.MODEL: absolute(self.parameterAsFile(parameters, self.MODEL, context)),
             self.OUTPUT: out, self.TTA: self.parameterAsEnum(parameters, self.TTA, context),
             self.DEVICE: self.parameterAsString(parameters, self.DEVICE, context) or "auto",
             self.EXTENT: extent_value(self, parameters, self.EXTENT, context, layer.crs()),
@@ -93,6 +99,13 @@ class DetectObjectsAlgorithm(MaskForgeAlgorithm):
             values[key] = self.parameterAsDouble(parameters, key, context)
         for key in (self.RETURN_BOXES, self.NMS):
             values[key] = self.parameterAsBoolean(parameters, key, context)
+        try:
+            model = model_cell(read_emd(values[self.MODEL]))
+        except InvalidInput:
+            model = None   # the engine names the package's problem
+        values = engine_raster_values(layer, values, feedback, model, default_extent=(
+            source_extent(self, parameters, self.EXTENT_POLYGONS, context, layer)
+            if parameters.get(self.EXTENT_POLYGONS) else None))
         args = build_args(detect_args, values)
         result = self.run_step("detect", args, feedback)
         if result:

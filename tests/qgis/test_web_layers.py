@@ -1,0 +1,112 @@
+"""Export Training Data and Detect Objects over a real QGIS XYZ layer served on loopback (no internet).
+
+The tiles are cut from the OSBS GeoTIFF reprojected into EPSG:3857 on the zoom-20 grid; the
+GeoTIFF they were cut from is the reference. Same grid, lossless PNG: chips must be identical
+(tolerance 0) and detections identical. The tile server counts requests: export fetches each
+tile once, the detection afterwards over the same area fetches none (GDAL's cache, in the
+MaskForge tile cache folder).
+"""
+import os
+import subprocess
+
+import numpy as np
+import pytest
+import rasterio
+from qgis.core import QgsProcessingException, QgsRasterLayer, QgsVectorLayer, QgsSettings
+
+from tests.tileserver import TileServer, cut_tiles, dead_url, tile_bounds
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+PY = os.path.join(ROOT, ".venv", "bin", "python")
+ZOOM = 20
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory):
+    from tests.conftest import _shared
+    raster, labels = _shared("osbs-trees", "image.tif"), _shared("osbs-trees", "trees.geojson")
+    folder = tmp_path_factory.mktemp("xyz")
+    reference, tile_range = cut_tiles(raster, folder, ZOOM)
+    xmin, ymin, xmax, ymax = tile_bounds(ZOOM, *tile_range)
+    with TileServer(folder) as server:
+        yield {"server": server, "reference": str(reference), "labels": str(labels),
+               "extent": f"{xmin},{xmax},{ymin},{ymax} [EPSG:3857]"}
+
+
+@pytest.fixture
+def tile_cache(tmp_path):
+    settings = QgsSettings()
+    settings.setValue("MaskForge/tile_cache", str(tmp_path / "cache"))
+    yield tmp_path / "cache"
+    settings.remove("MaskForge/tile_cache")
+
+
+def xyz_layer(url):
+    layer = QgsRasterLayer(f"type=xyz&url={url}/{{z}}/{{x}}/{{y}}.png&zmax={ZOOM}&zmin=0", "tiles", "wms")
+    assert layer.isValid()
+    return layer
+
+
+def _chips(folder):
+    out = {}
+    for name in sorted(os.listdir(folder / "images")):
+        with rasterio.open(folder / "images" / name) as src:
+            out[name] = src.read()
+    return out
+
+
+def test_export_and_detect_over_an_xyz_layer_equal_the_geotiff_and_download_once(provider, service, tile_cache,
+                                                                                  tmp_path):
+    import processing
+    server = service["server"]
+    layer = xyz_layer(server.url)
+    common = {"INPUT_LABELS": service["labels"], "TILE_SIZE_X": 128, "TILE_SIZE_Y": 128, "STRIDE_X": 128,
+              "STRIDE_Y": 128, "EXTENT": service["extent"]}
+    before = server.tile_requests()
+    web = processing.run("maskforge:exporttrainingdata", {**common, "INPUT_RASTER": layer,
+                                                          "OUTPUT_FOLDER": str(tmp_path / "web")})
+    fetched = server.tile_requests() - before
+    assert fetched == 4                                     # the 2x2 tiles under the extent, once each
+    ref = processing.run("maskforge:exporttrainingdata", {**common, "INPUT_RASTER": service["reference"],
+                                                          "OUTPUT_FOLDER": str(tmp_path / "file")})
+    assert web["CHIPS"] == ref["CHIPS"] > 0 and web["OBJECTS"] == ref["OBJECTS"]
+    a, b = _chips(tmp_path / "web"), _chips(tmp_path / "file")
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+    train = subprocess.run([PY, "-m", "core", "train", "--data", str(tmp_path / "web"), "--out",
+                            str(tmp_path / "model"), "--epochs", "1", "--backbone", "resnet18_fpn", "--anchor-sizes",
+                            "8,16,32,64,128", "--device", "cpu", "--val-percent", "0"],
+                           cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert train.returncode == 0, train.stderr[-2000:]
+    found = {}
+    for name, raster in (("web", layer), ("file", service["reference"])):
+        result = processing.run("maskforge:detectobjects", {
+            "INPUT_RASTER": raster, "MODEL": str(tmp_path / "model" / "model.dlpk"), "THRESHOLD": 0.05,
+            "EXTENT": service["extent"], "OUTPUT": str(tmp_path / f"{name}.gpkg")})
+        detections = QgsVectorLayer(str(tmp_path / f"{name}.gpkg"), name, "ogr")
+        assert detections.crs().authid() == "EPSG:3857"
+        found[name] = sorted((round(f["Confidence"], 5), f.geometry().asWkt(3)) for f in detections.getFeatures())
+        assert len(found[name]) == result["COUNT"]
+    assert found["web"] == found["file"]
+    assert server.tile_requests() - before == fetched        # detection read every tile from the cache
+
+
+def test_web_layer_without_extent_in_detection_says_so(provider, service, tile_cache, tmp_path):
+    import processing
+    with pytest.raises(QgsProcessingException, match="web layer covering the whole world"):
+        processing.run("maskforge:detectobjects", {
+            "INPUT_RASTER": xyz_layer(service["server"].url), "MODEL": str(tmp_path / "m.dlpk"),
+            "OUTPUT": str(tmp_path / "x.gpkg")})
+
+
+@pytest.mark.parametrize("prefix, words", [("/missing", "HTTP 404"), ("/forbidden", "HTTP 403"),
+                                           (None, "did not answer")])
+def test_refusing_or_dead_service_through_processing(provider, service, tile_cache, tmp_path, prefix, words):
+    import processing
+    url = service["server"].url + prefix if prefix else dead_url()
+    with pytest.raises(QgsProcessingException, match=words) as failure:
+        processing.run("maskforge:exporttrainingdata", {
+            "INPUT_RASTER": xyz_layer(url), "INPUT_LABELS": service["labels"], "TILE_SIZE_X": 128,
+            "TILE_SIZE_Y": 128, "OUTPUT_FOLDER": str(tmp_path / "out")})
+    assert f"{url}/{ZOOM}/" in str(failure.value)
+    assert not (tmp_path / "out").exists()
