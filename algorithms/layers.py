@@ -58,11 +58,6 @@ def web_kind(layer):
     return "wms" if uri.param("url") and uri.hasParam("layers") else "render"
 
 
-def web_bands(layer):
-    """Web layers arrive as RGB images (QGIS shows one ARGB band); GDAL gives them as 3 bands."""
-    return 3
-
-
 def extent_of(extent, crs, layer):
     """``extent`` (QgsRectangle in ``crs``) as a tuple in the layer's CRS."""
     if crs is not None and crs.isValid() and crs != layer.crs():

@@ -28,7 +28,7 @@ def service(tmp_path_factory):
     folder = tmp_path_factory.mktemp("xyz")
     reference, tile_range = cut_tiles(raster, folder, ZOOM)
     xmin, ymin, xmax, ymax = tile_bounds(ZOOM, *tile_range)
-    with TileServer(folder) as server:
+    with TileServer(folder, lifetime=1500) as server:   # the module trains a model: minutes on a CPU
         yield {"server": server, "reference": str(reference), "labels": str(labels),
                "extent": f"{xmin},{xmax},{ymin},{ymax} [EPSG:3857]"}
 
@@ -65,8 +65,7 @@ def test_export_and_detect_over_an_xyz_layer_equal_the_geotiff_and_download_once
     before = server.tile_requests()
     web = processing.run("maskforge:exporttrainingdata", {**common, "INPUT_RASTER": layer,
                                                           "OUTPUT_FOLDER": str(tmp_path / "web")})
-    fetched = server.tile_requests() - before
-    assert fetched == 4                                     # the 2x2 tiles under the extent, once each
+    assert server.tile_requests() - before == 4             # the 2x2 tiles under the extent, once each
     ref = processing.run("maskforge:exporttrainingdata", {**common, "INPUT_RASTER": service["reference"],
                                                           "OUTPUT_FOLDER": str(tmp_path / "file")})
     assert web["CHIPS"] == ref["CHIPS"] > 0 and web["OBJECTS"] == ref["OBJECTS"]
@@ -87,8 +86,9 @@ def test_export_and_detect_over_an_xyz_layer_equal_the_geotiff_and_download_once
         assert detections.crs().authid() == "EPSG:3857"
         found[name] = sorted((round(f["Confidence"], 5), f.geometry().asWkt(3)) for f in detections.getFeatures())
         assert len(found[name]) == result["COUNT"]
-    assert found["web"] == found["file"]
-    assert server.tile_requests() - before == fetched        # detection read every tile from the cache
+    assert found["web"] == found["file"] and found["web"]
+    # Detection reused the export's tiles from the cache; it fetched only the ring its padding reaches.
+    assert max(n for path, n in server.requests.items() if path.endswith(".png")) == 1
 
 
 def test_web_layer_without_extent_in_detection_says_so(provider, service, tile_cache, tmp_path):
@@ -110,3 +110,25 @@ def test_refusing_or_dead_service_through_processing(provider, service, tile_cac
             "TILE_SIZE_Y": 128, "OUTPUT_FOLDER": str(tmp_path / "out")})
     assert f"{url}/{ZOOM}/" in str(failure.value)
     assert not (tmp_path / "out").exists()
+
+
+def test_labeling_over_an_xyz_layer(maskforge, service, qgis_canvas, qgis_new_project, tmp_path):
+    """Labels drawn over the web layer go in its CRS, and the dock's Export hands the web layer on."""
+    from qgis.core import QgsGeometry, QgsProject, QgsRectangle
+    from maskforge.ui.class_schema import ClassSchema
+    from maskforge.ui.label_store import LabelStore, crs_for_new_labels, labels_layer_at
+    from maskforge.ui.labels_dock import raster_under
+    layer = xyz_layer(service["server"].url)
+    QgsProject.instance().addMapLayer(layer)
+    qgis_canvas.setLayers([layer])
+    crs = crs_for_new_labels(qgis_canvas)
+    assert crs.authid() == "EPSG:3857"
+    labels = labels_layer_at(str(tmp_path / "labels.gpkg"), crs)
+    QgsProject.instance().addMapLayer(labels)
+    xmin, xmax, ymin, ymax = (float(v) for v in service["extent"].split(" ")[0].split(","))
+    box = QgsRectangle(xmin + 10, ymin + 10, xmin + 20, ymin + 20)
+    schema = ClassSchema()
+    schema.add("tree", 1)
+    LabelStore(labels, schema).add(QgsGeometry.fromRect(box), 1)
+    assert labels.featureCount() == 1 and labels.crs().authid() == "EPSG:3857"
+    assert raster_under(labels, qgis_canvas) is layer
