@@ -134,6 +134,8 @@ def engine_raster(layer, extent=None, cell_size=0.0, model=None, cache_dir=None,
             return EngineRaster(write_service(service, cache_dir), extent, 0.0, note)
     except UserError as exc:
         raise InvalidInput(str(exc)) from None
+    if not cell and uri.param("type") == "xyz":    # e.g. quadkey tiles: QGIS draws them at their finest zoom
+        cell = zoom_resolution(int(uri.param("zmax") or DEFAULT_ZMAX))
     if not cell:
         raise InvalidInput(f"'{layer.name()}' ({layer.providerType()}) has no cell size GDAL can read: give a "
                            f"cell size (in {layer.crs().authid()} units).")

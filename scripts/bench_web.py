@@ -34,7 +34,8 @@ def main(zoom=21):
     with rasterio.open(reference) as ref:
         window = rasterio.windows.from_bounds(*extent, transform=ref.transform).round_offsets().round_lengths()
         expected = ref.read(window=window).astype(int)
-    print(f"zoom={zoom} pixels={expected.shape[2]}x{expected.shape[1]} tiles={len(os.listdir(os.path.join(work, str(zoom))))}")
+    print(f"zoom={zoom} pixels={expected.shape[2]}x{expected.shape[1]} "
+          f"tiles_served={sum(len(f) for _, _, f in os.walk(os.path.join(work, str(zoom))))}")
     with TileServer(work) as server:
         layer = QgsRasterLayer(f"type=xyz&url={server.url}/{{z}}/{{x}}/{{y}}.png&zmax={zoom}&zmin=0", "t", "wms")
         for attempt in ("cold", "warm"):

@@ -66,6 +66,13 @@ def _png(array):
         return mem.read()
 
 
+def _quadkey_path(quadkey):
+    x = y = 0
+    for digit in quadkey:
+        x, y = 2 * x + (int(digit) & 1), 2 * y + (int(digit) >> 1)
+    return f"/{len(quadkey)}/{x}/{y}.png"
+
+
 def tile_bounds(zoom, x0, y0, x1, y1):
     """EPSG:3857 bounds of the tile range (inclusive)."""
     step = TILE * resolution(zoom)
@@ -88,6 +95,8 @@ class TileServer:
                     return self._send(403, b"forbidden")
                 if url.path == "/wms":
                     return self._send(200, server._getmap(parse_qs(url.query)), "image/png")
+                if url.path.startswith("/q/"):      # Bing-style quadkey tiles, which GDAL's TMS cannot address
+                    url = urlparse(_quadkey_path(url.path[3:].split(".")[0]))
                 path = (server.folder / url.path.lstrip("/")).resolve()
                 if server.folder.resolve() in path.parents and path.is_file():
                     return self._send(200, path.read_bytes(), "image/png")

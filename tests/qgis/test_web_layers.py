@@ -132,3 +132,41 @@ def test_labeling_over_an_xyz_layer(maskforge, service, qgis_canvas, qgis_new_pr
     LabelStore(labels, schema).add(QgsGeometry.fromRect(box), 1)
     assert labels.featureCount() == 1 and labels.crs().authid() == "EPSG:3857"
     assert raster_under(labels, qgis_canvas) is layer
+
+
+def test_a_layer_gdal_cannot_describe_is_rendered_by_qgis(provider, service, tile_cache, tmp_path):
+    """Quadkey tiles ({q}): QGIS renders the extent into a GeoTIFF (RGBA); its RGB chips equal the GeoTIFF's."""
+    import processing
+    layer = QgsRasterLayer(f"type=xyz&url={service['server'].url}/q/{{q}}.png&zmax={ZOOM}&zmin=0", "q", "wms")
+    assert layer.isValid()
+    common = {"INPUT_LABELS": service["labels"], "TILE_SIZE_X": 128, "TILE_SIZE_Y": 128, "STRIDE_X": 128,
+              "STRIDE_Y": 128, "EXTENT": service["extent"], "BANDS": [1, 2, 3]}
+    web = processing.run("maskforge:exporttrainingdata", {**common, "INPUT_RASTER": layer,
+                                                          "OUTPUT_FOLDER": str(tmp_path / "web")})
+    ref = processing.run("maskforge:exporttrainingdata", {**common, "INPUT_RASTER": service["reference"],
+                                                          "OUTPUT_FOLDER": str(tmp_path / "file")})
+    assert web["CHIPS"] == ref["CHIPS"] > 0 and web["OBJECTS"] == ref["OBJECTS"]
+    a, b = _chips(tmp_path / "web"), _chips(tmp_path / "file")
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_export_dialog_over_an_xyz_layer_reads_the_labels_area(maskforge, qgis_iface, qgis_new_project, service,
+                                                               tile_cache, tmp_path):
+    """The toolbar dialog builds the same engine job as the algorithm: the service XML, the labels' extent."""
+    from qgis.core import QgsProject
+    from maskforge.ui.export_dialog import ExportDialog
+    layer = xyz_layer(service["server"].url)
+    labels = QgsVectorLayer(service["labels"], "trees", "ogr")
+    QgsProject.instance().addMapLayers([layer, labels])
+    dialog = ExportDialog(qgis_iface)
+    dialog.raster.setLayer(layer)
+    dialog.labels.setLayer(labels)
+    assert "web layer (wms, read through GDAL, tiles cached)" in dialog.raster_label.text()
+    dialog.set("OUTPUT_FOLDER", str(tmp_path / "out"))
+    values, args = dialog.validate()
+    source = args[args.index("--raster") + 1]
+    assert source.startswith(str(tile_cache)) and source.endswith(".xml")
+    assert "<TileLevel>20</TileLevel>" in open(source).read()
+    xmin, ymin, xmax, ymax = values["EXTENT"]                 # the trees, in EPSG:3857
+    assert -9127117 < xmin < xmax < -9127039 and 3464049 < ymin < ymax < 3464127
+    dialog.close()
