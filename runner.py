@@ -45,8 +45,9 @@ def job_command(python, step, args):
     return [python, "-m", "core", step, *[str(a) for a in args], "--json-progress"]
 
 
-def _child_env():
+def _child_env(extra=None):
     env = {k: v for k, v in os.environ.items() if k not in _SCRUBBED_ENV}
+    env.update({k: str(v) for k, v in (extra or {}).items() if v})
     env["PYTHONUNBUFFERED"] = "1"
     return env
 
@@ -57,19 +58,20 @@ def _pump(stream, sink):
     stream.close()
 
 
-def run_job(python, step, args, on_event=None, is_cancelled=None, grace_seconds=10.0):
+def run_job(python, step, args, on_event=None, is_cancelled=None, grace_seconds=10.0, env=None):
     """Run ``python -m core step args`` and return its result payload.
 
     ``on_event(dict)`` receives every progress/log/metric event;
     ``is_cancelled()`` is polled: when it turns true the child gets SIGTERM
     (it stops cleanly and removes partial output), then SIGKILL after
-    ``grace_seconds``. Raises JobCancelled or JobError.
+    ``grace_seconds``. ``env`` adds variables for the child (the plugin's
+    settings, e.g. the weights mirror). Raises JobCancelled or JobError.
     """
     if not python or not os.path.exists(python):
         raise JobError(missing_runtime_message(python), "runtime")
     try:
         child = subprocess.Popen(
-            job_command(python, step, args), cwd=PLUGIN_DIR, env=_child_env(), text=True,
+            job_command(python, step, args), cwd=PLUGIN_DIR, env=_child_env(env), text=True,
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=1,
             start_new_session=True)  # its own process group: a Ctrl-C in a terminal QGIS won't hit it
     except OSError as exc:

@@ -47,8 +47,33 @@ def tile_cache():
                                                        "maskforge-tiles"))
 
 
+def sam_model():
+    """The Smart tool's Segment Anything model: a catalogue id (kind "sam") or a .pth checkpoint."""
+    return str(value("sam/model", "") or "sam_vit_b")
+
+
+def sam_catalogue_ids():
+    """The catalogue's SAM entries, read as data (the QGIS side never imports the engine)."""
+    import json
+    try:
+        with open(os.path.join(PLUGIN_DIR, "core", "catalogue.json"), encoding="utf-8") as f:
+            return [e["id"] for e in json.load(f)["entries"] if e.get("kind") == "sam"]
+    except (OSError, ValueError, KeyError):
+        return ["sam_vit_b"]
+
+
 def device():
     return str(value("device", "auto") or "auto")
+
+
+def weights_mirror():
+    """A folder or base URL holding weight files under their published names (no internet needed)."""
+    return str(value("weights_mirror", "") or "").strip()
+
+
+def job_env():
+    """Variables the engine's worker reads: the weights mirror (core/weights.py) when one is set."""
+    return {"MASKFORGE_WEIGHTS_MIRROR": weights_mirror()} if weights_mirror() else {}
 
 
 def folder(kind):

@@ -144,7 +144,8 @@ class JobTask(QgsTask):
             log(f"{self.description()}: {self.python} -m core {self.step} {' '.join(self.args)}")
             holds_slot = self._wait_for_heavy_slot()
             self.result = run_job(self.python, self.step, self.args, on_event=self._on_event,
-                                  is_cancelled=self.isCanceled, grace_seconds=self.grace_seconds)
+                                  is_cancelled=self.isCanceled, grace_seconds=self.grace_seconds,
+                                  env=settings.job_env())
             return True
         except JobError as exc:
             self.error = exc

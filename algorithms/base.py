@@ -40,7 +40,7 @@ class MaskForgeAlgorithm(QgsProcessingAlgorithm):
 
         try:
             return run_job(settings.runtime_python(), step, args, on_event=on_event,
-                           is_cancelled=feedback.isCanceled)
+                           is_cancelled=feedback.isCanceled, env=settings.job_env())
         except JobCancelled as exc:
             feedback.pushInfo(str(exc))   # the engine says what was kept (training keeps its best epoch)
             return {}

@@ -22,10 +22,21 @@ FORMATS = ["TIFF", "PNG", "JPEG"]
 TILE_MODES = ["Only tiles with features", "All tiles"]
 TTA = ["Off", "Mean of the 8 dihedral variants", "Max", "Min"]
 TTA_ARGS = [None, "mean", "max", "min"]
-# (label, value of --base); the package entry takes its path from BASE_PACKAGE.
-BASE_MODELS = [("torchvision COCO weights (downloaded once)", "coco"),
-               ("MaskForge or Esri package", None),
-               ("none (random initialisation)", "none")]
+# (label, value of --base); the package entry takes its path from BASE_PACKAGE. The first three keep
+# their indices (saved models and scripts use them); the catalogue's other open starting points follow.
+_CATALOGUE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "core", "catalogue.json")
+
+
+def _catalogue_bases():
+    with open(_CATALOGUE, encoding="utf-8") as f:
+        entries = json.load(f)["entries"]
+    return [(f"{e['name']} ({e['licence'].split(';')[0]})", e["id"]) for e in entries
+            if e["kind"] in ("maskrcnn", "backbone") and e["id"] != "coco"]
+
+
+BASE_MODELS = [("torchvision COCO Mask R-CNN (downloaded once)", "coco"),
+               ("Package or weights file (.dlpk, .emd, or a torchvision Mask R-CNN .pth)", None),
+               ("none (random initialisation)", "none")] + _catalogue_bases()
 PACKAGE_BASE = 1
 # The first entry passes no --backbone, so a base package keeps its own.
 BACKBONES = ["package's / resnet50_fpn (default)", "resnet50_fpn", "resnet50_fpn_v2", "resnet18_fpn"]
@@ -195,6 +206,11 @@ def train_folders(values):
     return folders + [f.strip() for f in str(v["ADDITIONAL_DATA"] or "").split(";") if f.strip()]
 
 
+def is_weights_file(path):
+    """A bare torchvision .pth/.pt: the engine reads its backbone and classes from the tensors."""
+    return str(path or "").lower().endswith((".pth", ".pt"))
+
+
 def train_base(values):
     """(value of --base, a base package path given but not used, or None)."""
     v = _merged(TRAIN_DEFAULTS, values)
@@ -202,8 +218,8 @@ def train_base(values):
     if index != PACKAGE_BASE:
         return BASE_MODELS[index][1], package
     if not package:
-        raise InvalidInput("Base model is 'MaskForge or Esri package' but no base model package is given: "
-                           "choose its .dlpk or .emd file.")
+        raise InvalidInput("Base model is 'Package or weights file' but no base model package is given: "
+                           "choose its .dlpk, .emd or .pth file.")
     return absolute(package), None
 
 
@@ -264,10 +280,7 @@ def check_train(values):
     base, _ = train_base(v)
     train_args(v)   # the list checks (bands, anchors, device) with their messages
     backbone = BACKBONES[int(v["BACKBONE"])] if int(v["BACKBONE"]) > 0 else None
-    if base == "coco" and backbone not in (None, "resnet50_fpn"):
-        raise InvalidInput("torchvision's COCO weights are for the resnet50_fpn backbone; drop --backbone "
-                           "or choose another base.")
-    if int(v["BASE_MODEL"]) == PACKAGE_BASE:
+    if int(v["BASE_MODEL"]) == PACKAGE_BASE and not is_weights_file(v["BASE_PACKAGE"]):
         summary = package_summary(read_emd(v["BASE_PACKAGE"]))
         if backbone and backbone != summary["backbone"]:
             raise InvalidInput(f"The base package uses the {summary['backbone']} backbone, not {backbone}: "
@@ -370,17 +383,18 @@ def read_emd(path):
 
 
 def package_summary(emd):
-    params = emd.get("ModelParameters") or {}
+    params = {**(emd.get("ModelParameters") or {}), **(emd.get("MaskForgeParameters") or {})}
     backbone = str(params.get("backbone", "resnet50"))
     try:
-        classes = [(int(c["Value"]), str(c.get("Name", c["Value"]))) for c in emd["Classes"]]
+        classes = [(int(c.get("Value", c.get("ClassValue"))), str(c.get("Name", c.get("ClassName", c.get("Value")))))
+                   for c in emd["Classes"]]
         tile = [int(emd["ImageWidth"]), int(emd["ImageHeight"])]
     except (KeyError, TypeError, ValueError):
         raise InvalidInput("The model definition's Classes or ImageWidth/ImageHeight are malformed.") from None
     metrics = emd.get("Metrics") if isinstance(emd.get("Metrics"), dict) else {}
     return {"tile_size": tile, "bands": [int(b) + 1 for b in emd.get("ExtractBands") or [0, 1, 2]],
             "classes": classes, "backbone": {"resnet50": "resnet50_fpn"}.get(backbone, backbone),
-            "framework": emd.get("Framework"), "dtype": emd.get("DataType"),
+            "framework": emd.get("Framework"), "dtype": emd.get("DataType"), "arcgis_pro": emd.get("ArcGISPro"),
             "normalization": (emd.get("Normalization") or {}).get("type"),
             "max_object_size": emd.get("MaxObjectSizePixels"), "cell_size": emd.get("CellSize"),
             "best_epoch": emd.get("BestEpoch"), "mask_ap": metrics.get("mask_ap"),

@@ -35,11 +35,15 @@ class TrainAlgorithm(MaskForgeAlgorithm):
             "loss graph and sample predictions, and checkpoint.pth. The package is named after the output folder.\n\n"
             "Training data: one folder, plus further folders separated by ';' (all with the same bands and tile "
             "size). A share of the chips (validation percentage) is held out.\n"
-            "Base model: torchvision's COCO Mask R-CNN (resnet50_fpn only; downloaded on first use), a MaskForge "
-            "or Esri (resnet50 Mask R-CNN) package as a .dlpk or .emd file (a package folder is given by its "
-            ".emd), or none (random weights). A package keeps its backbone; its box and mask heads are kept when "
-            "its classes equal the training data's, otherwise they are new, as they always are for COCO.\n\n"
-            "With a COCO or package base, the base model is first measured on the validation chips (epoch 0), "
+            "Base model: torchvision's COCO Mask R-CNN (v1, as published in 2019; or v2), an ImageNet ResNet-50 "
+            "body with new FPN and heads, another open model of the catalogue ('python -m core models' lists "
+            "them with licence and URL; downloaded once, checked against the published hash; set "
+            "MASKFORGE_WEIGHTS_MIRROR or Settings > Weights mirror to a folder or URL without internet), a "
+            "MaskForge or Esri (resnet50 Mask R-CNN) package as a .dlpk or .emd file (a package folder is given "
+            "by its .emd), a torchvision Mask R-CNN .pth (bare or wrapped state dict; backbone and classes read "
+            "from its tensors), or none (random weights). A package keeps its backbone; box and mask heads are "
+            "kept when the classes equal the training data's (by count for a .pth), otherwise they are new.\n\n"
+            "With a pretrained base, the base model is first measured on the validation chips (epoch 0), "
             "the baseline fine-tuning is judged against.\n"
             "Each epoch: SGD (momentum 0.9) with a warm-up then cosine decay of the learning rate (0 = 0.005 per "
             "2 images), mixed precision on CUDA, then the validation loss and COCO AP (box and mask). The "
@@ -63,8 +67,8 @@ class TrainAlgorithm(MaskForgeAlgorithm):
         self.addParameter(QgsProcessingParameterEnum(
             self.BASE_MODEL, "Base model", [label for label, _ in BASE_MODELS], defaultValue=0))
         self.addParameter(QgsProcessingParameterFile(
-            self.BASE_PACKAGE, "Base model package (.dlpk or .emd)", behavior=QgsProcessingParameterFile.File,
-            optional=True, fileFilter="Model packages (*.dlpk *.emd);;All files (*)"))
+            self.BASE_PACKAGE, "Base model package or weights file (.dlpk, .emd, .pth)", behavior=QgsProcessingParameterFile.File,
+            optional=True, fileFilter="Model packages and weights (*.dlpk *.emd *.pth *.pt);;All files (*)"))
         self.addParameter(QgsProcessingParameterNumber(
             self.EPOCHS, "Maximum epochs", QgsProcessingParameterNumber.Integer, 20, minValue=1))
         self.addParameter(QgsProcessingParameterNumber(

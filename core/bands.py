@@ -5,7 +5,9 @@ One definition used by training and detection alike, stored in the package:
 ``Normalization`` — ``{"type": "scale", "divisor": 255}`` for 8-bit data
 (also what Esri packages without statistics mean), or
 ``{"type": "percentile_stretch", "low": [...], "high": [...]}`` per band for
-16-bit and float data, from the training chips' 2nd/98th percentiles.
+16-bit and float data, from the training chips' 2nd/98th percentiles, or
+``{"type": "minmax", "min": [...], "max": [...]}`` — arcgis.learn's rule for
+its 16-bit and multispectral packages (read from their NormalizationStats).
 """
 import numpy as np
 
@@ -47,6 +49,12 @@ def normalization_for(dtype, stats, bands):
 def to_network_input(array, normalization):
     """(bands, H, W) raw values -> float32 (3, H, W) in 0..1."""
     x = array.astype(np.float32, copy=False)
+    if normalization.get("type") == "minmax":
+        # arcgis.learn's scale_batch: (value - band min) / (band max - band min), not clipped
+        low = np.asarray(normalization["min"], np.float32)[:, None, None]
+        high = np.asarray(normalization["max"], np.float32)[:, None, None]
+        x = (x - low) / np.maximum(high - low, 1e-12)
+        return np.repeat(x, 3, axis=0) if x.shape[0] == 1 else x
     if normalization.get("type") == "percentile_stretch":
         low = np.asarray(normalization["low"], np.float32)[:, None, None]
         high = np.asarray(normalization["high"], np.float32)[:, None, None]

@@ -89,8 +89,11 @@ def _add_train(sub):
     p.add_argument("--data", required=True, action="append", help="training data folder (repeat for several)")
     p.add_argument("--out", required=True, help="model folder (<name>.emd, .pth, .dlpk, model_metrics.html)")
     p.add_argument("--base", default="none",
-                   help="coco (torchvision's COCO weights, downloaded once), none (random), or a package "
-                        "(folder, .dlpk or .emd; MaskForge's or an Esri resnet50 Mask R-CNN)")
+                   help="where fine-tuning starts: none (random), coco / coco_v2 (torchvision's COCO Mask R-CNN "
+                        "v1 / v2, downloaded once), imagenet (an ImageNet ResNet-50 body, new FPN and heads), "
+                        "another id of 'python -m core models', a .pth of a torchvision Mask R-CNN (bare or "
+                        "wrapped, old or new key names), or a package (folder, .dlpk or .emd; MaskForge's or "
+                        "an Esri resnet50 Mask R-CNN)")
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--batch-size", type=int, default=2)
     p.add_argument("--learning-rate", type=float, help="default 0.005 per 2 images")
@@ -183,6 +186,24 @@ def _run_info(args, reporter):
     return load_package(args.model).summary()
 
 
+def _add_models(sub):
+    sub.add_parser("models", help="List the catalogue of open starting points (id, what it detects, licence, "
+                                  "URL, hash) and where weight files are looked for.")
+
+
+def _run_models(args, reporter):
+    from .catalogue import summary
+    result = summary()
+    if not reporter.json_lines:   # a person at a terminal reads a table; the JSON result follows
+        for m in result["models"]:
+            reporter.err_stream.write(f"{m['id']:<22} {m['kind']:<9} {'cached' if m['cached'] else '':<7}"
+                                      f"{m['name']}\n{'':<23}detects: {m['detects']}\n{'':<23}licence: "
+                                      f"{m['licence']}\n{'':<23}{m['url']} (sha256 {m['sha256']}...)\n")
+        reporter.err_stream.write(f"cache: {result['cache']}; mirror ({'MASKFORGE_WEIGHTS_MIRROR'}): "
+                                  f"{result['mirror'] or 'not set'}\n")
+    return result
+
+
 def _add_evaluate(sub):
     p = sub.add_parser("evaluate", help="Compute accuracy: detections against ground-truth polygons.")
     p.add_argument("--detections", required=True, help="detected polygons (any OGR source; 'path|layername=x' ok)")
@@ -244,9 +265,32 @@ def _run_webraster(args, reporter):
             **{k: getattr(service, k) for k in ("zoom", "cell") if hasattr(service, k)}}
 
 
+def _add_sam_worker(sub):
+    p = sub.add_parser("sam-worker", help="Segment Anything for labeling: answers prompts (JSON lines on stdin) "
+                                          "until end of input; see core/sam_worker.py.")
+    p.add_argument("--model", default="sam_vit_b",
+                   help="catalogue id (python -m core models), a .pth checkpoint, or 'random' (random weights, "
+                        "for tests and timings)")
+    p.add_argument("--variant", default="", help="vit_b, vit_l, vit_h (tiny: test size, random weights only)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda:N")
+    p.add_argument("--cell-size", type=float, default=0.0, help="read windows at this cell size (default: native)")
+    p.add_argument("--bands", type=_bands, default=(), help="1 or 3 raster bands, from 1 (default 1,2,3 or 1)")
+    p.add_argument("--min-pixels", type=int, default=16, help="drop mask parts smaller than this")
+
+
+def _run_sam_worker(args, reporter):
+    from .sam import SamOptions
+    from .sam_worker import make_session_factory, serve
+    options = SamOptions(model=args.model, variant=args.variant, device=args.device, cell_size=args.cell_size,
+                         bands=tuple(args.bands or ()), min_pixels=args.min_pixels)
+    return serve(make_session_factory(options))
+
+
 STEPS = {"export": (_add_export, _run_export), "train": (_add_train, _run_train),
-         "detect": (_add_detect, _run_detect), "nms": (_add_nms, _run_nms), "info": (_add_info, _run_info), "sample": (_add_sample, _run_sample),
+         "detect": (_add_detect, _run_detect), "nms": (_add_nms, _run_nms), "info": (_add_info, _run_info),
+         "models": (_add_models, _run_models), "sample": (_add_sample, _run_sample),
          "evaluate": (_add_evaluate, _run_evaluate), "compare": (_add_compare, _run_compare),
+         "sam-worker": (_add_sam_worker, _run_sam_worker),
          "webraster": (_add_webraster, _run_webraster)}
 
 
@@ -307,7 +351,8 @@ def main(argv=None):
             return EXIT_INPUT
         if not distributed.is_main():
             reporter = QuietReporter()   # rank 0 speaks for the job
-    reporter.install_signal_handlers()
+    if args.step != "sam-worker":   # the worker waits on its input: a SIGTERM must end it there
+        reporter.install_signal_handlers()
     try:
         result = STEPS[args.step][1](args, reporter)
     except UserError as exc:

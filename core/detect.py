@@ -67,14 +67,13 @@ class DetectOptions:
 def _input_spec(pkg, src, reporter):
     """(1-based raster bands to read, normalization) as in training."""
     extract = [int(b) for b in (pkg.emd.get("ExtractBands") or [0, 1, 2])]
-    norm = pkg.emd.get("Normalization") or {"type": "scale", "divisor": 255.0}
+    norm = pkg.normalization
     if max(extract) >= src.count:
         if src.count == 1:
             reporter.warning(f"The package expects bands {[b + 1 for b in extract]}; the raster has one band, "
                              "which is replicated to three.")
             extract = [0]
-            if norm.get("type") == "percentile_stretch":
-                norm = {**norm, "low": norm["low"][:1], "high": norm["high"][:1]}
+            norm = {k: (v[:1] if isinstance(v, list) else v) for k, v in norm.items()}
         else:
             raise UserError(
                 f"The package reads raster bands {[b + 1 for b in extract]} but the raster has {src.count}. "
@@ -302,11 +301,20 @@ def _polygon(mask, box, transform, min_pixels, simplify, return_boxes):
     crop = mask[y0:y1, x0:x1]
     if crop.sum() < min_pixels:
         return None
-    parts = [shapely.geometry.shape(g) for g, v in rasterio.features.shapes(
-        crop.astype(np.uint8), mask=crop, transform=transform * Affine.translation(x0, y0)) if v == 1]
+    parts = mask_parts(crop, transform * Affine.translation(x0, y0))
     if not parts:
         return None
-    polygon = max(parts, key=lambda p: p.area)     # stray specks of the mask are dropped
+    return tidy_polygon(max(parts, key=lambda p: p.area), simplify)   # stray specks of the mask are dropped
+
+
+def mask_parts(mask, transform):
+    """The connected shapes of a boolean mask as polygons, holes kept, in ``transform``'s coordinates
+    (also what the Segment Anything worker traces its masks with)."""
+    return [shapely.geometry.shape(g) for g, v in rasterio.features.shapes(
+        mask.astype(np.uint8), mask=mask.astype(bool), transform=transform) if v == 1]
+
+
+def tidy_polygon(polygon, simplify=0.0):
     if simplify > 0:
         polygon = polygon.simplify(simplify, preserve_topology=True)
     return polygon if polygon.is_valid else shapely.make_valid(polygon)
@@ -427,6 +435,8 @@ def detect(raster, model, out, options=None, reporter=None, predictor=None):
     pkg = load_package(model)
     device = distributed.init(o.device) or select_device(o.device)
     classes = pkg.classes
+    # The network's labels are ranks of the class values (see ModelPackage.value_to_label).
+    by_label = {label: (value, classes[value]) for value, label in pkg.value_to_label.items()}
     size = int(o.tile_size or pkg.tile_size[0])
     max_obj = pkg.emd.get("MaxObjectSizePixels")
     padding = int(o.padding) if o.padding is not None else (
@@ -489,7 +499,7 @@ def detect(raster, model, out, options=None, reporter=None, predictor=None):
         mine = distributed.shard(list(enumerate(tiles)))
         reader = TileReader(src, bands, norm, grid, mine, size, o.batch_size, src.nodata)
         post = PostProcessor(lambda result, transform, i: _keep(result, transform, tiles[i], i, padding, core, grid,
-                                                                area, classes, writer, o))
+                                                                area, by_label, writer, o))
         reader.start()
         post.start()
         done = 0
@@ -556,7 +566,7 @@ def _predict_with_retry(net, images, device, o, size, reporter):
                 + _predict_with_retry(net, images[half:], device, o, size, reporter))
 
 
-def _keep(result, transform, origin, tile, padding, core, grid, area, classes, writer, o):
+def _keep(result, transform, origin, tile, padding, core, grid, area, by_label, writer, o):
     """Write the detections of one tile whose box centre lies in its core; returns how many."""
     boxes = result["boxes"].numpy()
     scores, labels = result["scores"].numpy(), result["labels"].numpy()
@@ -574,7 +584,7 @@ def _keep(result, transform, origin, tile, padding, core, grid, area, classes, w
             continue
         if area is not None and not area.contains(shapely.Point(transform * (cx, cy))):
             continue
-        value = int(labels[j])
-        writer.add(polygon, value, classes.get(value, str(value)), scores[j], tile)
+        value, name = by_label.get(int(labels[j]), (int(labels[j]), str(int(labels[j]))))
+        writer.add(polygon, value, name, scores[j], tile)
         kept += 1
     return kept

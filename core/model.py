@@ -7,7 +7,6 @@ scratch with batches of 2, and 128-channel FPN and heads, about 4x cheaper). Inp
 network's own transform applies ImageNet mean/std and keeps the tile size
 (no resizing to 800 px: min_size = max_size = tile).
 """
-import os
 from pathlib import Path
 
 import torch
@@ -17,7 +16,8 @@ from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.backbone_utils import BackboneWithFPN, resnet_fpn_backbone
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
-from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+from torchvision.models.detection.rpn import RPNHead
+from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.ops.misc import FrozenBatchNorm2d
 
@@ -31,13 +31,20 @@ def _group_norm(channels):
     return nn.GroupNorm(32, channels)
 
 
-def build_model(backbone, num_classes, tile_size, anchor_sizes=DEFAULT_ANCHORS, trainable_layers=5):
-    """An untrained network; ``num_classes`` counts the background."""
+def build_model(backbone, num_classes, tile_size, anchor_sizes=DEFAULT_ANCHORS, trainable_layers=5,
+                min_size=None, max_size=None, detections_per_img=300):
+    """An untrained network; ``num_classes`` counts the background.
+
+    ``min_size``/``max_size`` are the network input's size after torchvision's
+    resize; by default the tile itself (no resizing). arcgis.learn builds its
+    networks with 1.5x and 2x the chip, and its packages are run that way.
+    """
     if len(anchor_sizes) != 5:
         raise UserError(f"Give 5 anchor sizes, one per feature-pyramid level (e.g. 8,16,32,64,128), "
                         f"not {len(anchor_sizes)}.")
     size = int(max(tile_size))
-    common = dict(min_size=size, max_size=size, box_detections_per_img=300)
+    common = dict(min_size=int(min_size or size), max_size=int(max_size or min_size or size),
+                  box_detections_per_img=int(detections_per_img))
     anchors = AnchorGenerator(tuple((int(a),) for a in anchor_sizes), ((0.5, 1.0, 2.0),) * len(anchor_sizes))
     if backbone == "resnet50_fpn":
         body = resnet_fpn_backbone(backbone_name="resnet50", weights=None, norm_layer=FrozenBatchNorm2d,
@@ -45,8 +52,8 @@ def build_model(backbone, num_classes, tile_size, anchor_sizes=DEFAULT_ANCHORS, 
         model = MaskRCNN(body, num_classes=num_classes, rpn_anchor_generator=anchors, **common)
     elif backbone == "resnet50_fpn_v2":
         model = torchvision.models.detection.maskrcnn_resnet50_fpn_v2(
-            weights=None, weights_backbone=None, num_classes=num_classes, rpn_anchor_generator=anchors,
-            trainable_backbone_layers=trainable_layers, **common)
+            weights=None, weights_backbone=None, num_classes=num_classes, **common)
+        model.rpn.anchor_generator = anchors     # v2 sets its own; 3 anchors per place either way
     elif backbone == "resnet18_fpn":
         width = 128
         resnet = torchvision.models.resnet18(weights=None, norm_layer=_group_norm)
@@ -69,12 +76,39 @@ def replace_heads(model, num_classes):
     model.roi_heads.mask_predictor = MaskRCNNPredictor(conv.in_channels, conv.out_channels, num_classes)
 
 
+# torchvision renamed these modules' parameters in 0.13 and upgrades old names in their
+# ``_load_from_state_dict`` version hooks (version < 2). Files saved before — torchvision's
+# published COCO weights (2019), Esri packages of ArcGIS Pro 2.8-3.0 (torchvision 0.5-0.9) — use
+# the old names. The same renames, applied before the strict comparison:
+_LEGACY_RENAMES = (
+    (FeaturePyramidNetwork, lambda m: [(f"{b}.{i}.{t}", f"{b}.{i}.0.{t}") for b in ("inner_blocks", "layer_blocks")
+                                       for i in range(len(m.inner_blocks)) for t in ("weight", "bias")]),
+    (RPNHead, lambda m: [(f"conv.{t}", f"conv.0.0.{t}") for t in ("weight", "bias")]),
+    (MaskRCNNHeads, lambda m: [(f"mask_fcn{i + 1}.{t}", f"{i}.0.{t}") for i in range(len(m))
+                               for t in ("weight", "bias")]),
+)
+
+
+def upgrade_legacy_keys(model, state):
+    """``state`` with pre-0.13 torchvision key names renamed as torchvision's version hooks do."""
+    state = dict(state)
+    for prefix, module in model.named_modules():
+        for kind, pairs in _LEGACY_RENAMES:
+            if isinstance(module, kind):
+                base = f"{prefix}." if prefix else ""
+                for old, new in pairs(module):
+                    if base + old in state and base + new not in state:
+                        state[base + new] = state.pop(base + old)
+    return state
+
+
 def load_state_strict(model, state, source):
     """Load every tensor or refuse: never a half-loaded model.
 
-    ``num_batches_tracked`` counters are the only keys allowed to differ
-    (BatchNorm bookkeeping, not weights).
+    Old torchvision key names are upgraded first; ``num_batches_tracked``
+    counters are the only keys allowed to differ (BatchNorm bookkeeping).
     """
+    state = upgrade_legacy_keys(model, state)
     own = model.state_dict()
     missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in state if k not in own and not k.endswith("num_batches_tracked")]
@@ -86,47 +120,90 @@ def load_state_strict(model, state, source):
             f"unexpected {len(unexpected)} (e.g. {unexpected[0]})" if unexpected else "",
             f"shape mismatch {len(wrong)} (e.g. {wrong[0]})" if wrong else ""]))
         raise UserError(
-            f"The weights of {source} do not fit a {detail and 'torchvision'} Mask R-CNN of this kind: {detail}. "
+            f"The weights of {source} do not fit a torchvision Mask R-CNN of this kind: {detail}. "
             "This variant (another backbone, PointRend, multispectral first layer...) is not supported; "
             "nothing was loaded.")
     model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
 
 
+def unwrap_state(blob, source):
+    """The tensors of a checkpoint: a bare state dict or one wrapped as ``model``, ``state_dict`` or
+    ``model_state_dict`` (arcgis.learn, Lightning, most training scripts), ``module.`` prefixes removed."""
+    state = blob
+    for key in ("model", "state_dict", "model_state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+            break
+    if not isinstance(state, dict) or not state or not all(hasattr(v, "shape") for v in state.values()):
+        raise UserError(f"{source} holds no state dict of tensors (found {type(blob).__name__}"
+                        + (f" with keys {', '.join(map(str, list(blob)[:5]))}" if isinstance(blob, dict) else "")
+                        + "); it is not a model weights file MaskForge can read.")
+    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+
+
+def describe_state(state, source):
+    """What network a torchvision Mask R-CNN state dict is: (backbone, num_classes), read from its tensors.
+
+    Refuses what is not one, saying what it looks like instead."""
+    keys = set(state)
+    if "roi_heads.mask_predictor.mask_fcn_logits.weight" not in keys:
+        if "fc.weight" in keys and "conv1.weight" in keys:
+            what = "an image classifier (a ResNet with its fc layer); use --base imagenet for an ImageNet body"
+        elif "roi_heads.box_predictor.cls_score.weight" in keys:
+            what = "a Faster R-CNN (boxes only, no mask head)"
+        elif any(k.startswith("model.") for k in keys):
+            what = "a YOLO/ultralytics model"
+        else:
+            what = f"not a Mask R-CNN (its first keys: {', '.join(sorted(keys)[:3])})"
+        raise UserError(f"{source} is {what}. MaskForge fine-tunes torchvision Mask R-CNN weights only.")
+    num_classes = int(state["roi_heads.box_predictor.cls_score.weight"].shape[0])
+    if "roi_heads.box_head.0.0.weight" in keys:
+        backbone = "resnet50_fpn_v2"
+    elif "backbone.body.layer1.0.conv3.weight" in keys and "roi_heads.box_head.fc6.weight" in keys:
+        backbone = "resnet50_fpn"
+    elif "backbone.body.layer1.0.conv3.weight" not in keys and "backbone.body.layer1.0.conv1.weight" in keys:
+        backbone = "resnet18_fpn"
+    else:
+        raise UserError(f"{source} is a Mask R-CNN with a backbone MaskForge does not build (resnet50_fpn, "
+                        "resnet50_fpn_v2 and resnet18_fpn are known).")
+    return backbone, num_classes
+
+
+def read_state_file(path, source=None):
+    """The state dict of a ``.pth``/``.pt`` file, read as data (weights_only)."""
+    from .package import torch_load_weights
+    return unwrap_state(torch_load_weights(path), source or f"'{Path(path).name}'")
+
+
 def network_for_package(pkg, anchor_sizes=None):
     """The package's network with its weights loaded (strictly)."""
     from .package import read_weights
-    params = pkg.emd.get("ModelParameters") or {}
+    params = pkg.params
     anchors = tuple(anchor_sizes or params.get("anchor_sizes") or DEFAULT_ANCHORS)
-    model = build_model(pkg.backbone, max(pkg.classes) + 1, pkg.tile_size, anchors)
-    load_state_strict(model, read_weights(pkg), f"the package '{pkg.name}'")
+    state = read_weights(pkg)
+    num_classes = int(state["roi_heads.box_predictor.cls_score.weight"].shape[0]) \
+        if "roi_heads.box_predictor.cls_score.weight" in state else len(pkg.classes) + 1
+    min_size, max_size = pkg.input_size
+    model = build_model(pkg.backbone, num_classes, pkg.tile_size, anchors, min_size=min_size, max_size=max_size)
+    load_state_strict(model, state, f"the package '{pkg.name}'")
+    if pkg.image_mean_std:
+        model.transform.image_mean, model.transform.image_std = pkg.image_mean_std
     return model, anchors
 
 
-def coco_state_dict(timeout=30):
-    """torchvision's COCO Mask R-CNN (resnet50 FPN v1) weights, fetched once into torch's cache."""
-    from torchvision.models.detection import MaskRCNN_ResNet50_FPN_Weights
-    url = os.environ.get("MASKFORGE_COCO_WEIGHTS_URL", MaskRCNN_ResNet50_FPN_Weights.COCO_V1.url)
-    cache = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
-    if not cache.exists():
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            import socket
-            old = socket.getdefaulttimeout()
-            socket.setdefaulttimeout(timeout)
-            try:
-                torch.hub.download_url_to_file(url, str(cache), progress=False)
-            finally:
-                socket.setdefaulttimeout(old)
-        except Exception as exc:
-            raise UserError(
-                f"Cannot download torchvision's COCO Mask R-CNN weights from {url} ({type(exc).__name__}: "
-                f"{str(exc)[:200]}). Without internet, either copy that file to {cache} from a machine that has it, "
-                "fine-tune from a MaskForge or Esri resnet50 package (--base PACKAGE), "
-                "or start from random weights (--base none).") from None
-    try:
-        return torch.load(cache, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise UserError(f"The cached COCO weights {cache} are unreadable ({exc}); delete the file and retry.") from None
+def imagenet_body(model, reporter=None):
+    """Load torchvision's ImageNet ResNet-50 weights into ``model``'s body (FPN and heads stay new)."""
+    from . import catalogue
+    entry = catalogue.find("imagenet")
+    state = read_state_file(catalogue.fetch(entry, reporter), "torchvision's ImageNet ResNet-50")
+    body = model.backbone.body
+    own = body.state_dict()
+    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
+    wrong = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or wrong:
+        raise UserError(f"The ImageNet file does not fit a ResNet-50 body (missing {missing[:1]}, "
+                        f"shape mismatch {wrong[:1]}); delete it from {entry['file_name']}'s folder and retry.")
+    body.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
 
 
 def select_device(device="auto"):

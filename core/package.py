@@ -40,16 +40,96 @@ class ModelPackage:
         return self.folder / self.emd["ModelFile"]
 
     @property
+    def params(self):
+        """The network's parameters: arcgis.learn's ModelParameters, plus MaskForge's own (kept apart in
+        packages ArcGIS Pro runs, because it passes ModelParameters to its model as keyword arguments)."""
+        return {**(self.emd.get("ModelParameters") or {}), **(self.emd.get("MaskForgeParameters") or {})}
+
+    @property
     def is_esri(self):
-        return not str(self.emd.get("Framework", "")).startswith(FRAMEWORK)
+        """Written by arcgis.learn. MaskForge's own packages say MaskForgeVersion (their resnet50 ones also
+        carry arcgis.learn's Framework keys, so that ArcGIS Pro runs them)."""
+        return "MaskForgeVersion" not in self.emd and not str(self.emd.get("Framework", "")).startswith(FRAMEWORK)
 
     @property
     def classes(self):
-        return {int(c["Value"]): str(c.get("Name", c["Value"])) for c in self.emd["Classes"]}
+        """Class value -> name, as the package says (older Esri .emd files write ClassValue/ClassName)."""
+        return {int(c.get("Value", c.get("ClassValue"))): str(c.get("Name", c.get("ClassName", c.get("Value"))))
+                for c in self.emd["Classes"]}
+
+    @property
+    def value_to_label(self):
+        """Class value -> the network's label (0 is the background).
+
+        arcgis.learn numbers classes in the order of its data's classes, which it writes as the .emd's
+        Classes list (models/_maskrcnn.py:757-770), and ArcGIS Pro names label L by Classes[L - 1]
+        (models/_codetemplate.py:1462): so label = position in the list + 1, a value 0 allowed. Both are
+        the rank among the sorted values for the lists arcgis.learn writes. MaskForge records its
+        mapping; packages of MaskForge 0.1 used label = value, and say so by not recording one."""
+        recorded = self.params.get("class_labels")
+        if recorded:
+            return {int(v): int(label) for v, label in recorded.items()}
+        if not self.is_esri:
+            return {v: v for v in self.classes}
+        return {v: i + 1 for i, v in enumerate(self.classes)}
+
+    @property
+    def normalization(self):
+        """How raster values become the network's 0..1 input (see bands.py), as the package was trained.
+
+        arcgis.learn, for 16-bit or multispectral data (IsImageNetNormalization false), min-max scales each
+        band with NormalizationStats (models/_inferencing/util.py:36-69, no clipping) and sets the network's
+        mean/std to the scaled statistics (models/_maskrcnn.py:324-326, 473-475); else it divides by 255."""
+        if self.emd.get("Normalization"):
+            return self.emd["Normalization"]
+        stats = self.emd.get("NormalizationStats")
+        if self.is_esri and stats and (not self.emd.get("IsImageNetNormalization", True)
+                                       or self.emd.get("IsMultispectral")):
+            bands = [int(b) for b in self.emd.get("ExtractBands") or [0, 1, 2]]
+            try:
+                return {"type": "minmax", "min": [float(stats["band_min_values"][b]) for b in bands],
+                        "max": [float(stats["band_max_values"][b]) for b in bands]}
+            except (KeyError, IndexError, TypeError):
+                raise UserError(f"The NormalizationStats of '{self.emd_path.name}' lack band_min_values/"
+                                f"band_max_values for the bands {bands}; MaskForge cannot normalise the input as "
+                                "ArcGIS would, so it refuses to run the package.") from None
+        return {"type": "scale", "divisor": 255.0}
+
+    @property
+    def image_mean_std(self):
+        """(mean, std) the network's transform applies to its 0..1 input; None: ImageNet's (torchvision's)."""
+        params = self.params
+        if params.get("image_mean") and params.get("image_std"):
+            return [float(v) for v in params["image_mean"]], [float(v) for v in params["image_std"]]
+        if self.normalization.get("type") == "minmax":
+            stats = self.emd["NormalizationStats"]
+            bands = [int(b) for b in self.emd.get("ExtractBands") or [0, 1, 2]]
+            try:
+                return ([float(stats["scaled_mean_values"][b]) for b in bands],
+                        [float(stats["scaled_std_values"][b]) for b in bands])
+            except (KeyError, IndexError, TypeError):
+                raise UserError(f"The NormalizationStats of '{self.emd_path.name}' lack scaled_mean_values/"
+                                "scaled_std_values, which ArcGIS uses as the network's mean and std; MaskForge "
+                                "refuses to run the package mis-normalised.") from None
+        return None
+
+    @property
+    def input_size(self):
+        """(min_size, max_size) of the network's resize; None, None: the tile (no resize).
+
+        arcgis.learn builds its Mask R-CNN with 1.5x and 2x the chip size, and its models are
+        meant to be run so; MaskForge's packages record their own."""
+        params = self.params
+        if params.get("min_size"):
+            return int(params["min_size"]), int(params.get("max_size") or params["min_size"])
+        if self.is_esri:
+            chip = max(self.tile_size)
+            return int(1.5 * chip), int(2 * chip)
+        return None, None
 
     @property
     def backbone(self):
-        raw = str((self.emd.get("ModelParameters") or {}).get("backbone", "resnet50"))
+        raw = str(self.params.get("backbone", "resnet50"))
         return ESRI_BACKBONE_ALIASES.get(raw, raw)
 
     @property
@@ -67,6 +147,8 @@ class ModelPackage:
             "max_cell_size": e.get("MaxCellSize"), "normalization": e.get("Normalization"),
             "max_object_size_pixels": e.get("MaxObjectSizePixels"), "metrics": e.get("Metrics"),
             "epochs_trained": len(e.get("TrainingHistory") or []),
+            "arcgis_pro": e.get("ArcGISPro") or ("an arcgis.learn package" if self.is_esri else
+                                                 "MaskForge-only: written before MaskForge 0.2"),
         }
 
 
@@ -132,8 +214,12 @@ def load_package(path):
         raise UserError(f"'{emd_path.name}' is a {emd.get('ModelName')} model; MaskForge runs Mask R-CNN "
                         "(ModelName MaskRCNN) packages only.")
     pkg = ModelPackage(emd_path.parent, emd_path, emd)
-    values = sorted(pkg.classes)
-    if not values or values[0] < 1:
+    try:
+        values = sorted(pkg.classes)
+    except (KeyError, TypeError, ValueError):
+        raise UserError(f"The Classes of '{emd_path.name}' need a Value (or ClassValue) that is an integer for "
+                        "each class.") from None
+    if not values or (values[0] < 1 and not pkg.is_esri):
         raise UserError(f"The package's class values {values} must start at 1 (0 is the background).")
     if not pkg.weights_path.exists():
         raise UserError(f"The package lacks its weights file '{emd['ModelFile']}' next to '{emd_path.name}'.")
@@ -163,18 +249,44 @@ def _check_supported(pkg):
                         "load it correctly. Use a 3-band (RGB) package.")
 
 
-def read_weights(pkg):
-    """The state dict of a package (plain, or arcgis.learn's {'model': state_dict, ...})."""
+# What arcgis.learn's save_optimizer=True adds to a .pth besides tensors: fastai's optimizer state
+# with numpy scalars. These types are plain data; the allow-list lets weights_only read them without
+# ever unpickling code.
+def _numpy_safe_globals():
+    import numpy as np
+    found = [np.dtype, type(np.dtype("float32")), type(np.dtype("float64")), type(np.dtype("int64"))]
+    for name in ("numpy.core.multiarray", "numpy._core.multiarray"):
+        try:
+            found.append(getattr(__import__(name, fromlist=["scalar"]), "scalar"))
+        except (ImportError, AttributeError):
+            pass
+    return found
+
+
+def torch_load_weights(path):
+    """``torch.load(weights_only=True)`` with the data-only allow-list; a clear message when it refuses."""
     import torch
     try:
-        blob = torch.load(pkg.weights_path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(_numpy_safe_globals()):
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise UserError(f"Cannot read the weights '{pkg.weights_path.name}': {str(exc).splitlines()[0][:300]}. "
-                        "The file is truncated, corrupted or not a PyTorch state dict; copy the package again.") from None
-    state = blob.get("model", blob) if isinstance(blob, dict) else None
-    if not isinstance(state, dict) or not state or not all(hasattr(v, "shape") for v in state.values()):
-        raise UserError(f"'{pkg.weights_path.name}' holds no state dict of tensors; it is not a model weights file.")
-    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+        text = str(exc)
+        if "Unsupported global" in text or "weights_only" in text.lower() and "GLOBAL" in text:
+            bad = text.split("GLOBAL", 1)[1].split()[0] if "GLOBAL" in text else "an object"
+            raise UserError(
+                f"'{Path(path).name}' holds a pickled Python object ({bad}) besides the weights. MaskForge reads "
+                "weights as data and never unpickles code; save the model's state_dict alone (in arcgis.learn: "
+                "save(..., save_optimizer=False)) and try again.") from None
+        first = " ".join(text.split())
+        first = first[:first.find(". ") + 1] if ". " in first[:400] else first[:400].rsplit(" ", 1)[0] + " ..."
+        raise UserError(f"Cannot read the weights '{Path(path).name}' (PyTorch says: {first}) The file is "
+                        "truncated, corrupted or not a PyTorch file; copy it again.") from None
+
+
+def read_weights(pkg):
+    """The state dict of a package (plain, or arcgis.learn's {'model': state_dict, 'opt': ...})."""
+    from .model import unwrap_state
+    return unwrap_state(torch_load_weights(pkg.weights_path), f"'{pkg.weights_path.name}'")
 
 
 def write_package(folder, name, emd, state_dict, extra_files=()):

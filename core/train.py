@@ -18,11 +18,12 @@ import torch
 
 from . import __version__, distributed
 from .chips import class_color
+from .esri import with_arcgis_keys
 from .data import ChipDataset, collate, load_training_data, max_object_size, split_train_val
 from .errors import Cancelled, UserError
 from .metrics import coco_evaluate
-from .model import (COCO_NUM_CLASSES, DEFAULT_ANCHORS, build_model, coco_state_dict, load_state_strict,
-                    network_for_package, replace_heads, select_device)
+from .bases import base_model
+from .model import select_device
 from .package import FRAMEWORK, load_package, read_weights, write_package
 from .progress import NullReporter
 
@@ -54,45 +55,6 @@ def _seed_everything(seed):
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def base_model(base, class_names, tile, o, reporter):
-    """Build the network and load the base weights; returns (model, backbone, anchors, description)."""
-    n_out = max(class_names) + 1
-    base = str(base or "none")
-    if base.lower() == "none":
-        backbone = o.backbone or "resnet50_fpn"
-        anchors = tuple(o.anchor_sizes or DEFAULT_ANCHORS)
-        reporter.log(f"Base: random initialisation ({backbone}).")
-        return build_model(backbone, n_out, tile, anchors), backbone, anchors, "none"
-    if base.lower() == "coco":
-        if o.backbone not in (None, "resnet50_fpn"):
-            raise UserError("torchvision's COCO weights are for the resnet50_fpn backbone; drop --backbone "
-                            "or choose another base.")
-        anchors = tuple(o.anchor_sizes or DEFAULT_ANCHORS)
-        model = build_model("resnet50_fpn", COCO_NUM_CLASSES, tile, anchors)
-        load_state_strict(model, coco_state_dict(), "torchvision's COCO Mask R-CNN")
-        replace_heads(model, n_out)
-        reporter.log("Base: torchvision COCO Mask R-CNN (resnet50 FPN); new heads for "
-                     f"{len(class_names)} class(es).")
-        return model, "resnet50_fpn", anchors, "coco"
-    pkg = load_package(base)
-    if o.backbone and o.backbone != pkg.backbone:
-        raise UserError(f"The base package uses the {pkg.backbone} backbone, not {o.backbone}: fine-tuning keeps "
-                        "the package's backbone. Drop --backbone.")
-    model, anchors = network_for_package(pkg, o.anchor_sizes)
-    if tuple(pkg.tile_size) != tuple(tile):
-        reporter.warning(f"The package was trained on {pkg.tile_size[0]}x{pkg.tile_size[1]} tiles, the chips are "
-                         f"{tile[0]}x{tile[1]}; the new package uses the chips' size.")
-        model.transform.min_size, model.transform.max_size = (int(max(tile)),), int(max(tile))
-    if sorted(pkg.classes) == sorted(class_names):
-        reporter.log(f"Base: package '{pkg.name}' ({pkg.backbone}); its classes match the training data, "
-                     "so its box and mask heads are kept.")
-    else:
-        replace_heads(model, n_out)
-        reporter.log(f"Base: package '{pkg.name}' ({pkg.backbone}); classes {sorted(pkg.classes)} differ from the "
-                     f"data's {sorted(class_names)}, so the box and mask heads are new.")
-    return model, pkg.backbone, anchors, str(base)
 
 
 def _freeze_backbone(model):
@@ -147,7 +109,11 @@ def predict(model, images, device, amp):
 
 
 def evaluate(model, dataset, indices, batch_size, device, amp, class_names, score_threshold=0.05):
-    """Validation loss (train-mode losses without gradients) and COCO AP of the predictions."""
+    """Validation loss (train-mode losses without gradients) and COCO AP of the predictions.
+
+    The network's labels are ranks of the class values; predictions and truths are given back in
+    class values, so AP per class is keyed by the value a user knows."""
+    values = np.array([0, *sorted(class_names)], dtype=np.int64)
     if not indices:
         return {"valid_loss": None}, []
     losses, preds, truths = [], [], []
@@ -162,10 +128,10 @@ def evaluate(model, dataset, indices, batch_size, device, amp, class_names, scor
         for out, t in zip(predict(model, images, device, amp), targets):
             keep = out["scores"] >= score_threshold
             preds.append({"boxes": out["boxes"][keep].float().cpu().numpy(),
-                          "labels": out["labels"][keep].cpu().numpy(),
+                          "labels": values[out["labels"][keep].cpu().numpy()],
                           "scores": out["scores"][keep].float().cpu().numpy(),
                           "masks": (out["masks"][keep, 0] > 0.5).cpu().numpy()})
-            truths.append({"boxes": t["boxes"].numpy(), "labels": t["labels"].numpy(),
+            truths.append({"boxes": t["boxes"].numpy(), "labels": values[t["labels"].numpy()],
                            "masks": t["masks"].numpy().astype(bool), "shape": images[0].shape[-2:]})
     if distributed.is_distributed():
         # Every rank scores the union of all shards, so every rank reaches the same metrics.
@@ -178,12 +144,17 @@ def evaluate(model, dataset, indices, batch_size, device, amp, class_names, scor
     return {"valid_loss": round(float(np.mean(losses)), 5), **ap}, preds
 
 
-def _package_emd(spec, class_names, backbone, anchors, max_obj, history, best, o, base_desc, tile):
+def _package_emd(spec, class_names, backbone, anchors, max_obj, history, best, o, base_desc, tile, network):
+    """``network``: the model's GeneralizedRCNNTransform (its resize and mean/std are recorded)."""
     cell = spec.get("CellSize")
-    return {
+    return with_arcgis_keys({
         "Framework": FRAMEWORK, "MaskForgeVersion": __version__, "ModelConfiguration": "MaskForge_MaskRCNN",
         "ModelType": "InstanceDetection", "ModelName": "MaskRCNN", "backend": "pytorch",
-        "ModelParameters": {"backbone": backbone, "anchor_sizes": list(anchors), "pointrend": False},
+        "ModelParameters": {"backbone": backbone, "anchor_sizes": list(anchors), "pointrend": False,
+                            "min_size": int(network.min_size[0]), "max_size": int(network.max_size),
+                            "image_mean": [float(v) for v in network.image_mean],
+                            "image_std": [float(v) for v in network.image_std],
+                            "class_labels": {str(v): i + 1 for i, v in enumerate(sorted(class_names))}},
         "ExtractBands": spec["ExtractBands"], "ImageHeight": int(tile[1]), "ImageWidth": int(tile[0]),
         "ImageSpaceUsed": "MAP_SPACE", "IsMultispectral": False, "DataType": spec["DataType"],
         "CellSize": cell, "MinCellSize": cell * 0.5 if cell else None, "MaxCellSize": cell * 2 if cell else None,
@@ -193,7 +164,7 @@ def _package_emd(spec, class_names, backbone, anchors, max_obj, history, best, o
         "BaseModel": base_desc, "BestEpoch": best.get("epoch"), "Metrics": best,
         "TrainingParameters": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(o).items()},
         "TrainingHistory": history,
-    }
+    })
 
 
 def _better(value, best, monitor):
@@ -228,7 +199,12 @@ def train(data_dirs, out_dir, base="none", options=None, reporter=None):
     if n_instances == 0:
         raise UserError("The training chips hold no labelled object: export again with 'only tiles with features' "
                         "or check the labels.")
-    model, backbone, anchors, base_desc = base_model(base, class_names, tile, o, reporter)
+    # Labels are ranks of the class values (as arcgis.learn numbers them): {1, 3} -> 1, 2.
+    value_to_label = {v: i + 1 for i, v in enumerate(sorted(class_names))}
+    for chip in chips:
+        chip.labels = [(value_to_label[v], m) for v, m in chip.labels]
+    start = base_model(base, class_names, tile, o, reporter)
+    model, backbone, anchors, base_desc = start.model, start.backbone, start.anchors, start.description
     if o.freeze_backbone:
         _freeze_backbone(model)
     model.to(device)
@@ -330,7 +306,7 @@ def train(data_dirs, out_dir, base="none", options=None, reporter=None):
                 best = {**record, "per_class": metrics.get("per_class")}
                 if main:
                     emd = _package_emd(spec, class_names, backbone, anchors, max_obj, history, best, o, base_desc,
-                                       tile)
+                                       tile, model.transform)
                     write_package(out, name, emd, {k: v.detach().cpu() for k, v in model.state_dict().items()})
                 reporter.log(f"Epoch {epoch + 1}: {o.monitor} {value} is the best so far; package written.")
             else:
@@ -354,7 +330,8 @@ def train(data_dirs, out_dir, base="none", options=None, reporter=None):
     pkg = load_package(out)
     model.load_state_dict(read_weights(pkg))
     _, preds = evaluate(model, val_set, val_idx, batch_size, device, amp, class_names, o.score_threshold)
-    emd = _package_emd(spec, class_names, backbone, anchors, max_obj, history, best, o, base_desc, tile)
+    emd = _package_emd(spec, class_names, backbone, anchors, max_obj, history, best, o, base_desc, tile,
+                       model.transform)
     emd["TrainingSeconds"] = round(time.monotonic() - started, 1)
     if main:
         shown = [chips[i] for i in val_idx]

@@ -9,6 +9,10 @@ labels with the dock's own map tools (mouse events on the canvas), and saves
 
     screenshots/labeling.png          drawing: classes, labeled objects, a polygon in progress
     screenshots/labeling_review.png   reviewing detections
+    screenshots/labeling_smart.png    the Smart tool on a generated scene (python -m core sample --kind
+                                      buildings): points, a preview outline, kept outlines. The worker there
+                                      is the test stand-in predictor (tests/sam_standin.py): the build machine
+                                      cannot download SAM's weights, and random weights draw noise
 
 then quits QGIS. Nothing is written outside screenshots/ and a temporary folder.
 """
@@ -28,6 +32,8 @@ IMAGE = os.environ.get("MASKFORGE_SCREENSHOT_IMAGE",
                        os.path.join(os.path.dirname(ROOT), "shared", "data", "osbs-trees", "image.tif"))
 TREES = os.path.join(os.path.dirname(IMAGE), "trees.geojson")
 SIZE = (1366, 768)
+SHOT_NAMES = ("labeling.png", "labeling_review.png", "labeling_smart.png")
+VENV_PYTHON = os.path.join(ROOT, ".venv", "bin", "python")
 
 
 def launch():
@@ -37,7 +43,7 @@ def launch():
     if not shutil.which("xvfb-run") or not shutil.which("qgis"):
         sys.exit("xvfb-run and qgis are needed (apt-get install qgis xvfb).")
     os.makedirs(SHOTS, exist_ok=True)
-    for name in ("labeling.png", "labeling_review.png"):
+    for name in SHOT_NAMES:
         if os.path.exists(os.path.join(SHOTS, name)):
             os.remove(os.path.join(SHOTS, name))
     with tempfile.TemporaryDirectory(prefix="maskforge-shot-") as work:
@@ -48,6 +54,9 @@ def launch():
         env["PATH"] = os.pathsep.join(["/usr/bin", "/bin"] + [p for p in env.get("PATH", "").split(os.pathsep)
                                                              if ".pyenv" not in p and "/.venv/" not in p])
         env.update(MASKFORGE_SCREENSHOT_WORK=work, MASKFORGE_SCREENSHOT_ROOT=ROOT, QT_QPA_PLATFORM="xcb")
+        # the Smart tool's scene: the engine's own generated buildings (needs the runtime in .venv)
+        subprocess.run([VENV_PYTHON, "-m", "core", "sample", "--kind", "buildings", "--size", "512",
+                        "--out", os.path.join(work, "scene")], cwd=ROOT, check=True, capture_output=True)
         command = ["xvfb-run", "-a", "-s", f"-screen 0 {SIZE[0]}x{SIZE[1]}x24",
                    "qgis", "--nologo", "--noversioncheck", "--profiles-path", os.path.join(work, "profile"),
                    "--code", os.path.abspath(__file__)]
@@ -62,10 +71,10 @@ def launch():
         log = os.path.join(work, "log.txt")
         if os.path.exists(log):
             print(open(log).read().strip())
-    missing = [n for n in ("labeling.png", "labeling_review.png") if not os.path.exists(os.path.join(SHOTS, n))]
+    missing = [n for n in SHOT_NAMES if not os.path.exists(os.path.join(SHOTS, n))]
     if missing:
         sys.exit(f"QGIS exited ({child.returncode}) without writing {', '.join(missing)}:\n{output[-3000:]}")
-    print(f"Wrote {SHOTS}/labeling.png and labeling_review.png")
+    print(f"Wrote {', '.join(SHOT_NAMES)} in {SHOTS}")
 
 
 # ---------------------------------------------------------------- inside QGIS
@@ -210,8 +219,74 @@ def shoot(work, log):
     settle(1.0)
     window.grab().save(os.path.join(SHOTS, "labeling_review.png"))
     log.write(f"review: {dock.review.tally()}\n")
+    shoot_smart(work, log, dock, canvas, window, send)
     plugin.unload()
     settle(0.3)
+
+
+def shoot_smart(work, log, dock, canvas, window, send):
+    """The Smart tool: click buildings of a generated scene, keep good outlines, leave one previewed."""
+    from qgis.core import QgsPointXY, QgsProject, QgsRasterLayer, QgsVectorLayer
+    from qgis.PyQt.QtCore import QEvent, QPoint, Qt
+    from maskforge.ui.label_store import create_labels_geopackage
+
+    scene = os.path.join(work, "scene")
+    for layer in list(QgsProject.instance().mapLayers().values()):
+        QgsProject.instance().removeMapLayer(layer)
+    settle(0.3)
+    raster = QgsRasterLayer(os.path.join(scene, "image.tif"), "buildings scene")
+    QgsProject.instance().addMapLayer(raster)
+    QgsProject.instance().setCrs(raster.crs())
+    dock.tabs.setCurrentIndex(0)
+    dock.use_layer(create_labels_geopackage(os.path.join(work, "scene_labels.gpkg"), raster.crs()))
+    dock.rename_class(1, "building")
+    dock.set_current_class(1)
+    dock.smart.client.command = lambda: [VENV_PYTHON, os.path.join(ROOT, "tests", "sam_standin.py")]
+    canvas.setExtent(raster.extent())
+    canvas.refresh()
+    settle(1.0)
+    truth = list(QgsVectorLayer(os.path.join(scene, "labels.gpkg"), "truth", "ogr").getFeatures())
+
+    def pixel(point):
+        p = canvas.getCoordinateTransform().transform(point)
+        return QPoint(round(p.x()), round(p.y()))
+
+    def click(point, modifiers=Qt.NoModifier):
+        from qgis.PyQt.QtGui import QMouseEvent
+        from qgis.PyQt.QtWidgets import QApplication
+        at = pixel(point)
+        for kind in (QEvent.MouseButtonPress, QEvent.MouseButtonRelease):
+            QApplication.sendEvent(canvas.viewport(), QMouseEvent(
+                kind, at, canvas.viewport().mapToGlobal(at), Qt.LeftButton,
+                Qt.LeftButton if kind == QEvent.MouseButtonPress else Qt.NoButton, modifiers))
+        dock.smart.wait(60)
+        settle(0.2)
+
+    dock.activate_tool("smart")
+    kept, previewed = 0, None
+    for feature in truth:
+        geometry = feature.geometry()
+        click(geometry.pointOnSurface().asPoint())
+        answer = dock.smart.answer or {}
+        outline = answer.get("geometry")
+        good = outline is not None and outline.intersection(geometry).area() > 0.85 * outline.combine(geometry).area()
+        if good and kept < 4:
+            dock.smart.accept()
+            kept += 1
+        elif good and previewed is None:
+            previewed = geometry
+            break
+        else:
+            dock.smart.tool.clear()
+    if previewed is not None:   # a negative point beside the previewed building, as a person adds one
+        box = previewed.boundingBox()
+        click(QgsPointXY(box.xMaximum() + box.width() * 0.4, box.center().y()), Qt.ShiftModifier)
+    canvas.refresh()
+    canvas.waitWhileRendering()
+    settle(1.0)
+    window.grab().save(os.path.join(SHOTS, "labeling_smart.png"))
+    log.write(f"smart: kept {kept} outlines, preview {previewed is not None}, "
+              f"status: {dock.status_label.text()}\n")
 
 
 def make_detections(path, boxes, crs):

@@ -262,7 +262,7 @@ def schema_from_data(layer, value_field, name_field):
 # ---------------------------------------------------------------- edits
 
 class _Edit:
-    """One undoable step: 'add' or 'delete' (feature snapshots) or 'class' (old/new values)."""
+    """One undoable step: 'add' or 'delete' (feature snapshots), 'class' or 'geometry' (old/new values)."""
 
     def __init__(self, kind, fids, snapshots=None, values=None, note=None):
         self.kind = kind
@@ -446,6 +446,22 @@ class LabelStore(QObject):
         self.edited.emit()
         return len(changes)
 
+    def set_geometries(self, fid_geometries, source_crs=None):
+        """Replace the outlines of labels (one commit, one undo step), e.g. rectangles refined by SAM."""
+        old = {f.id(): QgsGeometry(f.geometry())
+               for f in self.layer.getFeatures(QgsFeatureRequest().setFilterFids(list(fid_geometries)).setNoAttributes())}
+        changes = {fid: (old[fid], self._transform(g, source_crs)) for fid, g in fid_geometries.items() if fid in old}
+        if not changes:
+            return 0
+        self._change_geometries({fid: new for fid, (_, new) in changes.items()}, "the new outlines")
+        self._push(_Edit("geometry", list(changes), values=changes))
+        self.edited.emit()
+        return len(changes)
+
+    def _change_geometries(self, fid_geometries, what):
+        self._commit(lambda layer: all(layer.changeGeometry(fid, QgsGeometry(g)) for fid, g in fid_geometries.items()),
+                     what)
+
     def rename_class(self, value, name):
         """Write a renamed class's name into its labels (no undo step: it follows the schema)."""
         if not self.name_field:
@@ -493,6 +509,10 @@ class LabelStore(QObject):
                 self._delete_ids(edit.fids, "the undo")
             else:
                 edit.fids = self._add_snapshots(edit.snapshots, "the undo")
+        elif edit.kind == "geometry":
+            existing = {f.id() for f in self.layer.getFeatures(QgsFeatureRequest().setFilterFids(list(edit.values)))}
+            self._change_geometries({fid: (old if undo else new) for fid, (old, new) in edit.values.items()
+                                     if fid in existing}, "the undo")
         elif edit.kind == "class":
             existing = {f.id() for f in self.layer.getFeatures(QgsFeatureRequest().setFilterFids(list(edit.values)))}
             values = {fid: (old if undo else new) for fid, (old, new) in edit.values.items() if fid in existing}

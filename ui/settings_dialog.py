@@ -11,7 +11,7 @@ from qgis.PyQt import sip
 from qgis.PyQt.QtCore import QT_VERSION_STR
 from qgis.PyQt.QtGui import QFontDatabase
 from qgis.PyQt.QtWidgets import (QApplication, QComboBox, QDialog, QFormLayout, QGroupBox, QHBoxLayout, QLabel,
-                                 QMessageBox, QPlainTextEdit, QProgressBar, QPushButton, QVBoxLayout)
+                                 QLineEdit, QMessageBox, QPlainTextEdit, QProgressBar, QPushButton, QVBoxLayout)
 
 from .. import settings, tasks
 from ..runner import PLUGIN_DIR
@@ -160,6 +160,15 @@ class SettingsDialog(QDialog):
         self.device.setCurrentText(settings.device())
         self.device.setToolTip("The device new jobs default to: auto (a CUDA GPU when there is one), cpu, cuda:N.")
         form.addRow("Device", self.device)
+        self.sam_model = QComboBox()
+        self.sam_model.setObjectName("sam_model")
+        self.sam_model.setEditable(True)
+        self.sam_model.addItems(settings.sam_catalogue_ids())
+        self.sam_model.setCurrentText(settings.sam_model())
+        self.sam_model.setToolTip("The Segment Anything model of the labels dock's Smart tool: a catalogue id "
+                                  "(downloaded once, hash-checked; sam_vit_b is the one for CPUs) or the path of "
+                                  "a SAM .pth checkpoint.\nTaken by the next start of the worker.")
+        form.addRow("Segment Anything", self.sam_model)
         setup_row = QHBoxLayout()
         self.setup_button = QPushButton("Set up runtime…")
         self.setup_button.setToolTip("Creates a Python venv and installs requirements.txt (PyTorch included: "
@@ -189,6 +198,12 @@ class SettingsDialog(QDialog):
             widget.setFilePath(settings.folder(kind))
             folder_form.addRow(name, widget)
             self.folders[kind] = widget
+        self.mirror = QLineEdit(settings.weights_mirror())
+        self.mirror.setObjectName("weights_mirror")
+        self.mirror.setPlaceholderText("optional: a folder or URL holding the weight files (no internet needed)")
+        self.mirror.setToolTip("Where jobs look first for pretrained weights (COCO, ImageNet, the catalogue's "
+                               "models) under their published file names, e.g. a shared network folder.")
+        folder_form.addRow("Weights mirror", self.mirror)
         layout.addWidget(folders)
         layout.addStretch(1)
 
@@ -217,8 +232,10 @@ class SettingsDialog(QDialog):
     def save(self):
         settings.set_value("runtime_python", self.python.filePath().strip())
         settings.set_value("device", self.device.currentText().strip() or "auto")
+        settings.set_value("sam/model", self.sam_model.currentText().strip() or "sam_vit_b")
         for kind, widget in self.folders.items():
             settings.set_value(f"folders/{kind}", widget.filePath().strip())
+        settings.set_value("weights_mirror", self.mirror.text().strip())
 
     def save_and_close(self):
         self.save()

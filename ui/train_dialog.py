@@ -8,6 +8,7 @@ from qgis.PyQt.QtWidgets import QGroupBox, QLabel, QVBoxLayout
 
 from .. import settings, tasks
 from ..algorithms.jobs import (BACKBONES, BASE_MODELS, MONITORS, PACKAGE_BASE, TRAIN_DEFAULTS, InvalidInput,
+                               is_weights_file,
                                check_train, kept_package, package_summary, read_emd, train_args,
                                training_data_summary)
 from .job_dialog import JobDialog
@@ -70,7 +71,7 @@ class TrainDialog(JobDialog):
         self.add_text(form, "ADDITIONAL_DATA", "More training folders", "optional; separated by ';'")
         self.base = self.add_enum(form, "BASE_MODEL", "Base model", [label for label, _ in BASE_MODELS])
         self.base_package = self.add_path(form, "BASE_PACKAGE", "Base model package", QgsFileWidget.GetFile,
-                                          "Model packages (*.dlpk *.emd);;All files (*)")
+                                          "Model packages and weights (*.dlpk *.emd *.pth *.pt);;All files (*)")
         self.package_label = self._note(form)
         self.add_int(form, "EPOCHS", "Maximum epochs", 1, 100000)
         self.add_int(form, "BATCH_SIZE", "Batch size", 1, 4096)
@@ -133,6 +134,10 @@ class TrainDialog(JobDialog):
     def _package_changed(self, path):
         if not path or self.base.currentIndex() != PACKAGE_BASE:
             self.package_label.setText("")
+            return
+        if is_weights_file(path):
+            self.package_label.setText("A torchvision Mask R-CNN weights file: its backbone and classes are read "
+                                       "from its tensors when training starts.")
             return
         try:
             self.package_label.setText(describe_package(package_summary(read_emd(path))))

@@ -11,11 +11,12 @@ import torch
 from core.chips import ExportOptions, export_training_data
 from core.data import ChipDataset, collate, load_training_data
 from core.errors import UserError
-from core.model import build_model, coco_state_dict, network_for_package
+from core.bases import base_model
+from core.model import build_model, network_for_package
 from core.package import load_package, read_weights, write_package
 from core.progress import NullReporter
 from core.synthetic import make_scene
-from core.train import TrainOptions, base_model, train, train_step
+from core.train import TrainOptions, train, train_step
 
 TINY = dict(backbone="resnet18_fpn", batch_size=2, anchor_sizes=(8, 16, 32, 64, 128), device="cpu")
 
@@ -104,11 +105,11 @@ def test_info_prints_the_package(package, root):
 def test_matching_classes_keep_the_heads_other_classes_replace_them(package):
     out, _ = package
     state = read_weights(load_package(out))
-    kept, *_ = base_model(str(out), {1: "tent"}, (64, 64), TrainOptions(), NullReporter())
+    kept = base_model(str(out), {1: "tent"}, (64, 64), TrainOptions(), NullReporter()).model
     assert torch.equal(kept.roi_heads.box_predictor.cls_score.weight, state["roi_heads.box_predictor.cls_score.weight"])
     assert torch.equal(kept.roi_heads.mask_predictor.mask_fcn_logits.weight,
                        state["roi_heads.mask_predictor.mask_fcn_logits.weight"])
-    new, *_ = base_model(str(out), {1: "tent", 2: "latrine"}, (64, 64), TrainOptions(), NullReporter())
+    new = base_model(str(out), {1: "tent", 2: "latrine"}, (64, 64), TrainOptions(), NullReporter()).model
     assert new.roi_heads.box_predictor.cls_score.out_features == 3
     assert new.roi_heads.mask_predictor.mask_fcn_logits.out_channels == 3
     # ...while the body is the package's
@@ -190,13 +191,6 @@ def test_unsupported_and_broken_packages_are_refused(tmp_path):
     with pytest.raises(UserError, match="outside its folder"):
         load_package(evil)
     assert not (tmp_path.parent / "escaped.emd").exists()
-
-
-def test_coco_weights_offline_give_a_clear_message(tmp_path, monkeypatch):
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.setenv("MASKFORGE_COCO_WEIGHTS_URL", "http://127.0.0.1:9/maskrcnn_resnet50_fpn_coco.pth")
-    with pytest.raises(UserError, match="Cannot download torchvision's COCO.*--base PACKAGE.*--base none"):
-        coco_state_dict(timeout=5)
 
 
 def test_bad_training_input(chips, tmp_path):

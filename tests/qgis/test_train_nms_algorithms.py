@@ -88,11 +88,51 @@ def test_train_writes_a_package(chips, tmp_path):
         assert (out / name).exists(), name
     emd = json.loads((out / "tents.emd").read_text())
     assert emd["ModelParameters"] == {"backbone": "resnet18_fpn", "anchor_sizes": [8, 16, 32, 64, 128],
-                                      "pointrend": False}
+                                      "pointrend": False, "min_size": 64, "max_size": 64,
+                                      "class_labels": {"1": 1}}
     assert emd["BaseModel"] == "none" and emd["TrainingParameters"]["device"] == "cpu"
     with zipfile.ZipFile(out / "tents.dlpk") as z:
         assert {"tents.emd", "tents.pth"} <= set(z.namelist())
     assert any(line.startswith("epoch=1, train_loss=") for line in feedback.lines), feedback.lines
+
+
+def test_train_from_a_torchvision_pth_file(chips, tmp_path):
+    """A bare state dict (as open models are published) as the base: backbone and classes from its tensors."""
+    first = tmp_path / "first"
+    _run("maskforge:train", {"INPUT_DATA": str(chips), "EPOCHS": 1, "OUTPUT_MODEL": str(first), **TINY})
+    weights = tmp_path / "published.pth"
+    weights.write_bytes((first / "first.pth").read_bytes())
+    feedback = _Feedback()
+    out = tmp_path / "second"
+    params = {**TINY, "BASE_MODEL": 1, "BASE_PACKAGE": str(weights), "BACKBONE": 0}
+    result = _run("maskforge:train", {"INPUT_DATA": str(chips), "EPOCHS": 1, "OUTPUT_MODEL": str(out), **params},
+                  feedback)
+    assert result["BEST_EPOCH"] == 1
+    emd = json.loads((out / "second.emd").read_text())
+    assert emd["BaseModel"] == str(weights) and emd["ModelParameters"]["backbone"] == "resnet18_fpn"
+    assert any("'published.pth' (resnet18_fpn, 1 class(es) like the training data), its box and mask heads kept"
+               in line for line in feedback.lines), feedback.lines
+
+
+def test_catalogue_bases_are_choices_and_the_mirror_setting_reaches_the_worker(maskforge, tmp_path):
+    from maskforge import settings
+    from maskforge.algorithms.jobs import BASE_MODELS, train_args
+    from maskforge.runner import run_job
+    catalogue = json.loads((ROOT / "core" / "catalogue.json").read_text())["entries"]
+    ids = [value for _, value in BASE_MODELS]
+    assert ids[:3] == ["coco", None, "none"], "saved models and scripts rely on the first three indices"
+    for entry in catalogue:
+        if entry["kind"] in ("maskrcnn", "backbone"):
+            assert entry["id"] in ids, entry["id"]
+    args = train_args({"INPUT_DATA": "/d", "OUTPUT_MODEL": "/m", "BASE_MODEL": ids.index("coco_v2")})
+    assert args[args.index("--base") + 1] == "coco_v2"
+    settings.set_value("weights_mirror", str(tmp_path))
+    try:
+        result = run_job(PYTHON, "models", [], env=settings.job_env())
+    finally:
+        settings.set_value("weights_mirror", "")
+    assert result["mirror"] == str(tmp_path)
+    assert {m["id"] for m in result["models"]} == {e["id"] for e in catalogue}
 
 
 def test_cancel_after_an_epoch_keeps_the_best_package(chips, tmp_path):

@@ -1,0 +1,314 @@
+"""Segment Anything for labeling: a prompt (points, a box) on a raster -> the object's outline.
+
+Why a session: SAM's image encoder is the expensive part (a ViT-B takes seconds
+per 1024 x 1024 window on a CPU) while a prompt on an encoded image takes tens of
+milliseconds. So a session keeps the model and the embedding of one window of the
+raster, and re-encodes only when a prompt falls outside that window (less a
+margin, so an object near the edge is seen whole). Windows are read with rasterio
+at the raster's own resolution, pixel-aligned (no resampling), or at a given cell
+size; a box larger than the window coarsens the cell so the whole box fits.
+
+Masks become polygons with the tracing code of Detect Objects (holes kept, parts
+under ``min_pixels`` dropped) in the window's map coordinates, then are
+transformed into the CRS the caller asked in (the labels layer's).
+
+The predictor is segment-anything's ``SamPredictor`` or anything with its
+``set_image(HxWx3 uint8)`` / ``predict(point_coords, point_labels, box,
+multimask_output) -> (masks, scores, logits)`` methods (tests use one whose
+mask is known).
+"""
+import pickle
+import time
+from dataclasses import dataclass
+from functools import partial
+
+import numpy as np
+import shapely
+from affine import Affine
+from pyproj import CRS, Transformer
+
+from .bands import to_network_input
+from .detect import _read_native, _read_resampled, mask_parts, tidy_polygon
+from .errors import UserError
+from .geodata import open_raster
+
+VARIANTS = ("vit_b", "vit_l", "vit_h", "tiny")   # tiny: the architecture at test size (random weights only)
+MARGIN = 1 / 8   # of the window, on each side: a prompt closer to the edge than this gets a new window
+
+
+@dataclass
+class SamOptions:
+    model: str = "sam_vit_b"    # a catalogue id, a .pth checkpoint, or "random" (random weights: tests, timings)
+    variant: str = ""           # vit_b / vit_l / vit_h / tiny; default: the catalogue's, or from the file name
+    device: str = "auto"
+    cell_size: float = 0.0      # 0: the raster's resolution
+    bands: tuple = ()           # 1-based raster bands (1 or 3); default 1,2,3 (or 1)
+    min_pixels: int = 16        # mask parts smaller than this are specks, dropped
+
+
+# ---------------------------------------------------------------- the model
+
+def _tiny_sam():
+    """SAM's architecture (encoder, prompt encoder, decoder) at 256 px with a 2-block encoder."""
+    import torch
+    from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+    size, patch, dim = 256, 16, 64
+    return Sam(
+        image_encoder=ImageEncoderViT(depth=2, embed_dim=dim, img_size=size, mlp_ratio=4, num_heads=2,
+                                      norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), patch_size=patch,
+                                      qkv_bias=True, use_rel_pos=True, global_attn_indexes=[1], window_size=4,
+                                      out_chans=dim),
+        prompt_encoder=PromptEncoder(embed_dim=dim, image_embedding_size=(size // patch, size // patch),
+                                     input_image_size=(size, size), mask_in_chans=16),
+        mask_decoder=MaskDecoder(num_multimask_outputs=3, transformer_dim=dim, iou_head_depth=3,
+                                 iou_head_hidden_dim=dim,
+                                 transformer=TwoWayTransformer(depth=2, embedding_dim=dim, mlp_dim=128, num_heads=2)),
+        pixel_mean=[123.675, 116.28, 103.53], pixel_std=[58.395, 57.12, 57.375]).eval()
+
+
+def _variant_of(name):
+    for variant in VARIANTS:
+        if variant in str(name).lower():
+            return variant
+    return None
+
+
+def _checkpoint(options, reporter):
+    """(path or None, variant) of the options' model: a catalogue entry is fetched (mirror, cache, download)."""
+    model = options.model
+    if model == "random":
+        return None, options.variant or "vit_b"
+    if model.lower().endswith((".pth", ".pt")):
+        variant = options.variant or _variant_of(model)
+        if variant is None:
+            raise UserError(f"Which SAM is '{model}'? Give --variant vit_b, vit_l or vit_h.")
+        return model, variant
+    from . import catalogue   # the weights issue's catalogue (kind "sam"): mirror, cache, checked download
+    entry = catalogue.find(model)
+    if entry.get("kind") != "sam":
+        ids = ", ".join(e["id"] for e in catalogue.entries(kind="sam"))
+        raise UserError(f"'{model}' is a {entry.get('kind')} model, not a Segment Anything one (those: {ids}); "
+                        "or give a checkpoint file (.pth).")
+    path = catalogue.fetch(entry, reporter)
+    return str(path), options.variant or entry.get("variant") or _variant_of(entry["file_name"]) or "vit_b"
+
+
+def build_predictor(options, reporter=None):
+    """segment-anything's SamPredictor on the options' device; returns (predictor, window size in pixels)."""
+    import torch
+    from segment_anything import SamPredictor, sam_model_registry
+
+    from .model import select_device
+    path, variant = _checkpoint(options, reporter)
+    if variant not in VARIANTS:
+        raise UserError(f"Unknown SAM variant '{variant}': choose one of {', '.join(VARIANTS)}.")
+    if variant == "tiny":
+        if path is not None:
+            raise UserError("The 'tiny' SAM exists only with random weights (for tests): use vit_b, vit_l or vit_h.")
+        sam = _tiny_sam()
+    else:
+        sam = sam_model_registry[variant](checkpoint=None)
+    if path is not None:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            sam.load_state_dict(state)
+        except (RuntimeError, OSError, ValueError, EOFError, pickle.UnpicklingError) as exc:
+            raise UserError(f"'{path}' is not a {variant} Segment Anything checkpoint ({str(exc)[:300]}). "
+                            "Pick the variant that matches the file (vit_b, vit_l, vit_h).") from None
+    sam.to(select_device(options.device)).eval()
+    return SamPredictor(sam), int(sam.image_encoder.img_size)
+
+
+# ---------------------------------------------------------------- windows of the raster
+
+@dataclass
+class Window:
+    raster: str
+    transform: Affine      # pixel -> raster CRS
+    size: int
+    widened: bool = False  # made for an object that ran out of the window before: never widened again
+
+    def holds(self, xs, ys, margin=MARGIN):
+        cols, rows = ~self.transform * (np.asarray(xs, float), np.asarray(ys, float))
+        lo, hi = self.size * margin, self.size * (1 - margin)
+        return bool(np.all((cols >= lo) & (cols <= hi) & (rows >= lo) & (rows <= hi)))
+
+    def bounds(self):
+        left, top = self.transform * (0, 0)
+        right, bottom = self.transform * (self.size, self.size)
+        return [min(left, right), min(top, bottom), max(left, right), max(top, bottom)]
+
+
+def to_rgb8(array, nodata=None):
+    """(bands, H, W) raw values -> H x W x 3 uint8, as SAM takes them: 8-bit data as it is, anything else
+    stretched between the window's 2nd and 98th percentiles per band."""
+    if array.dtype == np.uint8:
+        x = array
+    else:
+        data = array.astype(np.float32)
+        valid = np.ones(data.shape[1:], bool) if nodata is None else ~np.all(data == nodata, axis=0)
+        pick = data[:, valid] if valid.any() else data.reshape(data.shape[0], -1)
+        low, high = np.percentile(pick, 2, axis=1), np.percentile(pick, 98, axis=1)
+        norm = {"type": "percentile_stretch", "low": low.tolist(), "high": np.maximum(high, low + 1e-6).tolist()}
+        x = np.round(to_network_input(data, norm) * 255).astype(np.uint8)
+    if x.shape[0] == 1:
+        x = np.repeat(x, 3, axis=0)
+    return np.ascontiguousarray(np.transpose(x[:3], (1, 2, 0)))
+
+
+class SamSession:
+    """One model, one encoded window; ``prompt`` answers in the caller's CRS."""
+
+    def __init__(self, predictor, size, options=None):
+        self.predictor = predictor
+        self.size = int(size)
+        self.options = options or SamOptions()
+        self.window = None
+        self._src = None
+        self.encodes = 0
+
+    def _open(self, raster):
+        if self._src is None or self._src.name != str(raster):
+            if self._src is not None:
+                self._src.close()
+            self._src = open_raster(raster)
+            self.window = None
+        return self._src
+
+    def _bands(self, src):
+        bands = list(self.options.bands) or ([1, 2, 3] if src.count >= 3 else [1])
+        if any(b < 1 or b > src.count for b in bands) or len(bands) not in (1, 3):
+            raise UserError(f"Bands {bands} cannot feed Segment Anything: the raster has {src.count} band(s); "
+                            "choose 1 or 3 of them, numbered from 1.")
+        return bands
+
+    def _new_window(self, src, xs, ys):
+        native = abs(src.transform.a)
+        cell = float(self.options.cell_size or native)
+        span = max(max(xs) - min(xs), max(ys) - min(ys))
+        if span > cell * self.size * (1 - 2 * MARGIN):   # a big box: coarser cells, so all of it fits
+            cell = span / (self.size * (1 - 2 * MARGIN))
+        cx, cy = (max(xs) + min(xs)) / 2, (max(ys) + min(ys)) / 2
+        bands = self._bands(src)
+        fill = src.nodata if src.nodata is not None else 0
+        if cell == native and abs(src.transform.e) == native:   # the raster's own pixels, no resampling
+            col, row = ~src.transform * (cx, cy)
+            col, row = int(round(col - self.size / 2)), int(round(row - self.size / 2))
+            transform = src.transform * Affine.translation(col, row)
+            array = _read_native(src, bands, col, row, self.size, fill)
+        else:
+            transform = Affine(cell, 0, cx - cell * self.size / 2, 0, -cell, cy + cell * self.size / 2)
+            array = _read_resampled(src, bands, transform, self.size, fill)
+        return Window(str(src.name), transform, self.size), to_rgb8(array, src.nodata)
+
+    def _transformers(self, crs, src):
+        wanted = CRS.from_user_input(crs) if crs else src.crs
+        if src.crs is None:
+            raise UserError(f"The raster '{src.name}' has no CRS: give it one (Raster > Projections > Assign).")
+        raster_crs = CRS.from_user_input(src.crs.to_wkt())
+        if wanted == raster_crs:
+            return None, None
+        return (Transformer.from_crs(wanted, raster_crs, always_xy=True),
+                Transformer.from_crs(raster_crs, wanted, always_xy=True))
+
+    def prompt(self, raster, crs=None, points=(), labels=(), box=None, simplify=0.0):
+        """Points ([x, y] with label 1 = object, 0 = not) and/or a box [xmin, ymin, xmax, ymax] in ``crs``
+        (default: the raster's) -> {"polygon": WKT in ``crs`` or None, "score" (SAM's predicted IoU),
+        "encoded" (whether this prompt needed a new window), "encode_s", "predict_s", "window" (its bounds in
+        the raster's CRS)}."""
+        points = [list(map(float, p)) for p in points]
+        labels = [int(v) for v in labels] if labels else [1] * len(points)
+        if not points and box is None:
+            raise UserError("A prompt needs a point or a box.")
+        if len(labels) != len(points):
+            raise UserError(f"{len(points)} points but {len(labels)} point labels.")
+        src = self._open(raster)
+        forward, back = self._transformers(crs, src)
+        xs = [p[0] for p in points] + ([box[0], box[2], box[0], box[2]] if box is not None else [])
+        ys = [p[1] for p in points] + ([box[1], box[3], box[3], box[1]] if box is not None else [])
+        if forward is not None:
+            xs, ys = (list(v) for v in forward.transform(xs, ys))
+        if not all(np.isfinite(xs + ys)):
+            raise UserError("The prompt lies outside the area where the raster's CRS is defined.")
+        encoded, encode_s, predict_s = False, 0.0, 0.0
+        extra_x, extra_y = [], []   # the object's extent, once it ran out of the window
+        fresh = self.window is None or self.window.raster != str(src.name) or not self.window.holds(xs, ys)
+        for attempt in (0, 1):
+            if fresh:
+                t0 = time.perf_counter()
+                self.window, image = self._new_window(src, xs + extra_x, ys + extra_y)
+                self.window.widened = bool(attempt)
+                self.predictor.set_image(image)
+                encode_s, encoded = encode_s + time.perf_counter() - t0, True
+                self.encodes += 1
+            t0 = time.perf_counter()
+            mask, score, coords, pixel_box = self._predict(xs, ys, len(points), labels, box is not None)
+            predict_s += time.perf_counter() - t0
+            edge = np.concatenate([mask[0], mask[-1], mask[:, 0], mask[:, -1]])
+            if attempt or self.window.widened or not edge.any():
+                break
+            # the object runs out of the window: once, encode a window centred on the object and the prompt
+            rows, cols = np.nonzero(mask)
+            extra_x, extra_y = self.window.transform * (np.array([cols.min(), cols.max() + 1.0]),
+                                                        np.array([rows.min(), rows.max() + 1.0]))
+            extra_x, extra_y = list(extra_x), list(extra_y)
+            fresh = True
+        polygon = self._outline(mask, coords, labels, pixel_box, simplify)
+        if polygon is not None and back is not None:
+            polygon = shapely.transform(polygon, lambda xy: np.column_stack(back.transform(xy[:, 0], xy[:, 1])))
+        return {"polygon": polygon.wkt if polygon is not None else None, "score": score,
+                "encoded": encoded, "encode_s": round(encode_s, 4),
+                "predict_s": round(predict_s, 4), "window": self.window.bounds()}
+
+    def _predict(self, xs, ys, n, labels, has_box):
+        cols, rows = ~self.window.transform * (np.asarray(xs), np.asarray(ys))
+        coords = np.column_stack([cols[:n], rows[:n]]) if n else None
+        pixel_box = np.array([min(cols[n:]), min(rows[n:]), max(cols[n:]), max(rows[n:])]) if has_box else None
+        masks, scores, _ = self.predictor.predict(
+            point_coords=coords, point_labels=np.asarray(labels) if n else None, box=pixel_box,
+            multimask_output=(n == 1 and not has_box))   # one point is ambiguous (part or whole): SAM's advice
+        best = int(np.argmax(scores))
+        return np.asarray(masks[best]).astype(bool), float(scores[best]), coords, pixel_box
+
+    def _outline(self, mask, coords, labels, pixel_box, simplify):
+        """The mask's part under the positive points (or the largest part in the box), in raster coordinates."""
+        if pixel_box is not None:   # SAM may spill out of the box it was given; the box is the user's bound
+            keep = np.zeros_like(mask, bool)
+            x0, y0 = (max(0, int(np.floor(v))) for v in pixel_box[:2])
+            x1, y1 = (int(np.ceil(v)) for v in pixel_box[2:])
+            keep[y0:y1, x0:x1] = True
+            mask = mask & keep
+        if mask.sum() < self.options.min_pixels:
+            return None
+        cell_area = abs(self.window.transform.a * self.window.transform.e)
+        parts = [p for p in mask_parts(mask, self.window.transform)
+                 if p.area >= self.options.min_pixels * cell_area * 0.999]
+        if not parts:
+            return None
+        positives = [self.window.transform * tuple(c) for c, v in zip(coords if coords is not None else [], labels)
+                     if v == 1]
+        hit = [p for p in parts if any(p.covers(shapely.Point(xy)) for xy in positives)]
+        chosen = hit or [max(parts, key=lambda p: p.area)]
+        polygon = chosen[0] if len(chosen) == 1 else shapely.MultiPolygon(chosen)
+        if pixel_box is not None:   # exactly the box, also when the window's cells are coarser than the box edge
+            (x0, x1), (y0, y1) = self.window.transform * (pixel_box[[0, 2]], pixel_box[[1, 3]])
+            polygon = shapely.box(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)).intersection(polygon)
+            polygon = shapely.union_all([g for g in getattr(polygon, "geoms", [polygon])
+                                         if g.geom_type in ("Polygon", "MultiPolygon")])
+            if polygon.is_empty:
+                return None
+        return tidy_polygon(polygon, simplify)
+
+    def refine(self, raster, crs, boxes, simplify=0.0, reporter=None):
+        """A box prompt per box (batch refine of rectangle labels); one answer per box, in order."""
+        results = []
+        for i, box in enumerate(boxes):
+            if reporter is not None:
+                reporter.step(100.0 * i / max(len(boxes), 1), f"outline {i + 1} of {len(boxes)}")
+            results.append(self.prompt(raster, crs, box=box, simplify=simplify))
+        return results
+
+    def close(self):
+        if self._src is not None:
+            self._src.close()
+            self._src = None

@@ -1,0 +1,202 @@
+"""Smart labeling in the labels dock: Segment Anything outlines from clicks and boxes, and batch refine.
+
+Ties the Smart map tool (ui/smart_tool.py) to the SAM worker (ui/sam_client.py)
+and the labels store: each prompt goes to the worker in the labels layer's CRS
+(the raster's, when no layer exists yet) with the raster under the map; only
+the newest prompt's answer is shown. Accepting adds the outline with the current
+class through the store — committed at once, one undo step — like any drawn
+label. Batch refine sends the rectangle labels (the selected ones, else all) as
+box prompts and replaces each with SAM's outline where its score reaches the
+threshold, in one undo step.
+
+The worker starts on first use and stops when the tool is left, the dock goes
+or QGIS quits; a killed worker starts again with the next prompt.
+"""
+from qgis.core import (Qgis, QgsApplication, QgsCoordinateTransform, QgsCsException, QgsFeatureRequest, QgsGeometry,
+                       QgsProject, QgsRasterLayer)
+from qgis.PyQt.QtCore import QObject, pyqtSignal
+from qgis.PyQt.QtGui import QColor
+
+from .. import settings
+from .label_store import LabelError, crs_for_new_labels
+from .smart_tool import SmartTool
+
+REFINE_THRESHOLD = 0.7   # SAM's predicted IoU below this keeps the rectangle
+
+
+def worker_command():
+    """The worker as it runs in the user's runtime: model and device from the plugin's settings."""
+    return [settings.runtime_python(), "-m", "core", "sam-worker", "--model", settings.sam_model(),
+            "--device", settings.device(), "--json-progress"]
+
+
+def is_rectangle(geometry, tolerance=0.01):
+    """An axis-aligned box (what the rectangle tool draws): its area fills its bounding box."""
+    if geometry.isNull() or geometry.isMultipart() and len(geometry.asGeometryCollection()) != 1:
+        return False
+    box = geometry.boundingBox()
+    return box.area() > 0 and abs(geometry.area() - box.area()) <= tolerance * box.area() \
+        and sum(1 for _ in geometry.vertices()) <= 6
+
+
+class SmartLabeling(QObject):
+    answered = pyqtSignal(object)   # each prompt's answer as shown (a dict), for the status line and tests
+
+    def __init__(self, dock, command=None):
+        super().__init__(dock)
+        from .sam_client import SamClient
+        self.dock = dock
+        self.canvas = dock.canvas
+        self.client = SamClient(command or worker_command, self, env=settings.job_env)   # with the weights mirror
+        self.client.progress.connect(lambda text: self.dock._status(f"Segment Anything: {text}…"))
+        self.client.stopped.connect(lambda text: self.dock._message(text, Qgis.Warning))
+        self.tool = SmartTool(self.canvas)
+        self.tool.promptChanged.connect(self.ask)
+        self.tool.acceptRequested.connect(self.accept)
+        self.tool.dropped.connect(self._dropped)
+        self.tool.classKeyPressed.connect(lambda n: self.dock.set_current_by_position(n - 1))
+        self.tool.deactivated.connect(self.client.stop)   # leaving the tool frees the model's memory
+        self.answer = None          # the newest answer: {"polygon": QgsGeometry in crs, "score", "crs", ...}
+        self._latest = None
+        QgsApplication.instance().aboutToQuit.connect(self.client.stop)
+
+    # ------------------------------------------------------------ where
+    def raster(self):
+        """The raster to segment: the top visible file raster on the map."""
+        for layer in self.canvas.layers():
+            if isinstance(layer, QgsRasterLayer) and layer.providerType() == "gdal":
+                return layer
+        return None
+
+    def answer_crs(self):
+        store = self.dock.store
+        return store.layer.crs() if store is not None else crs_for_new_labels(self.canvas)
+
+    @staticmethod
+    def _crs_text(crs):
+        return crs.authid() or crs.toWkt()
+
+    # ------------------------------------------------------------ prompts
+    def ask(self):
+        tool = self.tool
+        if not tool.points and tool.box is None:
+            return None
+        raster = self.raster()
+        if raster is None:
+            self.dock._message("Smart labeling needs a raster on the map (a file GDAL reads): add the imagery.",
+                               Qgis.Warning)
+            return None
+        crs = self.answer_crs()
+        to_crs = QgsCoordinateTransform(self.canvas.mapSettings().destinationCrs(), crs, QgsProject.instance())
+        try:
+            points = [to_crs.transform(p) for p, _ in tool.points]
+            box = to_crs.transformBoundingBox(tool.box) if tool.box is not None else None
+        except QgsCsException:
+            self.dock._message(f"The prompt cannot be transformed to {crs.authid()}.", Qgis.Warning)
+            return None
+        fields = {"raster": raster.source().split("|")[0], "crs": self._crs_text(crs),
+                  "points": [[p.x(), p.y()] for p in points], "labels": [label for _, label in tool.points]}
+        if box is not None:
+            fields["box"] = [box.xMinimum(), box.yMinimum(), box.xMaximum(), box.yMaximum()]
+        if self.client.starts == 0 or not self.client.running():
+            self.dock._status("Segment Anything: starting (the first prompt of a view encodes it)…")
+        try:
+            rid = self.client.request("prompt", lambda ok, payload: self._answered(rid, ok, payload, crs), **fields)
+        except RuntimeError as exc:
+            self.dock._message(str(exc), Qgis.Critical)
+            return None
+        self._latest = rid
+        return rid
+
+    def _answered(self, rid, ok, payload, crs):
+        if rid != self._latest:   # a newer prompt is on its way: this outline is stale
+            return
+        if not ok:
+            self.dock._message(f"Segment Anything: {payload}", Qgis.Warning)
+            return
+        geometry = QgsGeometry.fromWkt(payload["polygon"]) if payload.get("polygon") else None
+        self.answer = dict(payload, geometry=geometry, crs=crs)
+        if geometry is None:
+            self.tool.set_preview(None)
+            self.dock._status(f"Segment Anything found no outline there (score {payload['score']:.2f}).")
+        else:
+            shown = QgsGeometry(geometry)
+            try:
+                shown.transform(QgsCoordinateTransform(crs, self.canvas.mapSettings().destinationCrs(),
+                                                       QgsProject.instance()))
+            except QgsCsException:
+                return
+            self.tool.set_color(QColor(*self.dock._current_color()))
+            self.tool.set_preview(shown)
+            timing = (f"encoded the view in {payload['encode_s']:.1f} s, " if payload.get("encoded") else "") + \
+                f"outline in {payload['predict_s'] * 1000:.0f} ms"
+            self.dock._status(f"Score {payload['score']:.2f} ({timing}). Enter or double-click keeps it, "
+                              "Esc drops it; click (Shift: not the object) or drag a box to change it.")
+        self.answered.emit(self.answer)
+
+    def wait(self, timeout=120.0):
+        """Until the newest prompt is answered (tests, scripts)."""
+        return self._latest is None or self.client.wait(self._latest, timeout)
+
+    def accept(self):
+        if self._latest is not None and not self.wait():
+            return []
+        answer, self.answer = self.answer, None
+        if not answer or answer.get("geometry") is None:
+            self.dock._status("No outline to keep: click inside an object first.")
+            return []
+        self.tool.clear()
+        self._latest = None
+        return self.dock._shape_drawn(answer["geometry"], answer["crs"])
+
+    def _dropped(self):
+        self.answer, self._latest = None, None
+        self.dock._status("Dropped the outline.")
+
+    # ------------------------------------------------------------ batch refine
+    def refine_rectangles(self, threshold=REFINE_THRESHOLD, timeout=1800.0):
+        """Rectangle labels (selected ones, else all) -> SAM outlines where the score ≥ ``threshold``."""
+        store = self.dock.store
+        raster = self.raster()
+        if store is None or raster is None:
+            self.dock._message("Batch refine needs the labels layer and the raster on the map.", Qgis.Warning)
+            return None
+        layer = store.layer
+        selected = layer.selectedFeatureIds()
+        request = QgsFeatureRequest().setFilterFids(selected) if selected else QgsFeatureRequest()
+        boxes = {f.id(): f.geometry().boundingBox() for f in layer.getFeatures(request.setNoAttributes())
+                 if is_rectangle(f.geometry())}
+        if not boxes:
+            self.dock._status("No rectangle labels to refine" + (" in the selection." if selected else "."))
+            return {"refined": 0, "kept": 0}
+        fids = list(boxes)
+        self.dock._status(f"Segment Anything: refining {len(fids)} rectangles…")
+        outcome = {}
+        rid = self.client.request(
+            "refine", lambda ok, payload: outcome.update(ok=ok, payload=payload),
+            raster=raster.source().split("|")[0], crs=self._crs_text(layer.crs()),
+            boxes=[[b.xMinimum(), b.yMinimum(), b.xMaximum(), b.yMaximum()] for b in boxes.values()])
+        if not self.client.wait(rid, timeout) or not outcome.get("ok"):
+            self.dock._message(f"Batch refine failed: {outcome.get('payload', 'no answer in time')}", Qgis.Warning)
+            return None
+        new = {}
+        for fid, result in zip(fids, outcome["payload"]["results"]):
+            if result.get("polygon") and result["score"] >= threshold:
+                new[fid] = QgsGeometry.fromWkt(result["polygon"])
+        try:
+            refined = store.set_geometries(new) if new else 0
+        except LabelError as exc:
+            self.dock._message(str(exc), Qgis.Warning)
+            return None
+        kept = len(fids) - refined
+        self.dock._status(f"Refined {refined} rectangle(s) into outlines; kept {kept} where SAM's score was under "
+                          f"{threshold:.2f}. Undo restores the rectangles.")
+        return {"refined": refined, "kept": kept}
+
+    def stop(self):
+        self.client.stop()
+        try:
+            QgsApplication.instance().aboutToQuit.disconnect(self.client.stop)
+        except TypeError:
+            pass
+        self.tool.remove_items()
