@@ -143,6 +143,21 @@ def engine_raster(layer, extent=None, cell_size=0.0, model=None, cache_dir=None,
     return EngineRaster(path, None, 0.0, f"Rendered '{layer.name()}' through QGIS at {cell:.4g} cells into {path}.")
 
 
+def window_source(layer, cache_dir=None):
+    """A source read window by window anywhere (no extent known yet, as for Smart labeling): a GDAL
+    layer's file, an XYZ/TMS layer at its finest zoom; None for layers that need an extent."""
+    if layer is None:
+        return None
+    if not is_web(layer):
+        return layer.source().split("|")[0]
+    if web_kind(layer) != "xyz":
+        return None
+    uri = _uri(layer)
+    zoom = int(uri.param("zmax") or DEFAULT_ZMAX)
+    return write_service(TileService(uri.param("url"), zoom),
+                         cache_dir or os.path.join(tempfile.gettempdir(), "maskforge-tiles"))
+
+
 def engine_values(layer, values, model=None, default_extent=None, cache_dir=None, feedback=None):
     """(``values`` with INPUT_RASTER, EXTENT and CELL_SIZE as the engine reads ``layer``, a note for the log).
     The Processing algorithms and the dialogs both call this; InvalidInput names the fix."""

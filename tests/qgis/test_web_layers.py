@@ -170,3 +170,25 @@ def test_export_dialog_over_an_xyz_layer_reads_the_labels_area(maskforge, qgis_i
     xmin, ymin, xmax, ymax = values["EXTENT"]                 # the trees, in EPSG:3857
     assert -9127117 < xmin < xmax < -9127039 and 3464049 < ymin < ymax < 3464127
     dialog.close()
+
+
+def test_smart_labeling_reads_an_xyz_layer_through_gdal(maskforge, qgis_iface, qgis_canvas, qgis_new_project,
+                                                        service, tile_cache, tmp_path):
+    """The Smart tool's worker opens the XYZ layer as GDAL's service description, at the layer's finest zoom."""
+    from qgis.core import QgsProject
+    from maskforge.ui.labels_dock import LabelsDock
+    layer = xyz_layer(service["server"].url)
+    QgsProject.instance().addMapLayer(layer)
+    qgis_canvas.setLayers([layer])
+    dock = LabelsDock(qgis_iface, qgis_iface.mainWindow(), confirm=lambda *a: True,
+                      choose_folder=lambda: str(tmp_path), sam_command=lambda: ["true"])
+    try:
+        assert dock.smart.raster() is layer
+        source = dock.smart._source(layer)
+        assert source.startswith(str(tile_cache))
+        with rasterio.open(source) as src:
+            assert src.count == 3 and src.crs.to_epsg() == 3857
+            assert src.res[0] == pytest.approx(2 * 20037508.342789244 / 256 / 2 ** ZOOM)
+    finally:
+        dock.cleanup()
+        dock.deleteLater()
