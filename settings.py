@@ -41,6 +41,12 @@ def runtime_python():
     return plugin_venv_python()
 
 
+def tile_cache():
+    """Where web layers' tiles are cached (GDAL's WMS cache), shared by export, detection and every run."""
+    return str(value("tile_cache", "") or os.path.join(QgsApplication.qgisSettingsDirPath(), "cache",
+                                                       "maskforge-tiles"))
+
+
 def sam_model():
     """The Smart tool's Segment Anything model: a catalogue id (kind "sam") or a .pth checkpoint."""
     return str(value("sam/model", "") or "sam_vit_b")

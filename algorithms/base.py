@@ -8,7 +8,8 @@ from qgis.core import QgsProcessingAlgorithm, QgsProcessingException
 
 from .. import settings
 from ..runner import JobCancelled, JobError, run_job
-from .jobs import InvalidInput, absolute, non_gdal_raster_message  # noqa: F401 (absolute: used by the algorithms)
+from .jobs import InvalidInput, absolute  # noqa: F401 (absolute: used by the algorithms)
+from .layers import engine_values, extent_of
 
 
 class MaskForgeAlgorithm(QgsProcessingAlgorithm):
@@ -75,7 +76,7 @@ def extent_value(alg, parameters, name, context, crs):
 def extent_args(alg, parameters, name, context, crs):
     """``--extent xmin,ymin,xmax,ymax`` in the raster's CRS, or nothing when the extent is unset."""
     extent = extent_value(alg, parameters, name, context, crs)
-    return [] if extent is None else ["--extent", ",".join(str(v) for v in extent)]
+    return [] if extent is None else ["--extent=" + ",".join(str(v) for v in extent)]
 
 
 def build_args(build, values):
@@ -99,10 +100,28 @@ def gpkg_output(alg, parameters, name, context, feedback):
     return destination, out
 
 
-def raster_path(alg, parameters, name, context):
+def raster_layer(alg, parameters, name, context):
     layer = alg.parameterAsRasterLayer(parameters, name, context)
     if layer is None:
         raise QgsProcessingException(f"Choose a raster layer for '{name}'.")
-    if layer.providerType() != "gdal":
-        raise QgsProcessingException(non_gdal_raster_message(layer.name(), layer.providerType()))
-    return layer, absolute(layer.source())
+    return layer
+
+
+def engine_raster_values(layer, values, feedback, model=None, default_extent=None):
+    """``values`` with INPUT_RASTER, EXTENT and CELL_SIZE as the engine reads ``layer`` (layers.py):
+    a web layer becomes a GDAL service description, or a GeoTIFF QGIS rendered."""
+    try:
+        values, note = engine_values(layer, values, model, default_extent, settings.tile_cache(), feedback)
+    except InvalidInput as exc:
+        raise QgsProcessingException(str(exc)) from None
+    if note:
+        feedback.pushInfo(note)
+    return values
+
+
+def source_extent(alg, parameters, name, context, layer):
+    """The extent of a feature-source parameter in ``layer``'s CRS (a web layer's default area), or None."""
+    source = alg.parameterAsSource(parameters, name, context)
+    if source is None or source.sourceExtent().isEmpty():
+        return None
+    return extent_of(source.sourceExtent(), source.sourceCrs(), layer)

@@ -4,8 +4,10 @@ from qgis.core import (QgsProcessing, QgsProcessingParameterBoolean, QgsProcessi
                        QgsProcessingParameterNumber, QgsProcessingParameterRasterLayer,
                        QgsProcessingParameterString, QgsProcessingParameterVectorDestination, QgsProcessingOutputNumber)
 
-from .base import MaskForgeAlgorithm, absolute, build_args, extent_value, gpkg_output, raster_path, source_path
-from .jobs import TTA, detect_args
+from .base import (MaskForgeAlgorithm, absolute, build_args, engine_raster_values, extent_value, gpkg_output,
+                   raster_layer, source_extent, source_path)
+from .jobs import TTA, InvalidInput, detect_args, read_emd
+from .layers import model_cell
 from .results import load_result_layer
 
 
@@ -38,8 +40,11 @@ class DetectObjectsAlgorithm(MaskForgeAlgorithm):
             "The output is a layer of a GeoPackage: a new file, or a new layer of an existing one (Save to "
             "GeoPackage... with a layer name; default: the file's name), whose other layers are always kept. An "
             "existing layer of that name is replaced only with 'Replace an existing layer'. The layer appears "
-            "only when the run completes; a failed or cancelled run leaves the file as it was. Jobs run in the "
-            "MaskForge runtime "
+            "only when the run completes; a failed or cancelled run leaves the file as it was.\n\n"
+            "Any raster layer works: files, VRT, /vsicurl/ cloud GeoTIFFs, and web layers (XYZ/TMS, WMS; WMTS and "
+            "others are rendered by QGIS first). A web layer needs a processing extent (or area polygons); it is read "
+            "at the zoom level matching the package's CellSize unless a cell size is given, and its tiles are cached "
+            "(MaskForge settings) so later runs over the same area download nothing.\n\nJobs run in the MaskForge runtime "
             "Python, on the GPU when there is one (device auto)."
         )
 
@@ -65,7 +70,7 @@ class DetectObjectsAlgorithm(MaskForgeAlgorithm):
             self.EXTENT_POLYGONS, "Processing area polygons (keep detections inside)",
             [QgsProcessing.TypeVectorPolygon], optional=True))
         self.addParameter(QgsProcessingParameterNumber(
-            self.CELL_SIZE, "Cell size (0 = the raster's)", QgsProcessingParameterNumber.Double, 0.0, minValue=0.0))
+            self.CELL_SIZE, "Cell size (0 = the raster's; web layers: the zoom for the package's CellSize)", QgsProcessingParameterNumber.Double, 0.0, minValue=0.0))
         self.addParameter(QgsProcessingParameterBoolean(self.NMS, "Non maximum suppression", True))
         self.addParameter(QgsProcessingParameterNumber(
             self.NMS_RATIO, "Max overlap ratio (IoU) for NMS", QgsProcessingParameterNumber.Double, 0.0,
@@ -84,10 +89,10 @@ class DetectObjectsAlgorithm(MaskForgeAlgorithm):
         self.addOutput(QgsProcessingOutputNumber("COUNT", "Objects detected"))
 
     def processAlgorithm(self, parameters, context, feedback):
-        layer, raster = raster_path(self, parameters, self.INPUT_RASTER, context)
+        layer = raster_layer(self, parameters, self.INPUT_RASTER, context)
         destination, out = gpkg_output(self, parameters, self.OUTPUT, context, feedback)
         values = {
-            self.INPUT_RASTER: raster, self.MODEL: absolute(self.parameterAsFile(parameters, self.MODEL, context)),
+            self.MODEL: absolute(self.parameterAsFile(parameters, self.MODEL, context)),
             self.OUTPUT: out, self.TTA: self.parameterAsEnum(parameters, self.TTA, context),
             self.DEVICE: self.parameterAsString(parameters, self.DEVICE, context) or "auto",
             self.EXTENT: extent_value(self, parameters, self.EXTENT, context, layer.crs()),
@@ -100,6 +105,13 @@ class DetectObjectsAlgorithm(MaskForgeAlgorithm):
             values[key] = self.parameterAsDouble(parameters, key, context)
         for key in (self.RETURN_BOXES, self.NMS, self.OVERWRITE):
             values[key] = self.parameterAsBoolean(parameters, key, context)
+        try:
+            model = model_cell(read_emd(values[self.MODEL]))
+        except InvalidInput:
+            model = None   # the engine names the package's problem
+        values = engine_raster_values(layer, values, feedback, model, default_extent=(
+            source_extent(self, parameters, self.EXTENT_POLYGONS, context, layer)
+            if parameters.get(self.EXTENT_POLYGONS) else None))
         args = build_args(detect_args, values)
         result = self.run_step("detect", args, feedback)
         if not result:

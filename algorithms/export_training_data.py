@@ -4,7 +4,8 @@ from qgis.core import (QgsProcessing, QgsProcessingParameterBand, QgsProcessingP
                        QgsProcessingParameterField, QgsProcessingParameterFolderDestination,
                        QgsProcessingParameterNumber, QgsProcessingParameterRasterLayer, QgsProcessingOutputNumber)
 
-from .base import MaskForgeAlgorithm, absolute, build_args, extent_value, raster_path, source_path
+from .base import (MaskForgeAlgorithm, absolute, build_args, engine_raster_values, extent_value, raster_layer,
+                   source_extent, source_path)
 from .jobs import FORMATS, TILE_MODES, export_args
 
 
@@ -35,7 +36,11 @@ class ExportTrainingDataAlgorithm(MaskForgeAlgorithm):
             "them; a rotation angle adds rotated copies (k x angle); the minimum overlap ratio drops labels with less "
             "of their area inside a chip. Band numbers start at 1.\n"
             "The output folder must be new or empty unless 'Overwrite' is ticked; it appears only when the export "
-            "has finished."
+            "has finished.\n"
+            "Any raster layer works: files, VRT, /vsicurl/ cloud GeoTIFFs, and web layers (XYZ/TMS, WMS; others are "
+            "rendered by QGIS first). A web layer is read over the labels' extent (or the processing extent) at its "
+            "finest zoom level unless a cell size is given; its tiles are cached, so detection later downloads "
+            "nothing again."
         )
 
     def initAlgorithm(self, config=None):
@@ -62,7 +67,7 @@ class ExportTrainingDataAlgorithm(MaskForgeAlgorithm):
             self.MASK_POLYGONS, "Mask polygons (only chips fully inside)", [QgsProcessing.TypeVectorPolygon],
             optional=True))
         self.addParameter(QgsProcessingParameterNumber(
-            self.CELL_SIZE, "Cell size (0 = the raster's)", QgsProcessingParameterNumber.Double, 0.0, minValue=0.0))
+            self.CELL_SIZE, "Cell size (0 = the raster's; web layers: their finest zoom)", QgsProcessingParameterNumber.Double, 0.0, minValue=0.0))
         self.addParameter(QgsProcessingParameterNumber(
             self.ROTATION_ANGLE, "Rotation angle for extra copies (degrees, 0 = none)",
             QgsProcessingParameterNumber.Double, 0.0, minValue=0.0, maxValue=359.99))
@@ -81,9 +86,8 @@ class ExportTrainingDataAlgorithm(MaskForgeAlgorithm):
         self.addOutput(QgsProcessingOutputNumber("OBJECTS", "Objects written"))
 
     def processAlgorithm(self, parameters, context, feedback):
-        layer, raster = raster_path(self, parameters, self.INPUT_RASTER, context)
+        layer = raster_layer(self, parameters, self.INPUT_RASTER, context)
         values = {
-            self.INPUT_RASTER: raster,
             self.INPUT_LABELS: source_path(self, parameters, self.INPUT_LABELS, context, feedback),
             self.OUTPUT: absolute(self.parameterAsString(parameters, self.OUTPUT, context)),
             self.CLASS_VALUE_FIELD: self.parameterAsString(parameters, self.CLASS_VALUE_FIELD, context) or None,
@@ -101,6 +105,8 @@ class ExportTrainingDataAlgorithm(MaskForgeAlgorithm):
         for key in (self.ROTATION_ANGLE, self.MIN_OVERLAP, self.CELL_SIZE, self.BUFFER_RADIUS):
             values[key] = self.parameterAsDouble(parameters, key, context)
         out = values[self.OUTPUT]
+        values = engine_raster_values(layer, values, feedback,
+                                      default_extent=source_extent(self, parameters, self.INPUT_LABELS, context, layer))
         args = build_args(export_args, values)
 
         result = self.run_step("export", args, feedback)

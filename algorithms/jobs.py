@@ -94,12 +94,8 @@ def _extent_args(extent):
     if not extent:
         return []
     xmin, ymin, xmax, ymax = (float(v) for v in extent)
-    return ["--extent", f"{xmin},{ymin},{xmax},{ymax}"]
-
-
-def non_gdal_raster_message(name, provider):
-    return (f"The raster '{name}' comes from the '{provider}' provider; MaskForge reads rasters through GDAL "
-            "files. Save it as a GeoTIFF first (Export > Save As).")
+    # One token: argparse takes '-9127116.2,...' (west of Greenwich, south of the equator) for an option.
+    return [f"--extent={xmin},{ymin},{xmax},{ymax}"]
 
 
 # -- export -----------------------------------------------------------------------
@@ -145,7 +141,7 @@ def parse_bands(text):
 
 
 def check_export(values, raster=None):
-    """``raster``: {'name', 'bands', 'width', 'height', 'dtype' (numpy name), 'provider'} when known."""
+    """``raster``: {'name', 'bands', 'width', 'height', 'dtype' (numpy name)} when known."""
     v = _merged(EXPORT_DEFAULTS, values)
     if not v.get("INPUT_RASTER"):
         raise InvalidInput("Choose the input raster.")
@@ -166,8 +162,6 @@ def check_export(values, raster=None):
             raise InvalidInput(f"{key.lower().replace('_', ' ')} must be a positive number of pixels.")
     if not raster:
         return
-    if raster.get("provider") not in (None, "gdal"):
-        raise InvalidInput(non_gdal_raster_message(raster.get("name"), raster["provider"]))
     count = raster.get("bands")
     bands = list(v["BANDS"] or []) or list(range(1, (count or 0) + 1))
     if count:
@@ -452,7 +446,7 @@ def _overlaps(a, b):
 
 
 def check_detect(values, raster=None):
-    """``raster``: {'name', 'bands', 'dtype', 'has_crs', 'bounds' (xmin, ymin, xmax, ymax), 'provider'}."""
+    """``raster``: {'name', 'bands', 'dtype', 'has_crs', 'bounds' (xmin, ymin, xmax, ymax)}."""
     v = _merged(DETECT_DEFAULTS, values)
     if not v.get("INPUT_RASTER"):
         raise InvalidInput("Choose the input raster.")
@@ -476,8 +470,6 @@ def check_detect(values, raster=None):
     check_device(v["DEVICE"])
     if not raster:
         return summary
-    if raster.get("provider") not in (None, "gdal"):
-        raise InvalidInput(non_gdal_raster_message(raster.get("name"), raster["provider"]))
     if raster.get("has_crs") is False:
         raise InvalidInput("The raster has no coordinate reference system, so detections cannot be placed on the "
                            "map. Assign it (gdal_edit.py -a_srs EPSG:XXXX) and run again.")

@@ -275,6 +275,25 @@ def _run_compare(args, reporter):
                    overwrite=args.overwrite)
 
 
+def _add_webraster(sub):
+    p = sub.add_parser("webraster", help="Describe an XYZ/TMS or WMS service as a GDAL raster (an .xml for --raster).")
+    p.add_argument("--url", required=True, help="XYZ template (https://host/{z}/{x}/{y}.png) or a WMS base URL")
+    p.add_argument("--cache", required=True, help="folder for the XML and the tile cache (shared by every step)")
+    p.add_argument("--zoom", type=int, help="XYZ zoom level (default: the one for --cell-size, else 19)")
+    p.add_argument("--cell-size", type=float, help="wanted cell size in the service's CRS units")
+    p.add_argument("--layers", help="WMS layer name(s): makes --url a WMS (needs --extent and --cell-size)")
+    p.add_argument("--crs", default="EPSG:3857", help="WMS CRS (default EPSG:3857)")
+    p.add_argument("--extent", type=lambda t: _floats(t, 4), help="WMS window xmin,ymin,xmax,ymax in --crs")
+    p.add_argument("--bands", type=int, default=3, help="bands of the images (default 3, RGB)")
+
+
+def _run_webraster(args, reporter):
+    from .sources import service_from_args, write_service
+    service = service_from_args(args)
+    return {"source": write_service(service, os.path.abspath(args.cache)),
+            **{k: getattr(service, k) for k in ("zoom", "cell") if hasattr(service, k)}}
+
+
 def _add_sam_worker(sub):
     p = sub.add_parser("sam-worker", help="Segment Anything for labeling: answers prompts (JSON lines on stdin) "
                                           "until end of input; see core/sam_worker.py.")
@@ -300,7 +319,8 @@ STEPS = {"export": (_add_export, _run_export), "train": (_add_train, _run_train)
          "detect": (_add_detect, _run_detect), "nms": (_add_nms, _run_nms), "info": (_add_info, _run_info),
          "models": (_add_models, _run_models), "sample": (_add_sample, _run_sample),
          "evaluate": (_add_evaluate, _run_evaluate), "compare": (_add_compare, _run_compare),
-         "sam-worker": (_add_sam_worker, _run_sam_worker)}
+         "sam-worker": (_add_sam_worker, _run_sam_worker),
+         "webraster": (_add_webraster, _run_webraster)}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -376,6 +396,11 @@ def main(argv=None):
                        kind="memory")
         return EXIT_INTERNAL
     except Exception as exc:  # a bug: keep the traceback for the report, on stderr only
+        from .sources import read_failure   # ... unless a tile service refused a tile
+        message = read_failure(getattr(args, "raster", None), exc)
+        if message:
+            reporter.error(message, kind="input")
+            return EXIT_INPUT
         traceback.print_exc(file=sys.stderr)
         reporter.error(f"Internal error ({type(exc).__name__}: {exc}). Please report it with the log.",
                        kind="internal")

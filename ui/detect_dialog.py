@@ -9,9 +9,10 @@ from qgis.PyQt.QtWidgets import QLabel
 from .. import settings, tasks
 from ..algorithms.jobs import (DETECT_DEFAULTS, TTA, InvalidInput, check_detect, default_padding, detect_args,
                                package_summary, read_emd)
+from ..algorithms.layers import model_cell
 from .export_dialog import describe_raster
 from .extent_picker import ExtentPicker
-from .job_dialog import JobDialog, next_free, raster_info
+from .job_dialog import JobDialog, next_free, raster_info, raster_values
 from .train_dialog import describe_package
 
 
@@ -93,7 +94,9 @@ class DetectDialog(JobDialog):
         self.raster_label.setText(describe_raster(layer))
         self.extent.set_raster_crs(layer.crs() if layer is not None else None)
         if layer is not None and not self.output.filePath():
-            folder = settings.folder("detections") or os.path.dirname(layer.source().split("|")[0])
+            # A web layer's source is a URL, not a folder to write next to.
+            folder = settings.folder("detections") or (os.path.expanduser("~") if layer.providerType() != "gdal"
+                                                       else os.path.dirname(layer.source().split("|")[0]))
             name = re.sub(r"[^\w.-]+", "_", layer.name()).strip("_") or "raster"
             self.output.setFilePath(next_free(os.path.join(folder, f"{name}_detections.gpkg")))
 
@@ -117,7 +120,12 @@ class DetectDialog(JobDialog):
         values = super().values()
         layer = self.raster.currentLayer()
         values["EXTENT"] = self.extent.value(layer.crs() if layer is not None else None)
-        return values
+        try:
+            model = model_cell(read_emd(values["MODEL"])) if values.get("MODEL") else None
+        except InvalidInput:
+            model = None   # check() names the package's problem
+        polygons = self.fields["EXTENT_POLYGONS"].widget.currentLayer()
+        return raster_values(layer, values, model, labels=polygons)
 
     def check(self, values):
         check_detect(values, raster_info(self.raster.currentLayer()))

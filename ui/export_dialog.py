@@ -8,7 +8,7 @@ from qgis.PyQt.QtWidgets import QHBoxLayout, QLabel, QWidget
 from .. import settings, tasks
 from ..algorithms.jobs import EXPORT_DEFAULTS, FORMATS, TILE_MODES, check_export, export_args, parse_bands
 from .extent_picker import ExtentPicker
-from .job_dialog import JobDialog, next_free, raster_info
+from .job_dialog import JobDialog, next_free, raster_info, raster_values
 
 # Field names the engine (value/classvalue) and the labels dock (classvalue/classname) use.
 CLASS_VALUE_NAMES = ("classvalue", "value")
@@ -19,6 +19,9 @@ def describe_raster(layer):
     if layer is None:
         return ""
     info = raster_info(layer)
+    if info.get("web"):
+        how = "rendered by QGIS" if info["web"] == "render" else "read through GDAL, tiles cached"
+        return f"web layer ({layer.providerType()}, {how}): 3 bands of uint8, {layer.crs().authid()}"
     return (f"{info['bands']} band(s) of {info['dtype'] or '?'}, {info['width']}×{info['height']} px, "
             f"{layer.crs().authid() or 'no CRS'}")
 
@@ -102,7 +105,7 @@ class ExportDialog(JobDialog):
         values["BANDS"] = parse_bands(values["BANDS"])
         layer = self.raster.currentLayer()
         values["EXTENT"] = self.extent.value(layer.crs() if layer is not None else None)
-        return values
+        return raster_values(layer, values, labels=self.labels.currentLayer())
 
     def check(self, values):
         check_export(values, raster_info(self.raster.currentLayer()))

@@ -19,7 +19,8 @@ from qgis.PyQt.QtWidgets import (QCheckBox, QComboBox, QDialog, QFormLayout, QFr
                                  QVBoxLayout, QWidget)
 
 from .. import settings, tasks
-from ..algorithms.jobs import InvalidInput, non_gdal_raster_message
+from ..algorithms.jobs import InvalidInput
+from ..algorithms.layers import engine_values, extent_of, is_web, web_kind
 
 # GDAL data types as the engine (numpy) names them, for the checks made before running.
 _NUMPY_TYPES = {Qgis.Byte: "uint8", Qgis.UInt16: "uint16", Qgis.Int16: "int16", Qgis.UInt32: "uint32",
@@ -32,6 +33,9 @@ def raster_info(layer):
         return None
     e = layer.extent()
     provider = layer.dataProvider()
+    if is_web(layer):   # read as RGB images over an extent; the world-sized grid says nothing
+        return {"name": layer.name(), "provider": layer.providerType(), "bands": 3, "dtype": "uint8",
+                "has_crs": layer.crs().isValid(), "web": web_kind(layer)}
     return {"name": layer.name(), "provider": layer.providerType(), "bands": layer.bandCount(),
             "width": layer.width(), "height": layer.height(), "has_crs": layer.crs().isValid(),
             "dtype": _NUMPY_TYPES.get(provider.dataType(1)) if provider is not None else None,
@@ -39,11 +43,24 @@ def raster_info(layer):
 
 
 def raster_source(layer):
+    """The layer's own source; the export and detect dialogs turn web layers into engine sources
+    (raster_values) once the extent and cell size are known."""
+    return None if layer is None else layer.source()
+
+
+def raster_values(layer, values, model=None, labels=None):
+    """``values`` as the engine reads ``layer`` (algorithms/layers.py, as the Processing algorithms do);
+    a web layer's default area is the labels layer's extent."""
     if layer is None:
-        return None
-    if layer.providerType() != "gdal":
-        raise InvalidInput(non_gdal_raster_message(layer.name(), layer.providerType()))
-    return layer.source()
+        return values
+    default = None
+    if labels is not None and is_web(layer):
+        labels.updateExtents()
+        default = extent_of(labels.extent(), labels.crs(), layer) if not labels.extent().isEmpty() else None
+    values, note = engine_values(layer, values, model, default, settings.tile_cache())
+    if note:
+        tasks.log(note)
+    return values
 
 
 def vector_source(layer):

@@ -18,6 +18,7 @@ from qgis.PyQt.QtCore import QObject, pyqtSignal
 from qgis.PyQt.QtGui import QColor
 
 from .. import settings
+from ..algorithms.layers import web_kind, window_source
 from .label_store import LabelError, crs_for_new_labels
 from .smart_tool import SmartTool
 
@@ -62,11 +63,16 @@ class SmartLabeling(QObject):
 
     # ------------------------------------------------------------ where
     def raster(self):
-        """The raster to segment: the top visible file raster on the map."""
+        """The raster to segment: the top visible file raster or XYZ/TMS layer on the map."""
         for layer in self.canvas.layers():
-            if isinstance(layer, QgsRasterLayer) and layer.providerType() == "gdal":
+            if isinstance(layer, QgsRasterLayer) and (layer.providerType() == "gdal" or web_kind(layer) == "xyz"):
                 return layer
         return None
+
+    @staticmethod
+    def _source(raster):
+        """What the worker opens: the file, or GDAL's description of the tile service (tiles cached)."""
+        return window_source(raster, settings.tile_cache())
 
     def answer_crs(self):
         store = self.dock.store
@@ -94,7 +100,7 @@ class SmartLabeling(QObject):
         except QgsCsException:
             self.dock._message(f"The prompt cannot be transformed to {crs.authid()}.", Qgis.Warning)
             return None
-        fields = {"raster": raster.source().split("|")[0], "crs": self._crs_text(crs),
+        fields = {"raster": self._source(raster), "crs": self._crs_text(crs),
                   "points": [[p.x(), p.y()] for p in points], "labels": [label for _, label in tool.points]}
         if box is not None:
             fields["box"] = [box.xMinimum(), box.yMinimum(), box.xMaximum(), box.yMaximum()]
@@ -174,7 +180,7 @@ class SmartLabeling(QObject):
         outcome = {}
         rid = self.client.request(
             "refine", lambda ok, payload: outcome.update(ok=ok, payload=payload),
-            raster=raster.source().split("|")[0], crs=self._crs_text(layer.crs()),
+            raster=self._source(raster), crs=self._crs_text(layer.crs()),
             boxes=[[b.xMinimum(), b.yMinimum(), b.xMaximum(), b.yMaximum()] for b in boxes.values()])
         if not self.client.wait(rid, timeout) or not outcome.get("ok"):
             self.dock._message(f"Batch refine failed: {outcome.get('payload', 'no answer in time')}", Qgis.Warning)

@@ -1,0 +1,193 @@
+"""Any raster layer of the project as a source the engine reads through GDAL (QGIS side, no torch).
+
+- GDAL layers (files, VRT, ``/vsicurl/`` cloud GeoTIFFs, ``/vsizip/``): their source, as before.
+- XYZ/TMS and WMS layers (QGIS's ``wms`` provider): a GDAL WMS-driver XML describing the same
+  service (core/sources.py), written in the tile cache folder. The engine then reads windows
+  through GDAL like from a file, fetching each tile once into the shared cache.
+- Anything GDAL cannot describe (WMTS, quadkey tiles, ArcGIS services, ...): QGIS renders the
+  extent at the cell size into a temporary GeoTIFF first, with progress and cancel.
+
+A web layer covers the whole world, so it needs an extent (the labels' for export, the processing
+extent for detection) and a cell size: by default the zoom level matching the model's CellSize
+(detection) or the layer's finest zoom (export).
+"""
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+
+from qgis.core import (QgsCoordinateReferenceSystem, QgsCoordinateTransform, QgsDataSourceUri, QgsProject,
+                       QgsRasterBlockFeedback, QgsRasterFileWriter, QgsRasterPipe, QgsRectangle)
+
+from ..core.errors import UserError
+from ..core.sources import (MapService, TileService, mercator_cell, write_service, zoom_for_cell,
+                            zoom_resolution)
+from .jobs import InvalidInput, absolute
+
+DEFAULT_ZMAX = 18      # QGIS's own default for XYZ connections without zmax
+
+
+@dataclass
+class EngineRaster:
+    source: str            # what --raster gets
+    extent: tuple = None   # (xmin, ymin, xmax, ymax) in the layer's CRS, or None for the whole raster
+    cell_size: float = 0.0  # 0 = the source's own
+    note: str = ""         # a line for the log: what was chosen and why
+
+
+def is_web(layer):
+    return layer is not None and layer.providerType() != "gdal"
+
+
+def _uri(layer):
+    uri = QgsDataSourceUri()
+    uri.setEncodedUri(layer.source())
+    return uri
+
+
+def web_kind(layer):
+    """'xyz', 'wms', or 'render' (QGIS must draw it) for a non-GDAL raster layer."""
+    if layer.providerType() != "wms":
+        return "render"
+    uri = _uri(layer)
+    if uri.param("type") == "xyz":
+        url = uri.param("url")
+        return "xyz" if "{q}" not in url and "{x}" in url else "render"
+    if uri.hasParam("tileMatrixSet") or uri.param("type") in ("wmts", "mbtiles", "vectortile"):
+        return "render"
+    return "wms" if uri.param("url") and uri.hasParam("layers") else "render"
+
+
+def extent_of(extent, crs, layer):
+    """``extent`` (QgsRectangle in ``crs``) as a tuple in the layer's CRS."""
+    if crs is not None and crs.isValid() and crs != layer.crs():
+        extent = QgsCoordinateTransform(crs, layer.crs(), QgsProject.instance()).transformBoundingBox(extent)
+    return (extent.xMinimum(), extent.yMinimum(), extent.xMaximum(), extent.yMaximum())
+
+
+def _latitude(layer, extent):
+    centre = QgsRectangle(*extent).center()
+    to_wgs84 = QgsCoordinateTransform(layer.crs(), QgsCoordinateReferenceSystem("EPSG:4326"), QgsProject.instance())
+    return to_wgs84.transform(centre).y()
+
+
+def model_cell(emd):
+    """(CellSize, its CRS as WKT or None) of a model definition, for a web layer's default zoom."""
+    cell = (emd or {}).get("CellSize")
+    return (float(cell), emd.get("SpatialReference")) if cell else None
+
+
+def _wanted_cell(layer, extent, cell_size, model):
+    """The cell size in the layer's CRS units: the user's, else the model's (``model_cell``) converted.
+    A model trained in the layer's CRS keeps its number; one trained in metres (UTM) gets the
+    Mercator stretch at the extent's latitude, so its objects keep their size in pixels."""
+    if cell_size and cell_size > 0:
+        return float(cell_size), "the given cell size"
+    if not model:
+        return 0.0, ""
+    cell, wkt = model
+    why = f"the model's CellSize {cell:g}"
+    crs = QgsCoordinateReferenceSystem.fromWkt(wkt) if wkt else QgsCoordinateReferenceSystem()
+    if crs.isValid() and (crs == layer.crs() or crs.authid() and crs.authid() == layer.crs().authid()):
+        return cell, why
+    ground = cell * 111320.0 if crs.isValid() and crs.isGeographic() else cell   # metres on the ground
+    if layer.crs().isGeographic():
+        return ground / 111320.0, why
+    if layer.crs().authid() == "EPSG:3857":
+        return mercator_cell(ground, _latitude(layer, extent)), why + " (ground metres, Mercator-stretched)"
+    return ground, why
+
+
+def engine_raster(layer, extent=None, cell_size=0.0, model=None, cache_dir=None, feedback=None):
+    """The EngineRaster for ``layer``; ``extent`` in its CRS. Raises InvalidInput with the fix."""
+    if layer is None:
+        raise InvalidInput("Choose the input raster.")
+    if not is_web(layer):
+        return EngineRaster(absolute(layer.source()), extent, cell_size or 0.0)
+    if extent is None:
+        raise InvalidInput(f"'{layer.name()}' is a web layer covering the whole world: give a processing extent "
+                           "(or processing area polygons) so only that area is fetched.")
+    cache_dir = cache_dir or os.path.join(tempfile.gettempdir(), "maskforge-tiles")
+    kind = web_kind(layer)
+    cell, why = _wanted_cell(layer, extent, cell_size, model)
+    uri = _uri(layer)
+    try:
+        if kind == "xyz":
+            zmin, zmax = int(uri.param("zmin") or 0), int(uri.param("zmax") or DEFAULT_ZMAX)
+            zoom = zoom_for_cell(cell, zmin, zmax)
+            native = zoom_resolution(zoom)
+            source = write_service(TileService(uri.param("url"), zoom), cache_dir)
+            cell = 0.0 if not cell or math.isclose(cell, native, rel_tol=1e-9) else cell
+            note = (f"Reading '{layer.name()}' at zoom level {zoom} ({native:.4g} m cells"
+                    + (f", resampled to {cell:.4g} for {why}" if cell else "") + f"); tiles cached in {cache_dir}.")
+            return EngineRaster(source, extent, cell, note)
+        if kind == "wms":
+            if not cell:
+                raise InvalidInput(f"The WMS layer '{layer.name()}' has no cell size of its own: give a cell size "
+                                   f"(in {layer.crs().authid()} units).")
+            url = uri.param("url")
+            url += "" if url.endswith(("?", "&")) else ("&" if "?" in url else "?")
+            service = MapService(url, ",".join(uri.params("layers")), uri.param("crs") or layer.crs().authid(),
+                                 extent, cell, styles=",".join(uri.params("styles")),
+                                 image_format=uri.param("format") or "image/png")
+            note = f"Reading WMS '{layer.name()}' at {cell:.4g} cells; answers cached in {cache_dir}."
+            return EngineRaster(write_service(service, cache_dir), extent, 0.0, note)
+    except UserError as exc:
+        raise InvalidInput(str(exc)) from None
+    if not cell and uri.param("type") == "xyz":    # e.g. quadkey tiles: QGIS draws them at their finest zoom
+        cell = zoom_resolution(int(uri.param("zmax") or DEFAULT_ZMAX))
+    if not cell:
+        raise InvalidInput(f"'{layer.name()}' ({layer.providerType()}) has no cell size GDAL can read: give a "
+                           f"cell size (in {layer.crs().authid()} units).")
+    path = render_to_geotiff(layer, extent, cell, tempfile.mkdtemp(prefix="maskforge-render-"), feedback)
+    return EngineRaster(path, None, 0.0, f"Rendered '{layer.name()}' through QGIS at {cell:.4g} cells into {path}.")
+
+
+def window_source(layer, cache_dir=None):
+    """A source read window by window anywhere (no extent known yet, as for Smart labeling): a GDAL
+    layer's file, an XYZ/TMS layer at its finest zoom; None for layers that need an extent."""
+    if layer is None:
+        return None
+    if not is_web(layer):
+        return layer.source().split("|")[0]
+    if web_kind(layer) != "xyz":
+        return None
+    uri = _uri(layer)
+    zoom = int(uri.param("zmax") or DEFAULT_ZMAX)
+    return write_service(TileService(uri.param("url"), zoom),
+                         cache_dir or os.path.join(tempfile.gettempdir(), "maskforge-tiles"))
+
+
+def engine_values(layer, values, model=None, default_extent=None, cache_dir=None, feedback=None):
+    """(``values`` with INPUT_RASTER, EXTENT and CELL_SIZE as the engine reads ``layer``, a note for the log).
+    The Processing algorithms and the dialogs both call this; InvalidInput names the fix."""
+    extent = values.get("EXTENT") or (default_extent if is_web(layer) else None)
+    raster = engine_raster(layer, extent, values.get("CELL_SIZE") or 0.0, model, cache_dir, feedback)
+    return {**values, "INPUT_RASTER": raster.source, "EXTENT": raster.extent, "CELL_SIZE": raster.cell_size}, raster.note
+
+
+def render_to_geotiff(layer, extent, cell, folder, feedback=None):
+    """Let QGIS draw ``extent`` of ``layer`` at ``cell`` into a GeoTIFF in ``folder`` (progress, cancel)."""
+    rect = QgsRectangle(*extent)
+    width, height = max(1, round(rect.width() / cell)), max(1, round(rect.height() / cell))
+    rect.setXMaximum(rect.xMinimum() + width * cell)
+    rect.setYMinimum(rect.yMaximum() - height * cell)
+    path = os.path.join(folder, "rendered.tif")
+    pipe = QgsRasterPipe()
+    if not pipe.set(layer.dataProvider().clone()):
+        raise InvalidInput(f"QGIS cannot read '{layer.name()}' for rendering.")
+    block_feedback = QgsRasterBlockFeedback()
+    if feedback is not None:
+        block_feedback.progressChanged.connect(feedback.setProgress)
+        feedback.canceled.connect(block_feedback.cancel)
+    writer = QgsRasterFileWriter(path + ".part.tif")
+    writer.setOutputFormat("GTiff")
+    error = writer.writeRaster(pipe, width, height, rect, layer.crs(), QgsProject.instance().transformContext(),
+                               block_feedback)
+    if block_feedback.isCanceled():
+        raise InvalidInput("Cancelled while rendering the web layer; nothing was written.")
+    if error != QgsRasterFileWriter.NoError:
+        raise InvalidInput(f"QGIS could not render '{layer.name()}' (error {int(error)}). Check that the layer "
+                           "draws on the map at this extent.")
+    os.replace(path + ".part.tif", path)
+    return path
