@@ -103,10 +103,8 @@ class ComputeAccuracyAlgorithm(MaskForgeAlgorithm):
                 args += [option, field]
         if self.parameterAsBoolean(parameters, self.IGNORE_CLASSES, context):
             args.append("--ignore-classes")
-        # Joined with '=': an extent west of 0 or south of the equator starts with '-'.
-        extent = extent_args(self, parameters, self.EXTENT, context, detections.sourceCrs())
-        if extent:
-            args.append(f"--extent={extent[1]}")
+        # One '--extent=...' token: an extent west of 0 or south of the equator starts with '-'.
+        args += extent_args(self, parameters, self.EXTENT, context, detections.sourceCrs())
         if parameters.get(self.EXTENT_POLYGONS):
             args += ["--extent-polygons", source_path(self, parameters, self.EXTENT_POLYGONS, context, feedback)]
         if self.parameterAsBoolean(parameters, "OVERWRITE", context):
