@@ -51,7 +51,10 @@ def start_qgis():
     import processing
     from processing.core.Processing import Processing
     Processing.initialize()
-    plugins = Path(os.environ.get("TMPDIR", "/tmp")) / "maskforge-demo-plugins"
+    # One link per checkout: a link left by another checkout would load that checkout's code.
+    import hashlib
+    tag = hashlib.sha256(str(ROOT).encode()).hexdigest()[:12]
+    plugins = Path(os.environ.get("TMPDIR", "/tmp")) / f"maskforge-demo-plugins-{tag}"
     plugins.mkdir(exist_ok=True)
     link = plugins / "maskforge"
     if not link.exists():
