@@ -12,7 +12,6 @@ from pathlib import Path
 from .errors import UserError
 
 PATH = Path(__file__).with_name("catalogue.json")
-KINDS = ("maskrcnn", "backbone", "sam")
 
 
 def entries(kind=None):

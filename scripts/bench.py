@@ -33,6 +33,7 @@ from core.tiling import _read_native, tile_origins  # noqa: E402
 from core.model import build_model, network_for_package, select_device  # noqa: E402
 from core.package import load_package  # noqa: E402
 from core.synthetic import make_scene  # noqa: E402
+from core.steps import bare_step  # noqa: E402
 from core.train import TrainOptions, train, train_step  # noqa: E402
 
 TINY = dict(backbone="resnet18_fpn", anchor_sizes=(8, 16, 32, 64, 128))
@@ -71,12 +72,7 @@ def bench_train(chips_dir, device, backbone, tile, repeats, amp):
         train_step(model, optimizer, scaler, images, targets, device, amp)
 
     def bare():   # torchvision's minimum: tensors already on the device
-        with torch.autocast(device.type, enabled=amp):
-            loss = sum(model(dev_images, dev_targets).values())
-        optimizer.zero_grad()
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
+        bare_step(model, optimizer, scaler, dev_images, dev_targets, device, amp)
 
     ours(), bare()   # warm up
     t_ours, t_bare = [], []

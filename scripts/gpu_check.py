@@ -34,7 +34,7 @@ import torch  # noqa: E402
 from core import inference, pipeline  # noqa: E402
 from core.data import Chip, ChipDataset, EpochBatches, chip_loader, collate  # noqa: E402
 from core.model import build_model  # noqa: E402
-from core.steps import train_step  # noqa: E402
+from core.steps import bare_step, train_step  # noqa: E402
 from core.tiling import auto_tile_size, overlap_factor  # noqa: E402
 
 try:
@@ -178,12 +178,7 @@ def bench_train(device, backbone, chip, amp, repeats, workers):
         train_step(model, optimizer, scaler, images, targets, device, amp)
 
     def bare():     # torchvision's minimum: tensors already on the device
-        with torch.autocast(device.type, enabled=amp):
-            loss = sum(model(dev_images, dev_targets).values())
-        optimizer.zero_grad()
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
+        bare_step(model, optimizer, scaler, dev_images, dev_targets, device, amp)
 
     def timed(fn):
         sync(device)
