@@ -4,7 +4,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 QGIS_ENV := QT_QPA_PLATFORM=offscreen
 
-.PHONY: setup test test-core test-qgis demo qgis bench gpu-check package clean
+.PHONY: setup test test-core test-qgis demo qgis bench bench-quality gpu-check package clean
 
 setup:
 	@./scripts/setup.sh
@@ -32,6 +32,11 @@ qgis: setup
 bench: setup
 	$(PY) scripts/bench.py
 	@if $(PY) -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then PYTHON=$(PY) scripts/gpu_check.sh; fi
+
+# Fine-tuning quality: our defaults vs torchvision's recipe (and the demo's hand-set values) on three
+# scenes, held-out F1 / AP50 as name=value lines (bench_output/quality). CPU-sized; GPU=1 for a GPU machine.
+bench-quality: setup
+	$(PY) scripts/bench_quality.py $(if $(GPU),--gpu)
 
 # The GPU figures alone (scripts/gpu_check.sh: no setup needed, only torch and torchvision).
 gpu-check:
