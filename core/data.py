@@ -164,14 +164,18 @@ def targets_from_labels(labels, tile_h, tile_w):
     }
 
 
-def max_object_size(chips):
-    size = 0
+def object_sizes(chips):
+    """Every object's longer box side in pixels (what anchors and input scale are chosen from)."""
+    sizes = []
     for chip in chips:
         t = targets_from_labels(chip.labels, *chip.image.shape[1:])
         if len(t["boxes"]):
-            wh = t["boxes"][:, 2:] - t["boxes"][:, :2]
-            size = max(size, float(wh.max()))
-    return size
+            sizes.extend((t["boxes"][:, 2:] - t["boxes"][:, :2]).max(1).values.tolist())
+    return sizes
+
+
+def max_object_size(chips):
+    return float(max(object_sizes(chips), default=0.0))
 
 
 class ChipDataset(torch.utils.data.Dataset):
