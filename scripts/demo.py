@@ -130,8 +130,8 @@ def main():
     out.mkdir(parents=True)
     started = time.monotonic()
     # Sized for 2 CPU cores within the 15-minute budget; a GPU takes the Esri-sized network.
-    source_size, target_size = (320, 384) if args.quick else (512, 512)
-    epochs_base, epochs_tune = (3, 10) if args.quick else (5, 8)
+    source_size, target_size = (256, 384) if args.quick else (512, 512)
+    epochs_base, epochs_tune = (3, 5) if args.quick else (5, 8)
     gpu = runtime_has_cuda()
     tile = 256 if gpu else 128
     # Everything else at the engine's defaults: it chooses the stride, anchors, input scale, learning rate,
