@@ -412,6 +412,7 @@ def package_summary(emd):
             "normalization": (emd.get("Normalization") or {}).get("type"),
             "max_object_size": emd.get("MaxObjectSizePixels"), "cell_size": emd.get("CellSize"),
             "best_epoch": emd.get("BestEpoch"), "mask_ap": metrics.get("mask_ap"),
+            "detection_threshold": emd.get("DetectionThreshold"),
             "epochs_trained": len([r for r in emd.get("TrainingHistory") or [] if r.get("epoch")])}
 
 

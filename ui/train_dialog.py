@@ -40,6 +40,8 @@ def describe_package(summary):
         text += f" · best epoch {summary['best_epoch']}"
         if summary.get("mask_ap") is not None:
             text += f" (mask AP {summary['mask_ap']})"
+    if summary.get("detection_threshold") is not None:
+        text += f" · threshold {summary['detection_threshold']:g} (best F1 on its validation chips)"
     return text
 
 
