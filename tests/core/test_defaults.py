@@ -37,6 +37,15 @@ def scene(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def few_chips(scene):
+    """4 chips side by side (a given stride): enough for the tests that train twice or at a larger scale."""
+    root, scene_files = scene[0], scene[1]
+    export_training_data(scene_files["raster"], scene_files["labels"], root / "few",
+                         ExportOptions(tile_size_x=64, tile_size_y=64, stride_x=64, stride_y=64))
+    return root / "few"
+
+
+@pytest.fixture(scope="module")
 def trained(scene):
     root = scene[0]
     log = Log()
@@ -86,15 +95,14 @@ def test_detection_uses_the_package_threshold_unless_one_is_given(scene, trained
         assert given["detections"] <= chosen["detections"]
 
 
-def test_a_pretrained_rpn_keeps_its_anchors_and_the_input_is_scaled(scene, trained, tmp_path):
-    root = scene[0]
-    coarse = train([root / "chips"], tmp_path / "coarse", "none",
+def test_a_pretrained_rpn_keeps_its_anchors_and_the_input_is_scaled(few_chips, tmp_path):
+    coarse = train([few_chips], tmp_path / "coarse", "none",
                    TrainOptions(epochs=1, device="cpu", anchor_sizes=(32, 64, 128, 256, 512)))
     assert "input_scale" not in load_package(tmp_path / "coarse").emd["Choices"]
     log = Log()
-    train([root / "chips"], tmp_path / "tuned", tmp_path / "coarse", TrainOptions(epochs=1, device="cpu"), log)
+    train([few_chips], tmp_path / "tuned", tmp_path / "coarse", TrainOptions(epochs=1, device="cpu"), log)
     pkg = load_package(tmp_path / "tuned")
-    chips, _, _ = load_training_data([root / "chips"])
+    chips, _, _ = load_training_data([few_chips])
     assert np.percentile(object_sizes(chips), 10) < 16    # 2x brings them to at most 32 px
     assert pkg.emd["Choices"]["input_scale"]["value"] == 2.0
     assert tuple(pkg.params["anchor_sizes"]) == (32, 64, 128, 256, 512)
@@ -105,9 +113,8 @@ def test_a_pretrained_rpn_keeps_its_anchors_and_the_input_is_scaled(scene, train
     assert coarse["choices"]["threshold"]["value"] == load_package(tmp_path / "coarse").emd["DetectionThreshold"]
 
 
-def test_what_the_user_sets_is_used_as_given(scene, tmp_path):
-    root = scene[0]
-    result = train([root / "chips"], tmp_path / "given", "none",
+def test_what_the_user_sets_is_used_as_given(few_chips, tmp_path):
+    result = train([few_chips], tmp_path / "given", "none",
                    TrainOptions(epochs=1, device="cpu", anchor_sizes=(16, 32, 64, 128, 256), monitor="valid_loss",
                                 patience=3, learning_rate=0.002, input_scale=1.5))
     pkg = load_package(tmp_path / "given")
