@@ -59,7 +59,8 @@ class DetectObjectsAlgorithm(MaskForgeAlgorithm):
         self.addParameter(QgsProcessingParameterNumber(self.BATCH_SIZE, "Batch size (0 = from free GPU memory; 4 on the CPU)",
                                                        QgsProcessingParameterNumber.Integer, 0, minValue=0))
         self.addParameter(QgsProcessingParameterNumber(
-            self.THRESHOLD, "Confidence threshold", QgsProcessingParameterNumber.Double, 0.5, minValue=0.0, maxValue=1.0))
+            self.THRESHOLD, "Confidence threshold (0 = the package's, chosen in training for the best F1)",
+            QgsProcessingParameterNumber.Double, 0.0, minValue=0.0, maxValue=1.0))
         self.addParameter(QgsProcessingParameterNumber(
             self.TILE_SIZE, "Tile size in pixels (0 = automatic: about 1.5x the raster's pixels through the network)", QgsProcessingParameterNumber.Integer, 0,
             minValue=0))

@@ -32,7 +32,8 @@ class ExportTrainingDataAlgorithm(MaskForgeAlgorithm):
             "in COCO instance format.\n\n"
             "Labels may be in any CRS: they are reprojected to the raster's. Without a class value field every "
             "feature is class 1 (fields named 'value' or 'classvalue' are used when present). Class values start at 1.\n"
-            "Tiles overlap when the stride is smaller than the tile size. Mask polygons keep only chips fully inside "
+            "Tiles overlap when the stride is smaller than the tile size; a stride of 0 is chosen from the labels "
+            "(half the tile, a quarter when the labels fall in fewer than 64 tiles: more views of few objects). Mask polygons keep only chips fully inside "
             "them; a rotation angle adds rotated copies (k x angle); the minimum overlap ratio drops labels with less "
             "of their area inside a chip. Band numbers start at 1.\n"
             "The output folder must be new or empty unless 'Overwrite' is ticked; it appears only when the export "
@@ -55,10 +56,10 @@ class ExportTrainingDataAlgorithm(MaskForgeAlgorithm):
             type=QgsProcessingParameterField.Any, optional=True))
         for key, label, default in ((self.TILE_SIZE_X, "Tile size X (pixels)", 256),
                                     (self.TILE_SIZE_Y, "Tile size Y (pixels)", 256),
-                                    (self.STRIDE_X, "Stride X (pixels)", 128),
-                                    (self.STRIDE_Y, "Stride Y (pixels)", 128)):
+                                    (self.STRIDE_X, "Stride X (pixels; 0 = chosen from the labels)", 0),
+                                    (self.STRIDE_Y, "Stride Y (pixels; 0 = chosen from the labels)", 0)):
             self.addParameter(QgsProcessingParameterNumber(key, label, QgsProcessingParameterNumber.Integer,
-                                                           default, minValue=1))
+                                                           default, minValue=0 if "STRIDE" in key else 1))
         self.addParameter(QgsProcessingParameterEnum(self.IMAGE_FORMAT, "Image format", FORMATS, defaultValue=0))
         self.addParameter(QgsProcessingParameterEnum(self.TILES, "Output no-feature tiles", TILE_MODES,
                                                      defaultValue=0))

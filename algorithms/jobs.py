@@ -41,9 +41,12 @@ BASE_MODELS = [("torchvision COCO Mask R-CNN (downloaded once)", "coco"),
                ("Package or weights file (.dlpk, .emd, or a torchvision Mask R-CNN .pth)", None),
                ("none (random initialisation)", "none")] + _catalogue_bases()
 PACKAGE_BASE = 1
-# The first entry passes no --backbone, so a base package keeps its own.
-BACKBONES = ["package's / resnet50_fpn (default)", "resnet50_fpn", "resnet50_fpn_v2", "resnet18_fpn"]
-MONITORS = ["valid_loss", "mask_ap"]
+# The first entry passes no --backbone: a base keeps its own, random weights get resnet18_fpn.
+BACKBONES = ["automatic (the base's; resnet18_fpn from random weights)", "resnet50_fpn", "resnet50_fpn_v2",
+             "resnet18_fpn"]
+# Shown names; the engine's values are MONITOR_VALUES (same order).
+MONITORS = ["automatic (mask AP below 100 validation chips, else the loss)", "valid_loss", "mask_ap"]
+MONITOR_VALUES = ["auto", "valid_loss", "mask_ap"]
 DEFAULT_CONFIDENCE_FIELD = "Confidence"
 # One anchor size per FPN level; the engine does not check the count and torchvision
 # fails on a mismatch with an assertion no user can act on.
@@ -51,18 +54,18 @@ FPN_LEVELS = 5
 
 EXPORT_DEFAULTS = {
     "CLASS_VALUE_FIELD": None, "CLASS_NAME_FIELD": None, "TILE_SIZE_X": 256, "TILE_SIZE_Y": 256,
-    "STRIDE_X": 128, "STRIDE_Y": 128, "IMAGE_FORMAT": 0, "OUTPUT_NOFEATURE_TILES": 0, "EXTENT": None,
+    "STRIDE_X": 0, "STRIDE_Y": 0, "IMAGE_FORMAT": 0, "OUTPUT_NOFEATURE_TILES": 0, "EXTENT": None,
     "MASK_POLYGONS": None, "CELL_SIZE": 0.0, "ROTATION_ANGLE": 0.0, "MIN_POLYGON_OVERLAP_RATIO": 0.0,
     "BANDS": [], "BUFFER_RADIUS": 0.0, "OVERWRITE": False,
 }
 TRAIN_DEFAULTS = {
     "ADDITIONAL_DATA": "", "BASE_MODEL": 0, "BASE_PACKAGE": "", "EPOCHS": 20, "BATCH_SIZE": 2,
-    "LEARNING_RATE": 0.0, "VALIDATION_PERCENT": 10.0, "EARLY_STOPPING": True, "PATIENCE": 5, "MONITOR": 0,
-    "FREEZE_BACKBONE": False, "AUGMENT": True, "BACKBONE": 0, "BANDS": "", "ANCHOR_SIZES": "",
+    "LEARNING_RATE": 0.0, "VALIDATION_PERCENT": 10.0, "EARLY_STOPPING": True, "PATIENCE": 0, "MONITOR": 0,
+    "FREEZE_BACKBONE": False, "AUGMENT": True, "BACKBONE": 0, "BANDS": "", "ANCHOR_SIZES": "", "INPUT_SCALE": 0.0,
     "DEVICE": "auto", "SEED": 0, "RESUME": False, "OVERWRITE": False, "PROCESSES": 1,
 }
 DETECT_DEFAULTS = {
-    "PADDING": -1, "BATCH_SIZE": 0, "THRESHOLD": 0.5, "TILE_SIZE": 0, "TEST_TIME_AUGMENTATION": 0,
+    "PADDING": -1, "BATCH_SIZE": 0, "THRESHOLD": 0.0, "TILE_SIZE": 0, "TEST_TIME_AUGMENTATION": 0,
     "RETURN_BOXES": False, "EXTENT": None, "EXTENT_POLYGONS": None, "CELL_SIZE": 0.0, "NMS": True,
     "MAX_OVERLAP_RATIO": 0.0, "SIMPLIFY": 0.0, "DEVICE": "auto", "PROCESSES": 1, "OVERWRITE": False,
 }
@@ -105,10 +108,12 @@ def export_args(values):
     args = ["--raster", absolute(v["INPUT_RASTER"]), "--labels", absolute(v["INPUT_LABELS"]),
             "--out", absolute(v["OUTPUT_FOLDER"]),
             "--tile-size", f"{int(v['TILE_SIZE_X'])},{int(v['TILE_SIZE_Y'])}",
-            "--stride", f"{int(v['STRIDE_X'])},{int(v['STRIDE_Y'])}",
             "--format", FORMATS[int(v["IMAGE_FORMAT"])],
             "--rotation-angle", float(v["ROTATION_ANGLE"]),
             "--min-overlap-ratio", float(v["MIN_POLYGON_OVERLAP_RATIO"])]
+    if int(v["STRIDE_X"] or 0) > 0 or int(v["STRIDE_Y"] or 0) > 0:   # 0: chosen from the labels
+        sx, sy = int(v["STRIDE_X"] or 0) or int(v["STRIDE_Y"]), int(v["STRIDE_Y"] or 0) or int(v["STRIDE_X"])
+        args += ["--stride", f"{sx},{sy}"]
     for key, flag in (("CLASS_VALUE_FIELD", "--class-value-field"), ("CLASS_NAME_FIELD", "--class-name-field")):
         if v[key]:
             args += [flag, v[key]]
@@ -158,8 +163,9 @@ def check_export(values, raster=None):
         raise InvalidInput(f"The output folder '{out}' is not empty (it holds {held}). Choose a new folder, or ask "
                            "to overwrite an earlier export there (--overwrite / 'Overwrite existing output').")
     for key in ("TILE_SIZE_X", "TILE_SIZE_Y", "STRIDE_X", "STRIDE_Y"):
-        if int(v[key]) < 1:
-            raise InvalidInput(f"{key.lower().replace('_', ' ')} must be a positive number of pixels.")
+        if int(v[key] or 0) < (1 if key.startswith("TILE") else 0):
+            raise InvalidInput(f"{key.lower().replace('_', ' ')} must be a positive number of pixels"
+                               + (" (or 0 to choose it from the labels)." if key.startswith("STRIDE") else "."))
     if not raster:
         return
     count = raster.get("bands")
@@ -242,10 +248,15 @@ def train_args(values):
         args += ["--data", absolute(folder)]
     args += ["--out", absolute(v["OUTPUT_MODEL"]), "--base", base,
              "--epochs", int(v["EPOCHS"]), "--batch-size", int(v["BATCH_SIZE"]),
-             "--val-percent", float(v["VALIDATION_PERCENT"]), "--patience", int(v["PATIENCE"]),
-             "--monitor", MONITORS[int(v["MONITOR"])], "--seed", int(v["SEED"]), "--device", device]
+             "--val-percent", float(v["VALIDATION_PERCENT"]),
+             "--monitor", MONITOR_VALUES[int(v["MONITOR"])], "--seed", int(v["SEED"]), "--device", device]
+    # 0 / empty: the engine chooses from the data (core/choices.py) and says why in its log.
+    if int(v["PATIENCE"] or 0) > 0:
+        args += ["--patience", int(v["PATIENCE"])]
     if float(v["LEARNING_RATE"] or 0) > 0:
         args += ["--learning-rate", float(v["LEARNING_RATE"])]
+    if float(v["INPUT_SCALE"] or 0) > 0:
+        args += ["--input-scale", float(v["INPUT_SCALE"])]
     if int(v["BACKBONE"]) > 0:
         args += ["--backbone", BACKBONES[int(v["BACKBONE"])]]
     for key, flag, what, example, count in (("BANDS", "--bands", "Bands", "1,2,3", None),
@@ -288,7 +299,7 @@ def check_train(values):
         if backbone and backbone != summary["backbone"]:
             raise InvalidInput(f"The base package uses the {summary['backbone']} backbone, not {backbone}: "
                                "fine-tuning keeps the package's backbone. Drop --backbone.")
-    if MONITORS[int(v["MONITOR"])] == "mask_ap" and float(v["VALIDATION_PERCENT"]) <= 0:
+    if MONITOR_VALUES[int(v["MONITOR"])] == "mask_ap" and float(v["VALIDATION_PERCENT"]) <= 0:
         raise InvalidInput("Monitoring mask AP needs validation chips: set a validation percentage above 0.")
 
 
@@ -401,6 +412,7 @@ def package_summary(emd):
             "normalization": (emd.get("Normalization") or {}).get("type"),
             "max_object_size": emd.get("MaxObjectSizePixels"), "cell_size": emd.get("CellSize"),
             "best_epoch": emd.get("BestEpoch"), "mask_ap": metrics.get("mask_ap"),
+            "detection_threshold": emd.get("DetectionThreshold"),
             "epochs_trained": len([r for r in emd.get("TrainingHistory") or [] if r.get("epoch")])}
 
 
@@ -417,9 +429,10 @@ def detect_args(values):
     v = _merged(DETECT_DEFAULTS, values)
     args = ["--raster", absolute(v["INPUT_RASTER"]), "--model", absolute(v["MODEL"]),
             *destination_args(v["OUTPUT"], v["OVERWRITE"], absolute),
-            "--threshold", float(v["THRESHOLD"]),
             "--nms-overlap-ratio", float(v["MAX_OVERLAP_RATIO"]), "--simplify", float(v["SIMPLIFY"]),
             "--device", v["DEVICE"] or "auto"]
+    if float(v["THRESHOLD"] or 0) > 0:    # 0: the package's threshold, chosen in training for the best F1
+        args += ["--threshold", float(v["THRESHOLD"])]
     if int(v["BATCH_SIZE"]) > 0:          # 0: the engine picks it from free GPU memory
         args += ["--batch-size", int(v["BATCH_SIZE"])]
     if int(v["PADDING"]) >= 0:
@@ -457,7 +470,7 @@ def check_detect(values, raster=None):
         raise InvalidInput("Choose the output GeoPackage for the detected objects.")
     gpkg_destination(out)
     if not 0.0 <= float(v["THRESHOLD"]) <= 1.0:
-        raise InvalidInput("The confidence threshold must lie between 0 and 1.")
+        raise InvalidInput("The confidence threshold must lie between 0 and 1 (0: the package's own).")
     if int(v["BATCH_SIZE"]) < 0:
         raise InvalidInput("The batch size must be at least 1 (or 0 for automatic).")
     emd = read_emd(v["MODEL"])

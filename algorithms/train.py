@@ -45,8 +45,14 @@ class TrainAlgorithm(MaskForgeAlgorithm):
             "kept when the classes equal the training data's (by count for a .pth), otherwise they are new.\n\n"
             "With a pretrained base, the base model is first measured on the validation chips (epoch 0), "
             "the baseline fine-tuning is judged against.\n"
-            "Each epoch: SGD (momentum 0.9) with a warm-up then cosine decay of the learning rate (0 = 0.005 per "
-            "2 images), mixed precision on CUDA, then the validation loss and COCO AP (box and mask). The "
+            "Left empty or 0, these are chosen from the data, and the log and the report say why: anchor sizes "
+            "that fit the objects' sizes (a new RPN) or an input scale up to 2x that enlarges objects smaller "
+            "than a pretrained RPN's anchors; the monitor (mask AP below 100 validation chips, whose loss is "
+            "noise); the patience (about 300 steps, at least 5 epochs); the learning rate (0.01 per 2 images for "
+            "schedules up to 2,000 steps, else 0.005); the backbone (resnet18_fpn from random weights); and the "
+            "detection threshold with the best F1 on the validation chips, which Detect Objects then uses.\n"
+            "Each epoch: SGD (momentum 0.9) with a warm-up then cosine decay of the learning rate, "
+            "mixed precision on CUDA, then the validation loss and COCO AP (box and mask). The "
             "package is rewritten whenever the monitored metric (validation loss or mask AP) improves, so it "
             "always holds the best epoch; without validation chips the training loss stands in for the "
             "validation loss (mask AP needs validation chips). Early stopping ends training after 'patience' "
@@ -54,8 +60,8 @@ class TrainAlgorithm(MaskForgeAlgorithm):
             "the same folder. Cancelling keeps the package of the best epoch so far. If CUDA runs out of memory "
             "the batch size is halved and the epoch restarts.\n"
             "Bands: 1-based chip bands fed to the network (1 or 3). Anchor sizes: RPN anchor sizes in pixels, "
-            "five of them, one per FPN level (default: the package's, else 32,64,128,256,512); small objects "
-            "need small anchors. "
+            "five of them, one per FPN level (default: a pretrained base's own, else chosen from the objects' "
+            "sizes); small objects need small anchors. Input scale: network input size / chip size. "
             "Device: auto (the first CUDA GPU if any, else the CPU), cpu or cuda:N."
         )
 
@@ -74,7 +80,7 @@ class TrainAlgorithm(MaskForgeAlgorithm):
         self.addParameter(QgsProcessingParameterNumber(
             self.BATCH_SIZE, "Batch size", QgsProcessingParameterNumber.Integer, 2, minValue=1))
         self.addParameter(QgsProcessingParameterNumber(
-            self.LEARNING_RATE, "Learning rate (0 = default)", QgsProcessingParameterNumber.Double, 0.0,
+            self.LEARNING_RATE, "Learning rate (0 = chosen from the schedule)", QgsProcessingParameterNumber.Double, 0.0,
             minValue=0.0))
         self.addParameter(QgsProcessingParameterNumber(
             self.VALIDATION_PERCENT, "Validation chips (%)", QgsProcessingParameterNumber.Double, 10.0,
@@ -82,8 +88,8 @@ class TrainAlgorithm(MaskForgeAlgorithm):
         self.addParameter(QgsProcessingParameterBoolean(
             self.EARLY_STOPPING, "Stop when the model stops improving", True))
         self.addParameter(QgsProcessingParameterNumber(
-            self.PATIENCE, "Patience (epochs without improvement)", QgsProcessingParameterNumber.Integer, 5,
-            minValue=1))
+            self.PATIENCE, "Patience (epochs without improvement; 0 = about 300 steps' worth)",
+            QgsProcessingParameterNumber.Integer, 0, minValue=0))
         self.addParameter(QgsProcessingParameterEnum(self.MONITOR, "Monitor metric", MONITORS, defaultValue=0))
         self.addParameter(QgsProcessingParameterBoolean(
             self.FREEZE_BACKBONE, "Freeze the backbone (train FPN and heads only)", False))
@@ -93,7 +99,11 @@ class TrainAlgorithm(MaskForgeAlgorithm):
         self.addParameter(QgsProcessingParameterString(
             self.BANDS, "Bands for the network (1-based, e.g. 1,2,3; empty = the chips')", optional=True))
         self.addParameter(QgsProcessingParameterString(
-            self.ANCHOR_SIZES, "Anchor sizes in pixels (e.g. 8,16,32,64,128; empty = default)", optional=True))
+            self.ANCHOR_SIZES, "Anchor sizes in pixels (e.g. 8,16,32,64,128; empty = from the objects' sizes)",
+            optional=True))
+        self.addParameter(QgsProcessingParameterNumber(
+            "INPUT_SCALE", "Input scale (network input / chip size; 0 = chosen from the objects' sizes)",
+            QgsProcessingParameterNumber.Double, 0.0, minValue=0.0, maxValue=4.0))
         self.addParameter(QgsProcessingParameterString(self.DEVICE, "Device (auto, cpu, cuda:N)", "auto"))
         self.addParameter(QgsProcessingParameterNumber(
             self.SEED, "Random seed", QgsProcessingParameterNumber.Integer, 0, minValue=0))
@@ -120,7 +130,7 @@ class TrainAlgorithm(MaskForgeAlgorithm):
             values[key] = self.parameterAsEnum(parameters, key, context)
         for key in (self.EPOCHS, self.BATCH_SIZE, self.PATIENCE, self.SEED, "PROCESSES"):
             values[key] = self.parameterAsInt(parameters, key, context)
-        for key in (self.LEARNING_RATE, self.VALIDATION_PERCENT):
+        for key in (self.LEARNING_RATE, self.VALIDATION_PERCENT, "INPUT_SCALE"):
             values[key] = self.parameterAsDouble(parameters, key, context)
         for key in (self.EARLY_STOPPING, self.AUGMENT, self.FREEZE_BACKBONE, self.RESUME, "OVERWRITE"):
             values[key] = self.parameterAsBoolean(parameters, key, context)

@@ -24,6 +24,7 @@ class Base:
     backbone: str
     anchors: tuple
     description: str       # recorded in the package's BaseModel
+    rpn_pretrained: bool = True   # its RPN learnt its anchors: they stay (the input is scaled instead)
 
 
 def describe_choices():
@@ -40,9 +41,12 @@ def base_model(base, class_names, tile, o, reporter):
     anchors = tuple(o.anchor_sizes or DEFAULT_ANCHORS)
     key = base.lower()
     if key == "none":
-        backbone = o.backbone or "resnet50_fpn"
-        reporter.log(f"Base: random initialisation ({backbone}).")
-        return Base(build_model(backbone, n_out, tile, anchors), backbone, anchors, "none")
+        # From random weights: resnet18_fpn's GroupNorm trains with batches of 2; ResNet-50's frozen
+        # BatchNorm presumes pretrained statistics (it is the identity when untrained).
+        backbone = o.backbone or "resnet18_fpn"
+        reporter.log(f"Base: random initialisation ({backbone}"
+                     + ("" if o.backbone else ": the backbone that trains from scratch with small batches") + ").")
+        return Base(build_model(backbone, n_out, tile, anchors), backbone, anchors, "none", rpn_pretrained=False)
     entry = next((e for e in catalogue.entries() if e["id"] == key and e["kind"] in ("maskrcnn", "backbone")), None)
     if entry and entry["kind"] == "backbone":
         backbone = o.backbone or entry["backbone"]
@@ -52,7 +56,7 @@ def base_model(base, class_names, tile, o, reporter):
         model = build_model(backbone, n_out, tile, anchors)
         imagenet_body(model, reporter)
         reporter.log(f"Base: {entry['name']} ({backbone}); new FPN, RPN and heads for {len(class_names)} class(es).")
-        return Base(model, backbone, anchors, key)
+        return Base(model, backbone, anchors, key, rpn_pretrained=False)
     if entry:
         path, source = catalogue.fetch(entry, reporter), entry["name"]
     elif Path(base).suffix.lower() in STATE_SUFFIXES:

@@ -18,7 +18,7 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +30,7 @@ import shapely.affinity
 from affine import Affine
 from rasterio.windows import Window
 
+from . import choices
 from .errors import UserError
 from .geodata import open_raster, read_area, read_labels
 from .outputs import check_export_folder
@@ -52,8 +53,8 @@ def class_color(value):
 class ExportOptions:
     tile_size_x: int = 256
     tile_size_y: int = 256
-    stride_x: int = 128
-    stride_y: int = 128
+    stride_x: int = None              # None: chosen from the labels (core.choices.stride)
+    stride_y: int = None
     image_format: str = "TIFF"
     only_tiles_with_features: bool = True
     extent: tuple = None              # (xmin, ymin, xmax, ymax) in the raster's CRS
@@ -79,7 +80,7 @@ def tile_offsets(length, tile, stride):
 
 def _validate_options(o):
     for name in ("tile_size_x", "tile_size_y", "stride_x", "stride_y"):
-        if int(getattr(o, name)) < 1:
+        if getattr(o, name) is not None and int(getattr(o, name)) < 1:
             raise UserError(f"{name.replace('_', ' ')} must be a positive number of pixels.")
     fmt = str(o.image_format).upper().replace("JPG", "JPEG").replace("TIF", "TIFF").replace("TIFFF", "TIFF")
     if fmt not in IMAGE_FORMATS:
@@ -165,6 +166,16 @@ class _Grid:
 def _footprint(transform, tx, ty):
     corners = [transform * (0, 0), transform * (tx, 0), transform * (tx, ty), transform * (0, ty)]
     return shapely.Polygon(corners)
+
+
+def _labelled_tiles(grid, tree, tx, ty, sx, sy):
+    """How many tiles at strides (sx, sy) hold a label (all footprints at once: cheap even for large grids)."""
+    c, r = np.meshgrid(tile_offsets(grid.width, tx, sx), tile_offsets(grid.height, ty, sy))
+    c, r = c.ravel().astype(float), r.ravel().astype(float)
+    t = grid.transform
+    corners = [(c, r), (c + tx, r), (c + tx, r + ty), (c, r + ty)]
+    xy = np.stack([np.stack([t.a * x + t.b * y + t.c, t.d * x + t.e * y + t.f], -1) for x, y in corners], 1)
+    return len(np.unique(tree.query(shapely.polygons(xy), predicate="intersects")[0]))
 
 
 def _rotated(transform, tx, ty, angle):
@@ -334,6 +345,12 @@ def export_training_data(raster, labels, out_dir, options=None, reporter=None):
         angles = [0.0]
         if o.rotation_angle and o.rotation_angle > 0:
             angles += [a for a in np.arange(o.rotation_angle, 360.0, o.rotation_angle) if a > 0]
+        tree = shapely.STRtree(lab.geometries)
+        chosen = None
+        if o.stride_x is None or o.stride_y is None:
+            chosen = choices.stride(tx, ty, lambda x, y: _labelled_tiles(grid, tree, tx, ty, x, y))
+            o = replace(o, stride_x=o.stride_x or chosen.value[0], stride_y=o.stride_y or chosen.value[1])
+            reporter.log(f"Chosen from the labels: {chosen.reason}.")
         cols = tile_offsets(grid.width, tx, int(o.stride_x))
         rows = tile_offsets(grid.height, ty, int(o.stride_y))
         total = len(cols) * len(rows) * len(angles)
@@ -347,12 +364,12 @@ def export_training_data(raster, labels, out_dir, options=None, reporter=None):
         reporter.log(f"Exporting up to {total} chips of {tx}x{ty} px from {len(lab.geometries)} labels "
                      f"({len(lab.class_names)} classes).")
 
-        tree = shapely.STRtree(lab.geometries)
         tmp = _prepare_output(out_dir, o.overwrite)
         try:
             result = _write_chips(src, bands, nodata, lab, tree, grid, rows, cols, angles, tx, ty,
                                   mask_area, o, tmp, reporter, total)
-            result.update(repaired=lab.repaired, skipped_labels=lab.skipped)
+            result.update(repaired=lab.repaired, skipped_labels=lab.skipped, stride=[o.stride_x, o.stride_y],
+                          choices={"stride": chosen.as_dict()} if chosen else {})
             if result["chips"] == 0 and result["skipped_nodata"]:
                 raise UserError(
                     f"No chip was written: all {result['skipped_nodata']} tiles that hold a label are nodata "

@@ -43,7 +43,8 @@ def _add_export(sub):
     p.add_argument("--class-value-field", help="integer class field (default: 'value'/'classvalue', else all 1)")
     p.add_argument("--class-name-field", help="class name field (optional)")
     p.add_argument("--tile-size", type=_int_pair, default=(256, 256), help="X[,Y] pixels (default 256)")
-    p.add_argument("--stride", type=_int_pair, default=(128, 128), help="X[,Y] pixels (default 128)")
+    p.add_argument("--stride", type=_int_pair,
+                   help="X[,Y] pixels (default: half the tile, a quarter when the labels fall in fewer than 64 tiles)")
     p.add_argument("--format", default="TIFF", choices=["TIFF", "PNG", "JPEG"], help="chip image format")
     p.add_argument("--all-tiles", action="store_true", help="also write tiles without any label")
     p.add_argument("--extent", type=lambda t: _floats(t, 4), help="xmin,ymin,xmax,ymax in the raster's CRS")
@@ -64,7 +65,8 @@ def _run_export(args, reporter):
     from .chips import ExportOptions, export_training_data
     options = ExportOptions(
         tile_size_x=args.tile_size[0], tile_size_y=args.tile_size[1],
-        stride_x=args.stride[0], stride_y=args.stride[1], image_format=args.format,
+        stride_x=(args.stride or (None, None))[0], stride_y=(args.stride or (None, None))[1],
+        image_format=args.format,
         only_tiles_with_features=not args.all_tiles, extent=args.extent, mask_polygons=args.mask_polygons,
         cell_size=args.cell_size, rotation_angle=args.rotation_angle,
         min_polygon_overlap_ratio=args.min_overlap_ratio, bands=args.bands,
@@ -99,17 +101,26 @@ def _add_train(sub):
                         "an Esri resnet50 Mask R-CNN)")
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--batch-size", type=int, default=2)
-    p.add_argument("--learning-rate", type=float, help="default 0.005 per 2 images")
+    p.add_argument("--learning-rate", type=float,
+                   help="default: 0.01 per 2 images for short schedules (up to 2,000 steps), else 0.005")
     p.add_argument("--val-percent", type=float, default=10.0, help="validation chips in %% (default 10)")
     p.add_argument("--no-early-stopping", action="store_true")
-    p.add_argument("--patience", type=int, default=5, help="epochs without improvement before stopping")
-    p.add_argument("--monitor", choices=["valid_loss", "mask_ap"], default="valid_loss")
+    p.add_argument("--patience", type=int,
+                   help="epochs without improvement before stopping (default: about 300 steps' worth, at least 5)")
+    p.add_argument("--monitor", choices=["auto", "valid_loss", "mask_ap"], default="auto",
+                   help="auto (default): mask AP below 100 validation chips (their loss is noise), else the loss")
     p.add_argument("--freeze-backbone", action="store_true", help="train only FPN and heads")
     p.add_argument("--no-augment", action="store_true", help="no flips/rotations/brightness/contrast")
     p.add_argument("--backbone", choices=["resnet50_fpn", "resnet50_fpn_v2", "resnet18_fpn"],
-                   help="for --base none (default resnet50_fpn); a package keeps its own")
+                   help="for --base none (default resnet18_fpn, which trains from random weights) or imagenet; "
+                        "a package or .pth keeps its own")
     p.add_argument("--bands", type=_bands, help="1-based chip bands for the network (1 or 3)")
-    p.add_argument("--anchor-sizes", type=_bands, help="RPN anchor sizes in pixels, e.g. 8,16,32,64,128")
+    p.add_argument("--anchor-sizes", type=_bands,
+                   help="RPN anchor sizes in pixels, e.g. 8,16,32,64,128 (default: a pretrained RPN's own, else "
+                        "chosen from the objects' sizes)")
+    p.add_argument("--input-scale", type=float,
+                   help="network input size / chip size, e.g. 1.5 (default: 1, or up to 2 chosen from the objects' "
+                        "sizes when a pretrained RPN's anchors are larger than the objects)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda:N")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from the folder's checkpoint")
@@ -132,7 +143,7 @@ def _run_train(args, reporter):
         val_fraction=args.val_percent / 100.0, early_stopping=not args.no_early_stopping, patience=args.patience,
         monitor=args.monitor, freeze_backbone=args.freeze_backbone, augment=not args.no_augment,
         device=args.device, seed=args.seed, backbone=args.backbone, bands=args.bands,
-        anchor_sizes=args.anchor_sizes, resume=args.resume, overwrite=args.overwrite, name=args.name,
+        anchor_sizes=args.anchor_sizes, input_scale=args.input_scale, resume=args.resume, overwrite=args.overwrite, name=args.name,
         workers=args.workers)
     return train(args.data, args.out, args.base, options, reporter)
 
@@ -146,7 +157,9 @@ def _add_detect(sub):
     _add_layer_options(p)
     p.add_argument("--padding", type=int, help="pixels (default: half the largest training object, else chip/4)")
     p.add_argument("--batch-size", type=int, help="tiles per batch (default: from free GPU memory; 4 on the CPU)")
-    p.add_argument("--threshold", type=float, default=0.5, help="minimum confidence (default 0.5)")
+    p.add_argument("--threshold", type=float,
+                   help="minimum confidence (default: the package's DetectionThreshold, chosen in training for the "
+                        "best F1 on the validation chips; 0.5 for packages without one)")
     p.add_argument("--tile-size", type=int,
                    help="default: automatic, so that about 1.5x the raster's pixels go through the network")
     p.add_argument("--tracers", type=int, help="polygon-tracing threads (default: one per spare core)")

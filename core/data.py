@@ -164,14 +164,26 @@ def targets_from_labels(labels, tile_h, tile_w):
     }
 
 
-def max_object_size(chips):
-    size = 0
+def object_sizes(chips, whole_only=True):
+    """Every object's longer box side in pixels (what anchors and input scale are chosen from).
+
+    ``whole_only``: objects cut by a chip edge are left out (a tent cut to a 2 px sliver is not a 2 px
+    object), unless no object lies whole inside a chip."""
+    sizes, cut = [], []
     for chip in chips:
-        t = targets_from_labels(chip.labels, *chip.image.shape[1:])
+        h, w = chip.image.shape[1:]
+        t = targets_from_labels(chip.labels, h, w)
         if len(t["boxes"]):
-            wh = t["boxes"][:, 2:] - t["boxes"][:, :2]
-            size = max(size, float(wh.max()))
-    return size
+            b = t["boxes"]
+            side = (b[:, 2:] - b[:, :2]).max(1).values
+            edge = (b[:, 0] <= 0) | (b[:, 1] <= 0) | (b[:, 2] >= w) | (b[:, 3] >= h)
+            sizes.extend(side[~edge].tolist())
+            cut.extend(side[edge].tolist())
+    return sizes if (sizes and whole_only) else sizes + cut
+
+
+def max_object_size(chips):
+    return float(max(object_sizes(chips, whole_only=False), default=0.0))
 
 
 class ChipDataset(torch.utils.data.Dataset):

@@ -15,7 +15,7 @@ import math
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +42,7 @@ TTA_MERGES = ("mean", "max", "min")
 class DetectOptions:
     padding: int = None              # pixels; None: half the largest training object, else chip/4
     batch_size: int = None           # None: from free GPU memory on CUDA, 4 on the CPU
-    threshold: float = 0.5
+    threshold: float = None          # None: the package's DetectionThreshold (chosen in training), else 0.5
     tile_size: int = None            # None: automatic (overlap factor near 1.5, within memory)
     tta: str = None                  # None, or how dihedral variants merge: mean, max, min
     return_boxes: bool = False
@@ -151,6 +151,19 @@ def write_style(path, classes):
     return str(path)
 
 
+def _threshold(pkg, given, reporter):
+    """The user's threshold, else the one training chose for the best F1 on its validation chips."""
+    if given is not None:
+        return float(given)
+    chosen = pkg.emd.get("DetectionThreshold")
+    if chosen is None:
+        reporter.log("Confidence threshold 0.5 (the package records none).")
+        return 0.5
+    why = ((pkg.emd.get("Choices") or {}).get("threshold") or {}).get("reason")
+    reporter.log(f"Confidence threshold {float(chosen):g}, the package's" + (f" ({why})." if why else "."))
+    return float(chosen)
+
+
 def _plan(pkg, o, grid, padding, device):
     """(tile size, batch size, network input scale): as given, else from the raster, padding and memory."""
     chip = int(pkg.tile_size[0])
@@ -175,14 +188,16 @@ def detect(raster, model, out, options=None, reporter=None, predictor=None):
     o = options or DetectOptions()
     reporter = reporter or NullReporter()
     started = time.monotonic()
-    if not 0.0 <= o.threshold <= 1.0:
-        raise UserError("The confidence threshold must lie between 0 and 1.")
+    if o.threshold is not None and not 0.0 <= o.threshold <= 1.0:
+        raise UserError(f"The confidence threshold is {o.threshold:g}: it must lie between 0 and 1 (or be left "
+                        "empty for the package's own).")
     if o.tta and o.tta not in TTA_MERGES:
         raise UserError(f"Test-time augmentation merges by {', '.join(TTA_MERGES)}, not '{o.tta}'.")
     if o.batch_size is not None and o.batch_size < 1:
         raise UserError("The batch size must be at least 1.")
     out, layer = gpkg.check_destination(out, o.layer, o.overwrite)
     pkg = load_package(model)
+    o = replace(o, threshold=_threshold(pkg, o.threshold, reporter))
     device = distributed.init(o.device) or select_device(o.device)
     classes = pkg.classes
     chip = int(pkg.tile_size[0])
@@ -285,8 +300,8 @@ def detect(raster, model, out, options=None, reporter=None, predictor=None):
                 if not distributed.is_main():
                     return {"rank": distributed.rank(), "detections": writer.count}
                 count = _merge_parts(sorted(parts_dir.glob("part-*.gpkg")), tmp, layer, crs_wkt)
-            result = {"detections": count, "tiles": len(tiles), "padding": padding, "tile_size": size,
-                      "overlap_factor": round(overlap, 3), "batch_size": batch_size, "tracers": tracer_threads,
+            result = {"detections": count, "threshold": o.threshold, "tiles": len(tiles), "padding": padding,
+                      "tile_size": size, "overlap_factor": round(overlap, 3), "batch_size": batch_size, "tracers": tracer_threads,
                       "detections_per_tile_cap": caps[0], "processes": distributed.world_size()}
             if o.nms and count:
                 from .nms import nms_file

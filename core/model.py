@@ -39,13 +39,10 @@ def build_model(backbone, num_classes, tile_size, anchor_sizes=DEFAULT_ANCHORS, 
     resize; by default the tile itself (no resizing). arcgis.learn builds its
     networks with 1.5x and 2x the chip, and its packages are run that way.
     """
-    if len(anchor_sizes) != 5:
-        raise UserError(f"Give 5 anchor sizes, one per feature-pyramid level (e.g. 8,16,32,64,128), "
-                        f"not {len(anchor_sizes)}.")
+    anchors = anchor_generator(anchor_sizes)
     size = int(max(tile_size))
     common = dict(min_size=int(min_size or size), max_size=int(max_size or min_size or size),
                   box_detections_per_img=int(detections_per_img))
-    anchors = AnchorGenerator(tuple((int(a),) for a in anchor_sizes), ((0.5, 1.0, 2.0),) * len(anchor_sizes))
     if backbone == "resnet50_fpn":
         body = resnet_fpn_backbone(backbone_name="resnet50", weights=None, norm_layer=FrozenBatchNorm2d,
                                    trainable_layers=trainable_layers)
@@ -66,6 +63,15 @@ def build_model(backbone, num_classes, tile_size, anchor_sizes=DEFAULT_ANCHORS, 
     else:
         raise UserError(f"Unknown backbone '{backbone}': choose resnet50_fpn, resnet50_fpn_v2 or resnet18_fpn.")
     return model
+
+
+def anchor_generator(anchor_sizes):
+    """One anchor size per FPN level, three aspect ratios each (torchvision's layout: 3 anchors a place,
+    so RPN heads of any anchor sizes share their shapes)."""
+    if len(anchor_sizes) != 5:
+        raise UserError(f"Give 5 anchor sizes, one per feature-pyramid level (e.g. 8,16,32,64,128), "
+                        f"not {len(anchor_sizes)}.")
+    return AnchorGenerator(tuple((int(a),) for a in anchor_sizes), ((0.5, 1.0, 2.0),) * len(anchor_sizes))
 
 
 def replace_heads(model, num_classes):

@@ -147,6 +147,8 @@ class ModelPackage:
             "max_cell_size": e.get("MaxCellSize"), "normalization": e.get("Normalization"),
             "max_object_size_pixels": e.get("MaxObjectSizePixels"), "metrics": e.get("Metrics"),
             "epochs_trained": len(e.get("TrainingHistory") or []),
+            "detection_threshold": e.get("DetectionThreshold"),
+            "choices": {k: c.get("reason") for k, c in (e.get("Choices") or {}).items()},
             "arcgis_pro": e.get("ArcGISPro") or ("an arcgis.learn package" if self.is_esri else
                                                  "MaskForge-only: written before MaskForge 0.2"),
         }

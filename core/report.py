@@ -43,7 +43,36 @@ def _loss_graph(history, path, size=(640, 360)):
     img.save(path)
 
 
-def _sample(chip, pred, normalization, path):
+def _pr_graph(curve, threshold, path, size=(360, 360)):
+    """Precision (y) against recall (x) on the validation chips, the chosen threshold's point marked."""
+    w, h = size
+    img = Image.new("RGB", size, "white")
+    d = ImageDraw.Draw(img)
+    left, right, top, bottom = 45, w - 15, 15, h - 40
+    d.rectangle([left, top, right, bottom], outline=(180, 180, 180))
+    for i in range(5):
+        f = i / 4
+        y, x = bottom - (bottom - top) * f, left + (right - left) * f
+        d.line([left, y, right, y], fill=(235, 235, 235))
+        d.text((8, y - 6), f"{f:.2f}", fill="black")
+        d.text((x - 10, bottom + 6), f"{f:.2f}", fill="black")
+    d.text(((left + right) / 2 - 15, h - 18), "recall", fill="black")
+    d.text((left + 4, top + 2), "precision", fill="black")
+
+    def xy(c):
+        return left + (right - left) * c[2], bottom - (bottom - top) * c[1]
+    pts = [xy(c) for c in curve]
+    if len(pts) > 1:
+        d.line(pts, fill=(31, 119, 180), width=2)
+    at = [c for c in curve if c[0] >= threshold]
+    if at:
+        x, y = xy(at[-1])
+        d.ellipse([x - 5, y - 5, x + 5, y + 5], outline=(214, 39, 40), width=3)
+        d.text((min(x + 8, right - 110), max(y - 18, top)), f"threshold {threshold:g}", fill=(214, 39, 40))
+    img.save(path)
+
+
+def _sample(chip, pred, normalization, path, threshold=0.5):
     rgb = (to_network_input(chip.image, normalization).transpose(1, 2, 0) * 255).astype(np.uint8)
     truth = np.zeros(rgb.shape[:2], bool)
     for _, m in chip.labels:
@@ -53,7 +82,7 @@ def _sample(chip, pred, normalization, path):
     img = Image.fromarray(out)
     d = ImageDraw.Draw(img)
     for box, score in zip(pred["boxes"], pred["scores"]):
-        if score >= 0.5:
+        if score >= threshold:
             d.rectangle([float(v) for v in box], outline=(255, 0, 0))
     img.save(path)
 
@@ -64,11 +93,17 @@ def write_report(out_dir, name, emd, chips, preds, normalization):
     history = emd.get("TrainingHistory") or []
     loss_png = out / "loss_graph.png"
     _loss_graph(history, loss_png)
+    threshold = float(emd.get("DetectionThreshold") or 0.5)
+    curve = emd.get("PrecisionRecall") or []
+    pr_png = out / "precision_recall.png"
+    _pr_graph(curve, threshold, pr_png)
     samples = []
     for i, (chip, pred) in enumerate(zip(chips, preds)):
         p = out / f"sample_{i}.png"
-        _sample(chip, pred, normalization, p)
+        _sample(chip, pred, normalization, p, threshold)
         samples.append(p)
+    chosen = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(json.dumps(c.get('value')))}</td>"
+                     f"<td>{html.escape(str(c.get('reason')))}</td></tr>" for k, c in (emd.get("Choices") or {}).items())
     best = emd.get("Metrics") or {}
     rows = "".join(f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(json.dumps(v))}</td></tr>"
                    for k, v in (emd.get("TrainingParameters") or {}).items())
@@ -88,12 +123,16 @@ base model <b>{html.escape(str(emd.get('BaseModel')))}</b>, best epoch <b>{emd.g
 of {len(history)}, training time {emd.get('TrainingSeconds')} s.</p>
 <h2>Average precision per class (validation chips, COCO AP@[.5:.95])</h2>
 <table><tr><th>value</th><th>class</th><th>box AP</th><th>mask AP</th><th>mask AP50</th></tr>{per_class}</table>
+<h2>Chosen from the data</h2><p>What was left empty, the engine chose; each can be set by hand.</p>
+<table><tr><th>setting</th><th>value</th><th>why</th></tr>{chosen}</table>
+<h2>Precision and recall (validation chips, mask IoU 0.5)</h2>
+<p>Detect Objects uses the threshold <b>{threshold:g}</b> unless another is set.</p><img src="{pr_png.name}">
 <h2>Loss</h2><img src="{loss_png.name}">
 <h2>Epochs</h2><table><tr><th>epoch</th><th>train loss</th><th>valid loss</th><th>box AP</th><th>mask AP</th>
 <th>mask AP50</th><th>lr</th><th>s</th></tr>{hist}</table>
-<h2>Sample results</h2><p>Validation chips: labels tinted green, predictions (score ≥ 0.5) boxed red.</p>{imgs}
+<h2>Sample results</h2><p>Validation chips: labels tinted green, predictions (score ≥ {threshold:g}) boxed red.</p>{imgs}
 <h2>Parameters</h2><table>{rows}</table>
 </body></html>"""
     report = out / "model_metrics.html"
     report.write_text(page)
-    return [report, loss_png, *samples]
+    return [report, loss_png, pr_png, *samples]

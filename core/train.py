@@ -16,19 +16,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import __version__, distributed
+from . import __version__, choices, distributed
 from .chips import class_color
 from .esri import with_arcgis_keys
-from .data import (ChipDataset, EpochBatches, chip_loader, collate, default_workers, load_training_data,
-                   max_object_size, split_train_val, targets_from_labels)
+from .data import (ChipDataset, EpochBatches, chip_loader, default_workers, load_training_data,
+                   max_object_size, object_sizes, split_train_val, targets_from_labels)
 from .errors import Cancelled, UserError
-from .metrics import coco_evaluate
 from .bases import base_model
-from .model import select_device
+from .model import anchor_generator, select_device
 from .outputs import check_model_folder, remove_packages
 from .package import FRAMEWORK, load_package, read_weights, write_package
 from .progress import NullReporter
-from .steps import _to_device, train_step
+from .steps import train_step
+from .validation import evaluate
 
 CHECKPOINT = "checkpoint.pth"
 
@@ -37,18 +37,20 @@ CHECKPOINT = "checkpoint.pth"
 class TrainOptions:
     epochs: int = 20
     batch_size: int = 2
-    learning_rate: float = None      # None: 0.005 per 2 images (torchvision's reference, scaled)
+    learning_rate: float = None      # None: chosen from the schedule's length (core.choices)
     val_fraction: float = 0.1
     early_stopping: bool = True
-    patience: int = 5
-    monitor: str = "valid_loss"      # or "mask_ap"
+    patience: int = None             # epochs; None: about 300 steps' worth (core.choices)
+    monitor: str = "auto"            # valid_loss, mask_ap, or auto: mask AP on small validation sets
     freeze_backbone: bool = False
     augment: bool = True
     device: str = "auto"
     seed: int = 0
-    backbone: str = None             # default: the base package's, else resnet50_fpn
+    backbone: str = None             # default: the base's; resnet18_fpn from random weights
     bands: tuple = None              # 1-based chip bands (1 or 3)
-    anchor_sizes: tuple = None       # default: the base's, else torchvision's (32..512)
+    anchor_sizes: tuple = None       # default: a pretrained RPN's own, else from the objects' sizes
+    input_scale: float = None        # network input / chip size; None: 1, or from the objects' sizes when
+                                     # a pretrained RPN's anchors stay
     resume: bool = False
     overwrite: bool = False          # replace the folder's package (only once the new best epoch is written)
     name: str = None                 # package name; default: the output folder's name
@@ -86,58 +88,10 @@ def epoch_batches(indices, batch_size, seed, epoch):
     return [keyed[i:i + batch_size] for i in range(0, len(keyed), batch_size)]
 
 
-def _batches(dataset, indices, batch_size):
-    """Validation batches, in order, on the main thread (no augmentation: little to prepare)."""
-    order = list(indices)
-    for i in range(0, len(order), batch_size):
-        yield collate([dataset[j] for j in order[i:i + batch_size]])
-
-
-@torch.no_grad()
-def predict(model, images, device, amp):
-    model.eval()
-    with torch.autocast(device.type, enabled=amp and device.type == "cuda"):
-        return model([i.to(device) for i in images])
-
-
-def evaluate(model, dataset, indices, batch_size, device, amp, class_names, score_threshold=0.05):
-    """Validation loss (train-mode losses without gradients) and COCO AP of the predictions.
-
-    The network's labels are ranks of the class values; predictions and truths are given back in
-    class values, so AP per class is keyed by the value a user knows."""
-    values = np.array([0, *sorted(class_names)], dtype=np.int64)
-    if not indices:
-        return {"valid_loss": None}, []
-    losses, preds, truths = [], [], []
-    for images, targets in _batches(dataset, distributed.shard(list(indices)), batch_size):
-        model.train()
-        for m in model.modules():   # no BatchNorm statistics updates from validation data
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                m.eval()
-        with torch.no_grad(), torch.autocast(device.type, enabled=amp and device.type == "cuda"):
-            loss_dict = model(*_to_device(images, targets, device))
-        losses.append(float(sum(loss_dict.values())))
-        for out, t in zip(predict(model, images, device, amp), targets):
-            keep = out["scores"] >= score_threshold
-            preds.append({"boxes": out["boxes"][keep].float().cpu().numpy(),
-                          "labels": values[out["labels"][keep].cpu().numpy()],
-                          "scores": out["scores"][keep].float().cpu().numpy(),
-                          "masks": (out["masks"][keep, 0] > 0.5).cpu().numpy()})
-            truths.append({"boxes": t["boxes"].numpy(), "labels": values[t["labels"].numpy()],
-                           "masks": t["masks"].numpy().astype(bool), "shape": images[0].shape[-2:]})
-    if distributed.is_distributed():
-        # Every rank scores the union of all shards, so every rank reaches the same metrics.
-        parts = distributed.gather_objects((losses, preds, truths))
-        losses = [x for p in parts for x in p[0]]
-        order = [(r, j) for j in range(max(len(p[1]) for p in parts)) for r, p in enumerate(parts) if j < len(p[1])]
-        preds = [parts[r][1][j] for r, j in order]
-        truths = [parts[r][2][j] for r, j in order]
-    ap = coco_evaluate(preds, truths, class_names)
-    return {"valid_loss": round(float(np.mean(losses)), 5), **ap}, preds
-
-
-def _package_emd(spec, class_names, backbone, anchors, max_obj, history, best, o, base_desc, tile, network):
-    """``network``: the model's GeneralizedRCNNTransform (its resize and mean/std are recorded)."""
+def _package_emd(spec, class_names, backbone, anchors, max_obj, history, best, o, base_desc, tile, network,
+                 chosen, curve):
+    """``network``: the model's GeneralizedRCNNTransform (its resize and mean/std are recorded); ``chosen``:
+    the engine's choices (core.choices), ``curve`` the validation precision-recall curve."""
     cell = spec.get("CellSize")
     return with_arcgis_keys({
         "Framework": FRAMEWORK, "MaskForgeVersion": __version__, "ModelConfiguration": "MaskForge_MaskRCNN",
@@ -157,7 +111,40 @@ def _package_emd(spec, class_names, backbone, anchors, max_obj, history, best, o
         "BaseModel": base_desc, "BestEpoch": best.get("epoch"), "Metrics": best,
         "TrainingParameters": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(o).items()},
         "TrainingHistory": history,
+        "DetectionThreshold": chosen["threshold"].value,   # Detect Objects' default (MaskForge's key)
+        "Choices": {k: c.as_dict() for k, c in chosen.items()},
+        "PrecisionRecall": _thin(curve),
     })
+
+
+def _thin(curve, points=60):
+    """At most ``points`` (threshold, precision, recall, F1) rows of the curve, the best-F1 row kept."""
+    if len(curve) <= points:
+        return [[round(v, 4) for v in c] for c in curve]
+    keep = set(np.linspace(0, len(curve) - 1, points).round().astype(int)) | {max(range(len(curve)),
+                                                                               key=lambda i: curve[i][3])}
+    return [[round(v, 4) for v in curve[i]] for i in sorted(keep)]
+
+
+def _choose_scale(model, start, sizes, tile, o, chosen):
+    """The anchors and network input scale: as given, else chosen from the objects' sizes (core.choices).
+
+    A new RPN gets anchors that fit the objects; a pretrained one keeps its anchors (its weights learnt
+    them) and the chips are enlarged instead, when the objects are smaller than its smallest anchor."""
+    anchors = tuple(start.anchors)
+    if o.anchor_sizes is None and not start.rpn_pretrained:
+        chosen["anchor_sizes"] = choices.anchor_sizes(sizes)
+        anchors = chosen["anchor_sizes"].value or anchors
+        model.rpn.anchor_generator = anchor_generator(anchors)
+    current = float(model.transform.min_size[0]) / max(tile)
+    scale = o.input_scale
+    if scale is None and o.anchor_sizes is None and start.rpn_pretrained:
+        chosen["input_scale"] = choices.input_scale(sizes, anchors, current)
+        scale = chosen["input_scale"].value
+    if scale is not None and float(scale) != current:
+        side = int(round(max(tile) * float(scale)))
+        model.transform.min_size, model.transform.max_size = (side,), side
+    return anchors
 
 
 def _better(value, best, monitor):
@@ -171,8 +158,13 @@ def _better(value, best, monitor):
 def train(data_dirs, out_dir, base="none", options=None, reporter=None):
     o = options or TrainOptions()
     reporter = reporter or NullReporter()
-    if o.monitor not in ("valid_loss", "mask_ap"):
-        raise UserError(f"Unknown monitor '{o.monitor}': use valid_loss or mask_ap.")
+    if o.monitor not in ("auto", "valid_loss", "mask_ap"):
+        raise UserError(f"Unknown monitor '{o.monitor}': use auto, valid_loss or mask_ap.")
+    if o.patience is not None and o.patience < 1:
+        raise UserError(f"The patience is {o.patience}: give at least 1 epoch, or leave it empty to choose it.")
+    if o.input_scale is not None and not 0.25 <= float(o.input_scale) <= 4:
+        raise UserError(f"The input scale is {o.input_scale:g}: give a factor between 0.25 and 4 (e.g. 1.5), or "
+                        "leave it empty to choose it from the objects' sizes.")
     if o.epochs < 1 or o.batch_size < 1:
         raise UserError("Epochs and batch size must be at least 1.")
     if not 0 <= o.val_fraction < 1:
@@ -198,6 +190,10 @@ def train(data_dirs, out_dir, base="none", options=None, reporter=None):
         chip.labels = [(value_to_label[v], m) for v, m in chip.labels]
     start = base_model(base, class_names, tile, o, reporter)
     model, backbone, anchors, base_desc = start.model, start.backbone, start.anchors, start.description
+    chosen = {}
+    anchors = _choose_scale(model, start, object_sizes(chips), tile, o, chosen)
+    for c in chosen.values():
+        reporter.log(f"Chosen from the data: {c.reason}.")
     if o.freeze_backbone:
         _freeze_backbone(model)
     model.to(device)
@@ -213,7 +209,12 @@ def train(data_dirs, out_dir, base="none", options=None, reporter=None):
     reporter.log(f"{len(chips)} chips ({len(train_idx)} train, {len(val_idx)} validation), {n_instances} objects, "
                  f"{len(class_names)} class(es), device {device}{' with AMP' if amp else ''}"
                  + (f", {distributed.world_size()} processes" if distributed.is_distributed() else "") + ".")
-    if o.monitor == "mask_ap" and not val_idx:
+    monitor = o.monitor
+    if monitor == "auto":
+        chosen["monitor"] = choices.monitor(len(val_idx))
+        monitor = chosen["monitor"].value
+        reporter.log(f"Chosen: {chosen['monitor'].reason}.")
+    if monitor == "mask_ap" and not val_idx:
         raise UserError("Monitoring mask AP needs validation chips: set a validation percentage above 0.")
     train_set = ChipDataset(chips, spec["Normalization"], augment=o.augment)
     workers = default_workers(device) if o.workers is None else int(o.workers)
@@ -222,12 +223,25 @@ def train(data_dirs, out_dir, base="none", options=None, reporter=None):
     max_obj = max_object_size(chips)
 
     params = [p for p in model.parameters() if p.requires_grad]
-    base_lr = o.learning_rate or 0.005 * o.batch_size * distributed.world_size() / 2   # per global batch
+    images_per_step = o.batch_size * distributed.world_size()
+    steps_per_epoch = math.ceil(len(distributed.padded_shard(train_idx)) / o.batch_size)
+    base_lr = o.learning_rate
+    if not base_lr:
+        chosen["learning_rate"] = choices.learning_rate(images_per_step, o.epochs * steps_per_epoch)
+        base_lr = chosen["learning_rate"].value
+    patience = o.patience
+    if patience is None:
+        chosen["patience"] = choices.patience(steps_per_epoch)
+        patience = chosen["patience"].value
+    for key in ("learning_rate", "patience"):
+        if key in chosen:
+            reporter.log(f"Chosen: {chosen[key].reason}.")
     optimizer = torch.optim.SGD(params, lr=base_lr, momentum=0.9, weight_decay=1e-4)
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
     out.mkdir(parents=True, exist_ok=True)
     name = o.name or out.name or "model"
     history, best, best_value, start_epoch, stale, batch_size = [], {}, None, 0, 0, o.batch_size
+    threshold = None
 
     if o.resume and (out / CHECKPOINT).exists():
         ck = torch.load(out / CHECKPOINT, map_location="cpu", weights_only=True)
@@ -239,7 +253,7 @@ def train(data_dirs, out_dir, base="none", options=None, reporter=None):
 
     if not history and val_idx and base_desc != "none":
         # The base model on the validation chips: what fine-tuning is measured against.
-        metrics, _ = evaluate(model, val_set, val_idx, batch_size, device, amp, class_names, o.score_threshold)
+        metrics, _, _ = evaluate(model, val_set, val_idx, batch_size, device, amp, class_names, o.score_threshold)
         before = {"epoch": 0, "train_loss": None, "valid_loss": metrics.get("valid_loss"),
                   "bbox_ap": metrics.get("bbox_ap"), "mask_ap": metrics.get("mask_ap"),
                   "mask_ap50": metrics.get("mask_ap50"), "lr": 0.0, "seconds": 0.0}
@@ -247,7 +261,7 @@ def train(data_dirs, out_dir, base="none", options=None, reporter=None):
         reporter.metric(**before)
         reporter.log(f"Base model before fine-tuning: mask AP {before['mask_ap']}, box AP {before['bbox_ap']}.")
 
-    steps_per_epoch = math.ceil(len(distributed.padded_shard(train_idx)) / batch_size)
+    steps_per_epoch = math.ceil(len(distributed.padded_shard(train_idx)) / batch_size)   # batch from a resume
     total_steps, warmup = o.epochs * steps_per_epoch, min(100, steps_per_epoch)
     epoch_plan = EpochBatches()
     loader = chip_loader(train_set, epoch_plan, workers, pin_memory=device.type == "cuda")
@@ -289,7 +303,8 @@ def train(data_dirs, out_dir, base="none", options=None, reporter=None):
                 continue
 
             reporter.check_cancelled()
-            metrics, _ = evaluate(model, val_set, val_idx, batch_size, device, amp, class_names, o.score_threshold)
+            metrics, preds, truths = evaluate(model, val_set, val_idx, batch_size, device, amp, class_names,
+                                              o.score_threshold)
             train_loss = float(np.mean([x for part in distributed.gather_objects(losses) for x in part]))
             record = {"epoch": epoch + 1, "train_loss": round(train_loss, 5),
                       "valid_loss": metrics.get("valid_loss"), "bbox_ap": metrics.get("bbox_ap"),
@@ -297,26 +312,27 @@ def train(data_dirs, out_dir, base="none", options=None, reporter=None):
                       "lr": optimizer.param_groups[0]["lr"], "seconds": round(time.monotonic() - t0, 2)}
             history.append(record)
             reporter.metric(**record)
-            value = record["valid_loss"] if o.monitor == "valid_loss" else record["mask_ap"]
+            value = record["valid_loss"] if monitor == "valid_loss" else record["mask_ap"]
             if value is None and not val_idx:
-                value = record["train_loss"] if o.monitor == "valid_loss" else None
-            if _better(value, best_value, o.monitor) or not best:
+                value = record["train_loss"] if monitor == "valid_loss" else None
+            if _better(value, best_value, monitor) or not best:
                 best_value, stale = value, 0
                 best = {**record, "per_class": metrics.get("per_class")}
+                threshold = choices.detection_threshold(preds, truths, o.score_threshold)
                 if main:
                     emd = _package_emd(spec, class_names, backbone, anchors, max_obj, history, best, o, base_desc,
-                                       tile, model.transform)
+                                       tile, model.transform, {**chosen, "threshold": threshold[0]}, threshold[1])
                     write_package(out, name, emd, {k: v.detach().cpu() for k, v in model.state_dict().items()})
                     earlier = remove_packages(out, earlier, keep=name)
-                reporter.log(f"Epoch {epoch + 1}: {o.monitor} {value} is the best so far; package written.")
+                reporter.log(f"Epoch {epoch + 1}: {monitor} {value} is the best so far; package written.")
             else:
                 stale += 1
             if main:
                 _save_checkpoint(out, model, optimizer, epoch, history, best, best_value, stale, batch_size)
             epoch += 1
             # Decided once, by rank 0, for all.
-            if distributed.broadcast_object(o.early_stopping and stale >= o.patience):
-                reporter.log(f"Early stopping: {o.monitor} has not improved for {o.patience} epochs.")
+            if distributed.broadcast_object(o.early_stopping and stale >= patience):
+                reporter.log(f"Early stopping: {monitor} has not improved for {patience} epochs.")
                 break
     except Cancelled:
         if best:
@@ -329,9 +345,12 @@ def train(data_dirs, out_dir, base="none", options=None, reporter=None):
     distributed.barrier()        # rank 0 has written the best package
     pkg = load_package(out / f"{name}.emd")
     model.load_state_dict(read_weights(pkg))
-    _, preds = evaluate(model, val_set, val_idx, batch_size, device, amp, class_names, o.score_threshold)
+    _, preds, truths = evaluate(model, val_set, val_idx, batch_size, device, amp, class_names, o.score_threshold)
+    threshold = choices.detection_threshold(preds, truths, o.score_threshold)
+    chosen["threshold"] = threshold[0]
+    reporter.log(f"Chosen on the validation chips: {threshold[0].reason}.")
     emd = _package_emd(spec, class_names, backbone, anchors, max_obj, history, best, o, base_desc, tile,
-                       model.transform)
+                       model.transform, chosen, threshold[1])
     emd["TrainingSeconds"] = round(time.monotonic() - started, 1)
     if main:
         shown = [chips[i] for i in val_idx]
@@ -345,9 +364,10 @@ def train(data_dirs, out_dir, base="none", options=None, reporter=None):
     trained = [r for r in history if r["epoch"] > 0]
     result = {"package": str(out), "name": name, "best_epoch": best.get("epoch"), "epochs_run": len(trained),
               "before": history[0] if history and history[0]["epoch"] == 0 else None,
-              "monitor": o.monitor, "best": {k: v for k, v in best.items() if k != "per_class"},
+              "monitor": monitor, "best": {k: v for k, v in best.items() if k != "per_class"},
               "per_class": best.get("per_class"), "device": str(device), "seconds": emd["TrainingSeconds"],
-              "report": str(out / "model_metrics.html")}
+              "report": str(out / "model_metrics.html"), "threshold": chosen["threshold"].value,
+              "choices": {k: c.as_dict() for k, c in chosen.items()}}
     reporter.progress(100, f"Best epoch {best.get('epoch')} of {len(trained)}.")
     return result
 

@@ -5,7 +5,7 @@
 3. detect tents on the target with it (before);
 4. take the tents of the left part of the target as an analyst's labels, export chips,
    fine-tune the base package on them;
-5. detect over the whole target (after), NMS at 5 % overlap;
+5. detect over the whole target (after), at the threshold training chose, NMS on;
 6. assess both against the truth of the right part (never used for training).
 
 Every step runs through the plugin's own Processing algorithms in a headless QGIS, exactly as
@@ -130,36 +130,30 @@ def main():
     out.mkdir(parents=True)
     started = time.monotonic()
     # Sized for 2 CPU cores within the 15-minute budget; a GPU takes the Esri-sized network.
-    source_size, target_size = (320, 384) if args.quick else (512, 512)
-    epochs_base, epochs_tune = (3, 10) if args.quick else (5, 8)
+    source_size, target_size = (256, 384) if args.quick else (512, 512)
+    epochs_base, epochs_tune = (3, 5) if args.quick else (5, 8)
     gpu = runtime_has_cuda()
-    backbone = "resnet50_fpn" if gpu else "resnet18_fpn"
     tile = 256 if gpu else 128
-    # Few validation chips: their loss is noise, their mask AP less so. Briefly trained models are
-    # unsure of themselves: a 0.3 threshold for both models. Tent chips overlap by 3/4 (more views).
-    monitor, threshold, tent_stride = 1, 0.3, tile // 4
+    # Everything else at the engine's defaults: it chooses the stride, anchors, input scale, learning rate,
+    # monitor, patience and detection threshold from the data, and says why in each step's log.
 
     source = engine("sample", "--out", out / "source", "--size", source_size, "--seed", 1, "--kind", "buildings")
     target = engine("sample", "--out", out / "target", "--size", target_size, "--seed", 2, "--kind", "camp")
     app, processing, provider = start_qgis()
     steps = Steps()
-    # BACKBONE and BASE_MODEL are enum indices of maskforge:train (see algorithms/jobs.py).
-    common = {"BACKBONE": 1 if backbone == "resnet50_fpn" else 3, "ANCHOR_SIZES": "8,16,32,64,128",
-              "DEVICE": "auto", "BATCH_SIZE": 2, "VALIDATION_PERCENT": 15, "SEED": 0}
+    # BASE_MODEL is an enum index of maskforge:train (see algorithms/jobs.py): 2 = none, 1 = a package.
 
     steps.run("export source chips", processing, "maskforge:exporttrainingdata", {
         "INPUT_RASTER": source["raster"], "INPUT_LABELS": source["labels"], "TILE_SIZE_X": tile,
-        "TILE_SIZE_Y": tile, "STRIDE_X": tile * 3 // 4, "STRIDE_Y": tile * 3 // 4,
-        "OUTPUT_FOLDER": str(out / "source_chips")})
+        "TILE_SIZE_Y": tile, "OUTPUT_FOLDER": str(out / "source_chips")})
     steps.run("train base (buildings) model", processing, "maskforge:train", {
-        **common, "INPUT_DATA": str(out / "source_chips"), "BASE_MODEL": 2, "EPOCHS": epochs_base,
-        "LEARNING_RATE": 0.01, "OUTPUT_MODEL": str(out / "building_model")})
+        "INPUT_DATA": str(out / "source_chips"), "BASE_MODEL": 2, "EPOCHS": epochs_base,
+        "OUTPUT_MODEL": str(out / "building_model")})
     base_pkg = out / "building_model" / "building_model.dlpk"
 
     before = out / "tents_before.gpkg"
     steps.run("detect with the base model", processing, "maskforge:detectobjects", {
-        "INPUT_RASTER": target["raster"], "MODEL": str(base_pkg), "THRESHOLD": threshold, "MAX_OVERLAP_RATIO": 0.05,
-        "OUTPUT": str(before)})
+        "INPUT_RASTER": target["raster"], "MODEL": str(base_pkg), "OUTPUT": str(before)})
 
     raster = QgsRasterLayer(target["raster"], "target camp")
     ext = raster.extent()
@@ -169,20 +163,17 @@ def main():
     assess_area = f"{x_split},{ext.xMaximum()},{ext.yMinimum()},{ext.yMaximum()} [EPSG:32636]"
     steps.run("export tent chips (left 40 %)", processing, "maskforge:exporttrainingdata", {
         "INPUT_RASTER": target["raster"], "INPUT_LABELS": str(drawn), "TILE_SIZE_X": tile, "TILE_SIZE_Y": tile,
-        "STRIDE_X": tent_stride, "STRIDE_Y": tent_stride, "ROTATION_ANGLE": 0,
         "EXTENT": f"{train_area.xMinimum()},{train_area.xMaximum()},{train_area.yMinimum()},{train_area.yMaximum()} "
                   "[EPSG:32636]",
         "OUTPUT_FOLDER": str(out / "tent_chips")})
     steps.run("fine-tune on the tents", processing, "maskforge:train", {
-        **common, "BACKBONE": 0, "INPUT_DATA": str(out / "tent_chips"), "BASE_MODEL": 1,
-        "BASE_PACKAGE": str(base_pkg), "EPOCHS": epochs_tune, "MONITOR": monitor, "LEARNING_RATE": 0.01,
-        "OUTPUT_MODEL": str(out / "tent_model")})
+        "INPUT_DATA": str(out / "tent_chips"), "BASE_MODEL": 1, "BASE_PACKAGE": str(base_pkg),
+        "EPOCHS": epochs_tune, "OUTPUT_MODEL": str(out / "tent_model")})
     tuned_pkg = out / "tent_model" / "tent_model.dlpk"
 
     after = out / "tents_after.gpkg"
     steps.run("detect with the fine-tuned model", processing, "maskforge:detectobjects", {
-        "INPUT_RASTER": target["raster"], "MODEL": str(tuned_pkg), "THRESHOLD": threshold, "MAX_OVERLAP_RATIO": 0.05,
-        "OUTPUT": str(after)})
+        "INPUT_RASTER": target["raster"], "MODEL": str(tuned_pkg), "OUTPUT": str(after)})
 
     scores = {}
     for name, detections in (("before", before), ("after", after)):
@@ -208,8 +199,11 @@ def main():
         project.addMapLayer(layer)
     project.write(str(out / "maskforge_demo.qgz"))
 
+    tuned = json.loads((out / "tent_model" / "tent_model.emd").read_text())
+    backbone = tuned["ModelParameters"]["backbone"]
     summary = {
         "device": "GPU" if gpu else "CPU", "backbone": backbone,
+        "chosen": {k: c["reason"] for k, c in (tuned.get("Choices") or {}).items()},
         "true_tents_in_assessed_part": int(scores["after"]["TP"] + scores["after"]["FN"]),
         "before": {k: scores["before"][k] for k in ("TP", "FP", "FN", "PRECISION", "RECALL", "F1")},
         "after": {k: scores["after"][k] for k in ("TP", "FP", "FN", "PRECISION", "RECALL", "F1")},
@@ -224,6 +218,9 @@ def main():
         s = summary[n]
         print(f"{n:>6} fine-tuning: found {int(s['TP'] + s['FP'])} (correct {int(s['TP'])}), "
               f"precision {figure(s['PRECISION'])}, recall {figure(s['RECALL'])}, F1 {figure(s['F1'])}")
+    print("Chosen by the engine for the fine-tuning:")
+    for reason in summary["chosen"].values():
+        print(f"  - {reason}")
     for name, seconds in steps.times.items():
         print(f"  {seconds:7.1f} s  {name}")
     print(f"total {summary['total_seconds']} s on {summary['device']} ({backbone}); outputs in {out}")

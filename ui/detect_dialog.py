@@ -52,7 +52,9 @@ class DetectDialog(JobDialog):
         self.package_label.setObjectName("PackageLabel")
         self.package_label.setWordWrap(True)
         form.addRow("", self.package_label)
-        self.add_double(form, "THRESHOLD", "Confidence threshold", 0, 1, step=0.05)
+        self.add_double(form, "THRESHOLD", "Confidence threshold", 0, 1, step=0.05, special="the package's",
+                        tooltip="The package's: the threshold training chose for the best F1 on its validation "
+                                "chips (0.5 for packages without one).")
         self.padding = self.add_int(form, "PADDING", "Padding", -1, 100000, suffix=" px", special="from the package")
         self.tile = self.add_int(form, "TILE_SIZE", "Tile size", 0, 100000, suffix=" px", special="automatic")
         self.add_int(form, "BATCH_SIZE", "Batch size", 0, 4096, special="automatic")

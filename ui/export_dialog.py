@@ -48,7 +48,11 @@ class ExportDialog(JobDialog):
             layout = QHBoxLayout(row)
             layout.setContentsMargins(0, 0, 0, 0)
             for key, axis in ((x, "X "), (y, "Y ")):
-                spin = self.add_int(None, key, label, 1, 100000)
+                stride = key.startswith("STRIDE")
+                spin = self.add_int(None, key, label, 0 if stride else 1, 100000,
+                                    special=f"{axis}from the labels" if stride else None,
+                                    tooltip="0: half the tile, a quarter when the labels fall in fewer than 64 "
+                                            "tiles (more views of few objects)" if stride else None)
                 spin.setPrefix(axis)
                 layout.addWidget(spin)
             form.addRow(label, row)

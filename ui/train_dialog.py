@@ -40,6 +40,8 @@ def describe_package(summary):
         text += f" · best epoch {summary['best_epoch']}"
         if summary.get("mask_ap") is not None:
             text += f" (mask AP {summary['mask_ap']})"
+    if summary.get("detection_threshold") is not None:
+        text += f" · threshold {summary['detection_threshold']:g} (best F1 on its validation chips)"
     return text
 
 
@@ -77,7 +79,7 @@ class TrainDialog(JobDialog):
         self.add_int(form, "BATCH_SIZE", "Batch size", 1, 4096)
         self.add_double(form, "VALIDATION_PERCENT", "Validation chips", 0, 99, decimals=1, step=5, suffix=" %")
         self.add_bool(form, "EARLY_STOPPING", "Stop when the model stops improving")
-        self.add_int(form, "PATIENCE", "Patience (epochs)", 1, 100000)
+        self.add_int(form, "PATIENCE", "Patience (epochs)", 0, 100000, special="automatic (about 300 steps)")
         self.add_enum(form, "MONITOR", "Monitor metric", MONITORS)
         self.add_device(form)
         self.output = self.add_path(form, "OUTPUT_MODEL", "Output model folder", QgsFileWidget.GetDirectory,
@@ -85,12 +87,16 @@ class TrainDialog(JobDialog):
 
         advanced = self.page("Advanced")
         self.add_double(advanced, "LEARNING_RATE", "Learning rate", 0, 10, decimals=6, step=0.001,
-                        special="default (0.005 per 2 images)")
+                        special="automatic (from the schedule's length)")
         self.add_enum(advanced, "BACKBONE", "Backbone", BACKBONES)
         self.add_bool(advanced, "FREEZE_BACKBONE", "Freeze the backbone (train FPN and heads only)")
         self.add_bool(advanced, "AUGMENT", "Augment (flips, rotations, brightness, contrast)")
         self.add_text(advanced, "BANDS", "Bands for the network", "the chips'; e.g. 1,2,3 (1 or 3 bands)")
-        self.add_text(advanced, "ANCHOR_SIZES", "Anchor sizes (px)", "default; five, e.g. 8,16,32,64,128")
+        self.add_text(advanced, "ANCHOR_SIZES", "Anchor sizes (px)", "from the objects' sizes; five, e.g. 8,16,32,64,128")
+        self.add_double(advanced, "INPUT_SCALE", "Input scale", 0, 4, decimals=2, step=0.25,
+                        special="automatic (from the objects' sizes)",
+                        tooltip="Network input size / chip size. Automatic: 1, or up to 2 when a pretrained RPN's "
+                                "anchors are larger than the objects.")
         self.add_int(advanced, "SEED", "Random seed", 0, 2 ** 31 - 1)
         self.add_int(advanced, "PROCESSES", "Processes / GPUs", 1, 1024,
                      tooltip="More than 1 trains with DistributedDataParallel under torchrun (one per GPU).")

@@ -300,7 +300,7 @@ def test_train_dialog_plots_and_finishes(plugin, qgis_iface, chips, tmp_path):
     out = tmp_path / "tents"
     for bad, message in (({"ANCHOR_SIZES": "8,16,32,64"}, "has 4 value(s); give 5"),
                          ({"BASE_MODEL": 1}, "no base model package is given"),
-                         ({"MONITOR": 1, "VALIDATION_PERCENT": 0.0}, "Monitoring mask AP needs validation chips"),
+                         ({"MONITOR": 2, "VALIDATION_PERCENT": 0.0}, "Monitoring mask AP needs validation chips"),
                          ({"DEVICE": "gpu"}, "Unknown device 'gpu'"),
                          ({"INPUT_DATA": str(tmp_path)}, "is not a training data folder")):
         _fill(dialog, **{"EPOCHS": 1, "OUTPUT_MODEL": str(out), "MONITOR": 0, "VALIDATION_PERCENT": 10.0,

@@ -115,6 +115,37 @@ def test_train_writes_a_package(chips, tmp_path):
     assert any(line.startswith("epoch=1, train_loss=") for line in feedback.lines), feedback.lines
 
 
+def test_train_at_its_defaults_chooses_from_the_data_and_detect_uses_the_chosen_threshold(chips, tmp_path):
+    """Only data, base, epochs (and the device): the engine chooses, the log says why, the package keeps it;
+    Detect Objects without a threshold takes the package's. Anything set by hand is passed as given."""
+    feedback = _Feedback()
+    out = tmp_path / "auto"
+    _run("maskforge:train", {"INPUT_DATA": str(chips), "BASE_MODEL": 2, "EPOCHS": 1, "DEVICE": "cpu",
+                             "OUTPUT_MODEL": str(out)}, feedback)
+    emd = json.loads((out / "auto.emd").read_text())
+    assert emd["ModelParameters"]["backbone"] == "resnet18_fpn"
+    assert set(emd["Choices"]) == {"anchor_sizes", "monitor", "learning_rate", "patience", "threshold"}
+    assert emd["ModelParameters"]["anchor_sizes"] == list(emd["Choices"]["anchor_sizes"]["value"])
+    assert any(emd["Choices"]["anchor_sizes"]["reason"] in line for line in feedback.lines), feedback.lines
+    detect_feedback = _Feedback()
+    _run("maskforge:detectobjects", {"INPUT_RASTER": str(chips.parent / "scene" / "image.tif"),
+                                     "MODEL": str(out / "auto.dlpk"), "DEVICE": "cpu",
+                                     "OUTPUT": str(tmp_path / "found.gpkg")}, detect_feedback)
+    assert any(f"Confidence threshold {emd['DetectionThreshold']:g}, the package's" in line
+               for line in detect_feedback.lines), detect_feedback.lines
+
+    given = tmp_path / "given"
+    _run("maskforge:train", {"INPUT_DATA": str(chips), "BASE_MODEL": 2, "EPOCHS": 1, "DEVICE": "cpu",
+                             "OUTPUT_MODEL": str(given), "BACKBONE": 3, "ANCHOR_SIZES": "16,32,64,128,256",
+                             "MONITOR": 1, "PATIENCE": 2, "LEARNING_RATE": 0.003, "INPUT_SCALE": 1.5})
+    emd = json.loads((given / "given.emd").read_text())
+    assert set(emd["Choices"]) == {"threshold"}
+    assert emd["ModelParameters"]["anchor_sizes"] == [16, 32, 64, 128, 256]
+    assert emd["ModelParameters"]["min_size"] == 96                        # 1.5 x 64 px chips
+    params = emd["TrainingParameters"]
+    assert (params["monitor"], params["patience"], params["learning_rate"]) == ("valid_loss", 2, 0.003)
+
+
 def test_train_from_a_torchvision_pth_file(chips, tmp_path):
     """A bare state dict (as open models are published) as the base: backbone and classes from its tensors."""
     first = tmp_path / "first"
