@@ -9,15 +9,17 @@ Per scene, a spatial split: chips are exported from the left 60 % of the raster
              detect without --threshold (the package's own), evaluate
   recipe     torchvision's tutorial recipe (scripts/bench_recipe.py) on the same chips, split, start and backbone,
              for the wall-clock seconds ours trained; detect --threshold 0.5, evaluate
-  handtuned  (camp only) the demo's hand-set values (scripts/demo.py): anchors 8..128, learning rate 0.01,
-             --monitor mask_ap, 15 % validation, export stride tile/4, detect --threshold 0.3
+  handtuned  (camp only) the values scripts/demo.py set by hand before the engine chose them from the data
+             (87e8989): anchors 8..128, learning rate 0.01, --monitor mask_ap, 15 % validation, export stride
+             tile/4, detect --threshold 0.3
 
 F1 is at each model's own threshold; AP50 (COCO, on the polygons' own IoU: mask outlines, core/evaluate.py)
 comes from a detection at threshold 0.05 for every model, so that no model's AP is cut short by its threshold.
 Where the threshold is given (recipe, handtuned), the counts are that run's detections at or above it
 (evaluate --confidence), which are exactly a detection run's at that threshold (see assess()).
-The backbone is the benchmark's size choice (resnet18_fpn on the CPU, resnet50_fpn with --gpu; --backbone
-engine leaves it to the engine too) and is the same for all three. Training seconds depend on the load of
+The backbone is the engine's choice for random weights (ours' package says which; the recipe reads it there);
+--backbone forces one for all three (resnet50_fpn's frozen BatchNorm is the identity when untrained, which is
+why the engine does not choose it from scratch). Training seconds depend on the load of
 shared cores: the load average is printed at the start and the end.
 
 Usage: python scripts/bench_quality.py [--gpu] [--scenes trees,atlanta,camp] [--epochs N] [--device D]
@@ -52,8 +54,8 @@ IOU = 0.5
 AP_THRESHOLD = 0.05            # COCO practice: keep low-confidence detections for AP
 RECIPE_THRESHOLD = 0.5
 HANDTUNED = dict(anchors="8,16,32,64,128", learning_rate=0.01, monitor="mask_ap", val_percent=15, threshold=0.3)
-CPU = dict(tile=128, epochs=6, backbone="resnet18_fpn", device="cpu")
-GPU = dict(tile=256, epochs=20, backbone="resnet50_fpn", device="cuda")
+CPU = dict(tile=128, epochs=2, backbone="engine", device="cpu")
+GPU = dict(tile=256, epochs=20, backbone="engine", device="cuda")
 
 
 def line(name, value):
@@ -132,16 +134,6 @@ def training_steps(package, n_chips, epochs_run):
     return epochs_run * math.ceil(len(train_idx) / int(o.get("batch_size", 2)))
 
 
-def chosen_threshold(package):
-    """The detection threshold a package records for itself (any top-level or network key naming one)."""
-    pkg = load_package(package)
-    for d in (pkg.params, pkg.emd):
-        for key, value in d.items():
-            if "threshold" in key.lower() and isinstance(value, (int, float)):
-                return value
-    return None
-
-
 def assess(raster, labels, package, held_out, out, device, threshold=None):
     """Counts and F1 at ``threshold`` (None: the package's own) and AP50 from detections down to AP_THRESHOLD."""
     def evaluate(detections, tag, confidence=0.0):
@@ -150,26 +142,27 @@ def assess(raster, labels, package, held_out, out, device, threshold=None):
 
     def detect(tag, t=None):
         detections = out / f"detections_{tag}.gpkg"
-        engine("detect", "--raster", raster, "--model", package, "--out", detections, "--device", device,
-               *(["--threshold", t] if t is not None else []))
-        return detections
+        result = engine("detect", "--raster", raster, "--model", package, "--out", detections, "--device", device,
+                        *(["--threshold", t] if t is not None else []))
+        return detections, result["threshold"]
 
-    low = detect("ap", AP_THRESHOLD)
+    low, _ = detect("ap", AP_THRESHOLD)
     figures = {k: v for k, v in evaluate(low, "ap").items() if k in ("ap50", "ap")}
     if threshold is None:   # the package's own threshold, which only its own detection run applies
-        counts = evaluate(detect("own"), "own")
+        own, threshold = detect("own")
+        counts = evaluate(own, "own")
     else:
         # The detections at a threshold T are exactly those >= T of the low-threshold run: every
         # suppression (the network's NMS, the tile-core rule, the polygon NMS) is by a higher-confidence
         # detection (checked on trees at 0.1/0.3/0.5: the same polygons). Saves a detection run.
         counts = evaluate(low, "own", threshold)
-    figures.update({k: counts[k] for k in ("f1", "precision", "recall", "detections", "truth")})
+    figures.update({k: counts[k] for k in ("f1", "precision", "recall", "detections", "truth")}, threshold=threshold)
     return figures
 
 
 def train_args(chips, out, epochs, device, backbone, extra=()):
     return ["train", "--data", chips, "--out", out, "--base", "none", "--epochs", epochs, "--device", device,
-            *(["--backbone", backbone] if backbone != "engine" else []), *extra]
+            *(["--backbone", backbone] if backbone != "engine" else []), *extra]   # 'engine': none given
 
 
 def run_scene(name, args, data, out):
@@ -188,8 +181,7 @@ def run_scene(name, args, data, out):
     trained = engine(*train_args(chips, out / "ours", args.epochs, args.device, args.backbone))
     ours_pkg = out / "ours"
     ours = assess(raster, labels, ours_pkg, held_out, out / "ours_eval", args.device)
-    own = chosen_threshold(ours_pkg)
-    ours.update(threshold=own if own is not None else "detect default", train_seconds=trained["seconds"],
+    ours.update(train_seconds=trained["seconds"],
                 epochs_run=trained["epochs_run"], best_epoch=trained["best_epoch"],
                 steps=training_steps(ours_pkg, export["chips"], trained["epochs_run"]),
                 backbone=load_package(ours_pkg).backbone)
@@ -198,7 +190,7 @@ def run_scene(name, args, data, out):
     record = train_recipe(chips, ours_pkg, out / "recipe", args.device, log=say)
     recipe = assess(raster, labels, out / "recipe", held_out, out / "recipe_eval", args.device,
                     RECIPE_THRESHOLD)
-    recipe.update(threshold=RECIPE_THRESHOLD, train_seconds=record["seconds"], epochs_run=record["epochs"],
+    recipe.update(train_seconds=record["seconds"], epochs_run=record["epochs"],
                   steps=record["steps"], stopped=record["stopped"])
 
     results = {"ours": ours, "recipe": recipe}
@@ -212,7 +204,7 @@ def run_scene(name, args, data, out):
             "--monitor", HANDTUNED["monitor"], "--val-percent", HANDTUNED["val_percent"]]))
         hand = assess(raster, labels, out / "handtuned", held_out, out / "handtuned_eval", args.device,
                       HANDTUNED["threshold"])
-        hand.update(threshold=HANDTUNED["threshold"], train_seconds=hand_train["seconds"],
+        hand.update(train_seconds=hand_train["seconds"],
                     epochs_run=hand_train["epochs_run"], best_epoch=hand_train["best_epoch"],
                     steps=training_steps(out / "handtuned", hand_export["chips"], hand_train["epochs_run"]),
                     train_chips=hand_export["chips"])
@@ -238,11 +230,11 @@ def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--gpu", action="store_true", help=f"GPU sizes: {GPU}")
     ap.add_argument("--scenes", default=",".join(SCENES), help=f"comma-separated subset of {','.join(SCENES)}")
-    ap.add_argument("--epochs", type=int, help="epochs of ours and handtuned (default 6 on the CPU, 20 with --gpu)")
+    ap.add_argument("--epochs", type=int, help="epochs of ours and handtuned (default 2 on the CPU, 20 with --gpu)")
     ap.add_argument("--tile", type=int, help="chip size (default 128 on the CPU, 256 with --gpu; at most what the "
                                              "training area holds)")
-    ap.add_argument("--backbone", help="resnet18_fpn (CPU default), resnet50_fpn (--gpu default), resnet50_fpn_v2, "
-                                       "or 'engine' for the engine's own default")
+    ap.add_argument("--backbone", help="'engine' (default: the engine's choice for random weights), or resnet18_fpn, "
+                                       "resnet50_fpn, resnet50_fpn_v2 for all three")
     ap.add_argument("--device", help="cpu (default) or cuda (--gpu default)")
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data"), help="the real scenes' folder")
     ap.add_argument("--out", default=str(ROOT / "bench_output" / "quality"))

@@ -38,6 +38,8 @@ STEP_SIZE, GAMMA = 3, 0.1
 BATCH = 2
 MIN_SIZE, MAX_SIZE = 800, 1333           # torchvision's GeneralizedRCNNTransform defaults
 WARMUP_FACTOR, WARMUP_MAX = 1.0 / 1000, 1000
+# What our training chose and measured (core/choices.py: reasons, validation precision-recall curve).
+OURS_ONLY = ("Choices", "PrecisionRecall")
 
 
 class FlipDataset(torch.utils.data.Dataset):
@@ -78,6 +80,8 @@ def recipe_emd(ours_emd, network, history, seconds, epochs, steps):
     emd[holder] = {**(emd.get(holder) or {}), **params}
     for d in (emd, emd.get("ModelParameters") or {}, emd.get("MaskForgeParameters") or {}):
         _drop_threshold_keys(d)
+    for key in OURS_ONLY:
+        emd.pop(key, None)
     emd.update(BaseModel="none", BestEpoch=epochs, Metrics={}, TrainingHistory=history, TrainingSeconds=seconds,
                TrainingParameters={"recipe": "torchvision detection tutorial", "lr": LR, "momentum": MOMENTUM,
                                    "weight_decay": WEIGHT_DECAY, "step_size": STEP_SIZE, "gamma": GAMMA,

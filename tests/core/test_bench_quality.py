@@ -63,6 +63,7 @@ def test_recipe_package_goes_through_detect_with_torchvision_defaults(scene_and_
     pkg = load_package(tmp_path / "recipe")
     assert pkg.input_size == (800, 1333) and pkg.backbone == load_package(ours).backbone
     assert "DetectionThreshold" not in pkg.emd and "score_threshold" not in pkg.params
+    assert "Choices" in load_package(ours).emd and "Choices" not in pkg.emd      # ours' reasons, not the recipe's
     assert pkg.params["class_labels"] == load_package(ours).params["class_labels"]
     net, anchors = network_for_package(pkg)
     assert tuple(anchors) == DEFAULT_ANCHORS and net.transform.min_size == (800,)
