@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Idempotent setup of a Debian 12 machine for MaskForge (called by `make setup`):
-#  1. QGIS 3.22 LTR from Debian, with xvfb for headless tests (apt, only when missing);
+#  1. QGIS 3.40 LTR from Debian's bookworm-backports, with xvfb for headless tests (apt, only when missing);
 #  2. .venv from Debian's Python with --system-site-packages (so it sees QGIS),
 #     with the pinned requirements (only when they changed);
 #  3. this folder linked into the default QGIS profile as the plugin `maskforge`, enabled.
@@ -8,13 +8,24 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 
-if ! command -v qgis_process.bin >/dev/null 2>&1 || ! /usr/bin/python3 -c 'import qgis.core' 2>/dev/null \
+# QGIS 3.40 LTR: Debian 12 carries it in bookworm-backports (3.22 in bookworm itself is out of support).
+qgis_version() { /usr/bin/python3 -c 'from qgis.core import Qgis; print(Qgis.QGIS_VERSION_INT)' 2>/dev/null || echo 0; }
+if [ "$(qgis_version)" -lt 34000 ] || ! command -v qgis_process.bin >/dev/null 2>&1 \
    || ! command -v xvfb-run >/dev/null 2>&1; then
-  echo "setup: installing QGIS (Debian packages qgis python3-qgis qgis-providers xvfb)"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  if ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+    echo "setup: adding Debian's bookworm-backports to apt's sources (/etc/apt/sources.list.d/bookworm-backports.sources) for QGIS 3.40 LTR"
+    printf 'Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
+      | $SUDO tee /etc/apt/sources.list.d/bookworm-backports.sources >/dev/null
+  fi
+  echo "setup: installing QGIS 3.40 LTR from bookworm-backports (qgis python3-qgis qgis-providers) and xvfb"
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends -t bookworm-backports \
     qgis python3-qgis qgis-providers xvfb python3-venv >/dev/null
+  if [ "$(qgis_version)" -lt 34000 ]; then
+    echo "setup: QGIS 3.40 could not be installed (found $(qgis_version)); MaskForge is tested on 3.40 LTR" >&2
+    exit 1
+  fi
 fi
 
 if [ ! -x .venv/bin/python ]; then
