@@ -41,7 +41,6 @@ sys.path.insert(0, str(ROOT))
 import rasterio  # noqa: E402
 import torch  # noqa: E402
 
-from core.data import split_train_val  # noqa: E402
 from core.package import load_package  # noqa: E402
 from bench_recipe import train_recipe  # scripts/ is on the path: it holds this file  # noqa: E402
 
@@ -129,9 +128,9 @@ def scene_inputs(name, data, out):
 
 def training_steps(package, n_chips, epochs_run):
     """Optimiser steps a MaskForge training run took (its split and batch size, as the package records them)."""
-    o = load_package(package).emd.get("TrainingParameters") or {}
-    train_idx, _ = split_train_val(n_chips, float(o.get("val_fraction", 0.1)), int(o.get("seed", 0)))
-    return epochs_run * math.ceil(len(train_idx) / int(o.get("batch_size", 2)))
+    emd = load_package(package).emd
+    o = emd.get("TrainingParameters") or {}
+    return epochs_run * math.ceil(len(emd["TrainingChips"]) / int(o.get("batch_size", 2)))
 
 
 def assess(raster, labels, package, held_out, out, device, threshold=None):
