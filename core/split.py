@@ -249,7 +249,8 @@ def spatial_split(chips, val_fraction):
     if not candidates:
         tried = ("" if best_tried is None else f"; the best hold-out found keeps {best_tried.objects['validation']} "
                  f"for validation and {best_tried.objects['training']} for training")
-        return _no_validation(chips, f"the {n_objects} labelled objects lie too close together: no block of the "
+        return _no_validation(chips, f"the labelled area is too small, or its {n_objects} objects too clustered, "
+                                     "for a spatial hold-out: no block of the "
                                      f"labelled area with a buffer of {buffer:.3g} map units (a tile) around it holds "
                                      f"{need}-{max(math.ceil(2 * target), need)} objects ({val_fraction * 100:g} %) "
                                      f"and leaves at least {MIN_TRAINING_SHARE:.0%} of them to train on{tried}",
