@@ -155,7 +155,7 @@ class RuntimeProbe(QObject):
     def stop(self):
         if getattr(self, "_timer", None) is not None:
             self._timer.stop()
-        if self.process is not None and self.process.state() != QProcess.NotRunning:
+        if self.process is not None and self.process.state() != QProcess.ProcessState.NotRunning:
             self.process.finished.disconnect(self._done)
             self.process.errorOccurred.disconnect(self._failed)
             self.process.kill()
@@ -167,13 +167,13 @@ class RuntimeProbe(QObject):
             self._stdout += bytes(self.process.readAllStandardOutput()).decode("utf-8", "replace")
 
     def _timeout(self):
-        if self.process is not None and self.process.state() != QProcess.NotRunning:
+        if self.process is not None and self.process.state() != QProcess.ProcessState.NotRunning:
             self.stop()
             self.finished.emit({"error": f"The runtime Python '{self.python}' did not answer within "
                                          f"{PROBE_TIMEOUT_MS // 1000} s."})
 
     def _failed(self, error):
-        if error == QProcess.FailedToStart:
+        if error == QProcess.ProcessError.FailedToStart:
             self.process = None
             self.finished.emit({"error": f"Cannot start the runtime Python '{self.python}'."})
 
@@ -243,7 +243,7 @@ class SetupRuntimeTask(QgsTask):
     line = pyqtSignal(str)
 
     def __init__(self, folder, requirements=REQUIREMENTS, python=None, on_finished=None):
-        super().__init__(f"MaskForge: set up the runtime in {folder}", QgsTask.CanCancel)
+        super().__init__(f"MaskForge: set up the runtime in {folder}", QgsTask.Flag.CanCancel)
         self.folder = os.path.abspath(folder)
         self.requirements = requirements
         self.base = python or base_python()
@@ -306,12 +306,12 @@ class SetupRuntimeTask(QgsTask):
         try:
             if ok:
                 settings.set_value("runtime_python", venv_python(self.folder))
-                push(f"MaskForge runtime ready: {venv_python(self.folder)}", Qgis.Success)
+                push(f"MaskForge runtime ready: {venv_python(self.folder)}", Qgis.MessageLevel.Success)
             else:
-                push(f"Setting up the MaskForge runtime failed: {self.error or 'cancelled'}", Qgis.Critical)
+                push(f"Setting up the MaskForge runtime failed: {self.error or 'cancelled'}", Qgis.MessageLevel.Critical)
             if self.on_finished is not None:
                 self.on_finished(self, ok)
         except Exception as exc:
-            log(f"Error after the runtime setup: {exc}", Qgis.Critical)
+            log(f"Error after the runtime setup: {exc}", Qgis.MessageLevel.Critical)
         finally:
             forget(self)

@@ -88,7 +88,7 @@ class DiagnosticsDialog(QDialog):
         self.text = QPlainTextEdit()
         self.text.setObjectName("DiagnosticsText")
         self.text.setReadOnly(True)
-        self.text.setFont(QFontDatabase.systemFont(QFontDatabase.FixedFont))
+        self.text.setFont(QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont))
         layout.addWidget(self.text, 1)
         buttons = QHBoxLayout()
         buttons.addStretch(1)
@@ -143,10 +143,10 @@ class SettingsDialog(QDialog):
 
         runtime = QGroupBox("Runtime (the Python that runs training and detection)")
         form = QFormLayout(runtime)
-        form.setFieldGrowthPolicy(QFormLayout.AllNonFixedFieldsGrow)
+        form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
         self.python = QgsFileWidget()
         self.python.setObjectName("runtime_python")
-        self.python.setStorageMode(QgsFileWidget.GetFile)
+        self.python.setStorageMode(QgsFileWidget.StorageMode.GetFile)
         self.python.setFilePath(settings.value("runtime_python", "") or "")
         self.python.lineEdit().setPlaceholderText(f"default: {settings.runtime_python()}")
         form.addRow("Runtime Python", self.python)
@@ -189,12 +189,12 @@ class SettingsDialog(QDialog):
 
         folders = QGroupBox("Default folders")
         folder_form = QFormLayout(folders)
-        folder_form.setFieldGrowthPolicy(QFormLayout.AllNonFixedFieldsGrow)
+        folder_form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
         self.folders = {}
         for kind, name in settings.FOLDERS.items():
             widget = QgsFileWidget()
             widget.setObjectName(f"folder_{kind}")
-            widget.setStorageMode(QgsFileWidget.GetDirectory)
+            widget.setStorageMode(QgsFileWidget.StorageMode.GetDirectory)
             widget.setFilePath(settings.folder(kind))
             folder_form.addRow(name, widget)
             self.folders[kind] = widget
@@ -254,7 +254,7 @@ class SettingsDialog(QDialog):
             f"Create a Python environment in\n{folder}\nand install the packages of requirements.txt into it "
             "(PyTorch included: several GB, some minutes)? It runs in the background; QGIS's own Python is "
             "not changed.")
-        if answer == QMessageBox.Yes:
+        if answer == QMessageBox.StandardButton.Yes:
             self.start_setup(folder)
 
     def start_setup(self, folder, requirements=REQUIREMENTS):
