@@ -25,6 +25,7 @@ _running = set()
 # Training and detection each take a GPU's memory (or all CPU cores): one at a time,
 # later ones wait in the queue. Export and NMS are light and run alongside.
 _HEAVY_STEPS = ("train", "detect")
+DEVICE_PREFIX = "Device: "   # how the engine's device line starts (core/devices.py PREFIX)
 _heavy = threading.Lock()
 
 
@@ -106,6 +107,7 @@ class JobTask(QgsTask):
         self.error = None
         self.metrics = []            # kept, so a dialog reopened mid-training can redraw the curve
         self.last_message = ""
+        self.device_line = ""        # the engine's "Device: …" line (core/devices.py): where it ran, why not the GPU
 
     # -- worker thread --------------------------------------------------------------
     def _on_event(self, event):
@@ -117,6 +119,8 @@ class JobTask(QgsTask):
                 self.progressText.emit(event["message"])
         elif kind == "log":
             level = event.get("level", "info")
+            if event.get("message", "").startswith(DEVICE_PREFIX) and not self.device_line:
+                self.device_line = event["message"][len(DEVICE_PREFIX):]
             log(event.get("message", ""), Qgis.MessageLevel.Warning if level == "warning" else Qgis.MessageLevel.Info)
             self.logged.emit(level, event.get("message", ""))
         elif kind == "metric":
@@ -162,7 +166,10 @@ class JobTask(QgsTask):
     def finished(self, ok):  # noqa: D401 (QgsTask's name)
         try:
             if ok:
-                log(f"{self.description()}: done.", Qgis.MessageLevel.Success)
+                log(f"{self.description()}: done" + (f" on {self.device_line}" if self.device_line else "."),
+                    Qgis.MessageLevel.Success)
+                if "Fix:" in self.device_line:   # a GPU that could be used, and how: said where it is seen
+                    push(f"{self.description()} ran on {self.device_line}", Qgis.MessageLevel.Warning, duration=30)
             elif isinstance(self.error, JobCancelled) or self.error is None:
                 if self.error is None:   # cancelled by the task manager before run() started
                     self.error = JobCancelled()
