@@ -2,8 +2,9 @@
 
 QGIS never imports torch: the probe runs the runtime Python as a child process
 (``QProcess``, so the GUI keeps responding) and reads one JSON line back; the
-setup is a background ``QgsTask`` that creates a venv and pip-installs
-requirements.txt into it — never into QGIS's own Python.
+setup is a background ``QgsTask`` that carries out runtime_plan.py's plan for this
+machine (the PyTorch build its NVIDIA driver runs, or the CPU build) — a venv, that
+build, then requirements.txt — never touching QGIS's own Python.
 """
 import json
 import os
