@@ -289,8 +289,8 @@ _FAILURES = [
      "No network: pip could not reach {index}. Check the connection and pip's proxy settings, or set "
      "MASKFORGE_TORCH_INDEX to a mirror of PyTorch's index you can reach."),
     (r"No matching distribution found for (\S+)|Could not find a version that satisfies the requirement (\S+)",
-     "{index} has no {found} for Python {python} on this platform. If pip uses a mirror, it may lack PyTorch's "
-     "builds: set MASKFORGE_TORCH_INDEX to a mirror of PyTorch's index."),
+     "{index} has no {found} for Python {python} on this platform. If pip uses a mirror, it may lack it: ask "
+     "for it there (for PyTorch's builds, MASKFORGE_TORCH_INDEX can name a mirror of PyTorch's index)."),
     (r"THESE PACKAGES DO NOT MATCH THE HASHES", "A download arrived damaged (hash mismatch). Set up again."),
 ]
 
