@@ -321,7 +321,8 @@ class SetupRuntimeTask(QgsTask):
                      f"{'the GPU' if self.plan.device == 'cuda' else 'the CPU'}): {venv_python(self.folder)}",
                      Qgis.MessageLevel.Success)
             else:
-                push(f"Setting up the MaskForge runtime failed: {self.error or 'cancelled'}", Qgis.MessageLevel.Critical)
+                push(f"Setting up the MaskForge runtime failed: {self.error or 'cancelled'}",
+                     Qgis.MessageLevel.Critical)
             if self.on_finished is not None:
                 self.on_finished(self, ok)
         except Exception as exc:

@@ -48,6 +48,7 @@ DOWNLOAD = {("Linux", "cuda"): "about 3 GB (torch 0.5 GB + NVIDIA CUDA libraries
             ("Darwin", "default"): "about 0.12 GB (torch 121 MB, torchvision 1 MB)"}
 # Free disk to ask for before starting (installed sizes, plus the rest of requirements.txt and pip's temp).
 NEEDED_GB = {"cuda": 8.0, "cpu": 2.0, "default": 2.0}
+YOUR_INDEX = "your pip index (PyPI unless pip is configured otherwise)"
 OTHERS = "numpy, rasterio, shapely, pyogrio, pyproj, pycocotools, pillow, segment-anything: about 0.1 GB"
 
 
@@ -107,8 +108,8 @@ def inspect_machine(python_version=None):
             if run.returncode == 0:
                 machine.nvidia_smi = run.stdout
             else:
-                machine.nvidia_error = (run.stdout + run.stderr).strip().splitlines()[0] if (run.stdout + run.stderr).strip() \
-                    else f"exit status {run.returncode}"
+                said = (run.stdout + run.stderr).strip()
+                machine.nvidia_error = said.splitlines()[0] if said else f"exit status {run.returncode}"
         except (OSError, subprocess.SubprocessError) as exc:
             machine.nvidia_error = str(exc)
     return machine
@@ -185,9 +186,9 @@ def choose(machine, requirements=REQUIREMENTS):
     from_pypi = system == "Linux" and build == PYPI_LINUX_CUDA.get(torch)
     packages = [f"torch=={torch}", f"torchvision=={vision}"] if from_pypi else \
         [f"torch=={torch}+{build}", f"torchvision=={vision}+{build}"]
+    pypi_wheel = "CPU-only" if system == "Windows" else PYPI_LINUX_CUDA.get(torch)
     source = ("PyPI's Linux wheel is this build: from your pip index" if from_pypi
-              else f"from PyTorch's index ({TORCH_INDEX}/{build}; "
-                   + ("PyPI's Windows wheel is CPU-only)" if system == "Windows" else f"PyPI's wheel is {PYPI_LINUX_CUDA.get(torch)})"))
+              else f"from PyTorch's index ({TORCH_INDEX}/{build}; PyPI's {system} wheel is {pypi_wheel})")
     return Plan(build, packages, None if from_pypi else f"{TORCH_INDEX}/{build}", DOWNLOAD[(system, "cuda")], "cuda",
                 [f"{where}: {gpus}, driver {gpu.driver} runs CUDA up to {_v(gpu.cuda)}: the {build} build (CUDA "
                  f"{_v(cuda)}, the newest the driver runs), {source}."])
@@ -216,7 +217,7 @@ def describe(plan, folder=None):
     if plan.problem:
         return f"No runtime can be set up here: {plan.problem}"
     lines = [f"PyTorch: {' '.join(plan.packages)} ({plan.build} build)",
-             f"  from: {plan.index + ' (extra index, for these two only)' if plan.index else 'your pip index (PyPI unless pip is configured otherwise)'}",
+             f"  from: {plan.index + ' (extra index, for these two only)' if plan.index else YOUR_INDEX}",
              f"  download: {plan.download}",
              f"Everything else: the versions pinned in requirements.txt, from your pip index ({OTHERS})",
              f"Jobs will run on: {'the NVIDIA GPU (cuda)' if plan.device == 'cuda' else 'the CPU'}"]
@@ -271,11 +272,12 @@ def install_steps(plan, folder, base_python, requirements=REQUIREMENTS):
 
 
 _FAILURES = [
-    (r"No space left on device|Errno 28", "The disk is full. Free some space (pip also unpacks into the temporary "
-                                          "folder and its cache) or choose a folder on another disk, then set up again."),
-    (r"The user requested \(constraint\) (\S+)", "A pip constraint ({found}, from PIP_CONSTRAINT or pip's "
-                                                  "global.constraint setting) forbids the build chosen here. Lift it "
-                                                  "for the runtime (pip config unset global.constraint), then set up again."),
+    (r"No space left on device|Errno 28",
+     "The disk is full. Free some space (pip also unpacks into the temporary folder and its cache) or choose a "
+     "folder on another disk, then set up again."),
+    (r"The user requested \(constraint\) (\S+)",
+     "A pip constraint ({found}, from PIP_CONSTRAINT or pip's global.constraint setting) forbids the build chosen "
+     "here. Lift it for the runtime (pip config unset global.constraint), then set up again."),
     (r"CERTIFICATE_VERIFY_FAILED|SSLError|SSL: ", "The secure connection to {index} failed (a proxy that inspects "
                                                  "HTTPS?). Give pip your organisation's certificate (pip config set "
                                                  "global.cert PATH), then set up again."),
@@ -298,7 +300,7 @@ _FAILURES = [
 def explain_failure(output, command, plan, python=None):
     """pip's failure in words: the disk, the network, an index that refused; else its last lines."""
     uses_torch_index = plan.index and plan.index in command
-    index = plan.index if uses_torch_index else "your pip index (PyPI unless pip is configured otherwise)"
+    index = plan.index if uses_torch_index else YOUR_INDEX
     for pattern, words in _FAILURES:
         match = re.search(pattern, output)
         if match:

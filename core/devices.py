@@ -55,8 +55,8 @@ def describe(device, asked="auto"):
     """One line naming ``device`` (a torch.device) and, for the CPU, why not the GPU."""
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
-        return (f"{PREFIX}{device} — {props.name}, {props.total_memory / 2 ** 30:.1f} GB; PyTorch {torch.__version__} "
-                f"(CUDA {torch.version.cuda}).")
+        return (f"{PREFIX}{device} — {props.name}, {props.total_memory / 2 ** 30:.1f} GB; "
+                f"PyTorch {torch.__version__} (CUDA {torch.version.cuda}).")
     if device.type == "cpu" and str(asked).lower() == "cpu":
         return f"{PREFIX}cpu (asked for)."
     reason = why_not_gpu()

@@ -44,9 +44,11 @@ def test_windows_with_an_rtx_gets_the_cuda_build_from_pytorchs_index():
     plan = choose(MACHINES["Windows + RTX 4070, driver 572"])
     assert (plan.build, plan.device, plan.index) == ("cu128", "cuda", f"{INDEX}/cu128")
     assert plan.packages == ["torch==2.14.1+cu128", "torchvision==0.29.1+cu128"]
-    assert "driver 572.16 runs CUDA up to 12.8" in plan.reasons[0] and "PyPI's Windows wheel is CPU-only" in plan.reasons[0]
+    assert "driver 572.16 runs CUDA up to 12.8" in plan.reasons[0]
+    assert "PyPI's Windows wheel is CPU-only" in plan.reasons[0]
     # An older 5xx driver (CUDA 12.7): the newest build it runs.
-    older = choose(Machine("Windows", "amd64", (3, 12), WINDOWS_RTX.replace("572.16", "566.36").replace("12.8", "12.7")))
+    driver_566 = WINDOWS_RTX.replace("572.16", "566.36").replace("12.8", "12.7")
+    older = choose(Machine("Windows", "amd64", (3, 12), driver_566))
     assert older.build == "cu126" and older.packages[0] == "torch==2.14.1+cu126"
 
 
@@ -144,7 +146,8 @@ def test_pips_real_failures_are_said_in_words(tmp_path):
     assert words.startswith(f"{plan.index} has no torch==2.14.1+cu999 for Python 3.11"), (words, missing[-500:])
     (tmp_path / "constraints.txt").write_text("torch<=2.14.1\n")
     constrained = _pip_fails("--index-url", plan.index, "-c", str(tmp_path / "constraints.txt"), "torch==2.14.1+cpu")
-    assert explain_failure(constrained, command, plan).startswith("A pip constraint (torch<=2.14.1, from PIP_CONSTRAINT")
+    words = explain_failure(constrained, command, plan)
+    assert words.startswith("A pip constraint (torch<=2.14.1, from PIP_CONSTRAINT")
     full = explain_failure("ERROR: Could not install packages due to an OSError: [Errno 28] No space left on device",
                            command, plan)
     assert full.startswith("The disk is full.")
