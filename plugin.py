@@ -7,8 +7,7 @@ the step's Processing algorithm. The menu adds Settings… and Diagnostics….
 import os
 
 from qgis.core import QgsApplication
-from qgis.PyQt.QtGui import QIcon
-from qgis.PyQt.QtWidgets import QAction
+from qgis.PyQt.QtGui import QAction, QIcon
 
 from .algorithms.provider import MaskForgeProvider
 
@@ -80,7 +79,7 @@ class MaskForgePlugin:
         from qgis.PyQt.QtCore import Qt
         from .ui.settings_dialog import SettingsDialog
         dialog = SettingsDialog(self.iface)
-        dialog.setAttribute(Qt.WA_DeleteOnClose)
+        dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
         dialog.setModal(True)
         dialog.show()
         self._settings_dialog = dialog
@@ -90,7 +89,7 @@ class MaskForgePlugin:
         from qgis.PyQt.QtCore import Qt
         from .ui.settings_dialog import DiagnosticsDialog
         dialog = DiagnosticsDialog(self.iface.mainWindow())
-        dialog.setAttribute(Qt.WA_DeleteOnClose)
+        dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
         dialog.show()
         self._diagnostics_dialog = dialog
         return dialog
@@ -161,7 +160,7 @@ class MaskForgePlugin:
             from .ui.labels_dock import LabelsDock
             self.labels_dock = LabelsDock(self.iface, self.iface.mainWindow())
             self.labels_dock.closedStateChanged.connect(self._labeling_closed)
-            self.iface.addDockWidget(Qt.RightDockWidgetArea, self.labels_dock)
+            self.iface.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, self.labels_dock)
         if self.labels_dock is None:
             return
         if checked:

@@ -2,8 +2,9 @@
 
 QGIS never imports torch: the probe runs the runtime Python as a child process
 (``QProcess``, so the GUI keeps responding) and reads one JSON line back; the
-setup is a background ``QgsTask`` that creates a venv and pip-installs
-requirements.txt into it — never into QGIS's own Python.
+setup is a background ``QgsTask`` that carries out runtime_plan.py's plan for this
+machine (the PyTorch build its NVIDIA driver runs, or the CPU build) — a venv, that
+build, then requirements.txt — never touching QGIS's own Python.
 """
 import json
 import os
@@ -18,9 +19,10 @@ from qgis.PyQt.QtCore import QObject, QProcess, QProcessEnvironment, QTimer, pyq
 
 from . import settings
 from .runner import PLUGIN_DIR, _child_env, missing_runtime_message
+from .runtime_plan import (REQUIREMENTS, Plan, check_disk, check_setup_folder, choose, describe, explain_failure,
+                           inspect_machine, install_steps, python_version, venv_python)
 from .tasks import forget, log, push
 
-REQUIREMENTS = os.path.join(PLUGIN_DIR, "requirements.txt")
 PROBE_TIMEOUT_MS = 120000
 
 # Run by the runtime Python (``-c``): a text here, so nothing on the QGIS side imports torch.
@@ -64,6 +66,19 @@ if torch is not None:
             info["cuda_reason"] = "PyTorch sees no CUDA GPU"
         except Exception as exc:
             info["cuda_reason"] = str(exc).splitlines()[0].split(". ")[0].rstrip(".")
+try:   # the engine's own words for "why not the GPU", and the driver (run from the plugin folder)
+    if torch is not None and not info["cuda_available"]:
+        from core.devices import why_not_gpu
+        info["cuda_reason"] = why_not_gpu()
+    import runtime_plan
+    machine = runtime_plan.inspect_machine()
+    gpu = runtime_plan.parse_nvidia_smi(machine.nvidia_smi)
+    info["driver"] = gpu and {"version": gpu.driver, "cuda": gpu.cuda and "%d.%d" % gpu.cuda, "gpus": gpu.names}
+    info["nvidia_error"] = machine.nvidia_error
+    plan = runtime_plan.choose(machine)
+    info["plan"] = {"build": plan.build, "device": plan.device, "reasons": plan.reasons, "problem": plan.problem}
+except Exception as exc:
+    info["machine_error"] = f"{type(exc).__name__}: {exc}"
 print("MASKFORGE-PROBE " + json.dumps(info))
 '''
 
@@ -155,7 +170,7 @@ class RuntimeProbe(QObject):
     def stop(self):
         if getattr(self, "_timer", None) is not None:
             self._timer.stop()
-        if self.process is not None and self.process.state() != QProcess.NotRunning:
+        if self.process is not None and self.process.state() != QProcess.ProcessState.NotRunning:
             self.process.finished.disconnect(self._done)
             self.process.errorOccurred.disconnect(self._failed)
             self.process.kill()
@@ -167,13 +182,13 @@ class RuntimeProbe(QObject):
             self._stdout += bytes(self.process.readAllStandardOutput()).decode("utf-8", "replace")
 
     def _timeout(self):
-        if self.process is not None and self.process.state() != QProcess.NotRunning:
+        if self.process is not None and self.process.state() != QProcess.ProcessState.NotRunning:
             self.stop()
             self.finished.emit({"error": f"The runtime Python '{self.python}' did not answer within "
                                          f"{PROBE_TIMEOUT_MS // 1000} s."})
 
     def _failed(self, error):
-        if error == QProcess.FailedToStart:
+        if error == QProcess.ProcessError.FailedToStart:
             self.process = None
             self.finished.emit({"error": f"Cannot start the runtime Python '{self.python}'."})
 
@@ -212,22 +227,15 @@ def base_python():
     return None
 
 
-def venv_python(folder):
-    return os.path.join(folder, "Scripts", "python.exe") if os.name == "nt" else os.path.join(folder, "bin", "python")
-
-
-def check_setup_folder(folder):
-    """The problem with making a runtime in ``folder``, or None."""
-    if not folder:
-        return "Choose a folder for the runtime."
-    real = os.path.realpath(folder)
-    if real in (os.path.realpath(sys.prefix), os.path.realpath(sys.base_prefix)):
-        return f"'{folder}' is QGIS's own Python; the runtime needs a folder of its own."
-    if os.path.exists(folder) and not os.path.isdir(folder):
-        return f"'{folder}' is a file; choose a folder."
-    if os.path.isdir(folder) and os.listdir(folder) and not os.path.exists(os.path.join(folder, "pyvenv.cfg")):
-        return f"'{folder}' is not empty and is no Python venv; choose a new folder."
-    return None
+def setup_plan(python=None, requirements=REQUIREMENTS):
+    """(the Python the venv will be made with, the plan for this machine): shown before anything is installed.
+    Runs ``nvidia-smi -q`` and asks the Python its version: about a second."""
+    python = python or base_python()
+    version = python_version(python) if python else None
+    if version is None:
+        return python, Plan("none", [], None, "nothing", "none", [], "No system Python 3 found to create the runtime "
+                                                                     "with (python3 is not on PATH).")
+    return python, choose(inspect_machine(version), requirements)
 
 
 def _requirement_count(path):
@@ -236,17 +244,17 @@ def _requirement_count(path):
 
 
 class SetupRuntimeTask(QgsTask):
-    """``python3 -m venv <folder>`` then ``<folder>/bin/python -m pip install -r requirements.txt``.
-
-    Cancel stops the running command. On success the new Python becomes the runtime.
+    """The plan's steps (runtime_plan.install_steps): ``python3 -m venv <folder>``, the PyTorch build chosen for
+    this machine, then requirements.txt. Cancel stops the running command; a failure is said in words (disk,
+    network, an index that refused). On success the new Python becomes the runtime.
     """
     line = pyqtSignal(str)
 
-    def __init__(self, folder, requirements=REQUIREMENTS, python=None, on_finished=None):
-        super().__init__(f"MaskForge: set up the runtime in {folder}", QgsTask.CanCancel)
+    def __init__(self, folder, requirements=REQUIREMENTS, python=None, on_finished=None, plan=None):
+        super().__init__(f"MaskForge: set up the runtime in {folder}", QgsTask.Flag.CanCancel)
         self.folder = os.path.abspath(folder)
         self.requirements = requirements
-        self.base = python or base_python()
+        self.base, self.plan = (python or base_python(), plan) if plan is not None else setup_plan(python, requirements)
         self.on_finished = on_finished
         self.error = None
         self.tail = []
@@ -257,9 +265,10 @@ class SetupRuntimeTask(QgsTask):
         env["PIP_PROGRESS_BAR"] = "off"
         child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                                  stdin=subprocess.DEVNULL, start_new_session=True)
-        seen = 0
+        seen, output = 0, []
         for text in iter(child.stdout.readline, ""):
             text = text.rstrip()
+            output.append(text)
             self.tail = (self.tail + [text])[-30:]
             self.line.emit(text)
             if re.match(r"(Collecting|Requirement already satisfied)", text) and total:
@@ -278,25 +287,27 @@ class SetupRuntimeTask(QgsTask):
         if self.isCanceled():
             raise RuntimeError("Cancelled; the runtime folder may be incomplete: set it up again.")
         if code != 0:
-            raise RuntimeError(f"'{' '.join(command[:4])} …' failed (exit status {code}):\n" + "\n".join(self.tail[-10:]))
+            log("\n".join(output[-40:]), Qgis.MessageLevel.Warning)
+            raise RuntimeError(explain_failure("\n".join(output), command, self.plan,
+                                               ".".join(map(str, python_version(self.base) or ("?",)))))
         self.setProgress(last)
 
     def run(self):
         try:
-            problem = check_setup_folder(self.folder)
+            problem = self.plan.problem or check_setup_folder(self.folder) or check_disk(self.plan, self.folder)
             if problem:
                 raise RuntimeError(problem)
-            if not self.base:
-                raise RuntimeError("No system Python 3 found to create the runtime with (python3 is not on PATH).")
-            python = venv_python(self.folder)
-            if not os.path.exists(python):
-                self._run([self.base, "-m", "venv", self.folder], 0, 5)
-            # pip runs only in a venv of our own (a venv's python is a link to the system's, so the
-            # folder's pyvenv.cfg is what tells it apart from QGIS's Python).
-            if not os.path.exists(os.path.join(self.folder, "pyvenv.cfg")):
-                raise RuntimeError(f"'{self.folder}' is no Python venv; refusing to install into it.")
-            self._run([python, "-m", "pip", "install", "--disable-pip-version-check", "-r", self.requirements],
-                      5, 100, _requirement_count(self.requirements))
+            log(describe(self.plan, self.folder))
+            steps = install_steps(self.plan, self.folder, self.base, self.requirements)
+            bounds = [0, 5, 40, 100] if len(steps) == 3 else [5, 40, 100]
+            for (what, command), first, last in zip(steps, bounds, bounds[1:]):
+                self.line.emit(what)
+                # pip runs only in a venv of our own (a venv's python is a link to the system's, so the
+                # folder's pyvenv.cfg is what tells it apart from QGIS's Python).
+                if command[0] != self.base and not os.path.exists(os.path.join(self.folder, "pyvenv.cfg")):
+                    raise RuntimeError(f"'{self.folder}' is no Python venv; refusing to install into it.")
+                total = _requirement_count(self.requirements) if "-r" in command else len(self.plan.packages)
+                self._run(command, first, last, total)
             return True
         except Exception as exc:
             self.error = str(exc)
@@ -306,12 +317,15 @@ class SetupRuntimeTask(QgsTask):
         try:
             if ok:
                 settings.set_value("runtime_python", venv_python(self.folder))
-                push(f"MaskForge runtime ready: {venv_python(self.folder)}", Qgis.Success)
+                push(f"MaskForge runtime ready ({self.plan.build} build, jobs run on "
+                     f"{'the GPU' if self.plan.device == 'cuda' else 'the CPU'}): {venv_python(self.folder)}",
+                     Qgis.MessageLevel.Success)
             else:
-                push(f"Setting up the MaskForge runtime failed: {self.error or 'cancelled'}", Qgis.Critical)
+                push(f"Setting up the MaskForge runtime failed: {self.error or 'cancelled'}",
+                     Qgis.MessageLevel.Critical)
             if self.on_finished is not None:
                 self.on_finished(self, ok)
         except Exception as exc:
-            log(f"Error after the runtime setup: {exc}", Qgis.Critical)
+            log(f"Error after the runtime setup: {exc}", Qgis.MessageLevel.Critical)
         finally:
             forget(self)

@@ -25,10 +25,11 @@ _running = set()
 # Training and detection each take a GPU's memory (or all CPU cores): one at a time,
 # later ones wait in the queue. Export and NMS are light and run alongside.
 _HEAVY_STEPS = ("train", "detect")
+DEVICE_PREFIX = "Device: "   # how the engine's device line starts (core/devices.py PREFIX)
 _heavy = threading.Lock()
 
 
-def log(message, level=Qgis.Info):
+def log(message, level=Qgis.MessageLevel.Info):
     QgsMessageLog.logMessage(str(message), TAG, level)
 
 
@@ -37,21 +38,21 @@ def message_bar():
     return iface.messageBar() if iface is not None else None
 
 
-def push(text, level=Qgis.Info, more=None, duration=None):
+def push(text, level=Qgis.MessageLevel.Info, more=None, duration=None):
     """Message bar (when there is one) and log; a failure keeps its details under 'More'."""
     log(text if not more else f"{text}\n{more}", level)
     bar = message_bar()
     if bar is None:
         return
     if duration is None:
-        duration = 0 if level in (Qgis.Critical, Qgis.Warning) else 10
+        duration = 0 if level in (Qgis.MessageLevel.Critical, Qgis.MessageLevel.Warning) else 10
     if more:
         bar.pushMessage(TAG, text, more, level, duration)
     else:
         bar.pushMessage(TAG, text, level, duration)
 
 
-def push_with_button(text, button_text, path, level=Qgis.Success, duration=0):
+def push_with_button(text, button_text, path, level=Qgis.MessageLevel.Success, duration=0):
     """A message offering to open a file or folder (report, export) with the desktop's application."""
     log(f"{text} ({path})", level)
     bar = message_bar()
@@ -96,7 +97,7 @@ class JobTask(QgsTask):
     logged = pyqtSignal(str, str)      # level, message
 
     def __init__(self, step, args, description=None, on_finished=None, python=None, grace_seconds=10.0):
-        super().__init__(description or f"MaskForge: {step}", QgsTask.CanCancel)
+        super().__init__(description or f"MaskForge: {step}", QgsTask.Flag.CanCancel)
         self.step = step
         self.args = [str(a) for a in args]
         self.python = python or settings.runtime_python()
@@ -106,6 +107,7 @@ class JobTask(QgsTask):
         self.error = None
         self.metrics = []            # kept, so a dialog reopened mid-training can redraw the curve
         self.last_message = ""
+        self.device_line = ""        # the engine's "Device: …" line (core/devices.py): where it ran, why not the GPU
 
     # -- worker thread --------------------------------------------------------------
     def _on_event(self, event):
@@ -117,7 +119,9 @@ class JobTask(QgsTask):
                 self.progressText.emit(event["message"])
         elif kind == "log":
             level = event.get("level", "info")
-            log(event.get("message", ""), Qgis.Warning if level == "warning" else Qgis.Info)
+            if event.get("message", "").startswith(DEVICE_PREFIX) and not self.device_line:
+                self.device_line = event["message"][len(DEVICE_PREFIX):]
+            log(event.get("message", ""), Qgis.MessageLevel.Warning if level == "warning" else Qgis.MessageLevel.Info)
             self.logged.emit(level, event.get("message", ""))
         elif kind == "metric":
             values = {k: v for k, v in event.items() if k != "event"}
@@ -162,18 +166,21 @@ class JobTask(QgsTask):
     def finished(self, ok):  # noqa: D401 (QgsTask's name)
         try:
             if ok:
-                log(f"{self.description()}: done.", Qgis.Success)
+                log(f"{self.description()}: done" + (f" on {self.device_line}" if self.device_line else "."),
+                    Qgis.MessageLevel.Success)
+                if "Fix:" in self.device_line:   # a GPU that could be used, and how: said where it is seen
+                    push(f"{self.description()} ran on {self.device_line}", Qgis.MessageLevel.Warning, duration=30)
             elif isinstance(self.error, JobCancelled) or self.error is None:
                 if self.error is None:   # cancelled by the task manager before run() started
                     self.error = JobCancelled()
-                push(f"{self.description()}: {self.error}", Qgis.Info)
+                push(f"{self.description()}: {self.error}", Qgis.MessageLevel.Info)
             else:
                 more = self.error.stderr_tail if self.error.kind in ("internal", "crash") else None
-                push(f"{self.description()} failed: {self.error}", Qgis.Critical, more=more)
+                push(f"{self.description()} failed: {self.error}", Qgis.MessageLevel.Critical, more=more)
             if self.on_finished is not None:
                 self.on_finished(self)
         except Exception:   # a failing callback must not raise into QGIS's task manager
-            log(f"{self.description()}: error while handling the result:\n{traceback.format_exc()}", Qgis.Critical)
+            log(f"{self.description()}: error while handling the result:\n{traceback.format_exc()}", Qgis.MessageLevel.Critical)
         finally:
             forget(self)
 

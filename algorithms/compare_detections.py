@@ -1,8 +1,8 @@
 """Processing algorithm maskforge:comparedetections (engine: core/compare.py)."""
-from qgis.core import (QgsProcessing, QgsProcessingException, QgsProcessingOutputFile, QgsProcessingOutputNumber,
+from qgis.core import (Qgis, QgsProcessingException, QgsProcessingOutputFile, QgsProcessingOutputNumber,
                        QgsProcessingOutputVectorLayer, QgsProcessingParameterBoolean,
-                       QgsProcessingParameterFeatureSource, QgsProcessingParameterField, QgsProcessingParameterFolderDestination,
-                       QgsProcessingParameterNumber)
+                       QgsProcessingParameterFeatureSource, QgsProcessingParameterField,
+                       QgsProcessingParameterFolderDestination, QgsProcessingParameterNumber)
 
 from .base import MaskForgeAlgorithm, absolute, source_path
 from .results import load_on_completion
@@ -38,22 +38,22 @@ class CompareDetectionsAlgorithm(MaskForgeAlgorithm):
 
     def initAlgorithm(self, config=None):
         self.addParameter(QgsProcessingParameterFeatureSource(
-            self.DATE_A, "Detections at date A (earlier)", [QgsProcessing.TypeVectorPolygon]))
+            self.DATE_A, "Detections at date A (earlier)", [Qgis.ProcessingSourceType.VectorPolygon]))
         self.addParameter(QgsProcessingParameterFeatureSource(
-            self.DATE_B, "Detections at date B (later)", [QgsProcessing.TypeVectorPolygon]))
+            self.DATE_B, "Detections at date B (later)", [Qgis.ProcessingSourceType.VectorPolygon]))
         self.addParameter(QgsProcessingParameterNumber(
-            self.IOU, "Minimum IoU of the same object", QgsProcessingParameterNumber.Double, 0.3,
+            self.IOU, "Minimum IoU of the same object", Qgis.ProcessingNumberParameterType.Double, 0.3,
             minValue=0.0, maxValue=1.0))
         self.addParameter(QgsProcessingParameterFeatureSource(
-            self.ZONES, "Zones", [QgsProcessing.TypeVectorPolygon], optional=True))
+            self.ZONES, "Zones", [Qgis.ProcessingSourceType.VectorPolygon], optional=True))
         self.addParameter(QgsProcessingParameterField(
             self.ZONE_FIELD, "Zone name field (default 'name', else the zone's id)",
-            parentLayerParameterName=self.ZONES, type=QgsProcessingParameterField.Any, optional=True))
+            parentLayerParameterName=self.ZONES, type=Qgis.ProcessingFieldParameterDataType.Any, optional=True))
         self.addParameter(QgsProcessingParameterBoolean(
             "OVERWRITE", "Replace earlier outputs of the same names in the folder", False))
         self.addParameter(QgsProcessingParameterFolderDestination(self.OUTPUT, "Output folder"))
         self.addOutput(QgsProcessingOutputVectorLayer("CHANGES", "Changes (persisted/new/gone)",
-                                                      QgsProcessing.TypeVectorPolygon))
+                                                      Qgis.ProcessingSourceType.VectorPolygon))
         self.addOutput(QgsProcessingOutputFile("TABLE", "Changes per zone (CSV)"))
         for key, label in (("PERSISTED", "Objects persisted"), ("NEW", "New objects"), ("GONE", "Objects gone")):
             self.addOutput(QgsProcessingOutputNumber(key, label))

@@ -1,8 +1,8 @@
 """Processing algorithm maskforge:computeaccuracy (engine: core/evaluate.py)."""
-from qgis.core import (QgsProcessing, QgsProcessingOutputFile, QgsProcessingOutputNumber,
-                       QgsProcessingOutputVectorLayer, QgsProcessingParameterBoolean, QgsProcessingParameterExtent,
-                       QgsProcessingParameterFeatureSource, QgsProcessingParameterField,
-                       QgsProcessingParameterFolderDestination, QgsProcessingParameterNumber)
+from qgis.core import (Qgis, QgsProcessingOutputFile, QgsProcessingOutputNumber, QgsProcessingOutputVectorLayer,
+                       QgsProcessingParameterBoolean, QgsProcessingParameterExtent, QgsProcessingParameterFeatureSource,
+                       QgsProcessingParameterField, QgsProcessingParameterFolderDestination,
+                       QgsProcessingParameterNumber)
 
 from .base import MaskForgeAlgorithm, absolute, extent_args, source_path
 from .results import load_on_completion
@@ -53,36 +53,36 @@ class ComputeAccuracyAlgorithm(MaskForgeAlgorithm):
 
     def initAlgorithm(self, config=None):
         self.addParameter(QgsProcessingParameterFeatureSource(
-            self.DETECTIONS, "Detections (polygons)", [QgsProcessing.TypeVectorPolygon]))
+            self.DETECTIONS, "Detections (polygons)", [Qgis.ProcessingSourceType.VectorPolygon]))
         self.addParameter(QgsProcessingParameterFeatureSource(
-            self.TRUTH, "Ground truth (polygons)", [QgsProcessing.TypeVectorPolygon]))
+            self.TRUTH, "Ground truth (polygons)", [Qgis.ProcessingSourceType.VectorPolygon]))
         self.addParameter(QgsProcessingParameterNumber(
-            self.IOU, "Minimum IoU of a true positive", QgsProcessingParameterNumber.Double, 0.5,
+            self.IOU, "Minimum IoU of a true positive", Qgis.ProcessingNumberParameterType.Double, 0.5,
             minValue=0.0, maxValue=1.0))
         self.addParameter(QgsProcessingParameterNumber(
-            self.CONFIDENCE, "Minimum confidence (detections below are ignored)", QgsProcessingParameterNumber.Double,
+            self.CONFIDENCE, "Minimum confidence (detections below are ignored)", Qgis.ProcessingNumberParameterType.Double,
             0.0, minValue=0.0, maxValue=1.0))
         # Optional only in form, as in Non maximum suppression: QGIS 3.22 refuses a left-out mandatory field.
         self.addParameter(QgsProcessingParameterField(
             self.CONFIDENCE_FIELD, "Confidence field", defaultValue=DEFAULT_CONFIDENCE_FIELD,
-            parentLayerParameterName=self.DETECTIONS, type=QgsProcessingParameterField.Numeric, optional=True))
+            parentLayerParameterName=self.DETECTIONS, type=Qgis.ProcessingFieldParameterDataType.Numeric, optional=True))
         self.addParameter(QgsProcessingParameterField(
             self.DETECTIONS_CLASS_FIELD, "Detections class field (default ClassValue)",
-            parentLayerParameterName=self.DETECTIONS, type=QgsProcessingParameterField.Any, optional=True))
+            parentLayerParameterName=self.DETECTIONS, type=Qgis.ProcessingFieldParameterDataType.Any, optional=True))
         self.addParameter(QgsProcessingParameterField(
             self.TRUTH_CLASS_FIELD, "Ground-truth class field (default classvalue or value)",
-            parentLayerParameterName=self.TRUTH, type=QgsProcessingParameterField.Any, optional=True))
+            parentLayerParameterName=self.TRUTH, type=Qgis.ProcessingFieldParameterDataType.Any, optional=True))
         self.addParameter(QgsProcessingParameterBoolean(self.IGNORE_CLASSES, "Ignore classes", False))
         self.addParameter(QgsProcessingParameterExtent(self.EXTENT, "Assessment extent", optional=True))
         self.addParameter(QgsProcessingParameterFeatureSource(
-            self.EXTENT_POLYGONS, "Assessment area polygons", [QgsProcessing.TypeVectorPolygon], optional=True))
+            self.EXTENT_POLYGONS, "Assessment area polygons", [Qgis.ProcessingSourceType.VectorPolygon], optional=True))
         self.addParameter(QgsProcessingParameterBoolean(
             "OVERWRITE", "Replace earlier outputs of the same names in the folder", False))
         self.addParameter(QgsProcessingParameterFolderDestination(self.OUTPUT, "Output folder"))
         self.addOutput(QgsProcessingOutputVectorLayer("DETECTIONS_OUTPUT", "Assessed detections (TP/FP)",
-                                                      QgsProcessing.TypeVectorPolygon))
+                                                      Qgis.ProcessingSourceType.VectorPolygon))
         self.addOutput(QgsProcessingOutputVectorLayer("TRUTH_OUTPUT", "Assessed ground truth (TP/FN)",
-                                                      QgsProcessing.TypeVectorPolygon))
+                                                      Qgis.ProcessingSourceType.VectorPolygon))
         self.addOutput(QgsProcessingOutputFile("TABLE", "Accuracy table (CSV)"))
         for key, _, label in NUMBERS:
             self.addOutput(QgsProcessingOutputNumber(key, label))

@@ -1,8 +1,8 @@
 """Processing algorithm maskforge:detectobjects (engine: core/detect.py)."""
-from qgis.core import (QgsProcessing, QgsProcessingParameterBoolean, QgsProcessingParameterEnum,
+from qgis.core import (Qgis, QgsProcessingOutputNumber, QgsProcessingParameterBoolean, QgsProcessingParameterEnum,
                        QgsProcessingParameterExtent, QgsProcessingParameterFeatureSource, QgsProcessingParameterFile,
-                       QgsProcessingParameterNumber, QgsProcessingParameterRasterLayer,
-                       QgsProcessingParameterString, QgsProcessingParameterVectorDestination, QgsProcessingOutputNumber)
+                       QgsProcessingParameterNumber, QgsProcessingParameterRasterLayer, QgsProcessingParameterString,
+                       QgsProcessingParameterVectorDestination)
 
 from .base import (MaskForgeAlgorithm, absolute, build_args, engine_raster_values, extent_value, gpkg_output,
                    raster_layer, source_extent, source_path)
@@ -54,39 +54,39 @@ class DetectObjectsAlgorithm(MaskForgeAlgorithm):
             self.MODEL, "Model package (.dlpk, or the .emd of a package folder)",
             fileFilter="Model packages (*.dlpk *.emd)"))
         self.addParameter(QgsProcessingParameterNumber(
-            self.PADDING, "Padding in pixels (-1 = from the package)", QgsProcessingParameterNumber.Integer, -1,
+            self.PADDING, "Padding in pixels (-1 = from the package)", Qgis.ProcessingNumberParameterType.Integer, -1,
             minValue=-1))
         self.addParameter(QgsProcessingParameterNumber(self.BATCH_SIZE, "Batch size (0 = from free GPU memory; 4 on the CPU)",
-                                                       QgsProcessingParameterNumber.Integer, 0, minValue=0))
+                                                       Qgis.ProcessingNumberParameterType.Integer, 0, minValue=0))
         self.addParameter(QgsProcessingParameterNumber(
             self.THRESHOLD, "Confidence threshold (0 = the package's, chosen in training for the best F1)",
-            QgsProcessingParameterNumber.Double, 0.0, minValue=0.0, maxValue=1.0))
+            Qgis.ProcessingNumberParameterType.Double, 0.0, minValue=0.0, maxValue=1.0))
         self.addParameter(QgsProcessingParameterNumber(
-            self.TILE_SIZE, "Tile size in pixels (0 = automatic: about 1.5x the raster's pixels through the network)", QgsProcessingParameterNumber.Integer, 0,
+            self.TILE_SIZE, "Tile size in pixels (0 = automatic: about 1.5x the raster's pixels through the network)", Qgis.ProcessingNumberParameterType.Integer, 0,
             minValue=0))
         self.addParameter(QgsProcessingParameterEnum(self.TTA, "Test-time augmentation", TTA, defaultValue=0))
         self.addParameter(QgsProcessingParameterBoolean(self.RETURN_BOXES, "Return boxes instead of outlines", False))
         self.addParameter(QgsProcessingParameterExtent(self.EXTENT, "Processing extent", optional=True))
         self.addParameter(QgsProcessingParameterFeatureSource(
             self.EXTENT_POLYGONS, "Processing area polygons (keep detections inside)",
-            [QgsProcessing.TypeVectorPolygon], optional=True))
+            [Qgis.ProcessingSourceType.VectorPolygon], optional=True))
         self.addParameter(QgsProcessingParameterNumber(
-            self.CELL_SIZE, "Cell size (0 = the raster's; web layers: the zoom for the package's CellSize)", QgsProcessingParameterNumber.Double, 0.0, minValue=0.0))
+            self.CELL_SIZE, "Cell size (0 = the raster's; web layers: the zoom for the package's CellSize)", Qgis.ProcessingNumberParameterType.Double, 0.0, minValue=0.0))
         self.addParameter(QgsProcessingParameterBoolean(self.NMS, "Non maximum suppression", True))
         self.addParameter(QgsProcessingParameterNumber(
-            self.NMS_RATIO, "Max overlap ratio (IoU) for NMS", QgsProcessingParameterNumber.Double, 0.0,
+            self.NMS_RATIO, "Max overlap ratio (IoU) for NMS", Qgis.ProcessingNumberParameterType.Double, 0.0,
             minValue=0.0, maxValue=1.0))
         self.addParameter(QgsProcessingParameterNumber(
-            self.SIMPLIFY, "Simplify outlines (map units, 0 = off)", QgsProcessingParameterNumber.Double, 0.0,
+            self.SIMPLIFY, "Simplify outlines (map units, 0 = off)", Qgis.ProcessingNumberParameterType.Double, 0.0,
             minValue=0.0))
         self.addParameter(QgsProcessingParameterString(self.DEVICE, "Device (auto, cpu, cuda:N)", "auto"))
         self.addParameter(QgsProcessingParameterNumber(
-            "PROCESSES", "Processes / GPUs (more than 1 runs under torchrun)", QgsProcessingParameterNumber.Integer, 1,
+            "PROCESSES", "Processes / GPUs (more than 1 runs under torchrun)", Qgis.ProcessingNumberParameterType.Integer, 1,
             minValue=1))
         self.addParameter(QgsProcessingParameterBoolean(
             self.OVERWRITE, "Replace an existing layer of that name (the GeoPackage's other layers are kept)", False))
         self.addParameter(QgsProcessingParameterVectorDestination(
-            self.OUTPUT, "Detected objects", QgsProcessing.TypeVectorPolygon))
+            self.OUTPUT, "Detected objects", Qgis.ProcessingSourceType.VectorPolygon))
         self.addOutput(QgsProcessingOutputNumber("COUNT", "Objects detected"))
 
     def processAlgorithm(self, parameters, context, feedback):

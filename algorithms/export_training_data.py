@@ -1,8 +1,8 @@
 """Processing algorithm maskforge:exporttrainingdata (engine: core/chips.py)."""
-from qgis.core import (QgsProcessing, QgsProcessingParameterBand, QgsProcessingParameterBoolean,
+from qgis.core import (Qgis, QgsProcessingOutputNumber, QgsProcessingParameterBand, QgsProcessingParameterBoolean,
                        QgsProcessingParameterEnum, QgsProcessingParameterExtent, QgsProcessingParameterFeatureSource,
                        QgsProcessingParameterField, QgsProcessingParameterFolderDestination,
-                       QgsProcessingParameterNumber, QgsProcessingParameterRasterLayer, QgsProcessingOutputNumber)
+                       QgsProcessingParameterNumber, QgsProcessingParameterRasterLayer)
 
 from .base import (MaskForgeAlgorithm, absolute, build_args, engine_raster_values, extent_value, raster_layer,
                    source_extent, source_path)
@@ -47,40 +47,40 @@ class ExportTrainingDataAlgorithm(MaskForgeAlgorithm):
     def initAlgorithm(self, config=None):
         self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT_RASTER, "Input raster"))
         self.addParameter(QgsProcessingParameterFeatureSource(
-            self.INPUT_LABELS, "Labels (polygons)", [QgsProcessing.TypeVectorAnyGeometry]))
+            self.INPUT_LABELS, "Labels (polygons)", [Qgis.ProcessingSourceType.VectorAnyGeometry]))
         self.addParameter(QgsProcessingParameterField(
             self.CLASS_VALUE_FIELD, "Class value field (integer, 1..n)", parentLayerParameterName=self.INPUT_LABELS,
-            type=QgsProcessingParameterField.Any, optional=True))
+            type=Qgis.ProcessingFieldParameterDataType.Any, optional=True))
         self.addParameter(QgsProcessingParameterField(
             self.CLASS_NAME_FIELD, "Class name field", parentLayerParameterName=self.INPUT_LABELS,
-            type=QgsProcessingParameterField.Any, optional=True))
+            type=Qgis.ProcessingFieldParameterDataType.Any, optional=True))
         for key, label, default in ((self.TILE_SIZE_X, "Tile size X (pixels)", 256),
                                     (self.TILE_SIZE_Y, "Tile size Y (pixels)", 256),
                                     (self.STRIDE_X, "Stride X (pixels; 0 = chosen from the labels)", 0),
                                     (self.STRIDE_Y, "Stride Y (pixels; 0 = chosen from the labels)", 0)):
-            self.addParameter(QgsProcessingParameterNumber(key, label, QgsProcessingParameterNumber.Integer,
+            self.addParameter(QgsProcessingParameterNumber(key, label, Qgis.ProcessingNumberParameterType.Integer,
                                                            default, minValue=0 if "STRIDE" in key else 1))
         self.addParameter(QgsProcessingParameterEnum(self.IMAGE_FORMAT, "Image format", FORMATS, defaultValue=0))
         self.addParameter(QgsProcessingParameterEnum(self.TILES, "Output no-feature tiles", TILE_MODES,
                                                      defaultValue=0))
         self.addParameter(QgsProcessingParameterExtent(self.EXTENT, "Processing extent", optional=True))
         self.addParameter(QgsProcessingParameterFeatureSource(
-            self.MASK_POLYGONS, "Mask polygons (only chips fully inside)", [QgsProcessing.TypeVectorPolygon],
+            self.MASK_POLYGONS, "Mask polygons (only chips fully inside)", [Qgis.ProcessingSourceType.VectorPolygon],
             optional=True))
         self.addParameter(QgsProcessingParameterNumber(
-            self.CELL_SIZE, "Cell size (0 = the raster's; web layers: their finest zoom)", QgsProcessingParameterNumber.Double, 0.0, minValue=0.0))
+            self.CELL_SIZE, "Cell size (0 = the raster's; web layers: their finest zoom)", Qgis.ProcessingNumberParameterType.Double, 0.0, minValue=0.0))
         self.addParameter(QgsProcessingParameterNumber(
             self.ROTATION_ANGLE, "Rotation angle for extra copies (degrees, 0 = none)",
-            QgsProcessingParameterNumber.Double, 0.0, minValue=0.0, maxValue=359.99))
+            Qgis.ProcessingNumberParameterType.Double, 0.0, minValue=0.0, maxValue=359.99))
         self.addParameter(QgsProcessingParameterNumber(
-            self.MIN_OVERLAP, "Minimum polygon overlap ratio", QgsProcessingParameterNumber.Double, 0.0,
+            self.MIN_OVERLAP, "Minimum polygon overlap ratio", Qgis.ProcessingNumberParameterType.Double, 0.0,
             minValue=0.0, maxValue=1.0))
         self.addParameter(QgsProcessingParameterBand(
             self.BANDS, "Bands to extract (all when empty)", parentLayerParameterName=self.INPUT_RASTER,
             optional=True, allowMultiple=True))
         self.addParameter(QgsProcessingParameterNumber(
             self.BUFFER_RADIUS, "Buffer radius for point/line labels (map units)",
-            QgsProcessingParameterNumber.Double, 0.0, minValue=0.0))
+            Qgis.ProcessingNumberParameterType.Double, 0.0, minValue=0.0))
         self.addParameter(QgsProcessingParameterBoolean(self.OVERWRITE, "Overwrite existing output", False))
         self.addParameter(QgsProcessingParameterFolderDestination(self.OUTPUT, "Output folder"))
         self.addOutput(QgsProcessingOutputNumber("CHIPS", "Chips written"))

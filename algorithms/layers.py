@@ -16,7 +16,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 
-from qgis.core import (QgsCoordinateReferenceSystem, QgsCoordinateTransform, QgsDataSourceUri, QgsProject,
+from qgis.core import (Qgis, QgsCoordinateReferenceSystem, QgsCoordinateTransform, QgsDataSourceUri, QgsProject,
                        QgsRasterBlockFeedback, QgsRasterFileWriter, QgsRasterPipe, QgsRectangle)
 
 from ..core.errors import UserError
@@ -186,7 +186,7 @@ def render_to_geotiff(layer, extent, cell, folder, feedback=None):
                                block_feedback)
     if block_feedback.isCanceled():
         raise InvalidInput("Cancelled while rendering the web layer; nothing was written.")
-    if error != QgsRasterFileWriter.NoError:
+    if error != Qgis.RasterFileWriterResult.Success:
         raise InvalidInput(f"QGIS could not render '{layer.name()}' (error {int(error)}). Check that the layer "
                            "draws on the map at this extent.")
     os.replace(path + ".part.tif", path)

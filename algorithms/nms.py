@@ -1,5 +1,5 @@
 """Processing algorithm maskforge:nonmaximumsuppression (engine: core/nms.py)."""
-from qgis.core import (QgsProcessing, QgsProcessingOutputNumber, QgsProcessingParameterBoolean,
+from qgis.core import (Qgis, QgsProcessingOutputNumber, QgsProcessingParameterBoolean,
                        QgsProcessingParameterFeatureSource, QgsProcessingParameterField, QgsProcessingParameterNumber,
                        QgsProcessingParameterVectorDestination)
 
@@ -41,22 +41,22 @@ class NonMaximumSuppressionAlgorithm(MaskForgeAlgorithm):
 
     def initAlgorithm(self, config=None):
         self.addParameter(QgsProcessingParameterFeatureSource(
-            self.INPUT, "Detections (polygons)", [QgsProcessing.TypeVectorPolygon]))
+            self.INPUT, "Detections (polygons)", [Qgis.ProcessingSourceType.VectorPolygon]))
         # Optional only in form: QGIS 3.22 (processing.run, qgis_process, models) refuses a mandatory field
         # parameter that is left out even when it has a default; empty means the default, as in the engine.
         self.addParameter(QgsProcessingParameterField(
             self.CONFIDENCE_FIELD, "Confidence field", defaultValue=DEFAULT_CONFIDENCE_FIELD,
-            parentLayerParameterName=self.INPUT, type=QgsProcessingParameterField.Numeric, optional=True))
+            parentLayerParameterName=self.INPUT, type=Qgis.ProcessingFieldParameterDataType.Numeric, optional=True))
         self.addParameter(QgsProcessingParameterField(
             self.CLASS_FIELD, "Class value field", parentLayerParameterName=self.INPUT,
-            type=QgsProcessingParameterField.Any, optional=True))
+            type=Qgis.ProcessingFieldParameterDataType.Any, optional=True))
         self.addParameter(QgsProcessingParameterNumber(
             self.MAX_OVERLAP_RATIO, "Maximum overlap ratio (IoU; 0 = no overlap allowed)",
-            QgsProcessingParameterNumber.Double, 0.0, minValue=0.0, maxValue=1.0))
+            Qgis.ProcessingNumberParameterType.Double, 0.0, minValue=0.0, maxValue=1.0))
         self.addParameter(QgsProcessingParameterBoolean(
             self.OVERWRITE, "Replace an existing layer of that name (the GeoPackage's other layers are kept)", False))
         self.addParameter(QgsProcessingParameterVectorDestination(
-            self.OUTPUT, "Output (GeoPackage)", QgsProcessing.TypeVectorPolygon))
+            self.OUTPUT, "Output (GeoPackage)", Qgis.ProcessingSourceType.VectorPolygon))
         self.addOutput(QgsProcessingOutputNumber("KEPT", "Features kept"))
         self.addOutput(QgsProcessingOutputNumber("REMOVED", "Features removed"))
 

@@ -2,10 +2,10 @@
 import os
 import time
 
-from qgis.core import (QgsProcessingOutputFile, QgsProcessingOutputHtml,
-                       QgsProcessingOutputNumber, QgsProcessingParameterBoolean, QgsProcessingParameterEnum,
-                       QgsProcessingParameterFile, QgsProcessingParameterFolderDestination,
-                       QgsProcessingParameterNumber, QgsProcessingParameterString)
+from qgis.core import (Qgis, QgsProcessingOutputFile, QgsProcessingOutputHtml, QgsProcessingOutputNumber,
+                       QgsProcessingParameterBoolean, QgsProcessingParameterEnum, QgsProcessingParameterFile,
+                       QgsProcessingParameterFolderDestination, QgsProcessingParameterNumber,
+                       QgsProcessingParameterString)
 
 from .base import MaskForgeAlgorithm, absolute, build_args
 from .jobs import BACKBONES, BASE_MODELS, MONITORS, kept_package, train_args, train_base
@@ -67,29 +67,29 @@ class TrainAlgorithm(MaskForgeAlgorithm):
 
     def initAlgorithm(self, config=None):
         self.addParameter(QgsProcessingParameterFile(
-            self.INPUT_DATA, "Training data folder", behavior=QgsProcessingParameterFile.Folder))
+            self.INPUT_DATA, "Training data folder", behavior=Qgis.ProcessingFileParameterBehavior.Folder))
         self.addParameter(QgsProcessingParameterString(
             self.ADDITIONAL_DATA, "Additional training data folders (separated by ';')", optional=True))
         self.addParameter(QgsProcessingParameterEnum(
             self.BASE_MODEL, "Base model", [label for label, _ in BASE_MODELS], defaultValue=0))
         self.addParameter(QgsProcessingParameterFile(
-            self.BASE_PACKAGE, "Base model package or weights file (.dlpk, .emd, .pth)", behavior=QgsProcessingParameterFile.File,
+            self.BASE_PACKAGE, "Base model package or weights file (.dlpk, .emd, .pth)", behavior=Qgis.ProcessingFileParameterBehavior.File,
             optional=True, fileFilter="Model packages and weights (*.dlpk *.emd *.pth *.pt);;All files (*)"))
         self.addParameter(QgsProcessingParameterNumber(
-            self.EPOCHS, "Maximum epochs", QgsProcessingParameterNumber.Integer, 20, minValue=1))
+            self.EPOCHS, "Maximum epochs", Qgis.ProcessingNumberParameterType.Integer, 20, minValue=1))
         self.addParameter(QgsProcessingParameterNumber(
-            self.BATCH_SIZE, "Batch size", QgsProcessingParameterNumber.Integer, 2, minValue=1))
+            self.BATCH_SIZE, "Batch size", Qgis.ProcessingNumberParameterType.Integer, 2, minValue=1))
         self.addParameter(QgsProcessingParameterNumber(
-            self.LEARNING_RATE, "Learning rate (0 = chosen from the schedule)", QgsProcessingParameterNumber.Double, 0.0,
+            self.LEARNING_RATE, "Learning rate (0 = chosen from the schedule)", Qgis.ProcessingNumberParameterType.Double, 0.0,
             minValue=0.0))
         self.addParameter(QgsProcessingParameterNumber(
-            self.VALIDATION_PERCENT, "Validation chips (%)", QgsProcessingParameterNumber.Double, 10.0,
+            self.VALIDATION_PERCENT, "Validation chips (%)", Qgis.ProcessingNumberParameterType.Double, 10.0,
             minValue=0.0, maxValue=99.0))
         self.addParameter(QgsProcessingParameterBoolean(
             self.EARLY_STOPPING, "Stop when the model stops improving", True))
         self.addParameter(QgsProcessingParameterNumber(
             self.PATIENCE, "Patience (epochs without improvement; 0 = about 300 steps' worth)",
-            QgsProcessingParameterNumber.Integer, 0, minValue=0))
+            Qgis.ProcessingNumberParameterType.Integer, 0, minValue=0))
         self.addParameter(QgsProcessingParameterEnum(self.MONITOR, "Monitor metric", MONITORS, defaultValue=0))
         self.addParameter(QgsProcessingParameterBoolean(
             self.FREEZE_BACKBONE, "Freeze the backbone (train FPN and heads only)", False))
@@ -103,16 +103,16 @@ class TrainAlgorithm(MaskForgeAlgorithm):
             optional=True))
         self.addParameter(QgsProcessingParameterNumber(
             "INPUT_SCALE", "Input scale (network input / chip size; 0 = chosen from the objects' sizes)",
-            QgsProcessingParameterNumber.Double, 0.0, minValue=0.0, maxValue=4.0))
+            Qgis.ProcessingNumberParameterType.Double, 0.0, minValue=0.0, maxValue=4.0))
         self.addParameter(QgsProcessingParameterString(self.DEVICE, "Device (auto, cpu, cuda:N)", "auto"))
         self.addParameter(QgsProcessingParameterNumber(
-            self.SEED, "Random seed", QgsProcessingParameterNumber.Integer, 0, minValue=0))
+            self.SEED, "Random seed", Qgis.ProcessingNumberParameterType.Integer, 0, minValue=0))
         self.addParameter(QgsProcessingParameterBoolean(
             self.RESUME, "Resume from the output folder's checkpoint", False))
         self.addParameter(QgsProcessingParameterBoolean(
             "OVERWRITE", "Replace the package already in the output folder (kept until the new best epoch)", False))
         self.addParameter(QgsProcessingParameterNumber(
-            "PROCESSES", "Processes / GPUs (more than 1 runs under torchrun)", QgsProcessingParameterNumber.Integer, 1,
+            "PROCESSES", "Processes / GPUs (more than 1 runs under torchrun)", Qgis.ProcessingNumberParameterType.Integer, 1,
             minValue=1))
         self.addParameter(QgsProcessingParameterFolderDestination(self.OUTPUT_MODEL, "Output model folder"))
         self.addOutput(QgsProcessingOutputFile("PACKAGE", "Model package (.dlpk)"))

@@ -27,6 +27,7 @@ from . import distributed, gpkg, inference, pipeline
 from .chips import _Grid, class_color
 from .errors import UserError
 from .geodata import GPKG_CREATION, open_raster, read_area
+from .devices import announce_device
 from .model import network_for_package, select_device
 from .package import load_package
 from .progress import NullReporter
@@ -198,7 +199,7 @@ def detect(raster, model, out, options=None, reporter=None, predictor=None):
     out, layer = gpkg.check_destination(out, o.layer, o.overwrite)
     pkg = load_package(model)
     o = replace(o, threshold=_threshold(pkg, o.threshold, reporter))
-    device = distributed.init(o.device) or select_device(o.device)
+    device = announce_device(distributed.init(o.device) or select_device(o.device), o.device, reporter)
     classes = pkg.classes
     chip = int(pkg.tile_size[0])
     # The network's labels are ranks of the class values (see ModelPackage.value_to_label).

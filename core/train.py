@@ -23,6 +23,7 @@ from .data import (ChipDataset, EpochBatches, chip_loader, default_workers, load
                    max_object_size, object_sizes, targets_from_labels)
 from .errors import Cancelled, UserError
 from .bases import base_model
+from .devices import announce_device
 from .model import anchor_generator, select_device
 from .outputs import check_model_folder, remove_packages
 from .package import FRAMEWORK, load_package, read_weights, write_package
@@ -175,7 +176,7 @@ def train(data_dirs, out_dir, base="none", options=None, reporter=None):
     out = Path(out_dir)
     earlier = check_model_folder(out, CHECKPOINT, o.resume, o.overwrite)
     _seed_everything(o.seed)
-    device = distributed.init(o.device) or select_device(o.device)
+    device = announce_device(distributed.init(o.device) or select_device(o.device), o.device, reporter)
     main = distributed.is_main()
     amp = device.type == "cuda"
     torch.set_num_threads(max(1, os.cpu_count() or 1))

@@ -2,7 +2,7 @@
 import os
 import re
 
-from qgis.core import QgsMapLayerProxyModel, QgsProject, QgsVectorLayer
+from qgis.core import Qgis, QgsProject, QgsVectorLayer
 from qgis.gui import QgsFileWidget
 from qgis.PyQt.QtWidgets import QLabel
 
@@ -41,10 +41,10 @@ class DetectDialog(JobDialog):
 
     def build(self):
         form = self.page("Parameters")
-        self.raster = self.add_layer(form, "INPUT_RASTER", "Input raster", QgsMapLayerProxyModel.RasterLayer)
+        self.raster = self.add_layer(form, "INPUT_RASTER", "Input raster", Qgis.LayerFilter.RasterLayer)
         self.raster_label = QLabel()
         form.addRow("", self.raster_label)
-        self.model = self.add_path(form, "MODEL", "Model package", QgsFileWidget.GetFile,
+        self.model = self.add_path(form, "MODEL", "Model package", QgsFileWidget.StorageMode.GetFile,
                                    "Model packages (*.dlpk *.emd);;All files (*)",
                                    tooltip="A MaskForge package or an Esri resnet50 Mask R-CNN .dlpk; for a "
                                            "package folder, its .emd.")
@@ -62,13 +62,13 @@ class DetectDialog(JobDialog):
                      tooltip="More than 1 splits the tiles over processes under torchrun (one per GPU).")
         self.extent = ExtentPicker(self.iface.mapCanvas())
         form.addRow("Processing extent", self.extent)
-        self.output = self.add_path(form, "OUTPUT", "Detected objects", QgsFileWidget.SaveFile,
+        self.output = self.add_path(form, "OUTPUT", "Detected objects", QgsFileWidget.StorageMode.SaveFile,
                                     "GeoPackage (*.gpkg)")
 
         advanced = self.page("Advanced")
         self.add_enum(advanced, "TEST_TIME_AUGMENTATION", "Test-time augmentation", TTA)
         self.add_bool(advanced, "RETURN_BOXES", "Return boxes instead of outlines")
-        self.add_layer(advanced, "EXTENT_POLYGONS", "Keep detections inside", QgsMapLayerProxyModel.PolygonLayer,
+        self.add_layer(advanced, "EXTENT_POLYGONS", "Keep detections inside", Qgis.LayerFilter.PolygonLayer,
                        optional=True)
         self.add_double(advanced, "CELL_SIZE", "Cell size", 0, 1e9, decimals=4, special="the raster's")
         self.add_bool(advanced, "NMS", "Non maximum suppression")

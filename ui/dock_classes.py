@@ -43,7 +43,7 @@ class ClassesPart:
         try:
             cls = self.schema.add(name, value, color)
         except SchemaError as exc:
-            self._message(str(exc), Qgis.Warning)
+            self._message(str(exc), Qgis.MessageLevel.Warning)
             return None
         self.set_current_class(cls.value)
         return cls
@@ -54,7 +54,7 @@ class ClassesPart:
             if self.store is not None:
                 self.store.rename_class(value, self.schema.name_of(value))
         except (SchemaError, LabelError) as exc:
-            self._message(str(exc), Qgis.Warning)
+            self._message(str(exc), Qgis.MessageLevel.Warning)
             self._refresh_classes()
             return False
         return True
@@ -63,7 +63,7 @@ class ClassesPart:
         try:
             self.schema.recolor(value, color)
         except SchemaError as exc:
-            self._message(str(exc), Qgis.Warning)
+            self._message(str(exc), Qgis.MessageLevel.Warning)
             return False
         return True
 
@@ -82,7 +82,7 @@ class ClassesPart:
             try:
                 self.store.delete(self.store.feature_ids(value), note={"class": cls.to_dict()})
             except LabelError as exc:
-                self._message(str(exc), Qgis.Warning)
+                self._message(str(exc), Qgis.MessageLevel.Warning)
                 return False
         self.schema.remove(value)
         if self.current_value == value and len(self.schema):
@@ -95,7 +95,7 @@ class ClassesPart:
         try:
             loaded = ClassSchema.load(path)
         except SchemaError as exc:
-            self._message(str(exc), Qgis.Warning)
+            self._message(str(exc), Qgis.MessageLevel.Warning)
             return False
         self.schema.replace(loaded)
         if self.current_value not in self.schema:
@@ -106,7 +106,7 @@ class ClassesPart:
             if strays:
                 message += (f" Labels with class values {', '.join(map(str, strays))} are not in it: they show in "
                             "grey dashes; give them a class or delete them before exporting.")
-                self._message(message, Qgis.Warning)
+                self._message(message, Qgis.MessageLevel.Warning)
                 return True
         self._status(message)
         return True
@@ -115,7 +115,7 @@ class ClassesPart:
         try:
             self.schema.save(path)
         except SchemaError as exc:
-            self._message(str(exc), Qgis.Warning)
+            self._message(str(exc), Qgis.MessageLevel.Warning)
             return False
         self._status(f"Saved the classes to {path}.")
         return True
@@ -177,8 +177,8 @@ class ClassesPart:
             value = QTableWidgetItem(str(cls.value))
             count = QTableWidgetItem(str(counts.get(cls.value, 0)))
             for item in (value, count):
-                item.setFlags(item.flags() & ~Qt.ItemIsEditable)
-                item.setTextAlignment(Qt.AlignRight | Qt.AlignVCenter)
+                item.setFlags(item.flags() & ~Qt.ItemFlag.ItemIsEditable)
+                item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
             table.setItem(row, 0, name)
             table.setItem(row, 1, value)
             table.setItem(row, 2, count)

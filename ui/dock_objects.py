@@ -44,14 +44,14 @@ class ObjectsPart:
         self.class_table.setObjectName("MaskForgeClassTable")
         self.class_table.setHorizontalHeaderLabels(["Class", "Value", "Labels"])
         self.class_table.verticalHeader().hide()
-        self.class_table.setSelectionBehavior(QAbstractItemView.SelectRows)
-        self.class_table.setSelectionMode(QAbstractItemView.SingleSelection)
-        self.class_table.setEditTriggers(QAbstractItemView.DoubleClicked | QAbstractItemView.EditKeyPressed)
+        self.class_table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.class_table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        self.class_table.setEditTriggers(QAbstractItemView.EditTrigger.DoubleClicked | QAbstractItemView.EditTrigger.EditKeyPressed)
         self.class_table.setIconSize(QSize(14, 14))
         header = self.class_table.horizontalHeader()
-        header.setSectionResizeMode(0, QHeaderView.Stretch)
-        header.setSectionResizeMode(1, QHeaderView.ResizeToContents)
-        header.setSectionResizeMode(2, QHeaderView.ResizeToContents)
+        header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        header.setSectionResizeMode(1, QHeaderView.ResizeMode.ResizeToContents)
+        header.setSectionResizeMode(2, QHeaderView.ResizeMode.ResizeToContents)
         self.class_table.setToolTip("Click a class to draw with it (or press 1–9); double-click a name to rename it.")
         self.class_table.itemSelectionChanged.connect(self._class_selection_changed)
         self.class_table.itemChanged.connect(self._class_item_changed)
@@ -67,7 +67,7 @@ class ObjectsPart:
         row.addStretch(1)
         self.filter_combo = QComboBox()
         self.filter_combo.setToolTip("Show the labels of one class only")
-        self.filter_combo.setSizeAdjustPolicy(QComboBox.AdjustToContents)
+        self.filter_combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToContents)
         self.filter_combo.currentIndexChanged.connect(lambda _i: self._refresh_objects())
         row.addWidget(self.filter_combo)
         box.addLayout(row)
@@ -76,13 +76,13 @@ class ObjectsPart:
         self.objects_table.setObjectName("MaskForgeObjectsTable")
         self.objects_table.setHorizontalHeaderLabels(["Class", "Area (m²)", "ID"])
         self.objects_table.verticalHeader().hide()
-        self.objects_table.setSelectionBehavior(QAbstractItemView.SelectRows)
-        self.objects_table.setSelectionMode(QAbstractItemView.ExtendedSelection)
-        self.objects_table.setEditTriggers(QAbstractItemView.NoEditTriggers)
+        self.objects_table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.objects_table.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
+        self.objects_table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         header = self.objects_table.horizontalHeader()
-        header.setSectionResizeMode(0, QHeaderView.Stretch)
-        header.setSectionResizeMode(1, QHeaderView.ResizeToContents)
-        header.setSectionResizeMode(2, QHeaderView.ResizeToContents)
+        header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        header.setSectionResizeMode(1, QHeaderView.ResizeMode.ResizeToContents)
+        header.setSectionResizeMode(2, QHeaderView.ResizeMode.ResizeToContents)
         self.objects_table.itemSelectionChanged.connect(self._objects_selection_changed)
         self.objects_table.setMinimumHeight(120)
         box.addWidget(self.objects_table, 1)
@@ -98,7 +98,7 @@ class ObjectsPart:
         self.delete_button = QToolButton()
         self.delete_button.setIcon(theme_icon("mActionDeleteSelectedFeatures.svg"))
         self.delete_button.setText("Delete")
-        self.delete_button.setToolButtonStyle(Qt.ToolButtonTextBesideIcon)
+        self.delete_button.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
         self.delete_button.setToolTip("Delete the selected labels (Undo brings them back)")
         self.delete_button.clicked.connect(self.delete_selected)
         row.addWidget(self.delete_button)
@@ -133,13 +133,13 @@ class ObjectsPart:
             cls = self.schema.get(value)
             class_item = QTableWidgetItem(swatch(cls.color) if cls else QIcon(), name)
             area_item = QTableWidgetItem()
-            area_item.setData(Qt.DisplayRole, round(area, 1) if area is not None else None)
+            area_item.setData(Qt.ItemDataRole.DisplayRole, round(area, 1) if area is not None else None)
             id_item = QTableWidgetItem()
-            id_item.setData(Qt.DisplayRole, fid)
+            id_item.setData(Qt.ItemDataRole.DisplayRole, fid)
             for item in (class_item, area_item, id_item):
                 item.setData(ID_ROLE, fid)
-            area_item.setTextAlignment(Qt.AlignRight | Qt.AlignVCenter)
-            id_item.setTextAlignment(Qt.AlignRight | Qt.AlignVCenter)
+            area_item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+            id_item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
             table.setItem(i, 0, class_item)
             table.setItem(i, 1, area_item)
             table.setItem(i, 2, id_item)
@@ -158,11 +158,11 @@ class ObjectsPart:
         wanted = set(fids)
         table = self.objects_table
         table.clearSelection()
-        table.setSelectionMode(QAbstractItemView.MultiSelection)
+        table.setSelectionMode(QAbstractItemView.SelectionMode.MultiSelection)
         for row in range(table.rowCount()):
             if table.item(row, 2).data(ID_ROLE) in wanted:
                 table.selectRow(row)
-        table.setSelectionMode(QAbstractItemView.ExtendedSelection)
+        table.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
 
     def _objects_selection_changed(self):
         if self._syncing or self.store is None:
@@ -186,11 +186,11 @@ class ObjectsPart:
         table.blockSignals(True)
         try:
             table.clearSelection()
-            table.setSelectionMode(QAbstractItemView.MultiSelection)
+            table.setSelectionMode(QAbstractItemView.SelectionMode.MultiSelection)
             for row in range(table.rowCount()):
                 if table.item(row, 2).data(ID_ROLE) in selected:
                     table.selectRow(row)
-            table.setSelectionMode(QAbstractItemView.ExtendedSelection)
+            table.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
         finally:
             table.blockSignals(False)
             self._syncing = False
@@ -230,7 +230,7 @@ class ObjectsPart:
         try:
             deleted = self.store.delete(fids)
         except LabelError as exc:
-            self._message(str(exc), Qgis.Warning)
+            self._message(str(exc), Qgis.MessageLevel.Warning)
             return 0
         self._status(f"Deleted {len(deleted)} label(s); Undo brings them back.")
         return len(deleted)
@@ -245,7 +245,7 @@ class ObjectsPart:
         try:
             changed = self.store.set_class(fids, self.current_value)
         except LabelError as exc:
-            self._message(str(exc), Qgis.Warning)
+            self._message(str(exc), Qgis.MessageLevel.Warning)
             return 0
         self._status(f"{changed} label(s) now '{self.schema.name_of(self.current_value)}'.")
         return changed
@@ -267,7 +267,7 @@ class ObjectsPart:
         try:
             edit = self.store.undo() if undo else self.store.redo()
         except LabelError as exc:
-            self._message(str(exc), Qgis.Warning)
+            self._message(str(exc), Qgis.MessageLevel.Warning)
             return
         if edit is None:
             return
@@ -287,7 +287,7 @@ class ObjectsPart:
                 try:
                     set_review_status(layer, note["review_fids"], None if undo else ACCEPTED)
                 except LabelError as exc:
-                    self._message(str(exc), Qgis.Warning)
+                    self._message(str(exc), Qgis.MessageLevel.Warning)
                 if self.review is not None and self.review.layer is layer:
                     self.review.reload()
         self._status(("Undone: " if undo else "Redone: ") + {"add": "added label(s)", "delete": "deletion",

@@ -4,11 +4,11 @@ A part of LabelsDock (ui/labels_dock.py), split out to keep each module short;
 the decisions themselves live in ui/review.py.
 """
 
-from qgis.core import Qgis, QgsMapLayerProxyModel, QgsWkbTypes
+from qgis.core import Qgis
 from qgis.gui import QgsMapLayerComboBox, QgsRubberBand
 from qgis.PyQt.QtCore import Qt
-from qgis.PyQt.QtGui import QColor, QKeySequence
-from qgis.PyQt.QtWidgets import QDoubleSpinBox, QGridLayout, QLabel, QPushButton, QShortcut, QWidget
+from qgis.PyQt.QtGui import QColor, QKeySequence, QShortcut
+from qgis.PyQt.QtWidgets import QDoubleSpinBox, QGridLayout, QLabel, QPushButton, QWidget
 
 from .dock_common import theme_icon
 from .label_store import LabelError
@@ -23,7 +23,7 @@ class ReviewPage:
         grid.setContentsMargins(4, 6, 4, 4)
         grid.addWidget(QLabel("Detections"), 0, 0)
         self.detections_combo = QgsMapLayerComboBox()
-        self.detections_combo.setFilters(QgsMapLayerProxyModel.PolygonLayer)
+        self.detections_combo.setFilters(Qgis.LayerFilter.PolygonLayer)
         self.detections_combo.setToolTip("A layer made by Detect Objects (fields ClassValue, Class, Confidence)")
         grid.addWidget(self.detections_combo, 0, 1, 1, 2)
         self.review_start_button = QPushButton("Start review")
@@ -34,7 +34,7 @@ class ReviewPage:
         self.review_info = QLabel("Pick the output of Detect Objects and start.")
         self.review_info.setWordWrap(True)
         self.review_info.setMinimumHeight(48)
-        self.review_info.setAlignment(Qt.AlignTop | Qt.AlignLeft)
+        self.review_info.setAlignment(Qt.AlignmentFlag.AlignTop | Qt.AlignmentFlag.AlignLeft)
         grid.addWidget(self.review_info, 2, 0, 1, 3)
 
         self.prev_button = QPushButton(theme_icon("mActionAtlasPrev.svg"), "Previous (P)")
@@ -55,7 +55,7 @@ class ReviewPage:
         # the letters never take keys away from QGIS on the other tab.
         for key, slot in (("A", self.review_accept), ("R", self.review_reject),
                           ("N", self.review_next), ("P", self.review_previous)):
-            QShortcut(QKeySequence(key), page, context=Qt.WindowShortcut).activated.connect(slot)
+            QShortcut(QKeySequence(key), page, context=Qt.ShortcutContext.WindowShortcut).activated.connect(slot)
 
         grid.addWidget(QLabel("Accept all with confidence ≥"), 5, 0, 1, 2)
         self.threshold_spin = QDoubleSpinBox()
@@ -82,14 +82,14 @@ class ReviewPage:
         layer = layer or self.detections_combo.currentLayer()
         if layer is not None and layer is self.labels_layer():
             self._message("That is the labels layer; pick the detections (the output of Detect Objects).",
-                          Qgis.Warning)
+                          Qgis.MessageLevel.Warning)
             return None
         if layer is not None and self.detections_combo.currentLayer() is not layer:
             self.detections_combo.setLayer(layer)
         try:
             review = DetectionReview(layer, self.ensure_store, self)
         except ReviewError as exc:
-            self._message(str(exc), Qgis.Warning)
+            self._message(str(exc), Qgis.MessageLevel.Warning)
             return None
         if self.review is not None:
             self.review.changed.disconnect(self._show_review)
@@ -128,7 +128,7 @@ class ReviewPage:
     def _show_review_band(self, layer, fid):
         # An outline, not the selection: a selected polygon is filled and hides the very object to judge.
         if self._review_band is None:
-            self._review_band = QgsRubberBand(self.canvas, QgsWkbTypes.PolygonGeometry)
+            self._review_band = QgsRubberBand(self.canvas, Qgis.GeometryType.Polygon)
             self._review_band.setFillColor(QColor(0, 0, 0, 0))
             self._review_band.setStrokeColor(QColor(255, 255, 0))
             self._review_band.setWidth(3)
@@ -145,7 +145,7 @@ class ReviewPage:
         try:
             return action()
         except LabelError as exc:   # ReviewError is one too
-            self._message(str(exc), Qgis.Warning)
+            self._message(str(exc), Qgis.MessageLevel.Warning)
             return None
 
     def review_next(self):

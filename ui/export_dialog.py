@@ -1,7 +1,7 @@
 """Export Training Data: the toolbar dialog of maskforge:exporttrainingdata."""
 import os
 
-from qgis.core import QgsFieldProxyModel, QgsMapLayerProxyModel
+from qgis.core import Qgis, QgsFieldProxyModel
 from qgis.gui import QgsFileWidget
 from qgis.PyQt.QtWidgets import QHBoxLayout, QLabel, QWidget
 
@@ -33,12 +33,12 @@ class ExportDialog(JobDialog):
 
     def build(self):
         form = self.page("Parameters")
-        self.raster = self.add_layer(form, "INPUT_RASTER", "Input raster", QgsMapLayerProxyModel.RasterLayer)
+        self.raster = self.add_layer(form, "INPUT_RASTER", "Input raster", Qgis.LayerFilter.RasterLayer)
         self.raster_label = QLabel()
         form.addRow("", self.raster_label)
-        self.labels = self.add_layer(form, "INPUT_LABELS", "Labels", QgsMapLayerProxyModel.HasGeometry)
+        self.labels = self.add_layer(form, "INPUT_LABELS", "Labels", Qgis.LayerFilter.HasGeometry)
         self.value_field = self.add_field(form, "CLASS_VALUE_FIELD", "Class value field", self.labels,
-                                          QgsFieldProxyModel.Numeric | QgsFieldProxyModel.String)
+                                          QgsFieldProxyModel.Filter.Numeric | QgsFieldProxyModel.Filter.String)
         self.value_field.setToolTip("Integer class values from 1. Empty: a field named 'value' or 'classvalue', "
                                     "else every feature is class 1.")
         self.name_field = self.add_field(form, "CLASS_NAME_FIELD", "Class name field", self.labels)
@@ -58,14 +58,14 @@ class ExportDialog(JobDialog):
             form.addRow(label, row)
         self.add_enum(form, "IMAGE_FORMAT", "Image format", FORMATS)
         self.add_enum(form, "OUTPUT_NOFEATURE_TILES", "Tiles", TILE_MODES)
-        self.output = self.add_path(form, "OUTPUT_FOLDER", "Output folder", QgsFileWidget.GetDirectory,
+        self.output = self.add_path(form, "OUTPUT_FOLDER", "Output folder", QgsFileWidget.StorageMode.GetDirectory,
                                     tooltip="Must be new or empty, unless 'Overwrite' is ticked.")
         self.add_bool(form, "OVERWRITE", "Overwrite a non-empty output folder")
 
         advanced = self.page("Advanced")
         self.extent = ExtentPicker(self.iface.mapCanvas())
         advanced.addRow("Processing extent", self.extent)
-        self.add_layer(advanced, "MASK_POLYGONS", "Mask polygons", QgsMapLayerProxyModel.PolygonLayer, optional=True)
+        self.add_layer(advanced, "MASK_POLYGONS", "Mask polygons", Qgis.LayerFilter.PolygonLayer, optional=True)
         self.fields["MASK_POLYGONS"].widget.setToolTip("Only chips fully inside these polygons are written.")
         self.add_double(advanced, "CELL_SIZE", "Cell size", 0, 1e9, decimals=4, special="the raster's")
         self.add_double(advanced, "ROTATION_ANGLE", "Rotation angle (extra copies)", 0, 359.99, step=15,

@@ -136,7 +136,7 @@ class _ExtentTool(QgsMapToolExtent):
     cancelled = pyqtSignal()
 
     def keyPressEvent(self, event):  # noqa: N802 (Qt's name)
-        if event.key() == Qt.Key_Escape:
+        if event.key() == Qt.Key.Key_Escape:
             event.accept()
             self.cancelled.emit()
         else:

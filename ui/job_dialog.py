@@ -23,8 +23,8 @@ from ..algorithms.jobs import InvalidInput
 from ..algorithms.layers import engine_values, extent_of, is_web, web_kind
 
 # GDAL data types as the engine (numpy) names them, for the checks made before running.
-_NUMPY_TYPES = {Qgis.Byte: "uint8", Qgis.UInt16: "uint16", Qgis.Int16: "int16", Qgis.UInt32: "uint32",
-                Qgis.Int32: "int32", Qgis.Float32: "float32", Qgis.Float64: "float64"}
+_NUMPY_TYPES = {Qgis.DataType.Byte: "uint8", Qgis.DataType.UInt16: "uint16", Qgis.DataType.Int16: "int16", Qgis.DataType.UInt32: "uint32",
+                Qgis.DataType.Int32: "int32", Qgis.DataType.Float32: "float32", Qgis.DataType.Float64: "float64"}
 
 
 def raster_info(layer):
@@ -79,7 +79,7 @@ def vector_source(layer):
     options.driverName = "GPKG"
     error, message, *_ = QgsVectorFileWriter.writeAsVectorFormatV3(
         layer, out, QgsCoordinateTransformContext(), options)
-    if error != QgsVectorFileWriter.NoError:
+    if error != QgsVectorFileWriter.WriterError.NoError:
         raise InvalidInput(f"Cannot copy the layer '{layer.name()}' to a file for the job: {message}.")
     return out
 
@@ -127,13 +127,13 @@ class JobDialog(QDialog):
         outer = QVBoxLayout(self)
         self.body = QHBoxLayout()
         self.tabs = QTabWidget()
-        self.tabs.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Expanding)
+        self.tabs.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
         self.body.addWidget(self.tabs, 3)
         outer.addLayout(self.body, 1)
         self.error_label = QLabel()
         self.error_label.setObjectName("MaskForgeError")
         self.error_label.setWordWrap(True)
-        self.error_label.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        self.error_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.error_label.setStyleSheet("QLabel { color: #b00020; }")
         self.error_label.hide()
         outer.addWidget(self.error_label)
@@ -175,11 +175,11 @@ class JobDialog(QDialog):
         """A tab holding a form; scrolls rather than clipping on small screens."""
         inner = QWidget()
         form = QFormLayout(inner)
-        form.setFieldGrowthPolicy(QFormLayout.AllNonFixedFieldsGrow)
-        form.setRowWrapPolicy(QFormLayout.DontWrapRows)
+        form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
+        form.setRowWrapPolicy(QFormLayout.RowWrapPolicy.DontWrapRows)
         scroll = QScrollArea()
         scroll.setWidgetResizable(True)
-        scroll.setFrameShape(QFrame.NoFrame)
+        scroll.setFrameShape(QFrame.Shape.NoFrame)
         scroll.setWidget(inner)
         self.tabs.addTab(scroll, title)
         return form

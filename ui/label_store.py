@@ -12,11 +12,11 @@ puts the old class back — each again committed at once.
 """
 import os
 
-from qgis.core import (NULL, QgsCategorizedSymbolRenderer, QgsCoordinateReferenceSystem, QgsCoordinateTransform,
-                       QgsCsException, QgsDistanceArea, QgsFeatureRequest, QgsField, QgsFields,
-                       QgsFillSymbol, QgsGeometry, QgsProject, QgsRendererCategory, QgsUnitTypes,
-                       QgsVectorDataProvider, QgsVectorFileWriter, QgsVectorLayer, QgsVectorLayerUtils, QgsWkbTypes)
-from qgis.PyQt.QtCore import QObject, QVariant, pyqtSignal
+from qgis.core import (NULL, Qgis, QgsCategorizedSymbolRenderer, QgsCoordinateReferenceSystem, QgsCoordinateTransform,
+                       QgsCsException, QgsDistanceArea, QgsFeatureRequest, QgsField, QgsFields, QgsFillSymbol,
+                       QgsGeometry, QgsProject, QgsRendererCategory, QgsVectorFileWriter, QgsVectorLayer,
+                       QgsVectorLayerUtils, QgsWkbTypes)
+from qgis.PyQt.QtCore import QMetaType, QObject, pyqtSignal
 
 from .class_schema import ClassSchema, LabelClass, SchemaError
 
@@ -37,8 +37,8 @@ class LabelError(Exception):
 def create_labels_geopackage(path, crs, layer_name=LAYER_NAME):
     """A new GeoPackage layer of multipolygons with ``classvalue`` and ``classname``; returns it loaded."""
     fields = QgsFields()
-    fields.append(QgsField(CLASS_VALUE_FIELD, QVariant.Int))
-    fields.append(QgsField(CLASS_NAME_FIELD, QVariant.String, len=100))
+    fields.append(QgsField(CLASS_VALUE_FIELD, QMetaType.Type.Int))
+    fields.append(QgsField(CLASS_NAME_FIELD, QMetaType.Type.QString, len=100))
     options = QgsVectorFileWriter.SaveVectorOptions()
     options.driverName = "GPKG"
     options.layerName = layer_name
@@ -47,14 +47,14 @@ def create_labels_geopackage(path, crs, layer_name=LAYER_NAME):
         if QgsVectorLayer(f"{path}|layername={layer_name}", "existing", "ogr").isValid():
             raise LabelError(f"'{path}' already has a layer '{layer_name}'; pick it as the labels layer, or "
                              "another file.")   # overwriting it could destroy hours of labels
-        options.actionOnExistingFile = QgsVectorFileWriter.CreateOrOverwriteLayer   # a new layer beside the others
+        options.actionOnExistingFile = QgsVectorFileWriter.ActionOnExistingFile.CreateOrOverwriteLayer   # a new layer beside the others
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
         raise LabelError(f"Cannot create the labels file in '{folder}': the folder does not exist or is not "
                          "writable. Pick another folder.")
-    writer = QgsVectorFileWriter.create(path, fields, QgsWkbTypes.MultiPolygon, crs,
+    writer = QgsVectorFileWriter.create(path, fields, Qgis.WkbType.MultiPolygon, crs,
                                         QgsProject.instance().transformContext(), options)
-    if writer.hasError() != QgsVectorFileWriter.NoError:
+    if writer.hasError() != QgsVectorFileWriter.WriterError.NoError:
         message = writer.errorMessage()
         del writer
         raise LabelError(f"Cannot create the labels file '{path}': {message}")
@@ -68,7 +68,7 @@ def create_labels_geopackage(path, crs, layer_name=LAYER_NAME):
 def open_labels_geopackage(path, layer_name=LAYER_NAME):
     """The labels layer of an existing GeoPackage, or None when it has none usable."""
     layer = QgsVectorLayer(f"{path}|layername={layer_name}", "MaskForge labels", "ogr")
-    if not layer.isValid() or layer.geometryType() != QgsWkbTypes.PolygonGeometry:
+    if not layer.isValid() or layer.geometryType() != Qgis.GeometryType.Polygon:
         return None
     if layer.fields().lookupField(CLASS_VALUE_FIELD) < 0:
         return None
@@ -114,11 +114,11 @@ def check_labels_layer(layer):
     """Refuse what cannot hold labels, with the reason."""
     if layer is None or not isinstance(layer, QgsVectorLayer) or not layer.isValid():
         raise LabelError("Pick a valid polygon layer for the labels.")
-    if layer.geometryType() != QgsWkbTypes.PolygonGeometry:
+    if layer.geometryType() != Qgis.GeometryType.Polygon:
         raise LabelError(f"The layer '{layer.name()}' holds {QgsWkbTypes.geometryDisplayString(layer.geometryType())}"
                          " features; labels are polygons. Pick a polygon layer or create a new labels layer.")
     caps = layer.dataProvider().capabilities()
-    if not caps & QgsVectorDataProvider.AddFeatures or layer.readOnly():
+    if not caps & Qgis.VectorProviderCapability.AddFeatures or layer.readOnly():
         raise LabelError(f"The layer '{layer.name()}' is read-only; pick a layer that can be edited "
                          "(a GeoPackage, a shapefile) or create a new labels layer.")
 
@@ -128,16 +128,16 @@ def ensure_class_fields(layer):
     value, name = class_fields(layer)
     missing = []
     if value is None:
-        missing.append(QgsField(CLASS_VALUE_FIELD, QVariant.Int))
+        missing.append(QgsField(CLASS_VALUE_FIELD, QMetaType.Type.Int))
     else:
         field_type = layer.fields().field(value).type()
-        if field_type not in (QVariant.Int, QVariant.LongLong, QVariant.UInt, QVariant.ULongLong):
+        if field_type not in (QMetaType.Type.Int, QMetaType.Type.LongLong, QMetaType.Type.UInt, QMetaType.Type.ULongLong):
             raise LabelError(f"The field '{value}' of '{layer.name()}' is not an integer field; class values "
                              "must be whole numbers. Pick another layer or create a new labels layer.")
     if name is None:
-        missing.append(QgsField(CLASS_NAME_FIELD, QVariant.String, len=100))
+        missing.append(QgsField(CLASS_NAME_FIELD, QMetaType.Type.QString, len=100))
     if missing:
-        if not layer.dataProvider().capabilities() & QgsVectorDataProvider.AddAttributes:
+        if not layer.dataProvider().capabilities() & Qgis.VectorProviderCapability.AddAttributes:
             raise LabelError(f"The layer '{layer.name()}' has no '{CLASS_VALUE_FIELD}' field and fields cannot be "
                              "added to it. Create a new labels layer instead.")
         commit_edit(layer, lambda lyr: all(lyr.addAttribute(f) for f in missing), "the class fields")
@@ -239,7 +239,7 @@ def schema_from_layer(layer):
 
 def schema_from_data(layer, value_field, name_field):
     names = {}
-    request = QgsFeatureRequest().setFlags(QgsFeatureRequest.NoGeometry)
+    request = QgsFeatureRequest().setFlags(Qgis.FeatureRequestFlag.NoGeometry)
     request.setSubsetOfAttributes([f for f in (value_field, name_field) if f], layer.fields())
     for feature in layer.getFeatures(request):
         value = feature[value_field]
@@ -290,7 +290,7 @@ class LabelStore(QObject):
     # -- reading
     def counts(self):
         counts = {}
-        request = QgsFeatureRequest().setFlags(QgsFeatureRequest.NoGeometry)
+        request = QgsFeatureRequest().setFlags(Qgis.FeatureRequestFlag.NoGeometry)
         request.setSubsetOfAttributes([self.value_field], self.layer.fields())
         for feature in self.layer.getFeatures(request):
             value = feature[self.value_field]
@@ -303,7 +303,7 @@ class LabelStore(QObject):
 
     def feature_ids(self, value):
         expression = f'"{self.value_field}" = {int(value)}'
-        request = QgsFeatureRequest().setFilterExpression(expression).setFlags(QgsFeatureRequest.NoGeometry)
+        request = QgsFeatureRequest().setFilterExpression(expression).setFlags(Qgis.FeatureRequestFlag.NoGeometry)
         request.setNoAttributes()
         return [f.id() for f in self.layer.getFeatures(request)]
 
@@ -324,7 +324,7 @@ class LabelStore(QObject):
             m2 = None
             if not geometry.isNull():
                 measured = area.measureArea(geometry)
-                m2 = area.convertAreaMeasurement(measured, QgsUnitTypes.AreaSquareMeters)
+                m2 = area.convertAreaMeasurement(measured, Qgis.AreaUnit.SquareMeters)
             rows.append((feature.id(), None if v in (None, NULL) else v, m2))
         return rows
 
@@ -357,7 +357,7 @@ class LabelStore(QObject):
         primary_keys = set(self.layer.dataProvider().pkAttributeIndexes())
         # the fid is the file's to give; virtual and joined fields are not stored
         keep = [fields.at(i).name() for i in range(fields.count())
-                if fields.fieldOrigin(i) == QgsFields.OriginProvider and i not in primary_keys]
+                if fields.fieldOrigin(i) == Qgis.FieldOrigin.Provider and i not in primary_keys]
         for feature in self.layer.getFeatures(QgsFeatureRequest().setFilterFids(list(fids))):
             snapshots.append((QgsGeometry(feature.geometry()), {k: feature[k] for k in keep}))
         return snapshots
@@ -382,7 +382,7 @@ class LabelStore(QObject):
 
     def _delete_ids(self, fids, what):
         existing = [f.id() for f in self.layer.getFeatures(QgsFeatureRequest().setFilterFids(list(fids)).setNoAttributes()
-                                                           .setFlags(QgsFeatureRequest.NoGeometry))]
+                                                           .setFlags(Qgis.FeatureRequestFlag.NoGeometry))]
         if existing:
             self._commit(lambda layer: layer.deleteFeatures(existing), what)
         return existing

@@ -14,13 +14,12 @@ without a person at the screen.
 """
 import os
 
-from qgis.core import (Qgis, QgsCoordinateTransform, QgsCsException, QgsMapLayerProxyModel, QgsMessageLog, QgsProject,
-                       QgsRasterLayer)
+from qgis.core import Qgis, QgsCoordinateTransform, QgsCsException, QgsMessageLog, QgsProject, QgsRasterLayer
 from qgis.gui import QgsDockWidget, QgsMapLayerComboBox
 from qgis.PyQt.QtCore import Qt, QTimer
-from qgis.PyQt.QtGui import QColor, QKeySequence
-from qgis.PyQt.QtWidgets import (QAction, QFileDialog, QHBoxLayout, QLabel, QPushButton, QShortcut, QSizePolicy,
-                                 QTabWidget, QToolButton, QVBoxLayout, QWidget)
+from qgis.PyQt.QtGui import QAction, QColor, QKeySequence, QShortcut
+from qgis.PyQt.QtWidgets import (QFileDialog, QHBoxLayout, QLabel, QPushButton, QSizePolicy, QTabWidget, QToolButton,
+                                 QVBoxLayout, QWidget)
 
 from .dock_classes import ClassesPart
 from .dock_objects import ObjectsPart
@@ -112,12 +111,12 @@ class LabelsDock(ClassesPart, ObjectsPart, ReviewPage, QgsDockWidget):
         row = QHBoxLayout()
         row.addWidget(QLabel("Labels layer"))
         self.layer_combo = QgsMapLayerComboBox()
-        self.layer_combo.setFilters(QgsMapLayerProxyModel.PolygonLayer)
+        self.layer_combo.setFilters(Qgis.LayerFilter.PolygonLayer)
         self.layer_combo.setAllowEmptyLayer(True)
         self.layer_combo.setLayer(None)
         self.layer_combo.setToolTip("The polygon layer the labels are written to (fields classvalue, classname).\n"
                                     "Drawing without one creates a GeoPackage beside the project.")
-        self.layer_combo.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Fixed)
+        self.layer_combo.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
         self.layer_combo.layerChanged.connect(self._attach)
         row.addWidget(self.layer_combo, 1)
         self.new_layer_button = QToolButton()
@@ -144,7 +143,7 @@ class LabelsDock(ClassesPart, ObjectsPart, ReviewPage, QgsDockWidget):
             self.tool_actions[key] = action
             button = QToolButton()
             button.setDefaultAction(action)
-            button.setToolButtonStyle(Qt.ToolButtonTextBesideIcon)
+            button.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
             tools.addWidget(button)
         self._build_smart_buttons(tools)
         tools.addStretch(1)
@@ -172,22 +171,22 @@ class LabelsDock(ClassesPart, ObjectsPart, ReviewPage, QgsDockWidget):
 
         self.status_label = QLabel()
         self.status_label.setWordWrap(True)
-        self.status_label.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        self.status_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         box.addWidget(self.status_label)
         self.setWidget(root)
 
         for n in range(1, 10):   # also when the dock has the focus, not only the map
-            shortcut = QShortcut(QKeySequence(str(n)), self, context=Qt.WidgetWithChildrenShortcut)
+            shortcut = QShortcut(QKeySequence(str(n)), self, context=Qt.ShortcutContext.WidgetWithChildrenShortcut)
             shortcut.activated.connect(lambda n=n: self.set_current_by_position(n - 1))
 
     # ------------------------------------------------------------ messages
     def _status(self, text):
         self.status_label.setText(text)
 
-    def _message(self, text, level=Qgis.Info):
+    def _message(self, text, level=Qgis.MessageLevel.Info):
         self._status(text)
         QgsMessageLog.logMessage(text, "MaskForge", level)
-        if level >= Qgis.Warning:
+        if level >= Qgis.MessageLevel.Warning:
             self.iface.messageBar().pushMessage("MaskForge", text, level, 8)
 
     def _ask_folder(self):
@@ -198,7 +197,7 @@ class LabelsDock(ClassesPart, ObjectsPart, ReviewPage, QgsDockWidget):
         """Default ``choose_file``: purpose is 'new-layer', 'load-schema' or 'save-schema'."""
         if purpose == "new-layer":
             path, _ = QFileDialog.getSaveFileName(self, "New labels GeoPackage", start, "GeoPackage (*.gpkg)",
-                                                  options=QFileDialog.DontConfirmOverwrite)
+                                                  options=QFileDialog.Option.DontConfirmOverwrite)
             if path and not path.lower().endswith(".gpkg"):
                 path += ".gpkg"
         elif purpose == "load-schema":
@@ -246,7 +245,7 @@ class LabelsDock(ClassesPart, ObjectsPart, ReviewPage, QgsDockWidget):
         try:
             store = LabelStore(layer, self.schema, self)
         except LabelError as exc:   # keep writing where we were
-            self._message(str(exc), Qgis.Warning)
+            self._message(str(exc), Qgis.MessageLevel.Warning)
             self.layer_combo.blockSignals(True)
             self.layer_combo.setLayer(self.labels_layer())
             self.layer_combo.blockSignals(False)
@@ -274,7 +273,7 @@ class LabelsDock(ClassesPart, ObjectsPart, ReviewPage, QgsDockWidget):
             self._schema_changed()
         if layer.providerType() == "memory":
             self._message(f"'{layer.name()}' is a temporary layer: its labels are lost when QGIS closes. Save it "
-                          "as a GeoPackage (Export > Save Features As) or create a new labels layer.", Qgis.Warning)
+                          "as a GeoPackage (Export > Save Features As) or create a new labels layer.", Qgis.MessageLevel.Warning)
         else:
             self._status(f"Labels go to '{layer.name()}' ({layer.crs().authid()}).")
         self.refresh()
@@ -323,7 +322,7 @@ class LabelsDock(ClassesPart, ObjectsPart, ReviewPage, QgsDockWidget):
         try:
             self.use_layer(labels_layer_at(path, crs_for_new_labels(self.canvas)))
         except LabelError as exc:
-            self._message(str(exc), Qgis.Warning)
+            self._message(str(exc), Qgis.MessageLevel.Warning)
 
     # ------------------------------------------------------------ drawing
     def activate_tool(self, key):
@@ -346,7 +345,7 @@ class LabelsDock(ClassesPart, ObjectsPart, ReviewPage, QgsDockWidget):
     def _shape_drawn(self, geometry, crs=None):
         """Add a drawn (or Smart) shape with the current class; ``crs`` default: the map's. Returns its ids."""
         if not len(self.schema):
-            self._message("Add a class first: the shape was not kept.", Qgis.Warning)
+            self._message("Add a class first: the shape was not kept.", Qgis.MessageLevel.Warning)
             return []
         if self.current_value not in self.schema:
             self.current_value = self.schema.values()[0]
@@ -354,7 +353,7 @@ class LabelsDock(ClassesPart, ObjectsPart, ReviewPage, QgsDockWidget):
             store = self.ensure_store()
             fids = store.add(geometry, self.current_value, crs or self.canvas.mapSettings().destinationCrs())
         except LabelError as exc:
-            self._message(str(exc), Qgis.Warning)
+            self._message(str(exc), Qgis.MessageLevel.Warning)
             return []
         self._status(f"Added a '{self.schema.name_of(self.current_value)}' label.")
         return fids
@@ -379,13 +378,13 @@ class LabelsDock(ClassesPart, ObjectsPart, ReviewPage, QgsDockWidget):
             button = widget if isinstance(widget, QToolButton) else QToolButton()
             if button is not widget:
                 button.setDefaultAction(widget)
-                button.setToolButtonStyle(Qt.ToolButtonTextBesideIcon)
+                button.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
             row.addWidget(button)
 
     # ------------------------------------------------------------ export
     def export_training_data(self):
         if self.store is None:
-            self._message("There are no labels yet: draw some, or pick the labels layer.", Qgis.Warning)
+            self._message("There are no labels yet: draw some, or pick the labels layer.", Qgis.MessageLevel.Warning)
             return None
         layer = self.store.layer
         parameters = {"INPUT_LABELS": layer, "CLASS_VALUE_FIELD": self.store.value_field}
@@ -400,9 +399,9 @@ class LabelsDock(ClassesPart, ObjectsPart, ReviewPage, QgsDockWidget):
             return self.open_algorithm(EXPORT_ALGORITHM, parameters)
         except Exception as exc:  # noqa: BLE001 (a slot: what escapes here is a traceback dialog for the user)
             import traceback
-            QgsMessageLog.logMessage(traceback.format_exc(), "MaskForge", Qgis.Critical)
+            QgsMessageLog.logMessage(traceback.format_exc(), "MaskForge", Qgis.MessageLevel.Critical)
             self._message(f"The Export Training Data dialog could not be opened: {exc}. Run it from the "
-                          "Processing toolbox (MaskForge > Export training data).", Qgis.Critical)
+                          "Processing toolbox (MaskForge > Export training data).", Qgis.MessageLevel.Critical)
             return None
 
     # ------------------------------------------------------------ going away

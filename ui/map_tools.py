@@ -9,7 +9,7 @@ Keys while a tool is active: 1–9 pick the n-th class of the schema, Esc
 cancels the shape being drawn; the polygon tool also takes Enter (finish) and
 Backspace (remove the last vertex).
 """
-from qgis.core import QgsGeometry, QgsPointXY, QgsWkbTypes
+from qgis.core import Qgis, QgsGeometry, QgsPointXY, QgsWkbTypes
 from qgis.gui import QgsMapTool, QgsRubberBand
 from qgis.PyQt.QtCore import QPoint, Qt, pyqtSignal
 from qgis.PyQt.QtGui import QColor
@@ -26,12 +26,12 @@ def polygon_parts_only(geometry):
         geometry = geometry.makeValid()
     if geometry.isEmpty():
         return None
-    if QgsWkbTypes.flatType(geometry.wkbType()) == QgsWkbTypes.GeometryCollection:
-        parts = [g for g in geometry.asGeometryCollection() if g.type() == QgsWkbTypes.PolygonGeometry]
+    if QgsWkbTypes.flatType(geometry.wkbType()) == Qgis.WkbType.GeometryCollection:
+        parts = [g for g in geometry.asGeometryCollection() if g.type() == Qgis.GeometryType.Polygon]
         if not parts:
             return None
         geometry = QgsGeometry.collectGeometry(parts)
-    if geometry.type() != QgsWkbTypes.PolygonGeometry or geometry.area() <= 0:
+    if geometry.type() != Qgis.GeometryType.Polygon or geometry.area() <= 0:
         return None
     if geometry.isMultipart() and len(geometry.asGeometryCollection()) == 1:
         geometry.convertToSingleType()
@@ -50,7 +50,7 @@ class ShapeTool(QgsMapTool):
         self._band = None
         self._color = QColor(255, 0, 0)
         self._pixels = []   # the shape's vertices in screen pixels (the size guard works in pixels)
-        self.setCursor(Qt.CrossCursor)
+        self.setCursor(Qt.CursorShape.CrossCursor)
 
     def set_color(self, color):
         self._color = QColor(color)
@@ -66,17 +66,17 @@ class ShapeTool(QgsMapTool):
 
     def _show(self, pixels):
         if self._band is None:
-            self._band = QgsRubberBand(self.canvas(), QgsWkbTypes.PolygonGeometry)
+            self._band = QgsRubberBand(self.canvas(), Qgis.GeometryType.Polygon)
             self._style_band()
         points = [self.toMapCoordinates(p) for p in pixels]
-        self._band.reset(QgsWkbTypes.PolygonGeometry)
+        self._band.reset(Qgis.GeometryType.Polygon)
         for i, point in enumerate(points):
             self._band.addPoint(point, i == len(points) - 1)
 
     def reset(self):
         self._pixels = []
         if self._band is not None:
-            self._band.reset(QgsWkbTypes.PolygonGeometry)
+            self._band.reset(Qgis.GeometryType.Polygon)
 
     def remove_band(self):
         """Take the rubber band off the canvas (the tool is going away)."""
@@ -104,11 +104,11 @@ class ShapeTool(QgsMapTool):
 
     def keyPressEvent(self, e):  # noqa: N802
         key = e.key()
-        if key == Qt.Key_Escape:
+        if key == Qt.Key.Key_Escape:
             self.reset()
             e.accept()
-        elif Qt.Key_1 <= key <= Qt.Key_9 and not e.modifiers() & (Qt.ControlModifier | Qt.AltModifier):
-            self.classKeyPressed.emit(key - Qt.Key_0)
+        elif Qt.Key.Key_1 <= key <= Qt.Key.Key_9 and not e.modifiers() & (Qt.KeyboardModifier.ControlModifier | Qt.KeyboardModifier.AltModifier):
+            self.classKeyPressed.emit(key - Qt.Key.Key_0)
             e.accept()
         else:
             e.ignore()   # QGIS's own shortcuts keep working
@@ -132,9 +132,9 @@ class RectangleTool(ShapeTool):
         return [QPoint(a.x(), a.y()), QPoint(b.x(), a.y()), QPoint(b.x(), b.y()), QPoint(a.x(), b.y())]
 
     def canvasPressEvent(self, e):  # noqa: N802
-        if e.button() == Qt.RightButton:
+        if e.button() == Qt.MouseButton.RightButton:
             self.reset()
-        elif e.button() == Qt.LeftButton:
+        elif e.button() == Qt.MouseButton.LeftButton:
             if self._start is not None and self._two_clicks:
                 self._finish(self._corners(self._start, e.pos()))
             else:
@@ -145,7 +145,7 @@ class RectangleTool(ShapeTool):
             self._show(self._corners(self._start, e.pos()))
 
     def canvasReleaseEvent(self, e):  # noqa: N802
-        if e.button() != Qt.LeftButton or self._start is None or self._two_clicks:
+        if e.button() != Qt.MouseButton.LeftButton or self._start is None or self._two_clicks:
             return
         moved = e.pos() - self._start
         if abs(moved.x()) >= MIN_PIXELS and abs(moved.y()) >= MIN_PIXELS:
@@ -171,16 +171,16 @@ class PolygonTool(ShapeTool):
         if pixels:
             self._show(pixels)
         elif self._band is not None:
-            self._band.reset(QgsWkbTypes.PolygonGeometry)
+            self._band.reset(Qgis.GeometryType.Polygon)
 
     def canvasReleaseEvent(self, e):  # noqa: N802
         if self._skip_release:   # the release that ends a double-click adds nothing
             self._skip_release = False
             return
-        if e.button() == Qt.RightButton:
+        if e.button() == Qt.MouseButton.RightButton:
             if self._pixels:
                 self._finish(list(self._pixels))
-        elif e.button() == Qt.LeftButton:
+        elif e.button() == Qt.MouseButton.LeftButton:
             pos = QPoint(e.pos())
             # the first click of a double-click arrives as a plain click at the same spot
             if not self._pixels or (pos - self._pixels[-1]).manhattanLength() > 2:
@@ -188,7 +188,7 @@ class PolygonTool(ShapeTool):
             self._redraw()
 
     def canvasDoubleClickEvent(self, e):  # noqa: N802
-        if e.button() == Qt.LeftButton and self._pixels:
+        if e.button() == Qt.MouseButton.LeftButton and self._pixels:
             self._skip_release = True
             self._finish(list(self._pixels))
 
@@ -198,10 +198,10 @@ class PolygonTool(ShapeTool):
             self._redraw()
 
     def keyPressEvent(self, e):  # noqa: N802
-        if e.key() in (Qt.Key_Return, Qt.Key_Enter) and self._pixels:
+        if e.key() in (Qt.Key.Key_Return, Qt.Key.Key_Enter) and self._pixels:
             self._finish(list(self._pixels))
             e.accept()
-        elif e.key() == Qt.Key_Backspace and self._pixels:
+        elif e.key() == Qt.Key.Key_Backspace and self._pixels:
             self._pixels.pop()
             self._redraw()
             e.accept()
@@ -213,19 +213,19 @@ class FreehandTool(ShapeTool):
     """Press, draw around the object, release: the lasso closes itself."""
 
     def canvasPressEvent(self, e):  # noqa: N802
-        if e.button() == Qt.LeftButton:
+        if e.button() == Qt.MouseButton.LeftButton:
             self._pixels = [QPoint(e.pos())]
-        elif e.button() == Qt.RightButton:
+        elif e.button() == Qt.MouseButton.RightButton:
             self.reset()
 
     def canvasMoveEvent(self, e):  # noqa: N802
-        if self._pixels and e.buttons() & Qt.LeftButton:
+        if self._pixels and e.buttons() & Qt.MouseButton.LeftButton:
             if (e.pos() - self._pixels[-1]).manhattanLength() >= FREEHAND_STEP:
                 self._pixels.append(QPoint(e.pos()))
                 self._show(self._pixels)
 
     def canvasReleaseEvent(self, e):  # noqa: N802
-        if e.button() == Qt.LeftButton and self._pixels:
+        if e.button() == Qt.MouseButton.LeftButton and self._pixels:
             pixels = self._pixels
             if (e.pos() - pixels[-1]).manhattanLength() >= 1:
                 pixels.append(QPoint(e.pos()))

@@ -33,7 +33,7 @@ class MetricPlot(QWidget):
         self.records = []
         self.planned_epochs = None
         self.setMinimumSize(320, 220)
-        self.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Expanding)
+        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
 
     def clear(self, planned_epochs=None):
         self.records = []
@@ -58,7 +58,7 @@ class MetricPlot(QWidget):
 
     def paintEvent(self, event):  # noqa: N802 (Qt's name)
         p = QPainter(self)
-        p.setRenderHint(QPainter.Antialiasing)
+        p.setRenderHint(QPainter.RenderHint.Antialiasing)
         p.fillRect(self.rect(), self.palette().base())
         font = QFont(self.font())
         p.setFont(font)
@@ -81,9 +81,9 @@ class MetricPlot(QWidget):
             p.setPen(text_pen)
             p.drawText(QPointF(x + 20, y + fm.ascent()), name)
             x += width
-        p.drawText(QRectF(0, top - fm.height() - 4, left - 6, fm.height()), Qt.AlignRight | Qt.AlignVCenter, "loss")
+        p.drawText(QRectF(0, top - fm.height() - 4, left - 6, fm.height()), Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter, "loss")
         p.drawText(QRectF(plot.right() + 6, top - fm.height() - 4, right, fm.height()),
-                   Qt.AlignLeft | Qt.AlignVCenter, "AP")
+                   Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter, "AP")
 
         loss_points = self._values("train_loss") + self._values("valid_loss")
         loss_max = _nice_max(max((v for _, v in loss_points), default=1.0))
@@ -104,18 +104,18 @@ class MetricPlot(QWidget):
             p.setPen(grid_pen)
             p.drawLine(QPointF(plot.left(), y), QPointF(plot.right(), y))
             p.setPen(text_pen)
-            p.drawText(QRectF(0, y - fm.height() / 2, left - 6, fm.height()), Qt.AlignRight | Qt.AlignVCenter,
+            p.drawText(QRectF(0, y - fm.height() / 2, left - 6, fm.height()), Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter,
                        f"{loss_max * i / 4:.3g}")
             p.drawText(QRectF(plot.right() + 6, y - fm.height() / 2, right - 6, fm.height()),
-                       Qt.AlignLeft | Qt.AlignVCenter, f"{i / 4:.2f}")
+                       Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter, f"{i / 4:.2f}")
         p.setPen(text_pen)
         p.drawRect(plot)
         step = max(1, math.ceil((last_epoch - first_epoch + 1) / 10))
         for epoch in range(first_epoch, last_epoch + 1, step):
-            p.drawText(QRectF(px(epoch) - 20, plot.bottom() + 2, 40, fm.height()), Qt.AlignCenter, str(epoch))
+            p.drawText(QRectF(px(epoch) - 20, plot.bottom() + 2, 40, fm.height()), Qt.AlignmentFlag.AlignCenter, str(epoch))
 
         if not self.records:
-            p.drawText(plot, Qt.AlignCenter, "The curves appear when the first epoch ends.")
+            p.drawText(plot, Qt.AlignmentFlag.AlignCenter, "The curves appear when the first epoch ends.")
             p.end()
             return
         for key, _, colour, right_axis in SERIES:
@@ -130,5 +130,5 @@ class MetricPlot(QWidget):
             p.setBrush(colour)
             for point in points:
                 p.drawEllipse(point, 3, 3)
-            p.setBrush(Qt.NoBrush)
+            p.setBrush(Qt.BrushStyle.NoBrush)
         p.end()

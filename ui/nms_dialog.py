@@ -1,7 +1,7 @@
 """Non Maximum Suppression: the toolbar dialog of maskforge:nonmaximumsuppression."""
 import os
 
-from qgis.core import QgsFieldProxyModel, QgsMapLayerProxyModel
+from qgis.core import Qgis, QgsFieldProxyModel
 from qgis.gui import QgsFileWidget
 
 from .. import tasks
@@ -18,16 +18,16 @@ class NmsDialog(JobDialog):
     def build(self):
         form = self.page("Parameters")
         self.tabs.tabBar().hide()
-        self.input = self.add_layer(form, "INPUT", "Detections (polygons)", QgsMapLayerProxyModel.PolygonLayer)
+        self.input = self.add_layer(form, "INPUT", "Detections (polygons)", Qgis.LayerFilter.PolygonLayer)
         self.confidence = self.add_field(form, "CONFIDENCE_FIELD", "Confidence field", self.input,
-                                         QgsFieldProxyModel.Numeric, optional=False)
+                                         QgsFieldProxyModel.Filter.Numeric, optional=False)
         self.class_field = self.add_field(form, "CLASS_FIELD", "Class value field", self.input)
         self.class_field.setToolTip("Features are reviewed within each class first, then across classes. Empty: "
                                     "a field named Classvalue or Value when there is one, else one class.")
         self.add_double(form, "MAX_OVERLAP_RATIO", "Maximum overlap ratio (IoU)", 0, 1, step=0.05,
                         tooltip="Of two polygons overlapping more than this, the less confident goes. "
                                 "0: any overlap.")
-        self.output = self.add_path(form, "OUTPUT", "Output GeoPackage", QgsFileWidget.SaveFile, "GeoPackage (*.gpkg)")
+        self.output = self.add_path(form, "OUTPUT", "Output GeoPackage", QgsFileWidget.StorageMode.SaveFile, "GeoPackage (*.gpkg)")
         self.input.layerChanged.connect(self._input_changed)
         self.resize(560, 300)
 

@@ -7,8 +7,8 @@ another session, offers only what is still undecided. Accepted detections are
 copied into the labels layer with their class; the class joins the schema if
 it is new, so it is styled and exported like any other.
 """
-from qgis.core import NULL, QgsFeatureRequest, QgsField, QgsVectorDataProvider, QgsVectorLayer, QgsWkbTypes
-from qgis.PyQt.QtCore import QObject, QVariant, pyqtSignal
+from qgis.core import NULL, Qgis, QgsFeatureRequest, QgsField, QgsVectorLayer
+from qgis.PyQt.QtCore import QMetaType, QObject, pyqtSignal
 
 from .class_schema import SchemaError
 from .label_store import LabelError, commit_edit
@@ -51,7 +51,7 @@ class DetectionReview(QObject):
         super().__init__(parent)
         if not isinstance(detections, QgsVectorLayer) or not detections.isValid():
             raise ReviewError("Pick a detections layer (the output of Detect Objects).")
-        if detections.geometryType() != QgsWkbTypes.PolygonGeometry:
+        if detections.geometryType() != Qgis.GeometryType.Polygon:
             raise ReviewError(f"'{detections.name()}' is not a polygon layer; pick the output of Detect Objects.")
         self.value_field = _field(detections, "ClassValue")
         self.name_field = _field(detections, "Class")
@@ -72,15 +72,15 @@ class DetectionReview(QObject):
         name = _field(self.layer, REVIEW_FIELD)
         if name:
             return name
-        if not self.layer.dataProvider().capabilities() & QgsVectorDataProvider.AddAttributes or self.layer.readOnly():
+        if not self.layer.dataProvider().capabilities() & Qgis.VectorProviderCapability.AddAttributes or self.layer.readOnly():
             raise ReviewError(f"A '{REVIEW_FIELD}' field cannot be added to '{self.layer.name()}' (read-only). Save "
                               "the detections as a GeoPackage (Export > Save Features As) and review that copy.")
-        commit_edit(self.layer, lambda lyr: lyr.addAttribute(QgsField(REVIEW_FIELD, QVariant.String, len=10)),
+        commit_edit(self.layer, lambda lyr: lyr.addAttribute(QgsField(REVIEW_FIELD, QMetaType.Type.QString, len=10)),
                     f"the '{REVIEW_FIELD}' field")
         return _field(self.layer, REVIEW_FIELD)
 
     def reload(self):
-        request = QgsFeatureRequest().setFlags(QgsFeatureRequest.NoGeometry)
+        request = QgsFeatureRequest().setFlags(Qgis.FeatureRequestFlag.NoGeometry)
         request.setSubsetOfAttributes([self.confidence_field, self.review_field], self.layer.fields())
         rows = []
         for feature in self.layer.getFeatures(request):
@@ -118,7 +118,7 @@ class DetectionReview(QObject):
     def tally(self):
         """How many detections are accepted, rejected, left."""
         counts = {ACCEPTED: 0, REJECTED: 0}
-        request = QgsFeatureRequest().setFlags(QgsFeatureRequest.NoGeometry)
+        request = QgsFeatureRequest().setFlags(Qgis.FeatureRequestFlag.NoGeometry)
         request.setSubsetOfAttributes([self.review_field], self.layer.fields())
         for feature in self.layer.getFeatures(request):
             if feature[self.review_field] in counts:

@@ -15,7 +15,8 @@ from qgis.PyQt.QtWidgets import (QApplication, QComboBox, QDialog, QFormLayout, 
 
 from .. import settings, tasks
 from ..runner import PLUGIN_DIR
-from ..runtime import REQUIREMENTS, RuntimeProbe, SetupRuntimeTask, check_setup_folder, venv_python
+from ..runtime import (REQUIREMENTS, RuntimeProbe, SetupRuntimeTask, check_setup_folder, describe, setup_plan,
+                       venv_python)
 
 
 def _free(path):
@@ -68,6 +69,7 @@ def runtime_report(info):
                              f"{d['capability']}")
         else:
             lines.append(f"  No CUDA device: {info.get('cuda_reason')}. Jobs run on the CPU.")
+    lines += driver_report(info)
     lines.append(f"  rasterio {info.get('rasterio') or 'MISSING'} with GDAL {info.get('rasterio_gdal') or '?'}")
     for name in ("numpy", "shapely", "pyogrio", "pyproj", "pycocotools"):
         lines.append(f"  {name} {info.get(name) or 'MISSING'}")
@@ -76,6 +78,29 @@ def runtime_report(info):
     if info.get("errors"):
         lines.append("  Missing packages: use 'Set up runtime…' in MaskForge > Settings, or "
                      f"'{info.get('executable')} -m pip install -r {REQUIREMENTS}'.")
+    return lines
+
+
+def driver_report(info):
+    """The NVIDIA driver against the torch build, and what 'Set up runtime…' would install on this machine."""
+    driver, build = info.get("driver"), info.get("cuda_build")
+    if info.get("machine_error"):
+        return [f"  NVIDIA driver: not inspected ({info['machine_error']})"]
+    if driver:
+        lines = [f"  NVIDIA driver {driver['version']} (runs CUDA up to {driver.get('cuda') or '?'}); "
+                 f"GPU(s): {', '.join(driver['gpus'])}"]
+        if build and driver.get("cuda"):
+            fits = tuple(map(int, build.split(".")[:2])) <= tuple(map(int, driver["cuda"].split(".")))
+            lines.append(f"  PyTorch's CUDA {build} against the driver's {driver['cuda']}: "
+                         + ("the driver runs it." if fits else "the driver is too old for this build."))
+    elif info.get("nvidia_error"):
+        lines = [f"  NVIDIA driver: nvidia-smi failed ({info['nvidia_error']})"]
+    else:
+        lines = ["  NVIDIA driver: none (nvidia-smi not found)"]
+    plan = info.get("plan") or {}
+    if plan.get("build") and plan.get("device") == "cuda" and not info.get("devices"):
+        lines.append(f"  'Set up runtime…' would install the {plan['build']} build, which can use the GPU: "
+                     + " ".join(plan.get("reasons") or []))
     return lines
 
 
@@ -88,7 +113,7 @@ class DiagnosticsDialog(QDialog):
         self.text = QPlainTextEdit()
         self.text.setObjectName("DiagnosticsText")
         self.text.setReadOnly(True)
-        self.text.setFont(QFontDatabase.systemFont(QFontDatabase.FixedFont))
+        self.text.setFont(QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont))
         layout.addWidget(self.text, 1)
         buttons = QHBoxLayout()
         buttons.addStretch(1)
@@ -143,10 +168,10 @@ class SettingsDialog(QDialog):
 
         runtime = QGroupBox("Runtime (the Python that runs training and detection)")
         form = QFormLayout(runtime)
-        form.setFieldGrowthPolicy(QFormLayout.AllNonFixedFieldsGrow)
+        form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
         self.python = QgsFileWidget()
         self.python.setObjectName("runtime_python")
-        self.python.setStorageMode(QgsFileWidget.GetFile)
+        self.python.setStorageMode(QgsFileWidget.StorageMode.GetFile)
         self.python.setFilePath(settings.value("runtime_python", "") or "")
         self.python.lineEdit().setPlaceholderText(f"default: {settings.runtime_python()}")
         form.addRow("Runtime Python", self.python)
@@ -171,8 +196,10 @@ class SettingsDialog(QDialog):
         form.addRow("Segment Anything", self.sam_model)
         setup_row = QHBoxLayout()
         self.setup_button = QPushButton("Set up runtime…")
-        self.setup_button.setToolTip("Creates a Python venv and installs requirements.txt (PyTorch included: "
-                                     "several GB) into it, in the background. QGIS's own Python is not touched.")
+        self.setup_button.setToolTip("Inspects this machine (system, Python, NVIDIA driver), shows which PyTorch "
+                                     "build it will install (CUDA or CPU), from where and how large, then creates a "
+                                     "Python venv with it and requirements.txt, in the background. QGIS's own "
+                                     "Python is not touched.")
         self.setup_button.clicked.connect(self.ask_setup)
         diagnostics = QPushButton("Diagnostics…")
         diagnostics.clicked.connect(self.show_diagnostics)
@@ -189,12 +216,12 @@ class SettingsDialog(QDialog):
 
         folders = QGroupBox("Default folders")
         folder_form = QFormLayout(folders)
-        folder_form.setFieldGrowthPolicy(QFormLayout.AllNonFixedFieldsGrow)
+        folder_form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
         self.folders = {}
         for kind, name in settings.FOLDERS.items():
             widget = QgsFileWidget()
             widget.setObjectName(f"folder_{kind}")
-            widget.setStorageMode(QgsFileWidget.GetDirectory)
+            widget.setStorageMode(QgsFileWidget.StorageMode.GetDirectory)
             widget.setFilePath(settings.folder(kind))
             folder_form.addRow(name, widget)
             self.folders[kind] = widget
@@ -248,21 +275,29 @@ class SettingsDialog(QDialog):
         return dialog
 
     def ask_setup(self):
+        """Inspect the machine, show the plan (what, from where, how large, why), install on Yes."""
         folder = settings.default_runtime_dir()
-        answer = QMessageBox.question(
-            self, "Set up the MaskForge runtime",
-            f"Create a Python environment in\n{folder}\nand install the packages of requirements.txt into it "
-            "(PyTorch included: several GB, some minutes)? It runs in the background; QGIS's own Python is "
-            "not changed.")
-        if answer == QMessageBox.Yes:
-            self.start_setup(folder)
+        python, plan = setup_plan()
+        if plan.problem:
+            QMessageBox.warning(self, "Set up the MaskForge runtime", describe(plan))
+            return None
+        box = QMessageBox(QMessageBox.Icon.Question, "Set up the MaskForge runtime",
+                          f"Create a Python environment with {python} and install into it, in the background "
+                          "(QGIS's own Python is not changed):", QMessageBox.StandardButton.Yes
+                          | QMessageBox.StandardButton.No, self)
+        box.setObjectName("MaskForgeSetupPlan")
+        box.setInformativeText(describe(plan, folder))
+        self.plan_box = box
+        if box.exec() == QMessageBox.StandardButton.Yes:
+            return self.start_setup(folder, python=python, plan=plan)
+        return None
 
-    def start_setup(self, folder, requirements=REQUIREMENTS):
+    def start_setup(self, folder, requirements=REQUIREMENTS, python=None, plan=None):
         problem = check_setup_folder(folder)
         if problem:
             self.setup_line.setText(f"⚠ {problem}")
             return None
-        task = SetupRuntimeTask(folder, requirements, on_finished=self._setup_finished)
+        task = SetupRuntimeTask(folder, requirements, python=python, plan=plan, on_finished=self._setup_finished)
         task.progressChanged.connect(lambda v: None if sip.isdeleted(self) else self.setup_progress.setValue(int(v)))
         task.line.connect(lambda text: None if sip.isdeleted(self) else self.setup_line.setText(text[-160:]))
         self.setup_progress.show()

@@ -50,7 +50,7 @@ class SmartLabeling(QObject):
         self.canvas = dock.canvas
         self.client = SamClient(command or worker_command, self, env=settings.job_env)   # with the weights mirror
         self.client.progress.connect(lambda text: self.dock._status(f"Segment Anything: {text}…"))
-        self.client.stopped.connect(lambda text: self.dock._message(text, Qgis.Warning))
+        self.client.stopped.connect(lambda text: self.dock._message(text, Qgis.MessageLevel.Warning))
         self.tool = SmartTool(self.canvas)
         self.tool.promptChanged.connect(self.ask)
         self.tool.acceptRequested.connect(self.accept)
@@ -90,7 +90,7 @@ class SmartLabeling(QObject):
         raster = self.raster()
         if raster is None:
             self.dock._message("Smart labeling needs a raster on the map (a file GDAL reads): add the imagery.",
-                               Qgis.Warning)
+                               Qgis.MessageLevel.Warning)
             return None
         crs = self.answer_crs()
         to_crs = QgsCoordinateTransform(self.canvas.mapSettings().destinationCrs(), crs, QgsProject.instance())
@@ -98,7 +98,7 @@ class SmartLabeling(QObject):
             points = [to_crs.transform(p) for p, _ in tool.points]
             box = to_crs.transformBoundingBox(tool.box) if tool.box is not None else None
         except QgsCsException:
-            self.dock._message(f"The prompt cannot be transformed to {crs.authid()}.", Qgis.Warning)
+            self.dock._message(f"The prompt cannot be transformed to {crs.authid()}.", Qgis.MessageLevel.Warning)
             return None
         fields = {"raster": self._source(raster), "crs": self._crs_text(crs),
                   "points": [[p.x(), p.y()] for p in points], "labels": [label for _, label in tool.points]}
@@ -109,7 +109,7 @@ class SmartLabeling(QObject):
         try:
             rid = self.client.request("prompt", lambda ok, payload: self._answered(rid, ok, payload, crs), **fields)
         except RuntimeError as exc:
-            self.dock._message(str(exc), Qgis.Critical)
+            self.dock._message(str(exc), Qgis.MessageLevel.Critical)
             return None
         self._latest = rid
         return rid
@@ -118,7 +118,7 @@ class SmartLabeling(QObject):
         if rid != self._latest:   # a newer prompt is on its way: this outline is stale
             return
         if not ok:
-            self.dock._message(f"Segment Anything: {payload}", Qgis.Warning)
+            self.dock._message(f"Segment Anything: {payload}", Qgis.MessageLevel.Warning)
             return
         geometry = QgsGeometry.fromWkt(payload["polygon"]) if payload.get("polygon") else None
         self.answer = dict(payload, geometry=geometry, crs=crs)
@@ -165,7 +165,7 @@ class SmartLabeling(QObject):
         store = self.dock.store
         raster = self.raster()
         if store is None or raster is None:
-            self.dock._message("Batch refine needs the labels layer and the raster on the map.", Qgis.Warning)
+            self.dock._message("Batch refine needs the labels layer and the raster on the map.", Qgis.MessageLevel.Warning)
             return None
         layer = store.layer
         selected = layer.selectedFeatureIds()
@@ -183,7 +183,7 @@ class SmartLabeling(QObject):
             raster=self._source(raster), crs=self._crs_text(layer.crs()),
             boxes=[[b.xMinimum(), b.yMinimum(), b.xMaximum(), b.yMaximum()] for b in boxes.values()])
         if not self.client.wait(rid, timeout) or not outcome.get("ok"):
-            self.dock._message(f"Batch refine failed: {outcome.get('payload', 'no answer in time')}", Qgis.Warning)
+            self.dock._message(f"Batch refine failed: {outcome.get('payload', 'no answer in time')}", Qgis.MessageLevel.Warning)
             return None
         new = {}
         for fid, result in zip(fids, outcome["payload"]["results"]):
@@ -192,7 +192,7 @@ class SmartLabeling(QObject):
         try:
             refined = store.set_geometries(new) if new else 0
         except LabelError as exc:
-            self.dock._message(str(exc), Qgis.Warning)
+            self.dock._message(str(exc), Qgis.MessageLevel.Warning)
             return None
         kept = len(fids) - refined
         self.dock._status(f"Refined {refined} rectangle(s) into outlines; kept {kept} where SAM's score was under "

@@ -6,7 +6,7 @@ the labels dock's Smart labeling (ui/smart_labels.py) asks the worker and shows
 the outline with ``set_preview``. Enter or a double-click accepts it, Esc drops
 the prompt, Backspace removes the last point, 1–9 pick the class.
 """
-from qgis.core import QgsGeometry, QgsPointXY, QgsRectangle, QgsWkbTypes
+from qgis.core import Qgis, QgsGeometry, QgsPointXY, QgsRectangle
 from qgis.gui import QgsMapTool, QgsRubberBand, QgsVertexMarker
 from qgis.PyQt.QtCore import QPoint, Qt, pyqtSignal
 from qgis.PyQt.QtGui import QColor
@@ -33,7 +33,7 @@ class SmartTool(QgsMapTool):
         self._box_band = None
         self._preview = None
         self._color = QColor(255, 0, 0)
-        self.setCursor(Qt.CrossCursor)
+        self.setCursor(Qt.CursorShape.CrossCursor)
 
     # ------------------------------------------------------------ drawing on the canvas
     def set_color(self, color):
@@ -52,10 +52,10 @@ class SmartTool(QgsMapTool):
         """Show the outline (a QgsGeometry in the canvas CRS), or none."""
         if geometry is None:
             if self._preview is not None:
-                self._preview.reset(QgsWkbTypes.PolygonGeometry)
+                self._preview.reset(Qgis.GeometryType.Polygon)
             return
         if self._preview is None:
-            self._preview = QgsRubberBand(self.canvas(), QgsWkbTypes.PolygonGeometry)
+            self._preview = QgsRubberBand(self.canvas(), Qgis.GeometryType.Polygon)
             self._style_preview()
         self._preview.setToGeometry(geometry, None)
 
@@ -69,18 +69,18 @@ class SmartTool(QgsMapTool):
         for point, label in self.points:
             marker = QgsVertexMarker(self.canvas())
             marker.setCenter(point)
-            marker.setIconType(QgsVertexMarker.ICON_CROSS if label == POSITIVE else QgsVertexMarker.ICON_X)
+            marker.setIconType(QgsVertexMarker.IconType.ICON_CROSS if label == POSITIVE else QgsVertexMarker.IconType.ICON_X)
             marker.setColor(QColor(0, 200, 0) if label == POSITIVE else QColor(230, 0, 0))
             marker.setIconSize(12)
             marker.setPenWidth(3)
             self._markers.append(marker)
         if self._box_band is None:
-            self._box_band = QgsRubberBand(self.canvas(), QgsWkbTypes.PolygonGeometry)
+            self._box_band = QgsRubberBand(self.canvas(), Qgis.GeometryType.Polygon)
             self._box_band.setFillColor(QColor(0, 0, 0, 0))
             self._box_band.setStrokeColor(QColor(255, 255, 0))
-            self._box_band.setLineStyle(Qt.DashLine)
+            self._box_band.setLineStyle(Qt.PenStyle.DashLine)
             self._box_band.setWidth(2)
-        self._box_band.reset(QgsWkbTypes.PolygonGeometry)
+        self._box_band.reset(Qgis.GeometryType.Polygon)
         if self.box is not None:
             self._box_band.setToGeometry(QgsGeometry.fromRect(self.box), None)
 
@@ -101,12 +101,12 @@ class SmartTool(QgsMapTool):
 
     # ------------------------------------------------------------ events
     def canvasPressEvent(self, e):  # noqa: N802
-        if e.button() == Qt.LeftButton:
+        if e.button() == Qt.MouseButton.LeftButton:
             self._press = QPoint(e.pos())
-            self._press_negative = bool(e.modifiers() & Qt.ShiftModifier)
+            self._press_negative = bool(e.modifiers() & Qt.KeyboardModifier.ShiftModifier)
 
     def canvasMoveEvent(self, e):  # noqa: N802
-        if self._press is not None and e.buttons() & Qt.LeftButton:
+        if self._press is not None and e.buttons() & Qt.MouseButton.LeftButton:
             moved = e.pos() - self._press
             if abs(moved.x()) >= MIN_PIXELS and abs(moved.y()) >= MIN_PIXELS:
                 band_box = QgsRectangle(self.toMapCoordinates(self._press), self.toMapCoordinates(e.pos()))
@@ -118,18 +118,18 @@ class SmartTool(QgsMapTool):
         if self._skip_release:
             self._skip_release = False
             return
-        if e.button() == Qt.RightButton:
+        if e.button() == Qt.MouseButton.RightButton:
             self.clear()
             self.dropped.emit()
             return
-        if e.button() != Qt.LeftButton or self._press is None:
+        if e.button() != Qt.MouseButton.LeftButton or self._press is None:
             return
         start, self._press = self._press, None
         moved = e.pos() - start
         if abs(moved.x()) >= MIN_PIXELS and abs(moved.y()) >= MIN_PIXELS:
             self.box = QgsRectangle(self.toMapCoordinates(start), self.toMapCoordinates(e.pos()))
         else:
-            label = NEGATIVE if self._press_negative or e.modifiers() & Qt.ShiftModifier else POSITIVE
+            label = NEGATIVE if self._press_negative or e.modifiers() & Qt.KeyboardModifier.ShiftModifier else POSITIVE
             point = QgsPointXY(self.toMapCoordinates(e.pos()))
             # the first click of a double-click arrives as a plain click at the same spot: no second point
             if self.points and self.points[-1][1] == label and \
@@ -140,24 +140,24 @@ class SmartTool(QgsMapTool):
         self.promptChanged.emit()
 
     def canvasDoubleClickEvent(self, e):  # noqa: N802
-        if e.button() == Qt.LeftButton:
+        if e.button() == Qt.MouseButton.LeftButton:
             self._skip_release = True
             self._press = None
             self.acceptRequested.emit()
 
     def keyPressEvent(self, e):  # noqa: N802
         key = e.key()
-        if key in (Qt.Key_Return, Qt.Key_Enter):
+        if key in (Qt.Key.Key_Return, Qt.Key.Key_Enter):
             self.acceptRequested.emit()
-        elif key == Qt.Key_Escape:
+        elif key == Qt.Key.Key_Escape:
             self.clear()
             self.dropped.emit()
-        elif key == Qt.Key_Backspace and self.points:
+        elif key == Qt.Key.Key_Backspace and self.points:
             self.points.pop()
             self._redraw_prompt()
             self.promptChanged.emit()
-        elif Qt.Key_1 <= key <= Qt.Key_9 and not e.modifiers() & (Qt.ControlModifier | Qt.AltModifier):
-            self.classKeyPressed.emit(key - Qt.Key_0)
+        elif Qt.Key.Key_1 <= key <= Qt.Key.Key_9 and not e.modifiers() & (Qt.KeyboardModifier.ControlModifier | Qt.KeyboardModifier.AltModifier):
+            self.classKeyPressed.emit(key - Qt.Key.Key_0)
         else:
             e.ignore()
             return

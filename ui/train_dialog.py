@@ -67,12 +67,12 @@ class TrainDialog(JobDialog):
 
     def build(self):
         form = self.page("Parameters")
-        self.data = self.add_path(form, "INPUT_DATA", "Training data folder", QgsFileWidget.GetDirectory,
+        self.data = self.add_path(form, "INPUT_DATA", "Training data folder", QgsFileWidget.StorageMode.GetDirectory,
                                   tooltip="A folder written by Export Training Data (MaskForge's or ArcGIS's).")
         self.data_label = self._note(form)
         self.add_text(form, "ADDITIONAL_DATA", "More training folders", "optional; separated by ';'")
         self.base = self.add_enum(form, "BASE_MODEL", "Base model", [label for label, _ in BASE_MODELS])
-        self.base_package = self.add_path(form, "BASE_PACKAGE", "Base model package", QgsFileWidget.GetFile,
+        self.base_package = self.add_path(form, "BASE_PACKAGE", "Base model package", QgsFileWidget.StorageMode.GetFile,
                                           "Model packages and weights (*.dlpk *.emd *.pth *.pt);;All files (*)")
         self.package_label = self._note(form)
         self.add_int(form, "EPOCHS", "Maximum epochs", 1, 100000)
@@ -82,7 +82,7 @@ class TrainDialog(JobDialog):
         self.add_int(form, "PATIENCE", "Patience (epochs)", 0, 100000, special="automatic (about 300 steps)")
         self.add_enum(form, "MONITOR", "Monitor metric", MONITORS)
         self.add_device(form)
-        self.output = self.add_path(form, "OUTPUT_MODEL", "Output model folder", QgsFileWidget.GetDirectory,
+        self.output = self.add_path(form, "OUTPUT_MODEL", "Output model folder", QgsFileWidget.StorageMode.GetDirectory,
                                     tooltip="The package is named after this folder.")
 
         advanced = self.page("Advanced")

@@ -17,7 +17,8 @@ def test_metadata_is_complete(root):
     for key in REQUIRED:
         assert general.get(key, "").strip(), f"metadata.txt lacks {key}"
     assert general["hasProcessingProvider"] == "yes"
-    assert general["qgisMinimumVersion"] == "3.22"
+    assert general["qgisMinimumVersion"] == "3.40"   # the version the tests run on (3.22 is out of support)
+    assert general["supportsQt6"] == "True"           # tests/qgis/test_qt6_ready.py holds it to that
     assert (root / general["icon"]).exists()
     assert general["version"] in general["changelog"]
 

@@ -316,6 +316,7 @@ def test_train_dialog_plots_and_finishes(plugin, qgis_iface, chips, tmp_path):
     task.metric.connect(seen.append)
     _wait_task(task, 150)
     assert task.result["best_epoch"] == 1, task.error
+    assert task.device_line == "cpu (asked for)."   # the engine's Device: line, in the task's done message
     assert [r["epoch"] for r in seen] == [1] and [r["epoch"] for r in dialog.plot.records] == [1]
     assert dialog.best_label.text().startswith("Epoch 1: train loss")
     assert (out / "tents.dlpk").exists() and Path(task.result["report"]).exists()
@@ -452,18 +453,24 @@ def test_settings_and_diagnostics_from_the_menu(plugin, tmp_path):
                      "torch 2.", "CUDA build:", "rasterio 1.4", "with GDAL 3.", "Free disk:", "temporary folder"):
         assert expected in report, expected
     assert "GPU 0:" in report or "No CUDA device: " in report
+    # The driver against the torch build, as this machine has it (nvidia-smi, or none).
+    import shutil
+    assert ("NVIDIA driver " in report) if shutil.which("nvidia-smi") else (
+        "NVIDIA driver: none (nvidia-smi not found)" in report and "No CUDA device: no NVIDIA driver found" in report)
     diagnostics.copy_button.click()
     assert QApplication.clipboard().text() == report
 
 
 def test_set_up_runtime_makes_a_venv_in_the_background(plugin, tmp_path):
-    from maskforge.runtime import check_setup_folder, venv_python
+    from maskforge.runtime import Plan, check_setup_folder, venv_python
     assert "QGIS's own Python" in check_setup_folder(sys.prefix)
     _action(plugin, "MaskForgeSettingsAction").trigger()
     dialog = plugin._settings_dialog
     requirements = tmp_path / "requirements.txt"
     requirements.write_text("pip\n")   # already in a new venv: no download
-    task = dialog.start_setup(str(tmp_path / "runtime"), str(requirements))
+    # The steps of a plan whose "PyTorch" is pip itself: a venv made from nothing, then both pip steps.
+    plan = Plan("cpu", ["pip"], None, "nothing", "cpu", ["a plan without downloads"])
+    task = dialog.start_setup(str(tmp_path / "runtime"), str(requirements), plan=plan)
     progress = []
     task.progressChanged.connect(progress.append)
     _wait_task(task, 120)
@@ -471,6 +478,44 @@ def test_set_up_runtime_makes_a_venv_in_the_background(plugin, tmp_path):
     python = venv_python(str(tmp_path / "runtime"))
     assert os.path.exists(python) and QgsSettings().value("MaskForge/runtime_python") == python
     assert dialog.python.filePath() == python and progress and max(progress) == 100
+
+
+def test_set_up_runtime_shows_this_machines_plan_before_installing(plugin):
+    from maskforge.runtime import setup_plan
+    _action(plugin, "MaskForgeSettingsAction").trigger()
+    dialog = plugin._settings_dialog
+    seen = []
+
+    def answer_no():
+        box = dialog.plan_box
+        seen.append(box.informativeText())
+        box.button(box.StandardButton.No).click()
+
+    QTimer.singleShot(200, answer_no)
+    assert dialog.ask_setup() is None and dialog.setup_task is None   # No: nothing installed
+    _, plan = setup_plan()
+    assert seen and seen[0].startswith("Runtime folder: ") and f"PyTorch: {' '.join(plan.packages)}" in seen[0]
+    assert "download: " in seen[0] and "Why:\n  " + plan.reasons[0] in seen[0]
+
+
+def test_set_up_runtime_says_a_failure_in_words(plugin, tmp_path, monkeypatch, qgis_iface):
+    """This machine's real plan, a venv made from nothing, and PyTorch's index out of reach: the task says so."""
+    from maskforge import runtime_plan
+    monkeypatch.setattr(runtime_plan, "TORCH_INDEX", "http://127.0.0.1:9/whl")   # nothing listens there
+    for name, value in (("PIP_CONFIG_FILE", os.devnull), ("PIP_FIND_LINKS", ""), ("PIP_CONSTRAINT", ""),
+                        ("PIP_RETRIES", "1"), ("PIP_TIMEOUT", "5"), ("PIP_INDEX_URL", "http://127.0.0.1:9/simple")):
+        monkeypatch.setenv(name, value)   # the runtime's pip sees only the unreachable index
+    _action(plugin, "MaskForgeSettingsAction").trigger()
+    dialog = plugin._settings_dialog
+    task = dialog.start_setup(str(tmp_path / "runtime"))
+    if task.plan.index is None:
+        pytest.skip(f"this machine's plan needs no PyTorch index ({task.plan.build} from PyPI)")
+    _wait_task(task, 180)
+    assert task.error == (f"No network: pip could not reach {task.plan.index}. Check the connection and pip's proxy "
+                          "settings, or set MASKFORGE_TORCH_INDEX to a mirror of PyTorch's index you can reach.")
+    assert (tmp_path / "runtime" / "pyvenv.cfg").exists()           # the venv was made before the download
+    assert dialog.setup_line.text() == f"⚠ {task.error}"
+    assert task.error in _bar_texts(qgis_iface, Qgis.MessageLevel.Critical)[-1]
 
 
 # -- what the dialogs and the algorithms share ------------------------------------------------------------
