@@ -135,7 +135,8 @@ def peak_rss_mb(raster, package, out, device):
     return int(run.stdout.split()[-1]) / 1024.0
 
 
-# Seconds per phase on the 2-core development machine (CPU, --quick / full); GPU phases not measured yet.
+# Seconds per phase (--quick, full) estimated for 2 idle CPU cores — rough: a whole run has not been timed on an
+# idle machine yet (the first phase was: 7 s); each phase's end rescales the rest by how the finished ones compared.
 EXPECTED_CPU = {
     "scene and chips": (10, 10), "training step: ours vs bare": (40, 110), "train the small package": (120, 120),
     "detection throughput": (40, 90), "large objects: chip tile vs automatic tile": (60, 120),
@@ -181,7 +182,7 @@ def run(console, args, out):
     total = console.plan(plan)
     console.say(f"bench: MaskForge's performance ratios as name=value lines on {cpu}"
                 + (f", GPU {torch.cuda.get_device_name(device)}" if device.type == "cuda" else "")
-                + (f"; {about(total)} in all (measured on {REFERENCE_CORES} cores)." if total else
+                + (f"; {about(total)} in all (a rough estimate; each phase's end updates it)." if total else
                    "; GPU durations not measured yet."))
     console.say(f"Files in {out}; Ctrl-C stops and says which figures are done.")
     line("device", torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu x{os.cpu_count()}")

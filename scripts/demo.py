@@ -26,8 +26,8 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 sys.path.append("/usr/share/qgis/python/plugins")
 
 from qgis.core import (QgsApplication, QgsCoordinateReferenceSystem, QgsMapRendererParallelJob,  # noqa: E402
-                       QgsMapSettings, QgsProcessingFeedback, QgsProject, QgsRasterLayer,
-                        QgsRectangle, QgsVectorLayer)
+                       QgsMapSettings, QgsProcessingException, QgsProcessingFeedback, QgsProject, QgsRasterLayer,
+                       QgsRectangle, QgsVectorLayer)
 from qgis.PyQt.QtCore import QSize, Qt  # noqa: E402
 from qgis.PyQt.QtGui import QColor, QFont, QImage, QPainter  # noqa: E402
 
@@ -122,7 +122,7 @@ class Steps:
             self.feedback = PrintingFeedback(self.console)
             try:
                 return self.processing.run(alg, params, feedback=self.feedback)
-            except Exception as exc:           # QgsProcessingException: its message is the algorithm's
+            except QgsProcessingException as exc:     # its message is the algorithm's, for the user
                 if self.console.stop_requested():
                     raise KeyboardInterrupt from None
                 sys.exit(f"demo: step '{name}' failed: {exc}")
@@ -188,10 +188,10 @@ def announce(console, args, out, gpu):
     scale = 1.0 if gpu else REFERENCE_CORES / min(max(cores, 1), 8)
     total = console.plan({name: seconds * scale for name, seconds in reference.items()})
     say = console.say
-    say(f"MaskForge demo{' (reduced: --quick)' if args.quick else ''}: a building detector trained here, "
-        "then fine-tuned on a few tents an analyst")
-    say("would draw, assessed on the part of the camp it never saw. Offline; every step runs through the "
-        "plugin's Processing algorithms.")
+    say(f"MaskForge demo{' (reduced: --quick)' if args.quick else ''}: trains a building detector, fine-tunes it on "
+        "the tents an analyst drew")
+    say("in part of a camp, and assesses both on the part it never saw. Offline, through the plugin's Processing "
+        "algorithms.")
     say(f"Machine: {cpu}" + (f", GPU {gpu}" if gpu else ", no CUDA GPU (training runs on the CPU)") + ".")
     if gpu:
         say(f"Expected: at most {about(total)} (measured on {REFERENCE_CORES} CPU cores; not yet on a GPU, "
@@ -281,13 +281,15 @@ def run_demo(console, args, out):
 
     with console.phase("maps and the QGIS project", output=out / "maskforge_demo.qgz"):
         truth_layer = QgsVectorLayer(target["labels"], "true tents", "ogr")
-        layers = {n: QgsVectorLayer(str(p), f"tents {n} fine-tuning", "ogr") for n, p in (("before", before), ("after", after))}
+        layers = {n: QgsVectorLayer(str(p), f"tents {n} fine-tuning", "ogr")
+                  for n, p in (("before", before), ("after", after))}
         for layer in layers.values():
             layer.loadDefaultStyle()
         zoom = QgsRectangle(x_split, ext.yMinimum() + 0.3 * ext.height(), x_split + 0.45 * ext.width(),
                             ext.yMinimum() + 0.75 * ext.height())
         images = [render(raster, [layers[n]], zoom, out / f"map_{n}.png",
-                         f"{n} fine-tuning: {int(scores[n]['TP'] + scores[n]['FP'])} found, F1 {scores[n]['F1'] or 0:.2f}")
+                         f"{n} fine-tuning: {int(scores[n]['TP'] + scores[n]['FP'])} found, "
+                         f"F1 {scores[n]['F1'] or 0:.2f}")
                   for n in ("before", "after")]
         side_by_side(*images, out / "before_after.png")
         project = QgsProject.instance()

@@ -25,6 +25,7 @@ import re
 import shutil
 import signal
 import sys
+import threading
 import time
 
 QUIET_SECONDS = 10.0
@@ -118,7 +119,10 @@ class Console:
     def progress(self):
         """A bar for the current phase, fed with the engine's events (``bar.event``) or percents."""
         self.close_bar()
-        self._bar = EngineProgress(self)
+        try:
+            self._bar = EngineProgress(self)
+        except ImportError:
+            sys.exit(f"{self.script}: the progress display needs tqdm (requirements-dev.txt): run `make setup`.")
         return self._bar
 
     def close_bar(self):
@@ -201,10 +205,21 @@ class EngineProgress:
         width = shutil.get_terminal_size((100, 24)).columns   # a terminal of unknown width reads 0: tqdm draws nothing
         self.live = Bar(total=100, bar_format=fmt, file=console.stream if self.interactive else self._sink,
                         ncols=width, leave=False, mininterval=0.2)
+        if self.interactive:   # the clock ticks between the engine's events: a long first step still looks alive
+            self._ticker = threading.Thread(target=self._tick, daemon=True)
+            self._ticker.start()
         self._next_tenth = 10
         self._last_line = time.monotonic()
         self._epoch_seen = False
         self.percent = 0.0
+
+    def _tick(self):
+        while True:
+            time.sleep(1.0)
+            bar = self.live
+            if bar is None:
+                return
+            bar.refresh()
 
     def write(self, text):
         """A line above the bar on a terminal (tqdm.write), a plain line otherwise."""
@@ -261,12 +276,12 @@ class EngineProgress:
             self.epoch({k: v for k, v in event.items() if k != "event"})
 
     def close(self):
-        if self.live is None:
+        bar, self.live = self.live, None     # the ticker stops at None (a closed tqdm ignores refresh anyway)
+        if bar is None:
             return
-        self.live.close()
+        bar.close()
         if self._sink:
             self._sink.close()
-        self.live = None
 
 
 METRIC_TEXT = re.compile(r"^epoch=\d+(, \w+=[^,]*)*$")
