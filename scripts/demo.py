@@ -34,17 +34,20 @@ from qgis.PyQt.QtGui import QColor, QFont, QImage, QPainter  # noqa: E402
 from progress_console import Console, about, machine, metric_from_text  # scripts/ holds this file  # noqa: E402
 
 PY = str(ROOT / ".venv" / "bin" / "python")
-# Seconds per step of the demo measured on the 2-core development machine (CPU): see README, The demo.
-# They scale with cores (up to 8) for the announcement; each step's end rescales the rest by how the
-# finished steps compared, and a running step's own time left comes from the engine's rate of progress.
+# Seconds per step of the demo for 2 idle CPU cores. --quick: the trainings from the idle cost of a training
+# step (about 1.7 s, see README) and the fine-tuning/base ratio measured on a loaded run (2.3x: the 2x input
+# scale); the rest as measured. Full: --quick's times times chips x epochs (source 169 chips against 25 and 5
+# epochs against 3; the camp 1.8x the area and 8 epochs against 5). For the announcement they scale with the
+# cores (up to 8); each step's end rescales the rest by how the finished steps compared, and a running step's
+# own time left comes from the engine's rate of progress.
 REFERENCE_CORES = 2
 REFERENCE_SECONDS = {
-    "quick": {"generate the scenes": 10, "export source chips": 10, "train base (buildings) model": 60,
-              "detect with the base model": 15, "export tent chips (left 40 %)": 10, "fine-tune on the tents": 120,
+    "quick": {"generate the scenes": 10, "export source chips": 10, "train base (buildings) model": 75,
+              "detect with the base model": 15, "export tent chips (left 40 %)": 10, "fine-tune on the tents": 170,
               "detect with the fine-tuned model": 15, "assess before (right 60 %)": 10,
               "assess after (right 60 %)": 10, "maps and the QGIS project": 5},
-    "full": {"generate the scenes": 15, "export source chips": 15, "train base (buildings) model": 300,
-             "detect with the base model": 25, "export tent chips (left 40 %)": 10, "fine-tune on the tents": 300,
+    "full": {"generate the scenes": 15, "export source chips": 15, "train base (buildings) model": 850,
+             "detect with the base model": 25, "export tent chips (left 40 %)": 10, "fine-tune on the tents": 480,
              "detect with the fine-tuned model": 25, "assess before (right 60 %)": 10,
              "assess after (right 60 %)": 10, "maps and the QGIS project": 5},
 }
