@@ -17,7 +17,8 @@ def demo_command(out):
 
 
 def test_reduced_demo_fine_tuning_beats_the_base_model(tmp_path):
-    run = subprocess.run(**demo_command(tmp_path / "demo"), capture_output=True, timeout=1500)
+    # A hang guard, not a speed test: 25 min were not enough with the 2 cores at load 20.
+    run = subprocess.run(**demo_command(tmp_path / "demo"), capture_output=True, timeout=3600)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
     summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
     before, after = summary["before"], summary["after"]
@@ -41,7 +42,7 @@ def test_reduced_demo_fine_tuning_beats_the_base_model(tmp_path):
     assert len(epochs) == 3 + 5, lines                 # one line per epoch: base 3, fine-tuning 5 (--quick)
     assert all(re.search(r"\d+% [\d:]+ elapsed, [\d:]+ left", line) for line in epochs), epochs
     assert any("Chosen from the data" in line for line in lines)    # the engine's log, relayed by Processing
-    assert "\r" not in run.stdout and len(lines) < 120, len(lines)
+    assert "\r" not in run.stdout and len(lines) < 150, len(lines)   # 105 at a terminal in a measured run
     assert "Results: {" not in run.stdout
     assert f"Next: `qgis --project {tmp_path / 'demo' / 'maskforge_demo.qgz'}`" in run.stdout
 
