@@ -36,11 +36,15 @@ from core.data import Chip, ChipDataset, EpochBatches, chip_loader, collate  # n
 from core.model import build_model  # noqa: E402
 from core.steps import bare_step, train_step  # noqa: E402
 from core.tiling import auto_tile_size, overlap_factor  # noqa: E402
+from progress_console import Console, about, machine  # scripts/ holds this file  # noqa: E402
 
 try:
     from core import tracing
 except ImportError as exc:          # rasterio / shapely absent: the network figures still come
     tracing, TRACING_MISSING = None, str(exc)
+
+
+CPU_SECONDS = {"detection": 10, "tracing rate": 5, "training step": 15}   # --cpu on 2 idle cores (from CPU time)
 
 
 def line(name, value):
@@ -214,6 +218,20 @@ def main():
             sys.exit(2)
         device, backbone, chip, padding = torch.device("cuda:0"), "resnet50_fpn", 400, 124
         args.tiles, repeats = args.tiles or 24, 10
+    precisions = [("amp", True), ("fp32", False)] if device.type == "cuda" else [("fp32", False)]
+    console = Console("gpu_check", partial="the name=value lines above (no files are written)")
+    # Seconds measured for --cpu on the 2-core development machine; the GPU's not yet (gpu_check.sh stops at 340 s).
+    phases = ([f"detection, {name}" for name, _ in precisions] + ["tracing rate"]
+              + [f"training step, {name}" for name, _ in precisions])
+    total = console.plan({p: CPU_SECONDS[p.split(",")[0]] if device.type == "cpu" else None for p in phases})
+    console.say(f"gpu_check: MaskForge's GPU figures as name=value lines ({backbone}, {chip} px chips) on "
+                + (torch.cuda.get_device_name(device) if device.type == "cuda" else machine()[1])
+                + (f"; {about(total)} in all." if total else "; stopped at 340 s by gpu_check.sh."))
+    with console.session():
+        measure(console, args, device, backbone, chip, padding, precisions, repeats)
+
+
+def measure(console, args, device, backbone, chip, padding, precisions, repeats):
     line("device", torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu x{os.cpu_count()}")
     line("torch", torch.__version__)
     line("backbone", backbone)
@@ -221,25 +239,27 @@ def main():
         line("tracing_skipped", TRACING_MISSING.replace(" ", "_"))
     started = time.perf_counter()
 
-    precisions = [("amp", True), ("fp32", False)] if device.type == "cuda" else [("fp32", False)]
     for name, amp in precisions:
-        figures, outputs = bench_detect(device, backbone, chip, padding, args, amp)
-        for key, value in figures.items():
-            line(f"detect_{name}_{key}", value)
-    if tracing is not None:
-        masks = [m[0].numpy() for o in outputs for m in o["masks"]][:200]
-        boxes = [b.numpy() for o in outputs for b in o["boxes"]][:200]
-        if masks:
-            line("tracing_objects_per_s_per_thread",
-                 round(tracing.tracing_rate(masks, boxes, (figures["tile"],) * 2, 0.5 if args.cpu else 2.0), 1))
+        with console.phase(f"detection, {name}"):
+            figures, outputs = bench_detect(device, backbone, chip, padding, args, amp)
+            for key, value in figures.items():
+                line(f"detect_{name}_{key}", value)
+    with console.phase("tracing rate"):
+        if tracing is not None:
+            masks = [m[0].numpy() for o in outputs for m in o["masks"]][:200]
+            boxes = [b.numpy() for o in outputs for b in o["boxes"]][:200]
+            if masks:
+                line("tracing_objects_per_s_per_thread",
+                     round(tracing.tracing_rate(masks, boxes, (figures["tile"],) * 2, 0.5 if args.cpu else 2.0), 1))
 
     train_chip = 64 if args.cpu else chip
     workers = 0 if args.cpu else max(1, min(4, (os.cpu_count() or 2) - 1))
     times = {}
     for name, amp in precisions:
-        times[name] = bench_train(device, backbone, train_chip, amp, repeats, workers)
-        line(f"train_step_{name}_seconds", round(times[name][0], 4))
-        line(f"train_step_{name}_ours_vs_bare", round(times[name][0] / times[name][1], 3))
+        with console.phase(f"training step, {name}"):
+            times[name] = bench_train(device, backbone, train_chip, amp, repeats, workers)
+            line(f"train_step_{name}_seconds", round(times[name][0], 4))
+            line(f"train_step_{name}_ours_vs_bare", round(times[name][0] / times[name][1], 3))
     if "amp" in times:
         line("train_step_amp_vs_fp32_speedup", round(times["fp32"][0] / times["amp"][0], 3))
         line("train_step_amp_images_per_s", round(2 / times["amp"][0], 2))

@@ -24,6 +24,7 @@ if missing; then
     wheels=${MASKFORGE_WHEELS:-shared/wheels}
     want=""   # only what this Python lacks: never shadow the numpy torch was installed with
     for m in numpy affine rasterio shapely; do "$PY" -c "import $m" 2>/dev/null || want="$want $(pins $m)"; done
+    echo "gpu_check: installing$want into $deps for polygon tracing (up to 2 min; at most 4 if the index is needed)" >&2
     if [ -d "$wheels" ]; then
       timeout 120 "$PY" -m pip install -q --no-index --find-links "$wheels" --target "$deps" $want >&2 || true
     fi
@@ -32,4 +33,5 @@ if missing; then
     fi
   fi
 fi
-exec timeout 340 "$PY" scripts/gpu_check.py "$@"
+# --foreground: timeout keeps the terminal's process group, so Ctrl-C reaches the check (which says what finished).
+exec timeout --foreground 340 "$PY" scripts/gpu_check.py "$@"
