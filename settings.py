@@ -48,8 +48,9 @@ def tile_cache():
 
 
 def sam_model():
-    """The Smart tool's Segment Anything model: a catalogue id (kind "sam") or a .pth checkpoint."""
-    return str(value("sam/model", "") or "sam_vit_b")
+    """The Smart tool's Segment Anything model: "auto" (the engine picks MobileSAM on a CPU, ViT-B on a GPU),
+    a catalogue id (kind "sam") or a .pth checkpoint."""
+    return str(value("sam/model", "") or "auto")
 
 
 def sam_catalogue_ids():
@@ -57,9 +58,9 @@ def sam_catalogue_ids():
     import json
     try:
         with open(os.path.join(PLUGIN_DIR, "core", "catalogue.json"), encoding="utf-8") as f:
-            return [e["id"] for e in json.load(f)["entries"] if e.get("kind") == "sam"]
+            return ["auto"] + [e["id"] for e in json.load(f)["entries"] if e.get("kind") == "sam"]
     except (OSError, ValueError, KeyError):
-        return ["sam_vit_b"]
+        return ["auto", "sam_vit_b"]
 
 
 def device():

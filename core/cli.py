@@ -310,10 +310,11 @@ def _run_webraster(args, reporter):
 def _add_sam_worker(sub):
     p = sub.add_parser("sam-worker", help="Segment Anything for labeling: answers prompts (JSON lines on stdin) "
                                           "until end of input; see core/sam_worker.py.")
-    p.add_argument("--model", default="sam_vit_b",
-                   help="catalogue id (python -m core models), a .pth checkpoint, or 'random' (random weights, "
-                        "for tests and timings)")
-    p.add_argument("--variant", default="", help="vit_b, vit_l, vit_h (tiny: test size, random weights only)")
+    p.add_argument("--model", default="auto",
+                   help="auto (MobileSAM on a CPU, ViT-B on a GPU), a catalogue id (python -m core models), "
+                        "a .pth checkpoint, or 'random' (random weights, for tests and timings)")
+    p.add_argument("--variant", default="",
+                   help="vit_t (MobileSAM), vit_b, vit_l, vit_h (tiny: test size, random weights only)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda:N")
     p.add_argument("--cell-size", type=float, default=0.0, help="read windows at this cell size (default: native)")
     p.add_argument("--bands", type=_bands, default=(), help="1 or 3 raster bands, from 1 (default 1,2,3 or 1)")

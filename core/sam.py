@@ -19,7 +19,7 @@ mask is known).
 """
 import pickle
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 
 import numpy as np
@@ -33,14 +33,23 @@ from .tracing import mask_parts, tidy_polygon
 from .errors import UserError
 from .geodata import open_raster
 
-VARIANTS = ("vit_b", "vit_l", "vit_h", "tiny")   # tiny: the architecture at test size (random weights only)
+VARIANTS = ("vit_t", "vit_b", "vit_l", "vit_h", "tiny")   # tiny: the architecture at test size (random weights only)
+LIGHT = {"vit_t"}   # MobileSAM: a distilled 5M-parameter TinyViT encoder with SAM's own prompt encoder and decoder
+# Which model answers when the user chose none ("auto"): on a CPU the light encoder, which gives a first
+# outline in seconds where ViT-B's encode takes minutes on two cores (scripts/bench_sam.py); on a GPU ViT-B,
+# whose outlines are better and whose encode is fast there.
+AUTO = {"cpu": "sam_mobile", "gpu": "sam_vit_b"}
+# Seconds to encode one 1024 px window on the 2-core development machine (scripts/bench_sam.py, random
+# weights: the cost is the architecture's), told to the user before the first click in a new place.
+ENCODE_S_CPU = {"vit_t": 2.0, "vit_b": 120.0, "vit_l": 360.0, "vit_h": 720.0, "tiny": 0.1}
 MARGIN = 1 / 8   # of the window, on each side: a prompt closer to the edge than this gets a new window
 
 
 @dataclass
 class SamOptions:
-    model: str = "sam_vit_b"    # a catalogue id, a .pth checkpoint, or "random" (random weights: tests, timings)
-    variant: str = ""           # vit_b / vit_l / vit_h / tiny; default: the catalogue's, or from the file name
+    model: str = "auto"         # a catalogue id, a .pth checkpoint, "random" (random weights: tests, timings),
+                                # or "auto": the light MobileSAM on a CPU, ViT-B on a GPU (AUTO)
+    variant: str = ""           # vit_t / vit_b / vit_l / vit_h / tiny; default: the catalogue's, or the file name's
     device: str = "auto"
     cell_size: float = 0.0      # 0: the raster's resolution
     bands: tuple = ()           # 1-based raster bands (1 or 3); default 1,2,3 (or 1)
@@ -68,10 +77,21 @@ def _tiny_sam():
 
 
 def _variant_of(name):
+    if "mobile" in str(name).lower():
+        return "vit_t"
     for variant in VARIANTS:
         if variant in str(name).lower():
             return variant
     return None
+
+
+def resolve_model(model, device):
+    """The catalogue id that answers for ``model`` on ``device`` ("auto": AUTO's choice) and why."""
+    if model not in ("auto", ""):
+        return model, "chosen"
+    on_gpu = str(device).startswith(("cuda", "mps"))
+    return AUTO["gpu" if on_gpu else "cpu"], ("the default on a GPU" if on_gpu else
+                                               "the light model, the default on a CPU")
 
 
 def _checkpoint(options, reporter):
@@ -82,7 +102,7 @@ def _checkpoint(options, reporter):
     if model.lower().endswith((".pth", ".pt")):
         variant = options.variant or _variant_of(model)
         if variant is None:
-            raise UserError(f"Which SAM is '{model}'? Give --variant vit_b, vit_l or vit_h.")
+            raise UserError(f"Which SAM is '{model}'? Give --variant vit_t (MobileSAM), vit_b, vit_l or vit_h.")
         return model, variant
     from . import catalogue   # the weights issue's catalogue (kind "sam"): mirror, cache, checked download
     entry = catalogue.find(model)
@@ -94,30 +114,55 @@ def _checkpoint(options, reporter):
     return str(path), options.variant or entry.get("variant") or _variant_of(entry["file_name"]) or "vit_b"
 
 
+def _architecture(variant):
+    """(SAM network with random weights, the SamPredictor class that drives it) for ``variant``."""
+    if variant == "tiny":
+        from segment_anything import SamPredictor
+        return _tiny_sam(), SamPredictor
+    if variant in LIGHT:   # MobileSAM's package (Apache-2.0): its own registry and the same predictor API
+        from mobile_sam import SamPredictor, sam_model_registry
+    else:
+        from segment_anything import SamPredictor, sam_model_registry
+    return sam_model_registry[variant](checkpoint=None), SamPredictor
+
+
 def build_predictor(options, reporter=None):
-    """segment-anything's SamPredictor on the options' device; returns (predictor, window size in pixels)."""
+    """A SamPredictor on the options' device; returns (predictor, window size in pixels).
+
+    ``options.model`` "auto" is resolved here (``resolve_model``) and said in the log, so the user sees
+    which model answers and why."""
     import torch
-    from segment_anything import SamPredictor, sam_model_registry
 
     from .model import select_device
+    device = select_device(options.device)
+    model, why = resolve_model(options.model, device)
+    if model != options.model:
+        options = replace(options, model=model)
+        if reporter is not None:
+            reporter.log(f"Segment Anything: {model} on {device} ({why}).")
     path, variant = _checkpoint(options, reporter)
     if variant not in VARIANTS:
         raise UserError(f"Unknown SAM variant '{variant}': choose one of {', '.join(VARIANTS)}.")
-    if variant == "tiny":
-        if path is not None:
-            raise UserError("The 'tiny' SAM exists only with random weights (for tests): use vit_b, vit_l or vit_h.")
-        sam = _tiny_sam()
-    else:
-        sam = sam_model_registry[variant](checkpoint=None)
+    if variant == "tiny" and path is not None:
+        raise UserError("The 'tiny' SAM exists only with random weights (for tests): use vit_t, vit_b, vit_l or vit_h.")
+    sam, predictor_class = _architecture(variant)
     if path is not None:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
             sam.load_state_dict(state)
         except (RuntimeError, OSError, ValueError, EOFError, pickle.UnpicklingError) as exc:
             raise UserError(f"'{path}' is not a {variant} Segment Anything checkpoint ({str(exc)[:300]}). "
-                            "Pick the variant that matches the file (vit_b, vit_l, vit_h).") from None
-    sam.to(select_device(options.device)).eval()
-    return SamPredictor(sam), int(sam.image_encoder.img_size)
+                            "Pick the variant that matches the file (vit_t, vit_b, vit_l, vit_h).") from None
+    sam.to(device).eval()
+    predictor = predictor_class(sam)
+    predictor.model_info = {"model": model, "variant": variant, "device": str(device),
+                            "encode_s_estimate": None if device.type != "cpu" else
+                            round(ENCODE_S_CPU.get(variant, 0.0) * 2 / max(torch.get_num_threads(), 1), 1)}
+    if reporter is not None:
+        estimate = predictor.model_info["encode_s_estimate"]
+        reporter.progress(0, f"{model} ready on {device}" + (f"; a click in a new place encodes the view in "
+                                                              f"about {estimate:g} s" if estimate else ""))
+    return predictor, int(sam.image_encoder.img_size)
 
 
 # ---------------------------------------------------------------- windows of the raster
@@ -167,6 +212,10 @@ class SamSession:
         self.window = None
         self._src = None
         self.encodes = 0
+
+    def describe(self):
+        """Which model answers, on what, how long a new window's encode is expected to take."""
+        return {**getattr(self.predictor, "model_info", {}), "encodes": self.encodes}
 
     def _open(self, raster):
         if self._src is None or self._src.name != str(raster):
@@ -258,6 +307,7 @@ class SamSession:
         if polygon is not None and back is not None:
             polygon = shapely.transform(polygon, lambda xy: np.column_stack(back.transform(xy[:, 0], xy[:, 1])))
         return {"polygon": polygon.wkt if polygon is not None else None, "score": score,
+                "model": getattr(self.predictor, "model_info", {}).get("model"),
                 "encoded": encoded, "encode_s": round(encode_s, 4),
                 "predict_s": round(predict_s, 4), "window": self.window.bounds()}
 
@@ -300,10 +350,31 @@ class SamSession:
                 return None
         return tidy_polygon(polygon, simplify)
 
-    def refine(self, raster, crs, boxes, simplify=0.0, reporter=None):
-        """A box prompt per box (batch refine of rectangle labels); one answer per box, in order."""
+    def prepare(self, raster, crs=None, point=None):
+        """Encode ahead: make the window around ``point`` (the view's centre, in ``crs``) the encoded one, so
+        the first click there answers at prompt speed. Nothing happens when the current window holds it."""
+        src = self._open(raster)
+        forward, _ = self._transformers(crs, src)
+        xs, ys = [float(point[0])], [float(point[1])]
+        if forward is not None:
+            xs, ys = (list(v) for v in forward.transform(xs, ys))
+        if not all(np.isfinite(xs + ys)):
+            raise UserError("The view lies outside the area where the raster's CRS is defined.")
+        if self.window is not None and self.window.raster == str(src.name) and self.window.holds(xs, ys):
+            return {"encoded": False, "encode_s": 0.0, "window": self.window.bounds()}
+        t0 = time.perf_counter()
+        self.window, image = self._new_window(src, xs, ys)
+        self.predictor.set_image(image)
+        self.encodes += 1
+        return {"encoded": True, "encode_s": round(time.perf_counter() - t0, 4), "window": self.window.bounds()}
+
+    def refine(self, raster, crs, boxes, simplify=0.0, reporter=None, should_stop=None):
+        """A box prompt per box (batch refine of rectangle labels); one answer per box, in order.
+        ``should_stop()`` is asked between boxes: a cancelled refine returns the answers it has."""
         results = []
         for i, box in enumerate(boxes):
+            if should_stop is not None and should_stop():
+                break
             if reporter is not None:
                 reporter.step(100.0 * i / max(len(boxes), 1), f"outline {i + 1} of {len(boxes)}")
             results.append(self.prompt(raster, crs, box=box, simplify=simplify))

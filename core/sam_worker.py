@@ -7,15 +7,24 @@ and reads one JSON request per line on stdin:
     {"id": 1, "op": "prompt", "raster": PATH, "crs": "EPSG:32636",
      "points": [[x, y], ...], "labels": [1, 0, ...], "box": [xmin, ymin, xmax, ymax], "simplify": 0.0}
     {"id": 2, "op": "refine", "raster": PATH, "crs": ..., "boxes": [[...], ...], "simplify": 0.0}
-    {"id": 3, "op": "ping"}        {"id": 4, "op": "quit"}
+    {"id": 3, "op": "encode", "raster": PATH, "crs": ..., "point": [x, y]}   (encode ahead: the view's centre)
+    {"id": 4, "op": "cancel", "target": 2}    {"id": 5, "op": "ping"}    {"id": 6, "op": "quit"}
 
 The model is built (its weights fetched) on the first request that needs it, so
 a download's progress reaches the caller. End of input, ``quit`` or SIGTERM stop
 it. A bad request gets an ``error`` event and the worker goes on; QGIS restarts
 a worker that died.
+
+Why a reader thread: requests are answered one at a time, but two kinds must see
+what arrives meanwhile. An ``encode`` of a view that the user has already left
+(a newer encode or a prompt is waiting) is skipped rather than run, and a
+``cancel`` stops a running ``refine`` between two boxes, keeping its finished
+outlines.
 """
+import collections
 import json
 import sys
+import threading
 import traceback
 
 from .errors import UserError
@@ -31,20 +40,77 @@ class _RequestReporter(Reporter):
         super()._emit(event, id=self.request_id, **fields)
 
 
+class _Inbox:
+    """Request lines read by a thread as they come, so a running request can look at the ones waiting."""
+
+    def __init__(self, stream):
+        self._lines = collections.deque()
+        self._ready = threading.Condition()
+        self._ended = False
+        threading.Thread(target=self._read, args=(stream,), daemon=True).start()
+
+    def _read(self, stream):
+        for line in iter(stream.readline, ""):
+            with self._ready:
+                self._lines.append(line)
+                self._ready.notify()
+        with self._ready:
+            self._ended = True
+            self._ready.notify()
+
+    def next(self):
+        """The next line, or None at the end of input."""
+        with self._ready:
+            while not self._lines and not self._ended:
+                self._ready.wait()
+            return self._lines.popleft() if self._lines else None
+
+    def _waiting(self):
+        with self._ready:
+            lines = list(self._lines)
+        for line in lines:
+            try:
+                request = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(request, dict):
+                yield line, request
+
+    def supersedes_encode(self):
+        """Whether a request waiting makes an encode ahead stale (the view moved on, or a prompt came)."""
+        return any(r.get("op") in ("encode", "prompt", "refine") for _, r in self._waiting())
+
+    def take_cancel(self, target):
+        """Whether a ``cancel`` of request ``target`` is waiting; it is taken out of the queue and answered."""
+        for line, request in self._waiting():
+            if request.get("op") == "cancel" and request.get("target") == target:
+                with self._ready:
+                    try:
+                        self._lines.remove(line)
+                    except ValueError:
+                        continue
+                return request
+        return None
+
+
 def serve(make_session, stdin=None, stdout=None):
     """Answer requests until end of input or ``quit``; ``make_session(reporter)`` builds the SamSession once."""
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
     reporter = _RequestReporter(json_lines=True, stream=stdout)
+    inbox = _Inbox(stdin)
     session = None
     answered = 0
-    for line in iter(stdin.readline, ""):
+    while (line := inbox.next()) is not None:
         if not line.strip():
             continue
         try:
             request = json.loads(line)
         except ValueError:
+            request = None
+        if not isinstance(request, dict):
             reporter.request_id = None
-            reporter.error(f"Not a JSON request: {line[:200]!r}", kind="input")
+            reporter.error(f"Not a JSON request object: {line.strip()[:200]!r} "
+                           "(each line is one object such as {\"id\": 1, \"op\": \"ping\"}).", kind="input")
             continue
         reporter.request_id = request.get("id")
         op = request.get("op")
@@ -53,19 +119,18 @@ def serve(make_session, stdin=None, stdout=None):
                 reporter.result({"stopped": True})
                 break
             if op == "ping":
-                result = {"pong": True, "model_loaded": session is not None}
-            elif op in ("prompt", "refine"):
+                result = {"pong": True, "model_loaded": session is not None,
+                          **(session.describe() if session is not None else {})}
+            elif op == "cancel":
+                result = {"cancelled": False, "why": f"request {request.get('target')} is not running"}
+            elif op == "encode" and inbox.supersedes_encode():
+                result = {"encoded": False, "skipped": "the view moved on before its encode started"}
+            elif op in ("prompt", "refine", "encode"):
                 if session is None:
                     session = make_session(reporter)
-                args = dict(raster=request["raster"], crs=request.get("crs"),
-                            simplify=float(request.get("simplify") or 0.0))
-                if op == "prompt":
-                    result = session.prompt(points=request.get("points") or (), labels=request.get("labels") or (),
-                                            box=request.get("box"), **args)
-                else:
-                    result = {"results": session.refine(boxes=request.get("boxes") or [], reporter=reporter, **args)}
+                result = _answer(session, op, request, reporter, inbox)
             else:
-                raise UserError(f"Unknown request '{op}' (prompt, refine, ping, quit).")
+                raise UserError(f"Unknown request '{op}' (prompt, refine, encode, cancel, ping, quit).")
             reporter.result(result)
             answered += 1
         except KeyError as exc:
@@ -73,7 +138,7 @@ def serve(make_session, stdin=None, stdout=None):
         except UserError as exc:
             reporter.error(str(exc), kind="input")
         except MemoryError:
-            reporter.error("Out of memory: use a smaller SAM (vit_b) or the CPU.", kind="memory")
+            reporter.error("Out of memory: use the light SAM (sam_mobile) or the CPU.", kind="memory")
         except Exception as exc:  # a bug: keep the traceback on stderr, stay alive for the next prompt
             traceback.print_exc(file=sys.stderr)
             reporter.error(f"Internal error ({type(exc).__name__}: {exc}). Please report it with the log.",
@@ -81,6 +146,31 @@ def serve(make_session, stdin=None, stdout=None):
     if session is not None:
         session.close()
     return {"answered": answered}
+
+
+def _answer(session, op, request, reporter, inbox):
+    args = dict(raster=request["raster"], crs=request.get("crs"))
+    if op == "encode":
+        return session.prepare(point=request["point"], **args)
+    args["simplify"] = float(request.get("simplify") or 0.0)
+    if op == "prompt":
+        return session.prompt(points=request.get("points") or (), labels=request.get("labels") or (),
+                              box=request.get("box"), **args)
+    boxes = request.get("boxes") or []
+    cancel = []
+
+    def should_stop():
+        if not cancel:
+            taken = inbox.take_cancel(request.get("id"))
+            if taken is not None:   # the cancel request is answered too, so its sender is not left waiting
+                cancel.append(True)
+                refine_id, reporter.request_id = reporter.request_id, taken.get("id")
+                reporter.result({"cancelled": True, "target": refine_id})
+                reporter.request_id = refine_id
+        return bool(cancel)
+
+    results = session.refine(boxes=boxes, reporter=reporter, should_stop=should_stop, **args)
+    return {"results": results, "cancelled": bool(cancel), "done": len(results), "asked": len(boxes)}
 
 
 def make_session_factory(options):

@@ -9,6 +9,7 @@ negative point.
 """
 import os
 import sys
+import time
 
 import numpy as np
 
@@ -17,11 +18,15 @@ SIZE = 256
 
 
 class BrightPredictor:
-    def __init__(self):
+    """``delay`` seconds per encode and per prompt stand for a real model's time (tests of cancelling)."""
+
+    def __init__(self, delay=0.0):
         self.image = None
         self.images = 0
+        self.delay = delay
 
     def set_image(self, image):
+        time.sleep(self.delay)
         assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
         self.image = image
         self.images += 1
@@ -46,6 +51,7 @@ class BrightPredictor:
             blob = grown
 
     def predict(self, point_coords=None, point_labels=None, box=None, multimask_output=True):
+        time.sleep(self.delay)
         image = self.image.astype(np.float32)
         # "bright": unlike the window's ground — far from its median colour (a roof on sand, a square on
         # black) — and not darker than it (a shadow is not the object)
@@ -72,7 +78,8 @@ def main():
     sys.path.insert(0, ROOT)
     from core.sam import SamOptions, SamSession
     from core.sam_worker import serve
-    serve(lambda reporter: SamSession(BrightPredictor(), SIZE, SamOptions(min_pixels=4)))
+    delay = float(sys.argv[1]) if len(sys.argv) > 1 else 0.0   # seconds per encode and per prompt
+    serve(lambda reporter: SamSession(BrightPredictor(delay), SIZE, SamOptions(min_pixels=4)))
 
 
 if __name__ == "__main__":

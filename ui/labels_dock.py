@@ -373,7 +373,7 @@ class LabelsDock(ClassesPart, ObjectsPart, ReviewPage, QgsDockWidget):
         self.refine_button.setToolTip("Turn the rectangle labels (the selected ones, else all) into the outlines "
                                       "Segment Anything finds inside them;\na rectangle stays where SAM's score is "
                                       "low. Undo restores them.")
-        self.refine_button.clicked.connect(lambda: self.smart.refine_rectangles())
+        self.refine_button.clicked.connect(lambda: self.smart.refine_rectangles(background=True))
         for widget in (action, self.refine_button):
             button = widget if isinstance(widget, QToolButton) else QToolButton()
             if button is not widget:

@@ -25,6 +25,7 @@ _EOF = object()
 
 class SamClient(QObject):
     progress = pyqtSignal(str)     # the worker's progress messages (model download, encoding)
+    stepped = pyqtSignal(float)    # the worker's progress in percent (batch refine)
     stopped = pyqtSignal(str)      # the worker ended on its own (why)
 
     def __init__(self, command, parent=None, env=None):
@@ -133,6 +134,8 @@ class SamClient(QObject):
             kind = event.get("event")
             if kind == "progress" and event.get("message"):
                 self.progress.emit(event["message"])
+            if kind == "progress" and isinstance(event.get("percent"), (int, float)):
+                self.stepped.emit(float(event["percent"]))
             elif kind in ("result", "error") and event.get("id") in self._pending:
                 callback = self._pending.pop(event["id"])
                 if callback is not None:

@@ -191,7 +191,7 @@ class SettingsDialog(QDialog):
         self.sam_model.addItems(settings.sam_catalogue_ids())
         self.sam_model.setCurrentText(settings.sam_model())
         self.sam_model.setToolTip("The Segment Anything model of the labels dock's Smart tool: a catalogue id "
-                                  "(downloaded once, hash-checked; sam_vit_b is the one for CPUs) or the path of "
+                                  "(downloaded once), 'auto' (MobileSAM on a CPU: about a second per window; ViT-B on a GPU) or the path of "
                                   "a SAM .pth checkpoint.\nTaken by the next start of the worker.")
         form.addRow("Segment Anything", self.sam_model)
         setup_row = QHBoxLayout()
@@ -259,7 +259,7 @@ class SettingsDialog(QDialog):
     def save(self):
         settings.set_value("runtime_python", self.python.filePath().strip())
         settings.set_value("device", self.device.currentText().strip() or "auto")
-        settings.set_value("sam/model", self.sam_model.currentText().strip() or "sam_vit_b")
+        settings.set_value("sam/model", self.sam_model.currentText().strip() or "auto")
         for kind, widget in self.folders.items():
             settings.set_value(f"folders/{kind}", widget.filePath().strip())
         settings.set_value("weights_mirror", self.mirror.text().strip())

@@ -7,22 +7,28 @@ the newest prompt's answer is shown. Accepting adds the outline with the current
 class through the store — committed at once, one undo step — like any drawn
 label. Batch refine sends the rectangle labels (the selected ones, else all) as
 box prompts and replaces each with SAM's outline where its score reaches the
-threshold, in one undo step.
+threshold, in one undo step; from the dock it runs as a cancellable background
+task (ui/smart_refine.py).
 
-The worker starts on first use and stops when the tool is left, the dock goes
-or QGIS quits; a killed worker starts again with the next prompt.
+The worker starts when the tool is chosen and stops when the tool is left, the
+dock goes or QGIS quits; a killed worker starts again with the next prompt.
+While the tool is active, the view is encoded ahead after each pan or zoom (the
+worker skips views already left), so the first click in a new place answers at
+prompt speed.
 """
 from qgis.core import (Qgis, QgsApplication, QgsCoordinateTransform, QgsCsException, QgsFeatureRequest, QgsGeometry,
                        QgsProject, QgsRasterLayer)
-from qgis.PyQt.QtCore import QObject, pyqtSignal
+from qgis.PyQt.QtCore import QObject, QTimer, pyqtSignal
 from qgis.PyQt.QtGui import QColor
 
 from .. import settings
 from ..algorithms.layers import web_kind, window_source
 from .label_store import LabelError, crs_for_new_labels
+from .smart_refine import RefineTask
 from .smart_tool import SmartTool
 
 REFINE_THRESHOLD = 0.7   # SAM's predicted IoU below this keeps the rectangle
+ENCODE_AHEAD_MS = 400    # after a pan or zoom, wait this long for the view to settle before encoding it
 
 
 def worker_command():
@@ -59,6 +65,13 @@ class SmartLabeling(QObject):
         self.tool.deactivated.connect(self.client.stop)   # leaving the tool frees the model's memory
         self.answer = None          # the newest answer: {"polygon": QgsGeometry in crs, "score", "crs", ...}
         self._latest = None
+        self.refine_task = None
+        self._settle = QTimer(self)
+        self._settle.setSingleShot(True)
+        self._settle.setInterval(ENCODE_AHEAD_MS)
+        self._settle.timeout.connect(self.encode_ahead)
+        self.tool.activated.connect(self._settle.start)
+        self.canvas.extentsChanged.connect(self._view_moved)
         QgsApplication.instance().aboutToQuit.connect(self.client.stop)
 
     # ------------------------------------------------------------ where
@@ -82,8 +95,37 @@ class SmartLabeling(QObject):
     def _crs_text(crs):
         return crs.authid() or crs.toWkt()
 
+    # ------------------------------------------------------------ encode ahead
+    def _view_moved(self):
+        if self.canvas.mapTool() is self.tool:
+            self._settle.start()
+
+    def encode_ahead(self):
+        """Ask the worker to encode the window around the view's centre (starting it if needed)."""
+        raster = self.raster()
+        if raster is None or self.canvas.mapTool() is not self.tool:
+            return None
+        crs = self.answer_crs()
+        try:
+            centre = QgsCoordinateTransform(self.canvas.mapSettings().destinationCrs(), crs,
+                                            QgsProject.instance()).transform(self.canvas.extent().center())
+        except QgsCsException:
+            return None
+        try:
+            return self.client.request("encode", self._encoded, raster=self._source(raster),
+                                       crs=self._crs_text(crs), point=[centre.x(), centre.y()])
+        except RuntimeError as exc:
+            self.dock._message(str(exc), Qgis.MessageLevel.Critical)
+            return None
+
+    def _encoded(self, ok, payload):
+        if ok and payload.get("encoded"):
+            self.dock._status(f"Segment Anything: this view is encoded ({payload['encode_s']:.1f} s); "
+                              "a click here answers at once.")
+
     # ------------------------------------------------------------ prompts
     def ask(self):
+        self._settle.stop()   # the prompt encodes what it needs: an encode ahead of this view is moot
         tool = self.tool
         if not tool.points and tool.box is None:
             return None
@@ -134,7 +176,8 @@ class SmartLabeling(QObject):
                 return
             self.tool.set_color(QColor(*self.dock._current_color()))
             self.tool.set_preview(shown)
-            timing = (f"encoded the view in {payload['encode_s']:.1f} s, " if payload.get("encoded") else "") + \
+            timing = (f"{payload['model']}: " if payload.get("model") else "") + \
+                (f"encoded the view in {payload['encode_s']:.1f} s, " if payload.get("encoded") else "") + \
                 f"outline in {payload['predict_s'] * 1000:.0f} ms"
             self.dock._status(f"Score {payload['score']:.2f} ({timing}). Enter or double-click keeps it, "
                               "Esc drops it; click (Shift: not the object) or drag a box to change it.")
@@ -160,8 +203,9 @@ class SmartLabeling(QObject):
         self.dock._status("Dropped the outline.")
 
     # ------------------------------------------------------------ batch refine
-    def refine_rectangles(self, threshold=REFINE_THRESHOLD, timeout=1800.0):
-        """Rectangle labels (selected ones, else all) -> SAM outlines where the score ≥ ``threshold``."""
+    def refine_rectangles(self, threshold=REFINE_THRESHOLD, timeout=1800.0, background=False):
+        """Rectangle labels (selected ones, else all) -> SAM outlines where the score ≥ ``threshold``.
+        Waits and returns the counts, or with ``background`` returns the task added to QGIS's task manager."""
         store = self.dock.store
         raster = self.raster()
         if store is None or raster is None:
@@ -177,29 +221,48 @@ class SmartLabeling(QObject):
             return {"refined": 0, "kept": 0}
         fids = list(boxes)
         self.dock._status(f"Segment Anything: refining {len(fids)} rectangles…")
-        outcome = {}
-        rid = self.client.request(
-            "refine", lambda ok, payload: outcome.update(ok=ok, payload=payload),
-            raster=self._source(raster), crs=self._crs_text(layer.crs()),
-            boxes=[[b.xMinimum(), b.yMinimum(), b.xMaximum(), b.yMaximum()] for b in boxes.values()])
-        if not self.client.wait(rid, timeout) or not outcome.get("ok"):
-            self.dock._message(f"Batch refine failed: {outcome.get('payload', 'no answer in time')}", Qgis.MessageLevel.Warning)
+        task = RefineTask(self.client, len(fids), lambda ok, payload: self._refined(ok, payload, fids, threshold),
+                          timeout)
+        task.send(raster=self._source(raster), crs=self._crs_text(layer.crs()),
+                  boxes=[[b.xMinimum(), b.yMinimum(), b.xMaximum(), b.yMaximum()] for b in boxes.values()])
+        if background:   # QGIS's task manager shows the progress and the cancel button
+            self.refine_task = task
+            QgsApplication.taskManager().addTask(task)
+            return task
+        if not self.client.wait(task.rid, timeout):
+            self.dock._message("Batch refine failed: no answer in time.", Qgis.MessageLevel.Warning)
+            return None
+        return task.outcome
+
+    def _refined(self, ok, payload, fids, threshold):
+        """The worker's answer (main thread): outlines where the score reaches ``threshold``, one undo step."""
+        if not ok:
+            self.dock._message(f"Batch refine failed: {payload}", Qgis.MessageLevel.Warning)
             return None
         new = {}
-        for fid, result in zip(fids, outcome["payload"]["results"]):
+        for fid, result in zip(fids, payload["results"]):
             if result.get("polygon") and result["score"] >= threshold:
                 new[fid] = QgsGeometry.fromWkt(result["polygon"])
         try:
-            refined = store.set_geometries(new) if new else 0
+            refined = self.dock.store.set_geometries(new) if new else 0
         except LabelError as exc:
             self.dock._message(str(exc), Qgis.MessageLevel.Warning)
             return None
-        kept = len(fids) - refined
-        self.dock._status(f"Refined {refined} rectangle(s) into outlines; kept {kept} where SAM's score was under "
-                          f"{threshold:.2f}. Undo restores the rectangles.")
-        return {"refined": refined, "kept": kept}
+        done = len(payload["results"])
+        kept = done - refined
+        cancelled = payload.get("cancelled", False)
+        self.dock._status((f"Cancelled after {done} of {len(fids)}: " if cancelled else "") +
+                          f"refined {refined} rectangle(s) into outlines; kept {kept} where SAM's score was under "
+                          f"{threshold:.2f}" + (f"; {len(fids) - done} not reached stay rectangles" if cancelled
+                                                else "") + ". Undo restores the rectangles.")
+        return {"refined": refined, "kept": kept, **({"not_reached": len(fids) - done} if cancelled else {})}
 
     def stop(self):
+        self._settle.stop()
+        try:
+            self.canvas.extentsChanged.disconnect(self._view_moved)
+        except TypeError:
+            pass
         self.client.stop()
         try:
             QgsApplication.instance().aboutToQuit.disconnect(self.client.stop)

@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -210,3 +211,102 @@ def test_checkpoints_come_from_the_catalogue_through_fetch(tmp_path, monkeypatch
         build_predictor(SamOptions(model="sam_vit_b", device="cpu"))
     with pytest.raises(UserError, match="not a Segment Anything one"):
         _checkpoint(SamOptions(model="coco"), None)
+
+
+# ---------------------------------------------------------------- the light model, encode ahead, cancel
+
+def test_the_light_model_is_the_cpu_default_and_answers_behind_the_worker(raster):
+    """MobileSAM's real architecture (random weights: no download) through the same worker: 'auto' picks it on
+    the CPU and says so, an encode of its 1024 px window and a click give an answer in the window."""
+    from core import catalogue
+    from core.sam import resolve_model
+    entry = catalogue.find("sam_mobile")
+    assert entry["kind"] == "sam" and entry["variant"] == "vit_t" and "Apache-2.0" in entry["licence"]
+    assert resolve_model("auto", "cpu")[0] == "sam_mobile" and resolve_model("auto", "cuda:0")[0] == "sam_vit_b"
+    assert resolve_model("sam_vit_h", "cpu")[0] == "sam_vit_h"
+    worker = Worker([sys.executable, "-m", "core", "sam-worker", "--model", "random", "--variant", "vit_t",
+                     "--device", "cpu", "--json-progress"])
+    try:
+        click = worker.ask("prompt", raster=str(raster), crs=CRS, points=[INSIDE])["result"]
+        assert click["encoded"] and isinstance(click["score"], float)
+        if click["polygon"]:
+            assert shapely.box(*click["window"]).covers(shapely.from_wkt(click["polygon"]))
+        described = worker.ask("ping")["result"]
+        assert described["variant"] == "vit_t" and described["device"] == "cpu"
+        assert described["encode_s_estimate"] > 0 and described["encodes"] >= 1
+        assert any("ready on cpu" in e.get("message", "") for e in worker.events if e["event"] == "progress")
+    finally:
+        worker.close()
+
+
+def _send(worker, op, **fields):
+    worker.next_id += 1
+    worker.child.stdin.write(json.dumps({"id": worker.next_id, "op": op, **fields}) + "\n")
+    worker.child.stdin.flush()
+    return worker.next_id
+
+
+def _answers(worker, ids):
+    answers = {}
+    while set(ids) - set(answers):
+        line = worker.child.stdout.readline()
+        assert line, f"the worker ended: {worker.child.stderr.read()[-2000:]}"
+        event = json.loads(line)
+        if event["event"] in ("result", "error") and event.get("id") in ids:
+            answers[event["id"]] = event
+    return answers
+
+
+def test_encode_ahead_skips_a_view_the_user_has_left(raster):
+    """The view's window is encoded ahead; an encode still waiting when a newer one comes is skipped, and a
+    click inside the encoded window answers without encoding."""
+    worker = Worker([sys.executable, str(ROOT / "tests" / "sam_standin.py"), "1.0"])
+    try:
+        worker.ask("ping")                                  # up and idle
+        first = _send(worker, "encode", raster=str(raster), crs=CRS, point=[700100.0, 400500.0])
+        time.sleep(0.5)                                     # the first encode is running (1 s)
+        moved = _send(worker, "encode", raster=str(raster), crs=CRS, point=[700020.0, 400320.0])
+        last = _send(worker, "encode", raster=str(raster), crs=CRS, point=INSIDE)
+        answers = _answers(worker, [first, moved, last])
+        assert answers[first]["result"]["encoded"]
+        assert answers[moved]["result"]["skipped"] and not answers[moved]["result"]["encoded"]
+        assert answers[last]["result"]["encoded"]
+        click = worker.ask("prompt", raster=str(raster), crs=CRS, points=[INSIDE])["result"]
+        assert not click["encoded"] and shapely.from_wkt(click["polygon"]).equals(OBJECT)
+        assert not worker.ask("encode", raster=str(raster), crs=CRS, point=INSIDE)["result"]["encoded"]
+    finally:
+        worker.close()
+
+
+def test_cancel_stops_a_batch_refine_and_keeps_its_finished_outlines(raster):
+    worker = Worker([sys.executable, str(ROOT / "tests" / "sam_standin.py"), "0.2"])
+    try:
+        worker.ask("ping")
+        box = [700140.0, 400460.0, 700200.0, 400510.0]
+        refine = _send(worker, "refine", raster=str(raster), crs=CRS, boxes=[box] * 40)
+        time.sleep(1.5)
+        cancel = _send(worker, "cancel", target=refine)
+        answers = _answers(worker, [refine, cancel])
+        result = answers[refine]["result"]
+        assert result["cancelled"] and 0 < result["done"] < 40 and result["asked"] == 40
+        assert len(result["results"]) == result["done"]
+        assert all(shapely.from_wkt(r["polygon"]).equals(OBJECT) for r in result["results"])
+        assert answers[cancel]["result"] == {"cancelled": True, "target": refine}
+        idle = worker.ask("cancel", target=12345)["result"]
+        assert idle["cancelled"] is False                   # nothing of that id runs: said, not an error
+    finally:
+        worker.close()
+
+
+@pytest.mark.parametrize("line", ["[1, 2, 3]", '"text"', "42", "null"])
+def test_a_line_that_is_not_a_request_object_leaves_the_worker_alive(raster, line):
+    worker = Worker([sys.executable, str(ROOT / "tests" / "sam_standin.py")])
+    try:
+        worker.child.stdin.write(line + "\n")
+        worker.child.stdin.flush()
+        error = json.loads(worker.child.stdout.readline())
+        assert error["event"] == "error" and "not a json request object" in error["message"].lower()
+        answer = worker.ask("prompt", raster=str(raster), crs=CRS, points=[INSIDE])["result"]
+        assert shapely.from_wkt(answer["polygon"]).equals(OBJECT)
+    finally:
+        worker.close()

@@ -9,6 +9,7 @@ import os
 import signal
 import sqlite3
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -252,7 +253,7 @@ def test_unloading_the_plugin_stops_the_worker_and_the_setting_names_the_model(m
         registry.removeProvider(registry.providerById("maskforge"))
     dialog = SettingsDialog(qgis_iface)
     assert [dialog.sam_model.itemText(i) for i in range(dialog.sam_model.count())] == \
-        ["sam_vit_b", "sam_vit_l", "sam_vit_h"]                                 # the catalogue's SAM entries
+        ["auto", "sam_mobile", "sam_vit_b", "sam_vit_l", "sam_vit_h"]           # auto + the catalogue's SAMs
     dialog.sam_model.setCurrentText("sam_vit_l")
     dialog.save()
     dialog.close()
@@ -280,3 +281,66 @@ def test_unloading_the_plugin_stops_the_worker_and_the_setting_names_the_model(m
     plugin.unload()
     QgsApplication.processEvents()
     assert child.wait(timeout=10) == 0                                           # it quit at the end of its input
+
+
+def test_batch_refine_from_the_dock_is_a_cancellable_task_that_keeps_finished_outlines(maskforge, qgis_iface, canvas,
+                                                                                          tmp_path):
+    """The Refine button starts a task in QGIS's task manager; cancelling it stops the worker between two boxes,
+    the outlines it finished are kept (one undo step) and the other rectangles stay as they were."""
+    dock, _ = make_dock(maskforge, qgis_iface, tmp_path, STANDIN + ["0.3"])   # 0.3 s per box
+    try:
+        store = dock.store
+        to_layer = QgsCoordinateTransform(RASTER_CRS, LAYER_CRS, QgsProject.instance())
+        g = QgsGeometry.fromRect(QgsRectangle(700095, 400065, 700145, 400105))
+        g.transform(to_layer)
+        rectangle = QgsGeometry.fromRect(g.boundingBox())
+        fids = store.add_many([rectangle] * 30, 1)
+        QTest.mouseClick(dock.refine_button, Qt.LeftButton)
+        task = dock.smart.refine_task
+        assert task is not None and task in QgsApplication.taskManager().activeTasks()
+        deadline = time.monotonic() + 120
+        while task.progress() < 5 and time.monotonic() < deadline:              # a few outlines are done
+            QgsApplication.processEvents()
+            time.sleep(0.02)
+        task.cancel()
+        while task.outcome is None and time.monotonic() < deadline:
+            QgsApplication.processEvents()
+            time.sleep(0.02)
+        outcome = task.outcome
+        assert outcome["refined"] > 0 and outcome["not_reached"] > 0
+        assert outcome["refined"] + outcome["kept"] + outcome["not_reached"] == 30
+        shapes = [store.layer.getFeature(fid).geometry() for fid in fids]
+        outlines = [s for s in shapes if close_to(in_raster_crs(s), SQUARE, 0.01)]
+        untouched = [s for s in shapes if close_to(s, rectangle, 1e-9)]
+        assert len(outlines) == outcome["refined"] and len(untouched) == 30 - outcome["refined"]
+        assert "Cancelled after" in dock.status_label.text()
+        dock.undo()                                                             # one step restores them all
+        assert all(close_to(store.layer.getFeature(fid).geometry(), rectangle, 1e-9) for fid in fids)
+        assert dock.smart.client.running()                                      # the worker goes on
+    finally:
+        dock.cleanup()
+        dock.deleteLater()
+        QgsApplication.sendPostedEvents(None, QEvent.DeferredDelete)
+
+
+def test_choosing_the_tool_encodes_the_view_ahead_so_the_first_click_needs_no_encode(standin_dock, canvas):
+    dock, _ = standin_dock
+    client = dock.smart.client
+    dock.activate_tool("smart")
+    deadline = time.monotonic() + 60
+    while dock.smart.client.starts == 0 and time.monotonic() < deadline:        # the settle timer starts it
+        QgsApplication.processEvents()
+        time.sleep(0.02)
+    rid = client._next_id
+    assert client.wait(rid, 60) and "this view is encoded" in dock.status_label.text()
+    canvas.zoomByFactor(0.5, canvas.mapSettings().mapToPixel().toMapCoordinates(300, 300))  # to the square
+    QgsApplication.processEvents()
+    deadline = time.monotonic() + 60
+    while client._next_id == rid and time.monotonic() < deadline:              # a new encode for the new view
+        QgsApplication.processEvents()
+        time.sleep(0.02)
+    assert client.wait(client._next_id, 60)
+    click(canvas, INSIDE)
+    assert dock.smart.wait()
+    assert dock.smart.answer["encoded"] is False                                # answered from the encoded view
+    assert close_to(in_raster_crs(dock.smart.answer["geometry"]), SQUARE, 0.01)
