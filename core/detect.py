@@ -59,6 +59,7 @@ class DetectOptions:
     overwrite: bool = False          # replace an existing layer of that name (other layers are always kept)
     tracers: int = None              # polygon tracers; None: one per spare core
     tracer_processes: bool = None    # tracers as processes (None: on CUDA, where the CPU is free) or threads
+    regularize: str = None           # a method, VALUE:METHOD,... or 'none' (core/regularize.py); None: the package's
 
 
 # --- the run ------------------------------------------------------------------------
@@ -303,6 +304,9 @@ def detect(raster, model, out, options=None, reporter=None, predictor=None):
             result = {"detections": count, "threshold": o.threshold, "tiles": len(tiles), "padding": padding,
                       "tile_size": size, "overlap_factor": round(overlap, 3), "batch_size": batch_size, "tracers": tracer_threads,
                       "detections_per_tile_cap": caps[0], "processes": distributed.world_size()}
+            if count:   # post-processing: the outlines regularised (the package's methods unless told)
+                from .regularize_layer import regularize_detections
+                result.update(regularize_detections(tmp, layer, o.regularize, pkg.regularize_methods, cell, reporter))
             if o.nms and count:
                 from .nms import nms_file
                 nms = nms_file(tmp, out, "Confidence", "ClassValue", o.nms_overlap_ratio, layer=layer,
