@@ -3,7 +3,8 @@
 The detections are the truth perturbed the way a 28x28 mask trace perturbs it: each true polygon's box,
 its 28x28 grid of area fractions (the ideal mask head's probabilities), pasted and thresholded by
 ``core.tracing.box_mask`` and traced by ``core.tracing.trace`` on the scene's pixel grid, as detection
-does. Per scene and method it prints name=value lines: mean IoU with the true polygon, PoLiS distance
+does; a trained head's probabilities are softer, so the grid is also measured blurred by one mask cell
+(``--blur``). Per scene, head and method it prints name=value lines: mean IoU with the true polygon, PoLiS distance
 (map units; lower is better), boundary F-score at 1 m, vertices per object, the share of right angles
 (corners within 5 degrees of 90), outlines kept by the guard; then the seconds for 100,000 objects
 (Banepa's traces tiled) and objects per second, per method.
@@ -41,15 +42,31 @@ def truth(folder):
     return np.array([p for p in parts if p.geom_type == "Polygon" and p.area > 0], dtype=object), transform, shape
 
 
-def mask_trace(polygon, transform, shape):
-    """The polygon as a detection with a perfect 28x28 mask head gives it back (None when too small)."""
+def blur(probabilities, sigma):
+    """A Gaussian blur of ``sigma`` mask cells (edges repeated): a trained head's softer probabilities."""
+    if not sigma:
+        return probabilities
+    radius = int(np.ceil(3 * sigma))
+    kernel = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+    kernel /= kernel.sum()
+    out = probabilities
+    for axis in (0, 1):
+        padded = np.pad(out, [(radius, radius) if a == axis else (0, 0) for a in (0, 1)], mode="edge")
+        n = out.shape[axis]
+        out = sum(w * np.take(padded, np.arange(i, i + n), axis=axis) for i, w in enumerate(kernel))
+    return out
+
+
+def mask_trace(polygon, transform, shape, sigma=0.0):
+    """The polygon as a detection with a perfect 28x28 mask head gives it back (None when too small);
+    ``sigma``: the head's probabilities blurred by that many mask cells first."""
     inverse = ~transform
     xs, ys = zip(*(inverse * xy for xy in polygon.exterior.coords))
     box = (min(xs), min(ys), max(xs), max(ys))
     n = 28 * SUPERSAMPLE
     cell = transform * Affine.translation(box[0], box[1]) * Affine.scale((box[2] - box[0]) / n, (box[3] - box[1]) / n)
     fine = rasterio.features.rasterize([polygon], out_shape=(n, n), transform=cell).astype(np.float32)
-    probabilities = fine.reshape(28, SUPERSAMPLE, 28, SUPERSAMPLE).mean(axis=(1, 3))
+    probabilities = blur(fine.reshape(28, SUPERSAMPLE, 28, SUPERSAMPLE).mean(axis=(1, 3)), sigma)
     x0, y0, crop = tracing.box_mask(probabilities, box, shape[0], shape[1])
     if crop is None or crop.sum() < 4:
         return None
@@ -131,19 +148,22 @@ def main():
     parser.add_argument("--data", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
                                                        "shared", "data"))
     parser.add_argument("--objects", type=int, default=100_000)
+    parser.add_argument("--blur", type=float, nargs="*", default=[0.0, 1.0],
+                        help="mask heads to measure: blur of the ideal probabilities in mask cells (default 0 and 1)")
     args = parser.parse_args()
     banepa = None
     for scene in SCENES:
         folder = os.path.join(args.data, scene)
         if not os.path.isdir(folder):
             sys.exit(f"{folder} is missing: give --data, the folder with {', '.join(SCENES)}.")
-        true, transform, shape = truth(folder)
-        traces = [mask_trace(p, transform, shape) for p in true]
-        keep = np.array([t is not None for t in traces])
-        true, traced = true[keep], np.array([t for t in traces if t is not None], dtype=object)
+        every, transform, shape = truth(folder)
         pixel = abs(transform.a)
-        quality(scene.split("-")[0], true, traced, pixel)
-        banepa = (traced, pixel) if banepa is None else banepa
+        for sigma in args.blur:
+            traces = [mask_trace(p, transform, shape, sigma) for p in every]
+            keep = np.array([t is not None for t in traces])
+            true, traced = every[keep], np.array([t for t in traces if t is not None], dtype=object)
+            quality(f"{scene.split('-')[0]}_blur{sigma:g}", true, traced, pixel)
+            banepa = (traced, pixel) if banepa is None else banepa
     if args.objects:
         speed(*banepa, args.objects)
 
