@@ -1,0 +1,53 @@
+"""maskforge:regularize through Processing on a real layer (Atlanta's OpenStreetMap buildings), into the user's
+GeoPackage; and Detect Objects' regularisation option."""
+import pytest
+from qgis.core import (QgsFillSymbol, QgsProcessingException, QgsProject, QgsSingleSymbolRenderer, QgsVectorLayer,
+                       QgsWkbTypes)
+
+
+def test_regularize_a_real_layer_into_the_users_geopackage_styled_like_its_input(provider, atlanta, user_gpkg):
+    import processing
+    buildings = QgsVectorLayer(str(atlanta["labels"]), "buildings", "ogr")
+    assert buildings.isValid() and buildings.featureCount() == 43
+    buildings.setRenderer(QgsSingleSymbolRenderer(QgsFillSymbol.createSimple(
+        {"color": "12,34,56,255", "outline_color": "200,10,10,255"})))
+    QgsProject.instance().addMapLayer(buildings)
+    params = {"INPUT": buildings.id(), "METHOD": 1, "OUTPUT": f"ogr:dbname='{user_gpkg.path}' table=\"regular\" (geom)"}
+    result = processing.runAndLoadResults("maskforge:regularize", params)
+    user_gpkg.assert_kept()
+    assert result["REGULARIZED"] + result["KEPT_ORIGINAL"] == 43 and result["REGULARIZED"] >= 35
+    out = QgsVectorLayer(f"{user_gpkg.path}|layername=regular", "regular", "ogr")
+    assert out.isValid() and out.featureCount() == 43
+    assert QgsWkbTypes.geometryType(out.wkbType()) == QgsWkbTypes.PolygonGeometry
+    assert [f.name() for f in out.fields() if f.name() != "fid"] == [f.name() for f in buildings.fields()
+                                                                     if f.name() != "fid"]
+    before = {f.id(): f.geometry() for f in buildings.getFeatures()}
+    vertices_in = sum(len(list(g.vertices())) for g in before.values())
+    vertices_out = sum(len(list(f.geometry().vertices())) for f in out.getFeatures())
+    assert vertices_out <= vertices_in
+    style = user_gpkg.path.with_name("project.regular.qml")
+    assert style.exists() and "12,34,56" in style.read_text()
+    loaded = [layer for layer in QgsProject.instance().mapLayers().values()
+              if "layername=regular" in layer.source()]
+    assert len(loaded) == 1 and loaded[0].renderer().symbol().color().name() == "#0c2238"   # 12, 34, 56
+
+    with pytest.raises(QgsProcessingException, match="already holds a layer 'regular'"):
+        processing.run("maskforge:regularize", params)
+    again = processing.run("maskforge:regularize", {**params, "OVERWRITE": True, "METHOD": 0, "TOLERANCE": 0.5})
+    assert again["REGULARIZED"] + again["KEPT_ORIGINAL"] == 43
+    user_gpkg.assert_kept()
+
+
+def test_methods_per_class_without_a_class_field_are_refused_with_the_fix(provider, atlanta, tmp_path):
+    import processing
+    with pytest.raises(QgsProcessingException, match="need the class values"):
+        processing.run("maskforge:regularize", {"INPUT": str(atlanta["labels"]), "CLASS_METHODS": "1:rectangle",
+                                                "OUTPUT": str(tmp_path / "out.gpkg")})
+    assert not (tmp_path / "out.gpkg").exists()
+
+
+def test_detect_objects_offers_regularization_defaulting_to_the_packages(provider):
+    detect = provider.algorithm("detectobjects")
+    parameter = detect.parameterDefinition("REGULARIZE")
+    assert parameter.defaultValue() == 0 and parameter.options()[0].startswith("The package's")
+    assert {"Right angles", "Rotated rectangle", "Circle", "Ellipse"} <= set(parameter.options())
