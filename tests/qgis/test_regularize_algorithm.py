@@ -51,3 +51,24 @@ def test_detect_objects_offers_regularization_defaulting_to_the_packages(provide
     parameter = detect.parameterDefinition("REGULARIZE")
     assert parameter.defaultValue() == 0 and parameter.options()[0].startswith("The package's")
     assert {"Right angles", "Rotated rectangle", "Circle", "Ellipse"} <= set(parameter.options())
+
+
+def test_the_detect_dialog_shows_the_packages_methods_and_passes_a_choice(maskforge, qgis_iface, tmp_path):
+    import json
+    from maskforge.ui.detect_dialog import DetectDialog
+    emd = {"Framework": "MaskForge", "ModelFile": "camp.pth", "ImageHeight": 64, "ImageWidth": 64,
+           "Classes": [{"Value": 1, "Name": "building", "Regularize": "right_angles"},
+                       {"Value": 2, "Name": "tent", "Regularize": "rectangle"}, {"Value": 3, "Name": "tree"}]}
+    (tmp_path / "camp.emd").write_text(json.dumps(emd))
+    dialog = DetectDialog(qgis_iface)
+    dialog.model.setFilePath(str(tmp_path / "camp.emd"))
+    assert dialog.regularize.itemText(0) == "The package's: building: right angles, tent: rectangle"
+    assert dialog.regularize.currentIndex() == 0
+    assert "--regularize" not in dialog.job_args({**dialog.values(), "INPUT_RASTER": "r.tif", "OUTPUT": "d.gpkg"})
+    dialog.regularize.setCurrentIndex(dialog.regularize.findText("Rotated rectangle"))
+    args = dialog.job_args({**dialog.values(), "INPUT_RASTER": "r.tif", "OUTPUT": "d.gpkg"})
+    assert args[args.index("--regularize") + 1] == "rectangle"
+    dialog.model.setFilePath("")
+    assert dialog.regularize.itemText(0).startswith("The package's per class")
+    dialog.cleanup()          # the runtime probe it started
+    dialog.close()
