@@ -4,12 +4,15 @@ Every function takes and returns numpy arrays of shapely geometries, one per obj
 fitted in a few array operations rather than a Python loop per outline.
 """
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import shapely
 
 # Vertices of a fitted circle or ellipse: 32 keep the outline within 0.5 % of the radius of the true curve.
 CURVE_VERTICES = 32
+IOU_CHUNK = 5_000      # pairs per thread task
 
 
 def circles(geoms):
@@ -67,7 +70,7 @@ def ellipses(geoms):
 
 
 def rectangles(geoms):
-    """Rotated rectangles: the minimum rotated rectangle's orientation (shapely's ``oriented_envelope``), the
+    """(rectangles, their IoU with the outlines). Rotated rectangles: the minimum rotated rectangle's orientation (shapely's ``oriented_envelope``), the
     sides from the outline's second moments along it (a rectangle of sides L has variance L^2/12 along
     each), centred on the centroid. The enclosing rectangle itself wraps every bump of a trace, so it is
     too large: IoU 0.86 with a 12 x 5 m tent traced at 0.3 m pixels, against 0.97 fitted by moments."""
@@ -83,7 +86,23 @@ def rectangles(geoms):
                     axis=-1)
     out = shapely.polygons(ring)
     out[~(half_u * half_v > 0)] = None
-    return out
+    return out, _rectangle_iou(geoms, out, angle, cx, cy, half_u, half_v)
+
+
+def _rectangle_iou(geoms, rects, angle, cx, cy, half_u, half_v):
+    """IoU of each outline with its rectangle: the outline turned into the rectangle's frame and clipped to it
+    (GEOS's rectangle clipping, some 10x faster here than the general overlay of a trace with a polygon)."""
+    coords, index = shapely.get_coordinates(geoms, return_index=True)
+    c, s = np.cos(angle), np.sin(angle)
+    x, y = coords[:, 0] - cx[index], coords[:, 1] - cy[index]     # about the centroid: small numbers
+    turned = shapely.set_coordinates(np.array(geoms, dtype=object),
+                                     np.stack([x * c[index] + y * s[index], -x * s[index] + y * c[index]], axis=1))
+    inter = np.zeros(len(geoms))
+    for i, (g, u, v) in enumerate(zip(turned.tolist(), half_u.tolist(), half_v.tolist())):
+        if g is not None and u > 0 and v > 0:
+            inter[i] = shapely.clip_by_rect(g, -u, -v, u, v).area
+    union = shapely.area(geoms) + 4 * half_u * half_v - inter
+    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
 
 
 def dominant_angles(geoms, fold=4):
@@ -112,6 +131,16 @@ def envelope_angles(geoms):
 
 
 def iou(a, b):
-    inter = shapely.area(shapely.intersection(a, b))
+    """Intersection over union of each pair; chunks on several threads (GEOS releases the GIL), as the
+    intersections are most of a layer's regularisation time."""
+    a, b = np.asarray(a, dtype=object), np.asarray(b, dtype=object)
+    starts = range(0, len(a), IOU_CHUNK)
+    workers = min(len(starts), os.cpu_count() or 1)
+    if workers > 1:
+        with ThreadPoolExecutor(workers) as pool:
+            inter = np.concatenate(list(pool.map(
+                lambda s: shapely.area(shapely.intersection(a[s:s + IOU_CHUNK], b[s:s + IOU_CHUNK])), starts)))
+    else:
+        inter = shapely.area(shapely.intersection(a, b))
     union = shapely.area(a) + shapely.area(b) - inter
     return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)

@@ -11,6 +11,8 @@ from .regularize_fit import dominant_angles, envelope_angles, iou
 
 # A 45-degree side must be this many tolerances long (see _drop_short).
 DIAGONAL_TOLERANCES = 3.0
+# Orientations closer than this snap to the same outline, nearly: one of them is enough.
+SAME_ANGLE_DEGREES = 1.0
 
 
 def _runs(classes, chords, weights, offsets):
@@ -148,20 +150,35 @@ def right_angle_polygon(simple, original, angle, tolerance, allow_45=False):
 def right_angles(geoms, tol, allow_45=False):
     """Right-angle outlines: simplified (Douglas-Peucker at the tolerance, shapely's) and snapped.
 
-    Two candidate orientations per object, the one giving the outline closer to the original (IoU) wins:
-    the minimum rotated rectangle's (exact for rectangles and L, T, U shapes, whose hull corners are the
-    building's) and the length-weighted vote of the simplified edges (for shapes whose hull is cut
-    diagonally)."""
+    Two candidate orientations per object: the minimum rotated rectangle's (exact for rectangles and L,
+    T, U shapes, whose hull corners are the building's) and the length-weighted vote of the simplified
+    edges (for shapes whose hull is cut diagonally). Where they differ by more than SAME_ANGLE_DEGREES
+    both are snapped and the outline closer to the original (IoU) wins; elsewhere the first is used."""
     simple = shapely.simplify(geoms, tol, preserve_topology=True)
-    best, best_iou = np.empty(len(geoms), dtype=object), np.full(len(geoms), -1.0)
-    for angles in (envelope_angles(geoms), dominant_angles(simple, 8 if allow_45 else 4)):
-        out = np.empty(len(geoms), dtype=object)
-        for i, (polygon, angle, t) in enumerate(zip(simple.tolist(), angles.tolist(), tol.tolist())):
-            out[i] = right_angle_polygon(polygon, geoms[i], angle, t, allow_45)
-        usable = ~shapely.is_missing(out)
-        usable[usable] &= shapely.is_valid(out[usable])
-        score = np.full(len(geoms), -1.0)
-        score[usable] = iou(out[usable], geoms[usable])
-        better = score > best_iou
-        best[better], best_iou[better] = out[better], score[better]
+    period = math.pi / 4 if allow_45 else math.pi / 2
+    envelope, vote = envelope_angles(geoms), dominant_angles(simple, 8 if allow_45 else 4)
+    gap = np.abs((envelope - vote + period / 2) % period - period / 2)
+    best = _snap_all(simple, geoms, envelope, tol, allow_45, np.arange(len(geoms)))
+    differ = np.flatnonzero(gap > math.radians(SAME_ANGLE_DEGREES))
+    if len(differ):
+        other = _snap_all(simple, geoms, vote, tol, allow_45, differ)
+        first, second = _scores(best[differ], geoms[differ]), _scores(other, geoms[differ])
+        better = second > first
+        best[differ[better]] = other[better]
     return best
+
+
+def _snap_all(simple, geoms, angles, tol, allow_45, which):
+    out = np.empty(len(which), dtype=object)
+    for k, i in enumerate(which.tolist()):
+        out[k] = right_angle_polygon(simple[i], geoms[i], angles[i], tol[i], allow_45)
+    return out
+
+
+def _scores(candidates, originals):
+    """IoU with the original; -1 where there is no valid candidate."""
+    usable = ~shapely.is_missing(candidates)
+    usable[usable] &= shapely.is_valid(candidates[usable])
+    score = np.full(len(candidates), -1.0)
+    score[usable] = iou(candidates[usable], originals[usable])
+    return score
