@@ -56,7 +56,7 @@ class RegularizeAlgorithm(MaskForgeAlgorithm):
             QgsProcessingParameterNumber.Double, 0.0, minValue=0.0))
         self.addParameter(QgsProcessingParameterNumber(
             self.MIN_IOU, "Keep the original below this IoU with it (guard)", QgsProcessingParameterNumber.Double,
-            0.75, minValue=0.0, maxValue=1.0))
+            0.85, minValue=0.0, maxValue=1.0))
         self.addParameter(QgsProcessingParameterBoolean(
             self.OVERWRITE, "Replace an existing layer of that name (the GeoPackage's other layers are kept)", False))
         self.addParameter(QgsProcessingParameterVectorDestination(

@@ -239,16 +239,18 @@ def _add_regularize(sub):
     p.add_argument("--tolerance", type=float,
                    help="map units: bumps and steps smaller than this go (default: per object, 1.5 cells of a "
                         "28x28 mask over it, at least one pixel)")
-    p.add_argument("--min-iou", type=float, default=0.75,
-                   help="guard: keep the original where the new outline's IoU with it is below this (default 0.75)")
+    p.add_argument("--min-iou", type=float,
+                   help="guard: keep the original where the new outline's IoU with it is below this (default 0.85)")
     p.add_argument("--style", help="a .qml for the output (default: the input's own .qml beside it, if any)")
 
 
 def _run_regularize(args, reporter):
     from .regularize import RegularizeOptions
     from .regularize_layer import regularize_file
-    return regularize_file(args.input, args.out, args.method, RegularizeOptions(tolerance=args.tolerance,
-                                                                                min_iou=args.min_iou),
+    options = RegularizeOptions(tolerance=args.tolerance)
+    if args.min_iou is not None:
+        options.min_iou = args.min_iou
+    return regularize_file(args.input, args.out, args.method, options,
                            reporter, layer=args.layer, overwrite=args.overwrite, class_field=args.class_field,
                            style=args.style)
 
