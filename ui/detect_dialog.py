@@ -7,8 +7,8 @@ from qgis.gui import QgsFileWidget
 from qgis.PyQt.QtWidgets import QLabel
 
 from .. import settings, tasks
-from ..algorithms.jobs import (DETECT_DEFAULTS, REGULARIZE, TTA, InvalidInput, check_detect, default_padding, detect_args,
-                               package_summary, read_emd)
+from ..algorithms.jobs import (DETECT_DEFAULTS, REGULARIZE, TTA, InvalidInput, check_detect, default_padding,
+                               detect_args, package_summary, read_emd)
 from ..algorithms.layers import model_cell
 from .export_dialog import describe_raster
 from .extent_picker import ExtentPicker
