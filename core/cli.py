@@ -171,8 +171,9 @@ def _add_detect(sub):
     p.add_argument("--no-nms", action="store_true", help="skip the final Non Maximum Suppression")
     p.add_argument("--nms-overlap-ratio", type=float, default=0.0, help="IoU for the final NMS (default 0)")
     p.add_argument("--simplify", type=float, default=0.0, help="simplify outlines (map units)")
-    p.add_argument("--regularize", type=_regularize_spec, help="regularize outlines: a method (" + ", ".join(_regularize_methods()) +
-                                        ") or CLASSVALUE:METHOD,... (default: the package's per class, if any)")
+    p.add_argument("--regularize", type=_regularize_spec,
+                   help="regularize outlines: a method (" + ", ".join(_regularize_methods()) +
+                        ") or CLASSVALUE:METHOD,... (default: the package's per class, if any)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda:N")
     _add_processes(p)
 

@@ -149,7 +149,8 @@ def speed(traced, pixel, objects):
         started = time.perf_counter()
         regularize_geometries(many, method, RegularizeOptions(pixel=pixel))
         seconds = time.perf_counter() - started
-        print(f"{method}_seconds_100k={seconds * 100_000 / len(many):.2f} {method}_objects_per_s={len(many) / seconds:.0f}")
+        print(f"{method}_seconds_100k={seconds * 100_000 / len(many):.2f} "
+              f"{method}_objects_per_s={len(many) / seconds:.0f}")
         sys.stdout.flush()
 
 

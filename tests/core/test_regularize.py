@@ -165,7 +165,8 @@ def test_a_layer_into_the_users_geopackage_keeps_their_layers_every_field_and_th
     assert [len(g.exterior.coords) - 1 for g in geoms[:4]] == [6, 6, 4, 4]
     assert np.allclose(fields["Area"][:4], shapely.area(geoms[:4]))
     assert geoms[4].is_empty
-    assert Path(result["style"]).name == "project.regular.qml" and Path(result["style"]).read_text() == style.read_text()
+    assert Path(result["style"]).name == "project.regular.qml"
+    assert Path(result["style"]).read_text() == style.read_text()
     # The same layer again: refused without overwrite, replaced with it; the input layer never.
     with pytest.raises(UserError, match="already holds a layer 'regular'"):
         regularize_file(f"{user_gpkg.path}|layername=detections", f"{user_gpkg.path}|layername=regular")
@@ -221,7 +222,8 @@ def test_detect_applies_the_packages_method_per_class_unless_told(tmp_path):
     told = detect(tmp_path / "r.tif", pkg, tmp_path / "round.gpkg", DetectOptions(regularize="circle"),
                   predictor=helpers.bright_parts)
     assert told["regularize"] == "circle" and (told["regularized"], told["regularize_kept_original"]) == (0, 2)
-    round_, square = (shapely.from_wkb(pyogrio.raw.read(str(tmp_path / name))[2]) for name in ("round.gpkg", "off.gpkg"))
+    round_, square = (shapely.from_wkb(pyogrio.raw.read(str(tmp_path / name))[2])
+                      for name in ("round.gpkg", "off.gpkg"))
     assert [g.wkt for g in round_] == [g.wkt for g in square]
     emd["Classes"][0]["Regularize"] = "blob"
     with pytest.raises(UserError, match="Unknown regularization method 'blob'"):
