@@ -110,20 +110,24 @@ def tolerances(geoms, tolerance=None, pixel=None):
 
 # -- the methods --------------------------------------------------------------------
 
-def _polygon_parts(geoms):
-    """Single polygons for the methods: of a multipart geometry its largest polygon (a trace's main part)."""
-    out = geoms.copy()
-    multi = shapely.get_type_id(geoms) == 6
-    for i in np.flatnonzero(multi):
-        parts = shapely.get_parts(geoms[i])
-        out[i] = parts[np.argmax(shapely.area(parts))]
-    return out
-
-
 def apply_method(geoms, method, tol):
     """(the method's outline of each polygon, None where it gives none; their IoU with the polygons when the
-    method measures it faster than the guard would, else None)."""
-    polygons = _polygon_parts(geoms)
+    method measures it faster than the guard would, else None). Each part of a multipolygon is fitted on
+    its own (a part without a fit keeps its outline), so no part of a user's feature is lost."""
+    parts, owner = shapely.get_parts(geoms, return_index=True)
+    fitted, known = _fit(parts, method, np.asarray(tol)[owner])
+    if len(parts) == len(geoms):
+        return fitted, known
+    missing = shapely.is_missing(fitted)
+    fitted[missing] = parts[missing]
+    counts = np.bincount(owner, minlength=len(geoms))
+    out = shapely.multipolygons(fitted, indices=owner)
+    single = np.flatnonzero(counts == 1)
+    out[single] = fitted[np.searchsorted(owner, single)]
+    return out, None
+
+
+def _fit(polygons, method, tol):
     if method == "rectangle":
         return rectangles(polygons)
     if method == "circle":
@@ -132,7 +136,7 @@ def apply_method(geoms, method, tol):
         return ellipses(polygons), None
     if method in ("right_angles", "right_angles_45"):
         return right_angles(polygons, tol, method == "right_angles_45"), None
-    return geoms.copy(), None
+    return polygons.copy(), None
 
 
 def regularize_geometries(geoms, methods, options=None, classes=None):

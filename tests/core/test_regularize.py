@@ -228,3 +228,13 @@ def test_detect_applies_the_packages_method_per_class_unless_told(tmp_path):
     emd["Classes"][0]["Regularize"] = "blob"
     with pytest.raises(UserError, match="Unknown regularization method 'blob'"):
         ModelPackage(tmp_path / "pkg", emd_path, emd).regularize_methods
+
+
+def test_each_part_of_a_multipolygon_is_regularised_and_none_is_lost():
+    parts = [_placed(shapely.box(0, 0, 12, 5), 30), shapely.affinity.translate(_placed(shapely.box(0, 0, 6, 4), 30),
+                                                                                 40, 0)]
+    traced = shapely.MultiPolygon([mask_trace(p, GRID, SHAPE) for p in parts])
+    out, report = _one(traced, "rectangle")
+    assert report["regularized"] == 1 and out.geom_type == "MultiPolygon" and len(out.geoms) == 2
+    assert [len(g.exterior.coords) for g in out.geoms] == [5, 5]
+    assert iou(np.array([out]), np.array([shapely.MultiPolygon(parts)]))[0] > 0.9
