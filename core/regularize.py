@@ -93,10 +93,10 @@ def estimate_pixel(geoms):
     steps, owner = steps[same & (steps > 0)], index[1:][same & (steps > 0)]
     if not len(steps):
         return 0.0
-    shortest = np.full(len(geoms), np.inf)
-    np.minimum.at(shortest, owner, steps)
+    starts = np.flatnonzero(np.r_[True, owner[1:] != owner[:-1]])      # owners come in order
+    shortest = np.minimum.reduceat(steps, starts)
     # A low percentile: traces all share the pixel step, while drawn outlines' shortest sides vary widely.
-    return float(np.percentile(shortest[np.isfinite(shortest)], 10))
+    return float(np.percentile(shortest, 10))
 
 
 def tolerances(geoms, tolerance=None, pixel=None):
@@ -170,10 +170,12 @@ def regularize_geometries(geoms, methods, options=None, classes=None):
               "empty_or_missing": int((~present | (present & shapely.is_empty(geoms))).sum()),
               "not_polygons": int((present & ~np.isin(shapely.get_type_id(geoms), (3, 6, 7))).sum()),
               "repaired": int(invalid.sum()), "unusable": 0, "by_method": {}}
-    tol = tolerances(geoms[polygonal], o.tolerance, o.pixel)
+    # Only the right-angle methods use a tolerance; the fits take the whole outline.
+    snapped = polygonal & np.isin(per_object, ("right_angles", "right_angles_45"))
+    tol = tolerances(geoms[snapped], o.tolerance, o.pixel)
     report["tolerance_median"] = float(np.median(tol)) if len(tol) else None
     all_tol = np.zeros(n)
-    all_tol[polygonal] = tol
+    all_tol[snapped] = tol
     for method in sorted(set(per_object[polygonal].tolist())):
         idx = np.flatnonzero(polygonal & (per_object == method))
         if method == "none":
@@ -181,7 +183,10 @@ def regularize_geometries(geoms, methods, options=None, classes=None):
             continue
         candidate, known = apply_method(geoms[idx], method, all_tol[idx])
         usable = ~shapely.is_missing(candidate)
-        usable[usable] &= shapely.is_valid(candidate[usable]) & ~shapely.is_empty(candidate[usable])
+        # Fitted rectangles, circles and ellipses are convex, so valid; snapped outlines and parts may cross.
+        check = usable & ((shapely.get_type_id(candidate) == 6) | (method not in ("rectangle", "circle", "ellipse")))
+        usable[check] &= shapely.is_valid(candidate[check])
+        usable[usable] &= ~shapely.is_empty(candidate[usable])
         score = np.zeros(len(idx))
         measure = usable.copy()
         if known is not None:     # measured against the polygon: valid for single polygons only
