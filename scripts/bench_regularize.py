@@ -160,7 +160,8 @@ def main():
                                                        "shared", "data"))
     parser.add_argument("--objects", type=int, default=100_000)
     parser.add_argument("--blur", type=float, nargs="*", default=[0.0, 1.0],
-                        help="mask heads to measure: blur of the ideal probabilities in mask cells (default 0 and 1)")
+                        help="mask heads to measure: blur of the ideal probabilities in mask cells (default 0 and 1; "
+                             "none: the speed only)")
     args = parser.parse_args()
     banepa = None
     for scene in SCENES:
@@ -169,11 +170,12 @@ def main():
             sys.exit(f"{folder} is missing: give --data, the folder with {', '.join(SCENES)}.")
         every, transform, shape = truth(folder)
         pixel = abs(transform.a)
-        for sigma in args.blur:
+        for sigma in args.blur or ([0.0] if banepa is None else []):   # no --blur values: speed only
             traces = [mask_trace(p, transform, shape, sigma) for p in every]
             keep = np.array([t is not None for t in traces])
             true, traced = every[keep], np.array([t for t in traces if t is not None], dtype=object)
-            quality(f"{scene.split('-')[0]}_blur{sigma:g}", true, traced, pixel)
+            if args.blur:
+                quality(f"{scene.split('-')[0]}_blur{sigma:g}", true, traced, pixel)
             banepa = (traced, pixel) if banepa is None else banepa
     if args.objects:
         speed(*banepa, args.objects)
