@@ -129,8 +129,9 @@ def quality(name, true, traced, pixel):
         label = "raw_trace" if method == "none" else method
         out, report = regularize_geometries(traced, method, RegularizeOptions(pixel=pixel))
         vertices, right = vertex_stats(out, pixel)
+        inset = np.nanmean(polis(shapely.buffer(out, -offset, join_style="mitre"), true))
         print(f"{name}_{label}_iou={iou(out, true).mean():.4f} {name}_{label}_polis={polis(out, true).mean():.3f} "
-              f"{name}_{label}_polis_inset={np.nanmean(polis(shapely.buffer(out, -offset, join_style='mitre'), true)):.3f} "
+              f"{name}_{label}_polis_inset={inset:.3f} "
               f"{name}_{label}_bf1m={boundary_f(out, true).mean():.4f} {name}_{label}_vertices={vertices:.1f} "
               f"{name}_{label}_right_angle_share={right:.3f} {name}_{label}_kept_original={report['kept_original']}")
         sys.stdout.flush()
