@@ -34,7 +34,9 @@ from .right_angles import right_angles
 METHODS = ("right_angles", "right_angles_45", "rectangle", "circle", "ellipse", "none")
 
 # The default tolerance per object: 1.5 cells of a 28x28 mask over it (the size of a trace's bumps),
-# at least one raster pixel (a trace's stair step). Measured on Banepa and Atlanta (README, Regularize).
+# at least one raster pixel (a trace's stair step). On Banepa's traced buildings (right angles, guard 0.75)
+# 0.75 to 3 cells moved the IoU with the truth from -0.0006 to -0.0077 against the trace's and the
+# vertices from 5.6 to 5.1 per building: 1.5 cells is the middle, neither keeping bumps nor cutting wings.
 MASK_CELLS = 28
 TOLERANCE_CELLS = 1.5
 
