@@ -198,6 +198,7 @@ def detect(raster, model, out, options=None, reporter=None, predictor=None):
         raise UserError("The batch size must be at least 1.")
     out, layer = gpkg.check_destination(out, o.layer, o.overwrite)
     pkg = load_package(model)
+    pkg.regularize_methods   # a bad Regularize in the .emd is said now, not after the run
     o = replace(o, threshold=_threshold(pkg, o.threshold, reporter))
     device = distributed.init(o.device) or select_device(o.device)
     classes = pkg.classes

@@ -226,8 +226,10 @@ def test_detect_applies_the_packages_method_per_class_unless_told(tmp_path):
                       for name in ("round.gpkg", "off.gpkg"))
     assert [g.wkt for g in round_] == [g.wkt for g in square]
     emd["Classes"][0]["Regularize"] = "blob"
+    emd_path.write_text(__import__("json").dumps(emd))
     with pytest.raises(UserError, match="Unknown regularization method 'blob'"):
-        ModelPackage(tmp_path / "pkg", emd_path, emd).regularize_methods
+        detect(tmp_path / "r.tif", pkg, tmp_path / "blob.gpkg", predictor=helpers.bright_parts)
+    assert not (tmp_path / "blob.gpkg").exists()
 
 
 def test_each_part_of_a_multipolygon_is_regularised_and_none_is_lost():
