@@ -4,7 +4,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 QGIS_ENV := QT_QPA_PLATFORM=offscreen
 
-.PHONY: setup test test-core test-qgis demo qgis bench bench-quality gpu-check package clean
+.PHONY: setup test test-core test-qgis demo qgis bench bench-quality bench-regularize gpu-check package clean
 
 setup:
 	@./scripts/setup.sh
@@ -37,6 +37,11 @@ bench: setup
 # scenes, held-out F1 / AP50 as name=value lines (bench_output/quality). CPU-sized; GPU=1 for a GPU machine.
 bench-quality: setup
 	$(PY) scripts/bench_quality.py $(if $(GPU),--gpu)
+
+# Regularize's methods against Banepa's and Atlanta's true outlines traced as 28x28 masks, and their speed
+# on 100,000 outlines, as name=value lines (README, Regularize). CPU only; a few minutes on 2 cores.
+bench-regularize: setup
+	$(PY) scripts/bench_regularize.py
 
 # The GPU figures alone (scripts/gpu_check.sh: no setup needed, only torch and torchvision).
 gpu-check:

@@ -6,7 +6,7 @@ from qgis.core import (Qgis, QgsProcessingOutputNumber, QgsProcessingParameterBo
 
 from .base import (MaskForgeAlgorithm, absolute, build_args, engine_raster_values, extent_value, gpkg_output,
                    raster_layer, source_extent, source_path)
-from .jobs import TTA, InvalidInput, detect_args, read_emd
+from .jobs import REGULARIZE, TTA, InvalidInput, detect_args, read_emd
 from .layers import model_cell
 from .results import load_result_layer
 
@@ -16,7 +16,7 @@ class DetectObjectsAlgorithm(MaskForgeAlgorithm):
     PADDING, BATCH_SIZE, THRESHOLD, TILE_SIZE = "PADDING", "BATCH_SIZE", "THRESHOLD", "TILE_SIZE"
     TTA, RETURN_BOXES, EXTENT, EXTENT_POLYGONS = "TEST_TIME_AUGMENTATION", "RETURN_BOXES", "EXTENT", "EXTENT_POLYGONS"
     CELL_SIZE, NMS, NMS_RATIO, SIMPLIFY, DEVICE = "CELL_SIZE", "NMS", "MAX_OVERLAP_RATIO", "SIMPLIFY", "DEVICE"
-    OVERWRITE = "OVERWRITE"
+    OVERWRITE, REGULARIZE = "OVERWRITE", "REGULARIZE"
 
     def name(self):
         return "detectobjects"
@@ -35,7 +35,9 @@ class DetectObjectsAlgorithm(MaskForgeAlgorithm):
             "training chip: by default it is chosen so that about 1.5x the raster's pixels go through the network "
             "(the overlap factor, in the log), within free memory. Bands, data type and stretch are "
             "applied exactly as in training. Test-time augmentation runs the 8 flips/rotations and merges "
-            "their scores by mean, max or min. A final Non Maximum Suppression (within classes, then across) removes "
+            "their scores by mean, max or min. Outlines can be regularised (right angles, rotated rectangles, circles, "
+            "ellipses: the Regularize algorithm's methods and guard); by default as the package says per class. "
+            "A final Non Maximum Suppression (within classes, then across) removes "
             "remaining duplicates whose overlap (IoU) is above the ratio (0 = any overlap).\n\n"
             "The output is a layer of a GeoPackage: a new file, or a new layer of an existing one (Save to "
             "GeoPackage... with a layer name; default: the file's name), whose other layers are always kept. An "
@@ -79,6 +81,9 @@ class DetectObjectsAlgorithm(MaskForgeAlgorithm):
         self.addParameter(QgsProcessingParameterNumber(
             self.SIMPLIFY, "Simplify outlines (map units, 0 = off)", Qgis.ProcessingNumberParameterType.Double, 0.0,
             minValue=0.0))
+        self.addParameter(QgsProcessingParameterEnum(
+            self.REGULARIZE, "Regularize outlines (the package's methods per class; off when it names none)",
+            REGULARIZE, defaultValue=0))
         self.addParameter(QgsProcessingParameterString(self.DEVICE, "Device (auto, cpu, cuda:N)", "auto"))
         self.addParameter(QgsProcessingParameterNumber(
             "PROCESSES", "Processes / GPUs (more than 1 runs under torchrun)", Qgis.ProcessingNumberParameterType.Integer, 1,
@@ -95,6 +100,7 @@ class DetectObjectsAlgorithm(MaskForgeAlgorithm):
         values = {
             self.MODEL: absolute(self.parameterAsFile(parameters, self.MODEL, context)),
             self.OUTPUT: out, self.TTA: self.parameterAsEnum(parameters, self.TTA, context),
+            self.REGULARIZE: self.parameterAsEnum(parameters, self.REGULARIZE, context),
             self.DEVICE: self.parameterAsString(parameters, self.DEVICE, context) or "auto",
             self.EXTENT: extent_value(self, parameters, self.EXTENT, context, layer.crs()),
             self.EXTENT_POLYGONS: (source_path(self, parameters, self.EXTENT_POLYGONS, context, feedback)

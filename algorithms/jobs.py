@@ -25,6 +25,10 @@ FORMATS = ["TIFF", "PNG", "JPEG"]
 TILE_MODES = ["Only tiles with features", "All tiles"]
 TTA = ["Off", "Mean of the 8 dihedral variants", "Max", "Min"]
 TTA_ARGS = [None, "mean", "max", "min"]
+# Detect's regularisation (core/regularize.py's methods); the first: the package's per class (.emd's Regularize).
+REGULARIZE = ["The package's per class (off when it has none)", "Off", "Right angles", "Right angles and 45°",
+              "Rotated rectangle", "Circle", "Ellipse"]
+REGULARIZE_ARGS = [None, "none", "right_angles", "right_angles_45", "rectangle", "circle", "ellipse"]
 # (label, value of --base); the package entry takes its path from BASE_PACKAGE. The first three keep
 # their indices (saved models and scripts use them); the catalogue's other open starting points follow.
 _CATALOGUE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "core", "catalogue.json")
@@ -68,6 +72,7 @@ DETECT_DEFAULTS = {
     "PADDING": -1, "BATCH_SIZE": 0, "THRESHOLD": 0.0, "TILE_SIZE": 0, "TEST_TIME_AUGMENTATION": 0,
     "RETURN_BOXES": False, "EXTENT": None, "EXTENT_POLYGONS": None, "CELL_SIZE": 0.0, "NMS": True,
     "MAX_OVERLAP_RATIO": 0.0, "SIMPLIFY": 0.0, "DEVICE": "auto", "PROCESSES": 1, "OVERWRITE": False,
+    "REGULARIZE": 0,
 }
 NMS_DEFAULTS = {"CONFIDENCE_FIELD": DEFAULT_CONFIDENCE_FIELD, "CLASS_FIELD": None, "MAX_OVERLAP_RATIO": 0.0,
                 "OVERWRITE": False}
@@ -413,6 +418,8 @@ def package_summary(emd):
             "max_object_size": emd.get("MaxObjectSizePixels"), "cell_size": emd.get("CellSize"),
             "best_epoch": emd.get("BestEpoch"), "mask_ap": metrics.get("mask_ap"),
             "detection_threshold": emd.get("DetectionThreshold"),
+            "regularize": {int(c.get("Value", c.get("ClassValue"))): str(c["Regularize"])
+                           for c in emd["Classes"] if isinstance(c, dict) and c.get("Regularize")},
             "epochs_trained": len([r for r in emd.get("TrainingHistory") or [] if r.get("epoch")])}
 
 
@@ -446,6 +453,8 @@ def detect_args(values):
         args.append("--return-boxes")
     if not v["NMS"]:
         args.append("--no-nms")
+    if REGULARIZE_ARGS[int(v["REGULARIZE"])]:
+        args += ["--regularize", REGULARIZE_ARGS[int(v["REGULARIZE"])]]
     args += _extent_args(v["EXTENT"])
     if v["EXTENT_POLYGONS"]:
         args += ["--extent-polygons", absolute(v["EXTENT_POLYGONS"])]

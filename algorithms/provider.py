@@ -9,6 +9,7 @@ from .compute_accuracy import ComputeAccuracyAlgorithm
 from .detect_objects import DetectObjectsAlgorithm
 from .export_training_data import ExportTrainingDataAlgorithm
 from .nms import NonMaximumSuppressionAlgorithm
+from .regularize import RegularizeAlgorithm
 from .train import TrainAlgorithm
 
 ICON = os.path.join(os.path.dirname(os.path.dirname(__file__)), "resources", "icon.svg")
@@ -30,5 +31,6 @@ class MaskForgeProvider(QgsProcessingProvider):
 
     def loadAlgorithms(self):
         for alg in (ExportTrainingDataAlgorithm(), TrainAlgorithm(), DetectObjectsAlgorithm(),
-                    NonMaximumSuppressionAlgorithm(), ComputeAccuracyAlgorithm(), CompareDetectionsAlgorithm()):
+                    NonMaximumSuppressionAlgorithm(), RegularizeAlgorithm(), ComputeAccuracyAlgorithm(),
+                    CompareDetectionsAlgorithm()):
             self.addAlgorithm(alg)

@@ -171,8 +171,29 @@ def _add_detect(sub):
     p.add_argument("--no-nms", action="store_true", help="skip the final Non Maximum Suppression")
     p.add_argument("--nms-overlap-ratio", type=float, default=0.0, help="IoU for the final NMS (default 0)")
     p.add_argument("--simplify", type=float, default=0.0, help="simplify outlines (map units)")
+    p.add_argument("--regularize", type=_regularize_spec,
+                   help="regularize outlines: a method (" + ", ".join(_regularize_methods()) +
+                        ") or CLASSVALUE:METHOD,... (default: the package's per class, if any)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda:N")
     _add_processes(p)
+
+
+def _regularize_methods():
+    from .regularize import METHODS
+    return METHODS
+
+
+def _regularize_spec(text):
+    """Checked before the run (a typo must not cost a detection's time); the engine parses it again."""
+    from .regularize import parse_methods
+    try:
+        parse_methods(text)
+    except UserError as exc:
+        raise argparse.ArgumentTypeError(str(exc).rstrip(".")) from None
+    return text
+
+
+_regularize_spec.__name__ = "regularization method"
 
 
 def _run_detect(args, reporter):
@@ -182,7 +203,7 @@ def _run_detect(args, reporter):
         tta=args.tta, return_boxes=args.return_boxes, extent=args.extent, extent_polygons=args.extent_polygons,
         cell_size=args.cell_size, nms=not args.no_nms, nms_overlap_ratio=args.nms_overlap_ratio,
         simplify=args.simplify, device=args.device, layer=args.layer, overwrite=args.overwrite,
-        tracers=args.tracers)
+        tracers=args.tracers, regularize=args.regularize)
     return detect(args.raster, args.model, args.out, options, reporter)
 
 
@@ -202,6 +223,37 @@ def _run_nms(args, reporter):
     from .nms import nms_file
     return nms_file(args.input, args.out, args.confidence_field, args.class_field, args.max_overlap_ratio, reporter,
                     layer=args.layer, overwrite=args.overwrite)
+
+
+def _add_regularize(sub):
+    p = sub.add_parser("regularize", help="Regularize outlines: right angles, rotated rectangles, circles or "
+                                          "ellipses; keeps the original where the shape departs too far.")
+    p.add_argument("--input", required=True, help="polygon layer (any OGR source; 'path|layername=x' ok)")
+    p.add_argument("--out", required=True, help="output GeoPackage ('path|layername=x' ok): a new file, or a new "
+                                                "layer of an existing one (its other layers are kept)")
+    _add_layer_options(p)
+    p.add_argument("--method", default="right_angles",
+                   help="one of " + ", ".join(_regularize_methods()) + ", or CLASSVALUE:METHOD,... per class "
+                        "(default right_angles)")
+    p.add_argument("--class-field", help="field of the class values for methods per class (default: ClassValue, "
+                                         "Value or Class)")
+    p.add_argument("--tolerance", type=float,
+                   help="map units: bumps and steps smaller than this go (default: per object, 1.5 cells of a "
+                        "28x28 mask over it, at least one pixel)")
+    p.add_argument("--min-iou", type=float,
+                   help="guard: keep the original where the new outline's IoU with it is below this (default 0.85)")
+    p.add_argument("--style", help="a .qml for the output (default: the input's own .qml beside it, if any)")
+
+
+def _run_regularize(args, reporter):
+    from .regularize import RegularizeOptions
+    from .regularize_layer import regularize_file
+    options = RegularizeOptions(tolerance=args.tolerance)
+    if args.min_iou is not None:
+        options.min_iou = args.min_iou
+    return regularize_file(args.input, args.out, args.method, options,
+                           reporter, layer=args.layer, overwrite=args.overwrite, class_field=args.class_field,
+                           style=args.style)
 
 
 def _add_layer_options(p):
@@ -330,7 +382,8 @@ def _run_sam_worker(args, reporter):
 
 
 STEPS = {"export": (_add_export, _run_export), "train": (_add_train, _run_train),
-         "detect": (_add_detect, _run_detect), "nms": (_add_nms, _run_nms), "info": (_add_info, _run_info),
+         "detect": (_add_detect, _run_detect), "nms": (_add_nms, _run_nms),
+         "regularize": (_add_regularize, _run_regularize), "info": (_add_info, _run_info),
          "models": (_add_models, _run_models), "sample": (_add_sample, _run_sample),
          "evaluate": (_add_evaluate, _run_evaluate), "compare": (_add_compare, _run_compare),
          "sam-worker": (_add_sam_worker, _run_sam_worker),

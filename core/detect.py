@@ -60,6 +60,7 @@ class DetectOptions:
     overwrite: bool = False          # replace an existing layer of that name (other layers are always kept)
     tracers: int = None              # polygon tracers; None: one per spare core
     tracer_processes: bool = None    # tracers as processes (None: on CUDA, where the CPU is free) or threads
+    regularize: str = None           # a method, VALUE:METHOD,... or 'none' (core/regularize.py); None: the package's
 
 
 # --- the run ------------------------------------------------------------------------
@@ -198,6 +199,7 @@ def detect(raster, model, out, options=None, reporter=None, predictor=None):
         raise UserError("The batch size must be at least 1.")
     out, layer = gpkg.check_destination(out, o.layer, o.overwrite)
     pkg = load_package(model)
+    pkg.regularize_methods   # a bad Regularize in the .emd is said now, not after the run
     o = replace(o, threshold=_threshold(pkg, o.threshold, reporter))
     device = announce_device(distributed.init(o.device) or select_device(o.device), o.device, reporter)
     classes = pkg.classes
@@ -304,6 +306,9 @@ def detect(raster, model, out, options=None, reporter=None, predictor=None):
             result = {"detections": count, "threshold": o.threshold, "tiles": len(tiles), "padding": padding,
                       "tile_size": size, "overlap_factor": round(overlap, 3), "batch_size": batch_size, "tracers": tracer_threads,
                       "detections_per_tile_cap": caps[0], "processes": distributed.world_size()}
+            if count:   # post-processing: the outlines regularised (the package's methods unless told)
+                from .regularize_layer import regularize_detections
+                result.update(regularize_detections(tmp, layer, o.regularize, pkg.regularize_methods, cell, reporter))
             if o.nms and count:
                 from .nms import nms_file
                 nms = nms_file(tmp, out, "Confidence", "ClassValue", o.nms_overlap_ratio, layer=layer,

@@ -58,6 +58,14 @@ class ModelPackage:
                 for c in self.emd["Classes"]}
 
     @property
+    def regularize_methods(self):
+        """Class value -> how Detect regularises its outlines (core/regularize.py), from the optional
+        ``Regularize`` key of the .emd's Classes entries (MaskForge's; other readers ignore it)."""
+        from .regularize import check_method
+        return {int(c.get("Value", c.get("ClassValue"))): check_method(c["Regularize"])
+                for c in self.emd["Classes"] if c.get("Regularize")}
+
+    @property
     def value_to_label(self):
         """Class value -> the network's label (0 is the background).
 

@@ -7,8 +7,8 @@ from qgis.gui import QgsFileWidget
 from qgis.PyQt.QtWidgets import QLabel
 
 from .. import settings, tasks
-from ..algorithms.jobs import (DETECT_DEFAULTS, TTA, InvalidInput, check_detect, default_padding, detect_args,
-                               package_summary, read_emd)
+from ..algorithms.jobs import (DETECT_DEFAULTS, REGULARIZE, TTA, InvalidInput, check_detect, default_padding,
+                               detect_args, package_summary, read_emd)
 from ..algorithms.layers import model_cell
 from .export_dialog import describe_raster
 from .extent_picker import ExtentPicker
@@ -74,6 +74,10 @@ class DetectDialog(JobDialog):
         self.add_bool(advanced, "NMS", "Non maximum suppression")
         self.add_double(advanced, "MAX_OVERLAP_RATIO", "Max overlap ratio (IoU) for NMS", 0, 1, step=0.05)
         self.add_double(advanced, "SIMPLIFY", "Simplify outlines (map units)", 0, 1e9, decimals=3, special="off")
+        self.regularize = self.add_enum(advanced, "REGULARIZE", "Regularize outlines", REGULARIZE,
+                                        tooltip="Right angles for buildings, rotated rectangles for tents, circles "
+                                                "or ellipses for round objects; an outline the shape would distort "
+                                                "is kept. By default: the package's method per class.")
         self.add_device(advanced)
 
         self.raster.layerChanged.connect(self._raster_changed)
@@ -105,6 +109,7 @@ class DetectDialog(JobDialog):
     def _model_changed(self, path):
         self.padding.setSpecialValueText("from the package")
         self.tile.setSpecialValueText("automatic")
+        self.regularize.setItemText(0, REGULARIZE[0])
         if not path:
             self.package_label.setText("")
             return
@@ -114,6 +119,11 @@ class DetectDialog(JobDialog):
             self.package_label.setText(f"⚠ {exc}")
             return
         self.package_label.setText(describe_package(summary))
+        methods = summary.get("regularize") or {}
+        names = dict(summary["classes"])
+        self.regularize.setItemText(0, "The package's: " + ", ".join(
+            f"{names.get(v, v)}: {m.replace('_', ' ')}" for v, m in sorted(methods.items()))
+            if methods else REGULARIZE[0])
         size = self.tile.value() or summary["tile_size"][0]
         self.padding.setSpecialValueText(f"from the package ({default_padding(summary, size)} px)")
         self.tile.setSpecialValueText(f"automatic (trained on {summary['tile_size'][0]} px chips)")

@@ -14,7 +14,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 ALGORITHMS = ["maskforge:exporttrainingdata", "maskforge:train", "maskforge:detectobjects",
-              "maskforge:nonmaximumsuppression", "maskforge:computeaccuracy", "maskforge:comparedetections"]
+              "maskforge:nonmaximumsuppression", "maskforge:regularize", "maskforge:computeaccuracy",
+              "maskforge:comparedetections"]
 IMAGES = (".png", ".jpg", ".jpeg", ".gif", ".ico", ".webp")
 
 
