@@ -2,9 +2,9 @@
 import os
 import uuid
 
-from qgis.core import (QgsProcessing, QgsProcessingException, QgsProcessingOutputNumber,
-                       QgsProcessingParameterBoolean, QgsProcessingParameterEnum, QgsProcessingParameterFeatureSource,
-                       QgsProcessingParameterField, QgsProcessingParameterNumber, QgsProcessingParameterString,
+from qgis.core import (Qgis, QgsProcessingException, QgsProcessingOutputNumber, QgsProcessingParameterBoolean,
+                       QgsProcessingParameterEnum, QgsProcessingParameterFeatureSource, QgsProcessingParameterField,
+                       QgsProcessingParameterNumber, QgsProcessingParameterString,
                        QgsProcessingParameterVectorDestination, QgsProcessingUtils)
 
 from .base import MaskForgeAlgorithm, gpkg_output, source_path
@@ -44,23 +44,23 @@ class RegularizeAlgorithm(MaskForgeAlgorithm):
 
     def initAlgorithm(self, config=None):
         self.addParameter(QgsProcessingParameterFeatureSource(
-            self.INPUT, "Outlines (polygons)", [QgsProcessing.TypeVectorPolygon]))
+            self.INPUT, "Outlines (polygons)", [Qgis.ProcessingSourceType.VectorPolygon]))
         self.addParameter(QgsProcessingParameterEnum(self.METHOD, "Method", METHODS, defaultValue=0))
         self.addParameter(QgsProcessingParameterString(
             self.CLASS_METHODS, "Methods per class (VALUE:METHOD,...; overrides the method)", optional=True))
         self.addParameter(QgsProcessingParameterField(
             self.CLASS_FIELD, "Class value field (for methods per class)", parentLayerParameterName=self.INPUT,
-            type=QgsProcessingParameterField.Any, optional=True))
+            type=Qgis.ProcessingFieldParameterDataType.Any, optional=True))
         self.addParameter(QgsProcessingParameterNumber(
             self.TOLERANCE, "Tolerance in map units (0 = per object, from its size)",
-            QgsProcessingParameterNumber.Double, 0.0, minValue=0.0))
+            Qgis.ProcessingNumberParameterType.Double, 0.0, minValue=0.0))
         self.addParameter(QgsProcessingParameterNumber(
-            self.MIN_IOU, "Keep the original below this IoU with it (guard)", QgsProcessingParameterNumber.Double,
+            self.MIN_IOU, "Keep the original below this IoU with it (guard)", Qgis.ProcessingNumberParameterType.Double,
             0.85, minValue=0.0, maxValue=1.0))
         self.addParameter(QgsProcessingParameterBoolean(
             self.OVERWRITE, "Replace an existing layer of that name (the GeoPackage's other layers are kept)", False))
         self.addParameter(QgsProcessingParameterVectorDestination(
-            self.OUTPUT, "Regularized outlines (GeoPackage)", QgsProcessing.TypeVectorPolygon))
+            self.OUTPUT, "Regularized outlines (GeoPackage)", Qgis.ProcessingSourceType.VectorPolygon))
         self.addOutput(QgsProcessingOutputNumber("REGULARIZED", "Outlines regularized"))
         self.addOutput(QgsProcessingOutputNumber("KEPT_ORIGINAL", "Originals kept by the guard"))
 
