@@ -46,6 +46,11 @@ def serve(make_session, stdin=None, stdout=None):
             reporter.request_id = None
             reporter.error(f"Not a JSON request: {line[:200]!r}", kind="input")
             continue
+        if not isinstance(request, dict):   # valid JSON, but a list, a string, a number: no request to answer
+            reporter.request_id = None
+            reporter.error(f"A request is a JSON object such as {{\"id\": 1, \"op\": \"ping\"}}, not "
+                           f"{type(request).__name__} {line.strip()[:200]!r}.", kind="input")
+            continue
         reporter.request_id = request.get("id")
         op = request.get("op")
         try:
@@ -58,7 +63,7 @@ def serve(make_session, stdin=None, stdout=None):
                 if session is None:
                     session = make_session(reporter)
                 args = dict(raster=request["raster"], crs=request.get("crs"),
-                            simplify=float(request.get("simplify") or 0.0))
+                            simplify=request.get("simplify") or 0.0)
                 if op == "prompt":
                     result = session.prompt(points=request.get("points") or (), labels=request.get("labels") or (),
                                             box=request.get("box"), **args)
