@@ -34,6 +34,8 @@ CPU_BYTES_PER_NETWORK_PIXEL = 2000      # fp32, as core.inference's estimate for
 
 
 def _mb(n):
+    if n < 2 ** 20:
+        return f"{n / 2 ** 10:,.0f} KB"
     return f"{n / 2 ** 20:,.0f} MB" if n < 2 ** 30 else f"{n / 2 ** 30:,.1f} GB"
 
 
@@ -173,14 +175,17 @@ def check_detect_work(src, grid, size, padding, batch, extent, device="cpu", sca
 
 # ---------------------------------------------------------------- export
 
-def check_export_tiles(positions, tx, ty, grid, max_tiles):
-    """``positions``: tiles the export looks at (every grid position x rotation); refused above ``max_tiles``."""
-    if positions > max_tiles:
+def check_export_tiles(ncols, nrows, nangles, tx, ty, grid, max_tiles):
+    """Tiles the export looks at (every grid position x rotation): refused above ``max_tiles``."""
+    total = ncols * nrows * nangles
+    if total > max_tiles:
         raise UserError(
-            f"This export would look at {positions:,} tiles of {tx}x{ty} px over {grid.width:,}x{grid.height:,} px "
-            f"at cell size {grid.cell_size[0]:g}, above the limit of {max_tiles:,}: it would run for hours and could "
-            "write as many chips. Give a processing extent, a coarser cell size, a larger tile size or stride, or "
-            "raise the limit (--max-tiles) if you mean it.")
+            f"This export would look at {total:,} tiles of {tx}x{ty} px ({ncols:,} x {nrows:,} positions"
+            + (f" x {nangles} rotations" if nangles > 1 else "")
+            + f" over {grid.width:,}x{grid.height:,} px at cell size {grid.cell_size[0]:g}), above the limit of "
+            f"{max_tiles:,}: it would run for hours and could write as many chips. Give a processing extent, a "
+            "coarser cell size, a larger tile size or stride, or raise the limit (--max-tiles) if you mean it.")
+    return total
 
 
 def chip_bytes(tx, ty, nbands, itemsize, classes):
@@ -194,7 +199,7 @@ def check_export_disk(chips, per_chip, out_dir):
     if free is not None and need > free:
         raise UserError(
             f"This export may write {chips:,} chips of about {_mb(per_chip)} each ({_mb(need)} uncompressed) but "
-            f"only {_mb(free)} is free where '{out_dir}' goes. Free some space, choose another folder, or export "
+            f"only {_mb(free)} is free on the disk where '{out_dir}' goes. Nothing was written. Free some space, choose another folder, or export "
             "fewer chips (a processing extent, a larger stride or cell size).")
 
 

@@ -271,17 +271,16 @@ def export_training_data(raster, labels, out_dir, options=None, reporter=None):
         tree = shapely.STRtree(lab.geometries)
         chosen = None
         # bounded before anything is listed: the chooser below lays out every tile at half-tile strides
-        looked_at = (count_offsets(grid.width, tx, int(o.stride_x or max(1, tx // 2)))
-                     * count_offsets(grid.height, ty, int(o.stride_y or max(1, ty // 2))) * len(angles))
-        bounds.check_export_tiles(looked_at, tx, ty, grid, o.max_tiles)
+        bounds.check_export_tiles(count_offsets(grid.width, tx, int(o.stride_x or max(1, tx // 2))),
+                                  count_offsets(grid.height, ty, int(o.stride_y or max(1, ty // 2))), len(angles),
+                                  tx, ty, grid, o.max_tiles)
         if o.stride_x is None or o.stride_y is None:
             chosen = choices.stride(tx, ty, lambda x, y: _labelled_tiles(grid, tree, tx, ty, x, y))
             o = replace(o, stride_x=o.stride_x or chosen.value[0], stride_y=o.stride_y or chosen.value[1])
             reporter.log(f"Chosen from the labels: {chosen.reason}.")
         cols = tile_offsets(grid.width, tx, int(o.stride_x))
         rows = tile_offsets(grid.height, ty, int(o.stride_y))
-        total = len(cols) * len(rows) * len(angles)
-        bounds.check_export_tiles(total, tx, ty, grid, o.max_tiles)
+        total = bounds.check_export_tiles(len(cols), len(rows), len(angles), tx, ty, grid, o.max_tiles)
         labelled = total if not o.only_tiles_with_features else _labelled_tiles(
             grid, tree, tx, ty, int(o.stride_x), int(o.stride_y)) * len(angles)
         bounds.check_export_disk(labelled, bounds.chip_bytes(tx, ty, len(bands), np.dtype(dtype).itemsize,

@@ -29,6 +29,7 @@ import sqlite3
 import uuid
 from pathlib import Path
 
+from .bounds import disk_full_message, free_disk
 from .errors import UserError
 
 GPKG_APPLICATION_IDS = (0x47504B47, 0x47503130)   # 'GPKG' (1.2+), 'GP10' (1.0)
@@ -132,12 +133,35 @@ def commit(tmp, path, layer, overwrite=False):
     """Make the layer ``layer`` of the temporary GeoPackage ``tmp`` the output; returns 'created' or 'merged'."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _check_complete(tmp, path, layer)
     if not path.exists():
         os.replace(tmp, path)
         return "created"
     check_destination(path, layer, overwrite)      # again: the file may have changed during the run
     _merge(tmp, path, layer)
     return "merged"
+
+
+def _check_complete(tmp, path, layer):
+    """The temporary GeoPackage holds the layer. GDAL may leave a file without its gpkg_* tables and report
+    nothing when the disk fills as it creates one: that file must neither become the output nor be merged
+    (SQLite would then say 'no such table: gpkg_contents', which tells a user nothing)."""
+    try:
+        con = sqlite3.connect(f"{Path(tmp).resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            held = con.execute("SELECT 1 FROM gpkg_contents WHERE lower(table_name) = lower(?)", (layer,)).fetchone()
+        finally:
+            con.close()
+    except sqlite3.Error:
+        held = None
+    if held:
+        return
+    free = free_disk(path)
+    if free is not None and free < 16 * 2 ** 20:
+        raise UserError(disk_full_message(path))
+    raise UserError(f"The layer '{layer}' could not be written completely beside '{path}' (the temporary file is "
+                    "incomplete though the writer reported no error); nothing was changed. Check the disk and that "
+                    "you may write into that folder, and run again.")
 
 
 def _q(name):
