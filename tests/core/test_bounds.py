@@ -73,7 +73,7 @@ def test_detect_refuses_a_huge_vrt_within_seconds_and_little_memory(tmp_path, pa
         + "</VRTDataset>")
     started = time.monotonic()
     done = _child("detect", "--raster", tmp_path / "huge.vrt", "--model", package, "--out", tmp_path / "o.gpkg",
-                  "--device", "cpu", limit_bytes=8 * 2 ** 30)
+                  "--device", "cpu", limit_bytes=4 * 2 ** 30)
     seconds = time.monotonic() - started
     peak_mb = int(done.stderr.rsplit("PEAK_KB", 1)[1]) / 1024
     print(f"huge VRT refused in {seconds:.1f} s, peak {peak_mb:.0f} MB")
@@ -83,18 +83,22 @@ def test_detect_refuses_a_huge_vrt_within_seconds_and_little_memory(tmp_path, pa
     assert not (tmp_path / "o.gpkg").exists()
 
 
-def test_detect_refuses_a_web_service_without_an_extent(capsys, tmp_path, package):
+def test_detect_refuses_a_web_service_without_an_extent(tmp_path, package):
+    """The whole world at zoom 19 (a child with a memory limit: before the bound it listed 18 billion tiles)."""
     from core.sources import TileService, write_service
     xml = write_service(TileService(url="http://127.0.0.1:9/{z}/{x}/{y}.png", zoom=19), str(tmp_path / "cache"))
-    rc, err = _run(capsys, "detect", "--raster", xml, "--model", package, "--out", tmp_path / "o.gpkg",
-                   "--device", "cpu")
-    assert rc == EXIT_INPUT and "web service (WMS)" in err and "--extent" in err, err
+    done = _child("detect", "--raster", xml, "--model", package, "--out", tmp_path / "o.gpkg", "--device", "cpu",
+                  limit_bytes=4 * 2 ** 30)
+    assert done.returncode == EXIT_INPUT and "web service (WMS)" in done.stderr and "--extent" in done.stderr, \
+        done.stderr
 
 
 def test_cell_size_and_tile_size_bounds(capsys, tmp_path, scene, package):
-    rc, err = _run(capsys, "export", "--raster", scene["raster"], "--labels", scene["labels"], "--out",
-                   tmp_path / "a", "--cell-size", "0.001")
-    assert rc == EXIT_INPUT and "finer than the raster's" in err and "at least" in err, err
+    # a child with a memory limit: before the bound, choosing the stride laid out 9 million tile polygons (17 GB)
+    done = _child("export", "--raster", scene["raster"], "--labels", scene["labels"], "--out", tmp_path / "a",
+                  "--cell-size", "0.001", limit_bytes=4 * 2 ** 30)
+    assert done.returncode == EXIT_INPUT and "finer than the raster's" in done.stderr and "at least" in done.stderr, \
+        done.stderr
     rc, err = _run(capsys, "export", "--raster", scene["raster"], "--labels", scene["labels"], "--out",
                    tmp_path / "b", "--tile-size", "1")
     assert rc == EXIT_INPUT and "outside 32..4096 px" in err, err
