@@ -34,7 +34,7 @@ def package(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def scene(tmp_path_factory):
-    return make_scene(tmp_path_factory.mktemp("scene"), size=192, seed=3)
+    return make_scene(tmp_path_factory.mktemp("scene"), size=128, seed=3)
 
 
 def _run(capsys, *argv):
