@@ -46,14 +46,24 @@ def normalization_for(dtype, stats, bands):
     return {"type": "percentile_stretch", "low": low, "high": high}
 
 
+def nodata_pixels(values, nodata):
+    """(H, W) bool of a (bands, H, W) array: every band holds the nodata value. NaN nodata is compared as NaN
+    (NaN == NaN is False, so a plain comparison would call every NaN pixel data)."""
+    if nodata is None:
+        return np.zeros(values.shape[1:], bool)
+    if np.isnan(nodata):
+        return np.all(np.isnan(values), axis=0)
+    return np.all(values == nodata, axis=0)
+
+
 def to_network_input(array, normalization):
-    """(bands, H, W) raw values -> float32 (3, H, W) in 0..1."""
+    """(bands, H, W) raw values -> float32 (3, H, W) in 0..1; NaN (nodata of float rasters) -> 0."""
     x = array.astype(np.float32, copy=False)
     if normalization.get("type") == "minmax":
         # arcgis.learn's scale_batch: (value - band min) / (band max - band min), not clipped
         low = np.asarray(normalization["min"], np.float32)[:, None, None]
         high = np.asarray(normalization["max"], np.float32)[:, None, None]
-        x = (x - low) / np.maximum(high - low, 1e-12)
+        x = np.nan_to_num((x - low) / np.maximum(high - low, 1e-12), nan=0.0, posinf=0.0, neginf=0.0, copy=False)
         return np.repeat(x, 3, axis=0) if x.shape[0] == 1 else x
     if normalization.get("type") == "percentile_stretch":
         low = np.asarray(normalization["low"], np.float32)[:, None, None]
@@ -61,7 +71,8 @@ def to_network_input(array, normalization):
         x = (x - low) / (high - low)
     else:
         x = x / float(normalization.get("divisor", 255.0))
-    x = np.clip(x, 0.0, 1.0)
+    # NaN nodata (float rasters) is nodata, not a value: it becomes 0 like any fill, never a NaN loss
+    x = np.nan_to_num(np.clip(x, 0.0, 1.0), nan=0.0, copy=False)
     if x.shape[0] == 1:
         x = np.repeat(x, 3, axis=0)
     return x

@@ -13,7 +13,6 @@ its own affine transform (pixel -> map), so resampled and rotated copies go
 through the same code as plain ones. The raster is only ever read one
 chip-sized window at a time.
 """
-import json
 import os
 import shutil
 import tempfile
@@ -23,30 +22,25 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
-import rasterio.features
 import rasterio.warp
 import shapely
 import shapely.affinity
 from affine import Affine
 from rasterio.windows import Window
 
-from . import choices
+from . import bounds, choices
+from .bands import nodata_pixels
 from .errors import UserError
+from .export_files import (BandStats, class_color, coco_segmentation, rasterize_instances, write_metadata,
+                           write_raster)
 from .geodata import open_raster, read_area, read_labels
 from .outputs import check_export_folder
 from .progress import NullReporter
 
 IMAGE_FORMATS = {"TIFF": ("GTiff", "tif"), "PNG": ("PNG", "png"), "JPEG": ("JPEG", "jpg")}
-PALETTE = [(255, 0, 0), (0, 170, 255), (255, 200, 0), (0, 200, 80), (200, 0, 255),
-           (255, 120, 0), (0, 255, 220), (255, 0, 140), (120, 80, 0), (140, 140, 255)]
-STATS_SAMPLES_PER_CHIP = 1024
 # Tiles an export looks at (every grid position x rotation). A 40,000 px square raster at 256 px tiles and
 # stride 128 is ~100,000; ten times that is a cell size or stride far off (hours of work, a huge folder).
 MAX_TILES = 1_000_000
-
-
-def class_color(value):
-    return list(PALETTE[(int(value) - 1) % len(PALETTE)])
 
 
 @dataclass
@@ -78,6 +72,12 @@ def tile_offsets(length, tile, stride):
     return offsets
 
 
+def count_offsets(length, tile, stride):
+    """len(tile_offsets(length, tile, stride)), by arithmetic (the list of a huge raster is not made)."""
+    n = (length - tile) // stride + 1
+    return n + (1 if (n - 1) * stride + tile < length else 0)
+
+
 def _validate_options(o):
     for name in ("tile_size_x", "tile_size_y", "stride_x", "stride_y"):
         if getattr(o, name) is not None and int(getattr(o, name)) < 1:
@@ -90,8 +90,10 @@ def _validate_options(o):
         raise UserError("The minimum polygon overlap ratio must lie between 0 and 1.")
     if not 0.0 <= float(o.rotation_angle) < 360.0:
         raise UserError("The rotation angle must lie in [0, 360) degrees (0 = no rotated copies).")
-    if o.cell_size is not None and float(o.cell_size) <= 0:
-        raise UserError("The cell size must be positive (or empty to keep the raster's).")
+    bounds.check_chip_size(int(o.tile_size_x), int(o.tile_size_y))
+    bounds.check_positive(o.cell_size, "cell size", "Give it in the raster's CRS units, or leave it empty to keep "
+                                                    "the raster's.")
+    o.extent = bounds.check_extent(o.extent)
     if float(o.buffer_radius or 0) < 0:
         raise UserError(f"The buffer radius is {o.buffer_radius:g}: it must be positive (map units; it turns point "
                         "and line labels into polygons), or 0 when the labels are polygons.")
@@ -218,87 +220,6 @@ def _instances_in_chip(tree, labels, footprint, chip_transform, tx, ty, min_rati
     return found
 
 
-def _rasterize_instances(pixel_geoms, tx, ty):
-    """One instance-id mask; ids 1..n, larger objects painted first so small ones stay visible.
-
-    Returns (mask, kept geometries in id order, pixel counts). Objects that
-    cover no pixel centre are dropped so masks and COCO agree.
-    """
-    order = sorted(range(len(pixel_geoms)), key=lambda i: -pixel_geoms[i].area)
-    dtype = np.uint8 if len(order) < 255 else np.uint16
-    shapes = [(pixel_geoms[i], n + 1) for n, i in enumerate(order)]
-    mask = rasterio.features.rasterize(shapes, out_shape=(ty, tx), fill=0, dtype=dtype)
-    counts = np.bincount(mask.ravel(), minlength=len(order) + 1)
-    kept = [n + 1 for n in range(len(order)) if counts[n + 1] > 0]
-    lut = np.zeros(len(order) + 1, dtype=dtype)
-    lut[kept] = np.arange(1, len(kept) + 1, dtype=dtype)
-    return lut[mask], [pixel_geoms[order[k - 1]] for k in kept], [int(counts[k]) for k in kept]
-
-
-def _coco_segmentation(geom, instance_mask):
-    polys = [geom] if geom.geom_type == "Polygon" else [g for g in getattr(geom, "geoms", []) if g.geom_type == "Polygon"]
-    if any(len(p.interiors) for p in polys):
-        # COCO polygons cannot hold holes; run-length encoding can.
-        from pycocotools import mask as mask_utils
-        rle = mask_utils.encode(np.asfortranarray(instance_mask.astype(np.uint8)))
-        return {"size": list(rle["size"]), "counts": rle["counts"].decode("ascii")}
-    rings = []
-    for p in polys:
-        coords = np.asarray(p.exterior.coords)[:-1]
-        if len(coords) >= 3:
-            rings.append([round(float(v), 2) for v in coords.ravel()])
-    return rings
-
-
-def _write_raster(path, driver, array, transform, crs, nodata, compress=None):
-    profile = dict(driver=driver, width=array.shape[-1], height=array.shape[-2], count=array.shape[0],
-                   dtype=array.dtype, transform=transform, crs=crs)
-    if nodata is not None:
-        profile["nodata"] = nodata
-    if compress:
-        profile["compress"] = compress
-    with rasterio.open(path, "w", **profile) as dst:
-        dst.write(array)
-
-
-class _BandStats:
-    """Per-band min/max/mean/std over all chip pixels, percentiles from a sample."""
-
-    def __init__(self, nbands, seed=0):
-        self.n = 0
-        self.sum = np.zeros(nbands)
-        self.sumsq = np.zeros(nbands)
-        self.min = np.full(nbands, np.inf)
-        self.max = np.full(nbands, -np.inf)
-        self.samples = []
-        self.rng = np.random.default_rng(seed)
-
-    def add(self, chip, valid):
-        pixels = chip.reshape(chip.shape[0], -1)[:, valid.ravel()].astype(np.float64)
-        if pixels.shape[1] == 0:
-            return
-        self.n += pixels.shape[1]
-        self.sum += pixels.sum(1)
-        self.sumsq += (pixels ** 2).sum(1)
-        self.min = np.minimum(self.min, pixels.min(1))
-        self.max = np.maximum(self.max, pixels.max(1))
-        pick = self.rng.choice(pixels.shape[1], min(STATS_SAMPLES_PER_CHIP, pixels.shape[1]), replace=False)
-        self.samples.append(pixels[:, pick])
-
-    def as_dict(self):
-        if self.n == 0:
-            return {}
-        mean = self.sum / self.n
-        std = np.sqrt(np.maximum(self.sumsq / self.n - mean ** 2, 0))
-        sample = np.concatenate(self.samples, axis=1)
-        return {
-            "band_min_values": self.min.tolist(), "band_max_values": self.max.tolist(),
-            "band_mean_values": mean.tolist(), "band_std_values": std.tolist(),
-            "band_p2_values": np.percentile(sample, 2, axis=1).tolist(),
-            "band_p98_values": np.percentile(sample, 98, axis=1).tolist(),
-        }
-
-
 def export_training_data(raster, labels, out_dir, options=None, reporter=None):
     o = options or ExportOptions()
     reporter = reporter or NullReporter()
@@ -323,6 +244,8 @@ def export_training_data(raster, labels, out_dir, options=None, reporter=None):
         if extent is not None and not shapely.box(*extent).intersects(shapely.box(*src.bounds)):
             raise UserError(f"The processing extent {extent} does not overlap the raster {tuple(src.bounds)}. "
                             "Give an extent in the raster's CRS that covers part of it.")
+        if o.cell_size is not None:
+            bounds.check_cell_size(o.cell_size, abs(src.transform.a))
         grid = _Grid(src, extent, o.cell_size)
         if grid.width < tx or grid.height < ty:
             raise UserError(
@@ -347,20 +270,21 @@ def export_training_data(raster, labels, out_dir, options=None, reporter=None):
             angles += [a for a in np.arange(o.rotation_angle, 360.0, o.rotation_angle) if a > 0]
         tree = shapely.STRtree(lab.geometries)
         chosen = None
+        # bounded before anything is listed: the chooser below lays out every tile at half-tile strides
+        bounds.check_export_tiles(count_offsets(grid.width, tx, int(o.stride_x or max(1, tx // 2))),
+                                  count_offsets(grid.height, ty, int(o.stride_y or max(1, ty // 2))), len(angles),
+                                  tx, ty, grid, o.max_tiles)
         if o.stride_x is None or o.stride_y is None:
             chosen = choices.stride(tx, ty, lambda x, y: _labelled_tiles(grid, tree, tx, ty, x, y))
             o = replace(o, stride_x=o.stride_x or chosen.value[0], stride_y=o.stride_y or chosen.value[1])
             reporter.log(f"Chosen from the labels: {chosen.reason}.")
         cols = tile_offsets(grid.width, tx, int(o.stride_x))
         rows = tile_offsets(grid.height, ty, int(o.stride_y))
-        total = len(cols) * len(rows) * len(angles)
-        if total > o.max_tiles:
-            raise UserError(
-                f"This export would look at {total:,} tiles of {tx}x{ty} px ({len(cols)} x {len(rows)} positions"
-                + (f" x {len(angles)} rotations" if len(angles) > 1 else "")
-                + f" over {grid.width:,}x{grid.height:,} px at cell size {grid.cell_size[0]:g}), above the limit "
-                f"of {o.max_tiles:,}: it would run for hours and could write as many chips. Use a larger cell size "
-                "or stride, a processing extent, or raise the limit (--max-tiles) if you mean it.")
+        total = bounds.check_export_tiles(len(cols), len(rows), len(angles), tx, ty, grid, o.max_tiles)
+        labelled = total if not o.only_tiles_with_features else _labelled_tiles(
+            grid, tree, tx, ty, int(o.stride_x), int(o.stride_y)) * len(angles)
+        bounds.check_export_disk(labelled, bounds.chip_bytes(tx, ty, len(bands), np.dtype(dtype).itemsize,
+                                                             len(lab.class_names)), out_dir)
         reporter.log(f"Exporting up to {total} chips of {tx}x{ty} px from {len(lab.geometries)} labels "
                      f"({len(lab.class_names)} classes).")
 
@@ -404,7 +328,7 @@ def _write_chips(src, bands, nodata, lab, tree, grid, rows, cols, angles, tx, ty
     coco = {"info": {"description": "MaskForge export", "version": "1.0"},
             "images": [], "annotations": [],
             "categories": [{"id": v, "name": lab.class_names[v], "supercategory": "object"} for v in class_values]}
-    stats = _BandStats(len(bands))
+    stats = BandStats(len(bands))
     per_class = {v: 0 for v in class_values}
     map_lines, chip_sizes = [], []
     skipped_nodata = outside_mask = done = 0
@@ -430,14 +354,14 @@ def _write_chips(src, bands, nodata, lab, tree, grid, rows, cols, angles, tx, ty
                     image = src.read(bands, window=window)
                 else:
                     image = _read_resampled(src, bands, transform, tx, ty, nodata)
-                valid = np.ones((ty, tx), bool) if nodata is None else ~np.all(image == nodata, axis=0)
+                valid = ~nodata_pixels(image, nodata)
                 if not valid.any():
                     skipped_nodata += 1
                     continue
 
                 chip_id = len(coco["images"])
                 name = f"{chip_id:09d}"
-                _write_raster(tmp / "images" / f"{name}.{ext}", driver, image, transform, src.crs, nodata)
+                write_raster(tmp / "images" / f"{name}.{ext}", driver, image, transform, src.crs, nodata)
                 stats.add(image, valid)
                 coco["images"].append({"id": chip_id, "file_name": f"images/{name}.{ext}",
                                        "width": tx, "height": ty})
@@ -445,15 +369,15 @@ def _write_chips(src, bands, nodata, lab, tree, grid, rows, cols, angles, tx, ty
                 for idx, pixel_geom in found:
                     by_class[int(lab.class_values[idx])].append(pixel_geom)
                 for v in class_values:
-                    mask, kept, counts = _rasterize_instances(by_class[v], tx, ty)
-                    _write_raster(tmp / "labels" / str(v) / f"{name}.{label_ext}", label_driver,
+                    mask, kept, counts = rasterize_instances(by_class[v], tx, ty)
+                    write_raster(tmp / "labels" / str(v) / f"{name}.{label_ext}", label_driver,
                                   mask[None], transform, src.crs, None,
                                   "deflate" if label_driver == "GTiff" else None)
                     for k, (geom, count) in enumerate(zip(kept, counts), start=1):
                         x0, y0, x1, y1 = geom.bounds
                         coco["annotations"].append({
                             "id": len(coco["annotations"]) + 1, "image_id": chip_id, "category_id": v,
-                            "segmentation": _coco_segmentation(geom, mask == k),
+                            "segmentation": coco_segmentation(geom, mask == k),
                             "area": count, "bbox": [round(x0, 2), round(y0, 2), round(x1 - x0, 2), round(y1 - y0, 2)],
                             "iscrowd": 0,
                         })
@@ -464,34 +388,7 @@ def _write_chips(src, bands, nodata, lab, tree, grid, rows, cols, angles, tx, ty
     n_chips = len(coco["images"])
     n_inst = len(coco["annotations"])
     if n_chips:
-        (tmp / "annotations.json").write_text(json.dumps(coco))
-        (tmp / "map.txt").write_text("\n".join(map_lines) + "\n")
-        classes = [{"Value": v, "Name": lab.class_names[v], "Color": class_color(v)} for v in class_values]
-        acc = {
-            "MetaDataMode": "RCNN_Masks", "ImageFormat": o.image_format, "DataType": str(src.dtypes[bands[0] - 1]),
-            "NumBands": len(bands), "ExtractBands": [b - 1 for b in bands],
-            "TileSizeX": tx, "TileSizeY": ty, "StrideX": int(o.stride_x), "StrideY": int(o.stride_y),
-            "CellSizeX": grid.cell_size[0], "CellSizeY": grid.cell_size[1],
-            "RotationAngle": float(o.rotation_angle), "NumClasses": len(classes), "NumTiles": n_chips,
-            "NumFeatures": n_inst, "Classes": classes,
-            "FeaturesPerClass": {str(v): per_class[v] for v in class_values},
-            "MaxObjectSizePixels": float(max(chip_sizes)) if chip_sizes else 0.0,
-            "SpatialReference": src.crs.to_wkt() if src.crs else None, "NoData": nodata,
-            **stats.as_dict(),
-        }
-        (tmp / "esri_accumulated_stats.json").write_text(json.dumps(acc, indent=2))
-        emd = {
-            "ModelType": "InstanceDetection", "ModelName": "MaskRCNN", "MetaDataMode": "RCNN_Masks",
-            "ImageSpaceUsed": "MAP_SPACE", "ImageHeight": ty, "ImageWidth": tx,
-            "ExtractBands": [b - 1 for b in bands], "IsMultispectral": len(bands) > 3,
-            "CellSize": grid.cell_size[0], "Classes": classes,
-        }
-        (tmp / "esri_model_definition.emd").write_text(json.dumps(emd, indent=2))
-        lines = [f"ImageChips: {n_chips}", f"Features: {n_inst}", f"TileSize: {tx}x{ty}",
-                 f"Stride: {o.stride_x}x{o.stride_y}", f"Bands: {len(bands)} ({acc['DataType']})",
-                 f"CellSize: {grid.cell_size[0]:g}"]
-        lines += [f"Class {v} ({lab.class_names[v]}): {per_class[v]} features" for v in class_values]
-        lines += [f"ChipsSkippedAllNoData: {skipped_nodata}", f"ChipsOutsideMask: {outside_mask}"]
-        (tmp / "stats.txt").write_text("\n".join(lines) + "\n")
+        write_metadata(tmp, src, bands, grid, o, lab, coco, map_lines, stats, per_class, chip_sizes,
+                       skipped_nodata, outside_mask, tx, ty)
     return {"chips": n_chips, "instances": n_inst, "per_class": {str(v): per_class[v] for v in class_values},
             "skipped_nodata": skipped_nodata, "outside_mask": outside_mask}

@@ -27,12 +27,18 @@ def _floats(text, n=None):
     return tuple(values)
 
 
+def _extent(text):
+    from .bounds import check_extent     # a reversed extent is refused here, in words, not deep in GDAL
+    return check_extent(_floats(text, 4))
+
+
 def _bands(text):
     return tuple(int(p) for p in str(text).split(",") if p.strip()) or None
 
 
 _int_pair.__name__ = "pixel size (N or X,Y)"   # argparse names the type in its messages
 _bands.__name__ = "comma-separated integers"
+_extent.__name__ = "extent xmin,ymin,xmax,ymax"
 
 
 def _add_export(sub):
@@ -47,7 +53,7 @@ def _add_export(sub):
                    help="X[,Y] pixels (default: half the tile, a quarter when the labels fall in fewer than 64 tiles)")
     p.add_argument("--format", default="TIFF", choices=["TIFF", "PNG", "JPEG"], help="chip image format")
     p.add_argument("--all-tiles", action="store_true", help="also write tiles without any label")
-    p.add_argument("--extent", type=lambda t: _floats(t, 4), help="xmin,ymin,xmax,ymax in the raster's CRS")
+    p.add_argument("--extent", type=_extent, help="xmin,ymin,xmax,ymax in the raster's CRS")
     p.add_argument("--mask-polygons", help="only chips fully inside these polygons are written")
     p.add_argument("--cell-size", type=float, help="resample chips to this cell size (raster CRS units)")
     p.add_argument("--rotation-angle", type=float, default=0.0, help="extra copies rotated by k*angle degrees")
@@ -165,7 +171,7 @@ def _add_detect(sub):
     p.add_argument("--tracers", type=int, help="polygon-tracing threads (default: one per spare core)")
     p.add_argument("--tta", choices=["mean", "max", "min"], help="test-time augmentation (8 dihedral variants)")
     p.add_argument("--return-boxes", action="store_true", help="boxes instead of mask outlines")
-    p.add_argument("--extent", type=lambda t: _floats(t, 4), help="xmin,ymin,xmax,ymax in the raster's CRS")
+    p.add_argument("--extent", type=_extent, help="xmin,ymin,xmax,ymax in the raster's CRS")
     p.add_argument("--extent-polygons", help="keep only detections inside these polygons")
     p.add_argument("--cell-size", type=float, help="resample the raster to this cell size")
     p.add_argument("--no-nms", action="store_true", help="skip the final Non Maximum Suppression")
@@ -302,7 +308,7 @@ def _add_evaluate(sub):
     p.add_argument("--detections-class-field", help="default: ClassValue when present, else all class 1")
     p.add_argument("--truth-class-field", help="default: 'classvalue'/'value' when present, else all class 1")
     p.add_argument("--ignore-classes", action="store_true", help="match outlines only, whatever their class")
-    p.add_argument("--extent", type=lambda t: _floats(t, 4),
+    p.add_argument("--extent", type=_extent,
                    help="xmin,ymin,xmax,ymax in the detections' CRS: assess features whose centroid is inside "
                         "(write --extent=-10,... when it starts with a minus)")
     p.add_argument("--extent-polygons", help="assess only features whose centroid lies in these polygons")
@@ -348,7 +354,7 @@ def _add_webraster(sub):
     p.add_argument("--cell-size", type=float, help="wanted cell size in the service's CRS units")
     p.add_argument("--layers", help="WMS layer name(s): makes --url a WMS (needs --extent and --cell-size)")
     p.add_argument("--crs", default="EPSG:3857", help="WMS CRS (default EPSG:3857)")
-    p.add_argument("--extent", type=lambda t: _floats(t, 4), help="WMS window xmin,ymin,xmax,ymax in --crs")
+    p.add_argument("--extent", type=_extent, help="WMS window xmin,ymin,xmax,ymax in --crs")
     p.add_argument("--bands", type=int, default=3, help="bands of the images (default 3, RGB)")
 
 
@@ -438,6 +444,8 @@ def main(argv=None):
         reporter.error(str(exc), kind="input")
         return EXIT_INPUT
     distributed = None
+    if not _processes_ok(args, reporter):
+        return EXIT_INPUT
     if getattr(args, "processes", 1) > 1 and "WORLD_SIZE" not in os.environ:
         return _relaunch_under_torchrun(argv, args.processes, reporter)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:   # under torchrun; light steps never import torch
@@ -459,11 +467,15 @@ def main(argv=None):
         reporter.error(message, kind="cancelled")
         return EXIT_CANCELLED
     except MemoryError:
-        reporter.error("Out of memory. Use a smaller tile size or batch size, or close other programs.",
-                       kind="memory")
+        reporter.error("Out of memory. Use a smaller tile size or batch size, a processing extent, or close other "
+                       "programs.", kind="memory")
         return EXIT_INTERNAL
     except Exception as exc:  # a bug: keep the traceback for the report, on stderr only
+        from .bounds import disk_full_message, is_disk_full
         from .sources import read_failure   # ... unless a tile service refused a tile
+        if is_disk_full(exc):
+            reporter.error(disk_full_message(_output_of(args)), kind="disk")
+            return EXIT_INPUT
         message = read_failure(getattr(args, "raster", None), exc)
         if message:
             reporter.error(message, kind="input")
@@ -475,5 +487,28 @@ def main(argv=None):
     finally:
         if distributed is not None:
             distributed.shutdown()
+    if reporter.cancel_requested:   # the stop came after the last point a job could stop at: say which it was
+        reporter.warning("A stop request arrived as the job was finishing, after its last point of no return: the "
+                         "job finished and its output is complete.")
     reporter.result(result)
     return EXIT_OK
+
+
+def _output_of(args):
+    for name in ("out", "out_dir", "cache"):
+        if getattr(args, name, None):
+            return str(getattr(args, name)).split("|")[0]
+    return None
+
+
+def _processes_ok(args, reporter):
+    """--processes: at least 1; more than the machine's cores is run as asked, with a note."""
+    processes = getattr(args, "processes", 1)
+    if processes < 1:
+        reporter.error(f"--processes is {processes}: give 1 or more (processes or GPUs on this machine).")
+        return False
+    cores = os.cpu_count() or 1
+    if processes > cores and "WORLD_SIZE" not in os.environ:
+        reporter.warning(f"--processes {processes} on a machine with {cores} CPU cores: the processes share the "
+                         "cores and run no faster than fewer would (one per GPU is the usual choice).")
+    return True

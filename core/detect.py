@@ -23,7 +23,7 @@ import pyogrio.raw
 import shapely
 import torch
 
-from . import distributed, gpkg, inference, pipeline
+from . import bounds, distributed, gpkg, inference, pipeline
 from .chips import _Grid, class_color
 from .errors import UserError
 from .geodata import GPKG_CREATION, open_raster, read_area
@@ -197,6 +197,7 @@ def detect(raster, model, out, options=None, reporter=None, predictor=None):
         raise UserError(f"Test-time augmentation merges by {', '.join(TTA_MERGES)}, not '{o.tta}'.")
     if o.batch_size is not None and o.batch_size < 1:
         raise UserError("The batch size must be at least 1.")
+    bounds.check_detect_options(o)
     out, layer = gpkg.check_destination(out, o.layer, o.overwrite)
     pkg = load_package(model)
     pkg.regularize_methods   # a bad Regularize in the .emd is said now, not after the run
@@ -235,6 +236,7 @@ def detect(raster, model, out, options=None, reporter=None, predictor=None):
         if grid.width < 1 or grid.height < 1:
             raise UserError("The processing extent holds no whole pixel of the raster.")
         size, batch_size, scale = _plan(pkg, o, grid, padding, device)
+        bounds.check_detect_work(src, grid, size, padding, batch_size, extent, device.type, scale)
         core = size - 2 * padding
         tiles = tile_origins(grid.width, grid.height, size, padding)
         overlap = overlap_factor(grid.width, grid.height, size, padding)

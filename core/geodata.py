@@ -110,9 +110,26 @@ def reproject_geometries(geoms, src_crs, dst_crs):
     return shapely.transform(geoms, lambda xy: np.column_stack(transformer.transform(xy[:, 0], xy[:, 1])))
 
 
+def _only_layer(path, source, what):
+    """The one layer of a file named without a layer; a file of several is refused with their names (OGR would
+    take the first, with a warning nobody sees)."""
+    try:
+        layers = pyogrio.list_layers(path)
+    except Exception:
+        return None            # read() below says what is wrong with the file
+    if len(layers) <= 1:
+        return None
+    names = [str(n) for n in layers[:, 0]]
+    listed = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+    raise UserError(f"The {what} '{source}' hold {len(names)} layers ({listed}): name the one to use, as "
+                    f"'{path}|layername={names[0]}' (or choose the layer in QGIS).")
+
+
 def read_vector(source, what="labels"):
     """(geometries, field dict, crs) of any OGR layer."""
     path, layer = split_layer_source(source)
+    if layer is None:
+        layer = _only_layer(path, source, what)
     try:
         meta, _, wkb, field_data = pyogrio.raw.read(path, layer=layer)
     except Exception as exc:
@@ -190,11 +207,13 @@ def read_labels(source, raster_crs, class_value_field=None, class_name_field=Non
             "Labels must be polygons; for points or lines give a buffer radius."
         )
     values, polys = values[keep], polys[keep]
-    bad = values[values < 1]
+    bad, counts = np.unique(values[values < 1], return_counts=True)
     if bad.size:
+        listed = ", ".join(f"{n} {'labels have' if i == 0 else ''} class value {int(v)}".replace("  ", " ")
+                           for i, (v, n) in enumerate(zip(bad, counts)))
         raise UserError(
-            f"{bad.size} labels have class value {int(bad.min())}: class values must start at 1 "
-            f"(0 is the background). Renumber the field '{value_field}' so every class is 1 or more."
+            f"{listed}: class values must start at 1 (0 is the background, and no class is negative). "
+            f"Renumber the field '{value_field}' so every class is 1 or more."
         )
 
     names = {}

@@ -29,6 +29,7 @@ import sqlite3
 import uuid
 from pathlib import Path
 
+from .bounds import disk_full_message, free_disk
 from .errors import UserError
 
 GPKG_APPLICATION_IDS = (0x47504B47, 0x47503130)   # 'GPKG' (1.2+), 'GP10' (1.0)
@@ -49,6 +50,9 @@ def parse_destination(out, layer=None):
             if key.strip().lower() == "layername" and value:
                 named = value
     path = Path(text)
+    if layer and named and str(layer) != str(named):
+        raise UserError(f"The output '{out}' names the layer '{named}' and the layer option names '{layer}': give one "
+                        "of them (or the same name in both).")
     return path, str(layer or named or path.stem)
 
 
@@ -62,12 +66,24 @@ def layers_of(path):
         finally:
             con.close()
     except sqlite3.Error as exc:
+        if is_locked(exc):
+            raise UserError(locked_message(path)) from None
         raise UserError(f"The output '{path}' exists and is not a GeoPackage ({exc}). It is left as it is: "
                         "give another file name ending in .gpkg.") from None
     if app_id not in GPKG_APPLICATION_IDS:
         raise UserError(f"The output '{path}' exists and is an SQLite database, not a GeoPackage. It is left as it "
                         "is: give another file name ending in .gpkg.")
     return names
+
+
+def is_locked(exc):
+    return isinstance(exc, sqlite3.OperationalError) and any(w in str(exc).lower() for w in ("locked", "busy"))
+
+
+def locked_message(path):
+    return (f"The GeoPackage '{path}' is locked by another program (one writing to it now, or holding a "
+            "transaction open). It is left as it is: finish or close the editing there (in QGIS: save or "
+            "stop the layer's edits), or write to another file, and run again.")
 
 
 def check_destination(out, layer=None, overwrite=False):
@@ -117,12 +133,35 @@ def commit(tmp, path, layer, overwrite=False):
     """Make the layer ``layer`` of the temporary GeoPackage ``tmp`` the output; returns 'created' or 'merged'."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _check_complete(tmp, path, layer)
     if not path.exists():
         os.replace(tmp, path)
         return "created"
     check_destination(path, layer, overwrite)      # again: the file may have changed during the run
     _merge(tmp, path, layer)
     return "merged"
+
+
+def _check_complete(tmp, path, layer):
+    """The temporary GeoPackage holds the layer. GDAL may leave a file without its gpkg_* tables and report
+    nothing when the disk fills as it creates one: that file must neither become the output nor be merged
+    (SQLite would then say 'no such table: gpkg_contents', which tells a user nothing)."""
+    try:
+        con = sqlite3.connect(f"{Path(tmp).resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            held = con.execute("SELECT 1 FROM gpkg_contents WHERE lower(table_name) = lower(?)", (layer,)).fetchone()
+        finally:
+            con.close()
+    except sqlite3.Error:
+        held = None
+    if held:
+        return
+    free = free_disk(path)
+    if free is not None and free < 16 * 2 ** 20:
+        raise UserError(disk_full_message(path))
+    raise UserError(f"The layer '{layer}' could not be written completely beside '{path}' (the temporary file is "
+                    "incomplete though the writer reported no error); nothing was changed. Check the disk and that "
+                    "you may write into that folder, and run again.")
 
 
 def _q(name):
@@ -142,12 +181,17 @@ def _merge(tmp, path, layer):
             _copy_layer(con, layer)
             con.execute("COMMIT")
         except BaseException:
-            con.execute("ROLLBACK")
+            if con.in_transaction:      # SQLite rolls back by itself on a full disk; a second rollback hides why
+                con.execute("ROLLBACK")
             raise
-        finally:
-            pass
         con.execute("DETACH DATABASE src")
     except sqlite3.Error as exc:
+        if is_locked(exc):
+            raise UserError(locked_message(path)) from None
+        if isinstance(exc, sqlite3.OperationalError) and "full" in str(exc).lower():
+            raise UserError(f"The disk is full: the layer '{layer}' could not be added to '{path}'. The file is left "
+                            "as it was and the temporary files are removed. Free some space or write to a file on "
+                            "another disk, and run again.") from None
         raise UserError(f"Cannot add the layer '{layer}' to '{path}' ({exc}); the file is left as it was. "
                         "Close programs that are editing it, check the free space, or write to a new file.") from None
     finally:

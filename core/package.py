@@ -16,6 +16,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from .bounds import raise_if_disk_full, tensor_bytes
 from .errors import UserError
 
 FRAMEWORK = "MaskForge"
@@ -318,17 +319,21 @@ def write_package(folder, name, emd, state_dict, extra_files=()):
     folder.mkdir(parents=True, exist_ok=True)
     emd = {**emd, "ModelFile": f"{name}.pth"}
     pth, emd_path, dlpk = folder / f"{name}.pth", folder / f"{name}.emd", folder / f"{name}.dlpk"
-    tmp_pth = folder / f".{name}.pth.tmp"
-    torch.save(state_dict, tmp_pth)
-    tmp_emd = folder / f".{name}.emd.tmp"
-    tmp_emd.write_text(json.dumps(emd, indent=2))
-    tmp_zip = folder / f".{name}.dlpk.tmp"
-    with zipfile.ZipFile(tmp_zip, "w", zipfile.ZIP_STORED) as z:
-        z.write(tmp_emd, emd_path.name)
-        z.write(tmp_pth, pth.name)
-        for extra in extra_files:
-            if Path(extra).exists():
-                z.write(extra, Path(extra).name)
+    tmp_pth, tmp_emd, tmp_zip = (folder / f".{name}{suffix}.tmp" for suffix in (".pth", ".emd", ".dlpk"))
+    try:
+        torch.save(state_dict, tmp_pth)
+        tmp_emd.write_text(json.dumps(emd, indent=2))
+        with zipfile.ZipFile(tmp_zip, "w", zipfile.ZIP_STORED) as z:
+            z.write(tmp_emd, emd_path.name)
+            z.write(tmp_pth, pth.name)
+            for extra in extra_files:
+                if Path(extra).exists():
+                    z.write(extra, Path(extra).name)
+    except BaseException as exc:      # a full disk above all: its temporary files would fill it for good
+        for tmp in (tmp_pth, tmp_emd, tmp_zip):
+            tmp.unlink(missing_ok=True)
+        raise_if_disk_full(exc, folder, 2 * tensor_bytes(state_dict))
+        raise
     os.replace(tmp_pth, pth)
     os.replace(tmp_emd, emd_path)
     os.replace(tmp_zip, dlpk)

@@ -23,11 +23,12 @@ from dataclasses import dataclass, replace
 from functools import partial
 
 import numpy as np
+import rasterio.windows
 import shapely
 from affine import Affine
 from pyproj import CRS, Transformer
 
-from .bands import to_network_input
+from .bands import nodata_pixels, to_network_input
 from .tiling import _read_native, _read_resampled
 from .tracing import mask_parts, tidy_polygon
 from .errors import UserError
@@ -42,6 +43,7 @@ AUTO = {"cpu": "sam_mobile", "gpu": "sam_vit_b"}
 # Seconds to encode one 1024 px window on the 2-core development machine (scripts/bench_sam.py, random
 # weights: the cost is the architecture's), told to the user before the first click in a new place.
 ENCODE_S_CPU = {"vit_t": 2.0, "vit_b": 120.0, "vit_l": 360.0, "vit_h": 720.0, "tiny": 0.1}
+MAX_COARSENING = 16   # a window's cells at most this many raster pixels a side unless overviews hold them
 MARGIN = 1 / 8   # of the window, on each side: a prompt closer to the edge than this gets a new window
 
 
@@ -192,14 +194,78 @@ def to_rgb8(array, nodata=None):
         x = array
     else:
         data = array.astype(np.float32)
-        valid = np.ones(data.shape[1:], bool) if nodata is None else ~np.all(data == nodata, axis=0)
-        pick = data[:, valid] if valid.any() else data.reshape(data.shape[0], -1)
+        valid = ~nodata_pixels(data, nodata) & np.all(np.isfinite(data), axis=0)
+        pick = data[:, valid] if valid.any() else np.zeros((data.shape[0], 1), np.float32)
         low, high = np.percentile(pick, 2, axis=1), np.percentile(pick, 98, axis=1)
         norm = {"type": "percentile_stretch", "low": low.tolist(), "high": np.maximum(high, low + 1e-6).tolist()}
         x = np.round(to_network_input(data, norm) * 255).astype(np.uint8)
     if x.shape[0] == 1:
         x = np.repeat(x, 3, axis=0)
     return np.ascontiguousarray(np.transpose(x[:3], (1, 2, 0)))
+
+
+def _number(value, what):
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if not np.isfinite(number):
+        raise UserError(f"The prompt's {what} is {value!r}: give a finite number.")
+    return number
+
+
+def parse_prompt(points, labels, box, simplify):
+    """A request's prompt as (points [[x, y]], labels [0/1], box [4] or None, simplify), or a UserError that
+    shows the expected form: a request comes from any program, so nothing in it is trusted."""
+    if not isinstance(points, (list, tuple)) or any(not isinstance(p, (list, tuple)) or len(p) != 2 for p in points):
+        raise UserError(f"The prompt's points are {str(points)[:200]}: give a list of [x, y] pairs, e.g. "
+                        "[[700155.0, 400480.0]].")
+    points = [[_number(v, "point coordinate") for v in p] for p in points]
+    if labels:
+        if not isinstance(labels, (list, tuple)) or any(v not in (0, 1) or isinstance(v, bool) for v in labels):
+            raise UserError(f"The point labels are {str(labels)[:200]}: give 1 (object) or 0 (not the object) per "
+                            "point.")
+        labels = [int(v) for v in labels]
+    else:
+        labels = [1] * len(points)
+    if len(labels) != len(points):
+        raise UserError(f"{len(points)} points but {len(labels)} point labels.")
+    if box is not None:
+        if not isinstance(box, (list, tuple)) or len(box) != 4:
+            raise UserError(f"The prompt's box is {str(box)[:200]}: give [xmin, ymin, xmax, ymax].")
+        box = [_number(v, "box coordinate") for v in box]
+        if box[0] >= box[2] or box[1] >= box[3]:
+            raise UserError(f"The prompt's box {box} is reversed or empty: give [xmin, ymin, xmax, ymax].")
+    simplify = _number(simplify or 0.0, "simplify tolerance")
+    if simplify < 0:
+        raise UserError(f"The simplify tolerance is {simplify:g}: give 0 or more (map units).")
+    return points, labels, box, simplify
+
+
+def check_on_data(src, xs, ys, labels, box_xs, box_ys):
+    """Prompts on the raster's data only: a point outside the raster or on nodata, or a box that holds no
+    data, has no object to outline (SAM would draw one anyway, in the fill)."""
+    left, bottom, right, top = src.bounds
+    for x, y, label in zip(xs, ys, labels):
+        if not (left <= x <= right and bottom <= y <= top):
+            raise UserError(f"The point ({x:.2f}, {y:.2f}) lies outside the raster ({left:.2f}, {bottom:.2f}, "
+                            f"{right:.2f}, {top:.2f} in its CRS): click on the image.")
+        col, row = (min(int(v), n - 1) for v, n in zip(~src.transform * (x, y), (src.width, src.height)))
+        if label == 1 and nodata_pixels(src.read(window=((row, row + 1), (col, col + 1))), src.nodata).all():
+            raise UserError(f"The point ({x:.2f}, {y:.2f}) lies on nodata of the raster (no image there): click "
+                            "on the object in the image.")
+    if box_xs:
+        x0, x1, y0, y1 = max(min(box_xs), left), min(max(box_xs), right), max(min(box_ys), bottom), min(max(box_ys), top)
+        if x0 >= x1 or y0 >= y1:
+            raise UserError(f"The box ({min(box_xs):.2f}, {min(box_ys):.2f}, {max(box_xs):.2f}, {max(box_ys):.2f}) "
+                            f"lies outside the raster ({left:.2f}, {bottom:.2f}, {right:.2f}, {top:.2f} in its "
+                            "CRS): draw it on the image.")
+        win = rasterio.windows.from_bounds(x0, y0, x1, y1, transform=src.transform)
+        sample = src.read(window=win, out_shape=(src.count, min(64, max(1, round(win.height))),
+                                                 min(64, max(1, round(win.width)))), boundless=True,
+                          fill_value=src.nodata if src.nodata is not None else 0)
+        if nodata_pixels(sample, src.nodata).all():
+            raise UserError("The box holds only nodata of the raster (no image there): draw it around an object.")
 
 
 class SamSession:
@@ -238,6 +304,11 @@ class SamSession:
         span = max(max(xs) - min(xs), max(ys) - min(ys))
         if span > cell * self.size * (1 - 2 * MARGIN):   # a big box: coarser cells, so all of it fits
             cell = span / (self.size * (1 - 2 * MARGIN))
+        if cell > native * MAX_COARSENING and not src.overviews(1):
+            raise UserError(
+                f"The box spans {span / native:,.0f} px of the raster: outlining it would read "
+                f"{(span / native) ** 2 / 1e6:,.0f} million pixels for a {self.size} px window. Draw a box of under "
+                f"{self.size * MAX_COARSENING:,} px, or build the raster's overviews (gdaladdo) first.")
         cx, cy = (max(xs) + min(xs)) / 2, (max(ys) + min(ys)) / 2
         bands = self._bands(src)
         fill = src.nodata if src.nodata is not None else 0
@@ -266,12 +337,9 @@ class SamSession:
         (default: the raster's) -> {"polygon": WKT in ``crs`` or None, "score" (SAM's predicted IoU),
         "encoded" (whether this prompt needed a new window), "encode_s", "predict_s", "window" (its bounds in
         the raster's CRS)}."""
-        points = [list(map(float, p)) for p in points]
-        labels = [int(v) for v in labels] if labels else [1] * len(points)
+        points, labels, box, simplify = parse_prompt(points, labels, box, simplify)
         if not points and box is None:
             raise UserError("A prompt needs a point or a box.")
-        if len(labels) != len(points):
-            raise UserError(f"{len(points)} points but {len(labels)} point labels.")
         src = self._open(raster)
         forward, back = self._transformers(crs, src)
         xs = [p[0] for p in points] + ([box[0], box[2], box[0], box[2]] if box is not None else [])
@@ -280,6 +348,7 @@ class SamSession:
             xs, ys = (list(v) for v in forward.transform(xs, ys))
         if not all(np.isfinite(xs + ys)):
             raise UserError("The prompt lies outside the area where the raster's CRS is defined.")
+        check_on_data(src, xs[:len(points)], ys[:len(points)], labels, xs[len(points):], ys[len(points):])
         encoded, encode_s, predict_s = False, 0.0, 0.0
         extra_x, extra_y = [], []   # the object's extent, once it ran out of the window
         fresh = self.window is None or self.window.raster != str(src.name) or not self.window.holds(xs, ys)
@@ -355,7 +424,10 @@ class SamSession:
         the first click there answers at prompt speed. Nothing happens when the current window holds it."""
         src = self._open(raster)
         forward, _ = self._transformers(crs, src)
-        xs, ys = [float(point[0])], [float(point[1])]
+        try:
+            xs, ys = [float(point[0])], [float(point[1])]
+        except (TypeError, ValueError, IndexError, KeyError):
+            raise UserError(f"The view's centre is {str(point)[:100]}: give it as [x, y].") from None
         if forward is not None:
             xs, ys = (list(v) for v in forward.transform(xs, ys))
         if not all(np.isfinite(xs + ys)):
@@ -371,6 +443,8 @@ class SamSession:
     def refine(self, raster, crs, boxes, simplify=0.0, reporter=None, should_stop=None):
         """A box prompt per box (batch refine of rectangle labels); one answer per box, in order.
         ``should_stop()`` is asked between boxes: a cancelled refine returns the answers it has."""
+        if not isinstance(boxes, (list, tuple)):
+            raise UserError(f"The boxes to refine are {str(boxes)[:200]}: give a list of [xmin, ymin, xmax, ymax].")
         results = []
         for i, box in enumerate(boxes):
             if should_stop is not None and should_stop():

@@ -107,10 +107,11 @@ def serve(make_session, stdin=None, stdout=None):
             request = json.loads(line)
         except ValueError:
             request = None
-        if not isinstance(request, dict):
+        if not isinstance(request, dict):   # not JSON, or a list, a string, a number: no request to answer
             reporter.request_id = None
-            reporter.error(f"Not a JSON request object: {line.strip()[:200]!r} "
-                           "(each line is one object such as {\"id\": 1, \"op\": \"ping\"}).", kind="input")
+            what = "text that is not JSON" if request is None and line.strip() != "null" else type(request).__name__
+            reporter.error(f"Not a JSON request object: a request is a JSON object such as "
+                           f"{{\"id\": 1, \"op\": \"ping\"}}, not {what} {line.strip()[:200]!r}.", kind="input")
             continue
         reporter.request_id = request.get("id")
         op = request.get("op")
@@ -152,7 +153,7 @@ def _answer(session, op, request, reporter, inbox):
     args = dict(raster=request["raster"], crs=request.get("crs"))
     if op == "encode":
         return session.prepare(point=request["point"], **args)
-    args["simplify"] = float(request.get("simplify") or 0.0)
+    args["simplify"] = request.get("simplify") or 0.0   # checked with the prompt (sam.parse_prompt)
     if op == "prompt":
         return session.prompt(points=request.get("points") or (), labels=request.get("labels") or (),
                               box=request.get("box"), **args)

@@ -23,6 +23,7 @@ from .data import (ChipDataset, EpochBatches, chip_loader, default_workers, load
                    max_object_size, object_sizes, targets_from_labels)
 from .errors import Cancelled, UserError
 from .bases import base_model
+from .bounds import raise_if_disk_full, tensor_bytes
 from .devices import announce_device
 from .model import anchor_generator, select_device
 from .outputs import check_model_folder, remove_packages
@@ -264,6 +265,8 @@ def train(data_dirs, out_dir, base="none", options=None, reporter=None):
         history, best, best_value = ck["history"], ck["best"], ck["best_value"]
         start_epoch, stale, batch_size = ck["epoch"] + 1, ck["stale"], ck["batch_size"]
         reporter.log(f"Resuming after epoch {ck['epoch'] + 1}.")
+    elif o.resume:
+        reporter.warning(f"Nothing to resume: '{out}' holds no {CHECKPOINT}, so training starts from the beginning.")
 
     if not history and val_idx and base_desc != "none":
         # The base model on the validation chips: what fine-tuning is measured against.
@@ -394,7 +397,12 @@ def train(data_dirs, out_dir, base="none", options=None, reporter=None):
 
 def _save_checkpoint(out, model, optimizer, epoch, history, best, best_value, stale, batch_size):
     tmp = out / f".{CHECKPOINT}.tmp"
-    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
-                "history": history, "best": best, "best_value": best_value, "stale": stale,
-                "batch_size": batch_size}, tmp)
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch, "history": history,
+             "best": best, "best_value": best_value, "stale": stale, "batch_size": batch_size}
+    try:
+        torch.save(state, tmp)
+    except BaseException as exc:      # a full disk above all: the partial file would stay on it
+        tmp.unlink(missing_ok=True)
+        raise_if_disk_full(exc, out, tensor_bytes(state))
+        raise
     os.replace(tmp, out / CHECKPOINT)

@@ -296,17 +296,3 @@ def test_cancel_stops_a_batch_refine_and_keeps_its_finished_outlines(raster):
         assert idle["cancelled"] is False                   # nothing of that id runs: said, not an error
     finally:
         worker.close()
-
-
-@pytest.mark.parametrize("line", ["[1, 2, 3]", '"text"', "42", "null"])
-def test_a_line_that_is_not_a_request_object_leaves_the_worker_alive(raster, line):
-    worker = Worker([sys.executable, str(ROOT / "tests" / "sam_standin.py")])
-    try:
-        worker.child.stdin.write(line + "\n")
-        worker.child.stdin.flush()
-        error = json.loads(worker.child.stdout.readline())
-        assert error["event"] == "error" and "not a json request object" in error["message"].lower()
-        answer = worker.ask("prompt", raster=str(raster), crs=CRS, points=[INSIDE])["result"]
-        assert shapely.from_wkt(answer["polygon"]).equals(OBJECT)
-    finally:
-        worker.close()
