@@ -145,8 +145,14 @@ class JobDialog(QDialog):
         self.status_label = QLabel()
         self.status_label.setObjectName("MaskForgeStatus")
         self.status_label.setWordWrap(True)
+        # A finished job's next step (Open report, Open folder) in the dialog the person is looking at.
+        self.result_button = QPushButton()
+        self.result_button.setObjectName("MaskForgeResultButton")
+        self.result_button.hide()
+        self.result_button.clicked.connect(lambda: tasks.open_path(self.result_button.property("path")))
         status.addWidget(self.progress)
         status.addWidget(self.status_label, 1)
+        status.addWidget(self.result_button)
         self.status_row = QWidget()
         self.status_row.setLayout(status)
         status.setContentsMargins(0, 0, 0, 0)
@@ -392,6 +398,18 @@ class JobDialog(QDialog):
     def on_finished(self, task):
         """Main thread, after the job: show or load its result."""
 
+    def summary(self, task):
+        """What the status line says after a successful job: by default the engine's last message."""
+        return task.last_message or "Done."
+
+    def offer(self, text, path):
+        """A button under the form that opens ``path`` (a report, a folder) with the desktop's application."""
+        if sip.isdeleted(self):
+            return
+        self.result_button.setText(text)
+        self.result_button.setProperty("path", str(path))
+        self.result_button.setVisible(bool(path))
+
     # -- running -------------------------------------------------------------------------
     def show_error(self, message):
         self.error_label.setText(message or "")
@@ -435,10 +453,12 @@ class JobDialog(QDialog):
         self.task = task
         self.progress.setValue(0)
         self.status_label.setText("Queued…")
+        self.result_button.hide()
         self.status_row.show()
         self.cancel_button.setEnabled(True)
         task.progressChanged.connect(self._progress)
         task.progressText.connect(self._status)
+        task.logged.connect(lambda _level, message: self._status(message))   # long phases say what they do
 
     def _progress(self, value):
         if not sip.isdeleted(self):
@@ -458,7 +478,7 @@ class JobDialog(QDialog):
             self.cancel_button.setEnabled(False)
             if task.result is not None:
                 self.progress.setValue(100)
-                self.status_label.setText("Done.")
+                self.status_label.setText(self.summary(task))
             else:
                 self.status_label.setText(str(task.error))
         # The result is the user's even when the dialog has gone (closed, plugin reloaded).
