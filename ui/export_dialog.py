@@ -1,5 +1,6 @@
 """Export Training Data: the toolbar dialog of maskforge:exporttrainingdata."""
 import os
+import re
 
 from qgis.core import QgsFieldProxyModel, QgsMapLayerProxyModel
 from qgis.gui import QgsFileWidget
@@ -10,6 +11,7 @@ from .. import settings, tasks
 from ..algorithms.jobs import EXPORT_DEFAULTS, FORMATS, TILE_MODES, check_export, export_args, parse_bands
 from .extent_picker import ExtentPicker
 from .job_dialog import JobDialog, next_free, raster_info, raster_values
+from .output_folders import file_folder, output_folder
 
 # Field names the engine (value/classvalue), the labels dock (classvalue/classname) and common data use;
 # a name is taken only for a field of the right type: an integer field holds values, a text field names.
@@ -127,6 +129,13 @@ class ExportDialog(JobDialog):
     def _raster_changed(self, layer):
         self.raster_label.setText(describe_raster(layer))
         self.extent.set_raster_crs(layer.crs() if layer is not None else None)
+        if layer is not None and not self.output.filePath():
+            # Beside the raster when that folder is the user's; else the project's or ~/MaskForge, said in the log.
+            folder, note = output_folder(file_folder(layer.source()) if layer.providerType() == "gdal" else None)
+            if note:
+                tasks.log(f"Export Training Data output: {note}.")
+            name = re.sub(r"[^\w.-]+", "_", layer.name()).strip("_") or "raster"
+            self.output.setFilePath(next_free(os.path.join(folder, f"{name}_chips")))
 
     def _labels_changed(self, layer):
         if layer is None:

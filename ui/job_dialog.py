@@ -99,6 +99,25 @@ def next_free(path):
     return f"{stem}_{i}{ext}"
 
 
+def elided_combo(items, tooltip=None):
+    """A combo box whose long item texts do not widen the dialog: shown elided at ~24 characters, each item
+    and the current choice in full as a tooltip."""
+    combo = QComboBox()
+    combo.addItems(items)
+    combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+    combo.setMinimumContentsLength(24)
+    combo.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
+    for i, text in enumerate(items):
+        combo.setItemData(i, text, Qt.ItemDataRole.ToolTipRole)
+
+    def show_current(_=None):
+        current = combo.currentText()
+        combo.setToolTip(f"{current}\n\n{tooltip}" if tooltip else current)
+    combo.currentIndexChanged.connect(show_current)
+    show_current()
+    return combo
+
+
 class Field:
     def __init__(self, widget, get, put, remember=True):
         self.widget, self.get, self.put, self.remember = widget, get, put, remember
@@ -185,6 +204,8 @@ class JobDialog(QDialog):
         form.setRowWrapPolicy(QFormLayout.DontWrapRows)
         scroll = QScrollArea()
         scroll.setWidgetResizable(True)
+        # Never sideways: the fields are laid out to the width (elided combos, wrapped notes) instead.
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         scroll.setFrameShape(QFrame.NoFrame)
         scroll.setWidget(inner)
         self.tabs.addTab(scroll, title)
@@ -257,13 +278,12 @@ class JobDialog(QDialog):
         return self._add(None, key, label, box, box.isChecked, lambda v: box.setChecked(bool(v)), tooltip=tooltip)
 
     def add_enum(self, form, key, label, items, tooltip=None):
-        combo = QComboBox()
-        combo.addItems(items)
+        combo = elided_combo(items, tooltip)
 
         def put(index):
             if 0 <= int(index) < combo.count():
                 combo.setCurrentIndex(int(index))
-        return self._add(form, key, label, combo, combo.currentIndex, put, tooltip=tooltip)
+        return self._add(form, key, label, combo, combo.currentIndex, put)
 
     def add_text(self, form, key, label, placeholder="", tooltip=None):
         edit = QLineEdit()

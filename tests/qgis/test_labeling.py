@@ -11,9 +11,9 @@ import zipfile
 import pytest
 from qgis.core import (QgsApplication, QgsCategorizedSymbolRenderer, QgsCoordinateReferenceSystem,
                        QgsCoordinateTransform, QgsFeature, QgsField, QgsFields, QgsGeometry, QgsPointXY, QgsProject,
-                       QgsRasterLayer, QgsRectangle, QgsSettings, QgsVectorFileWriter, QgsVectorLayer, QgsWkbTypes)
+                       QgsRasterLayer, QgsRectangle, QgsVectorFileWriter, QgsVectorLayer, QgsWkbTypes)
 from qgis.gui import QgsDockWidget
-from qgis.PyQt.QtCore import QEvent, QPoint, QPointF, Qt, QTimer, QVariant
+from qgis.PyQt.QtCore import QEvent, QPoint, QPointF, Qt, QVariant
 from qgis.PyQt.QtGui import QMouseEvent
 from qgis.PyQt.QtTest import QTest
 from qgis.PyQt.QtWidgets import QApplication
