@@ -141,6 +141,10 @@ class DetectDialog(JobDialog):
     def description(self, values):
         return f"MaskForge: detect objects into {os.path.basename(values['OUTPUT'])}"
 
+    def summary(self, task):
+        r = task.result
+        return nothing_found(r) if not r.get("kept", r.get("detections")) else super().summary(task)
+
     def on_finished(self, task):
         if task.result is None:
             return

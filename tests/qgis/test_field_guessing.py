@@ -109,3 +109,30 @@ def test_detect_and_nms_results_share_one_style_stored_in_the_geopackage(maskfor
     assert STYLE_NAME in again.listStylesInDatabase()[2]
     assert isinstance(again.renderer(), QgsCategorizedSymbolRenderer)
     assert again.renderer().classAttribute() == "ClassValue" and again.labelsEnabled()
+
+
+def test_a_run_that_finds_nothing_says_what_to_try(maskforge):
+    from maskforge.ui.detect_dialog import nothing_found
+    said = nothing_found({"detections": 0, "kept": 0, "tiles": 4, "threshold": 0.62, "max_score": 0.4123})
+    assert said.startswith("Detected 0 objects in 4 tiles at confidence threshold 0.62 (the highest score seen "
+                           "was 0.412).")
+    assert "lower confidence threshold" in said and "more epochs" in said
+    assert nothing_found({"tiles": 1, "hint": "Lower the threshold below 0.41."}).endswith(
+        "Lower the threshold below 0.41.")   # the engine's own hint when it gives one
+
+
+def test_default_outputs_avoid_a_folder_that_is_not_the_users(maskforge, tmp_path, monkeypatch):
+    from maskforge.ui import output_folders
+    monkeypatch.setattr(output_folders, "USER_FOLDER", str(tmp_path / "home" / "MaskForge"))
+    assert output_folders.output_folder(str(tmp_path)) == (str(tmp_path), "")
+    monkeypatch.setattr(output_folders, "writable", lambda folder: folder != "/shared/data")   # root writes anywhere
+    QgsProject.instance().clear()
+    folder, note = output_folders.output_folder("/shared/data")
+    assert folder == str(tmp_path / "home" / "MaskForge") and "'/shared/data' is not writable" in note
+    project = tmp_path / "work" / "trees.qgz"
+    project.parent.mkdir()
+    QgsProject.instance().write(str(project))
+    try:
+        assert output_folders.output_folder("/shared/data")[0] == str(project.parent)
+    finally:
+        QgsProject.instance().clear()
