@@ -19,6 +19,7 @@ from qgis.PyQt.QtWidgets import (QCheckBox, QComboBox, QDialog, QFormLayout, QFr
                                  QVBoxLayout, QWidget)
 
 from .. import settings, tasks
+from .widgets import elided_combo
 from ..algorithms.jobs import InvalidInput
 from ..algorithms.layers import engine_values, extent_of, is_web, web_kind
 
@@ -97,25 +98,6 @@ def next_free(path):
     while taken(f"{stem}_{i}{ext}"):
         i += 1
     return f"{stem}_{i}{ext}"
-
-
-def elided_combo(items, tooltip=None):
-    """A combo box whose long item texts do not widen the dialog: shown elided at ~24 characters, each item
-    and the current choice in full as a tooltip."""
-    combo = QComboBox()
-    combo.addItems(items)
-    combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
-    combo.setMinimumContentsLength(24)
-    combo.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
-    for i, text in enumerate(items):
-        combo.setItemData(i, text, Qt.ItemDataRole.ToolTipRole)
-
-    def show_current(_=None):
-        current = combo.currentText()
-        combo.setToolTip(f"{current}\n\n{tooltip}" if tooltip else current)
-    combo.currentIndexChanged.connect(show_current)
-    show_current()
-    return combo
 
 
 class Field:

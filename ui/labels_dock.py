@@ -25,20 +25,12 @@ from qgis.PyQt.QtWidgets import (QAction, QFileDialog, QHBoxLayout, QLabel, QPus
 from .dock_classes import ClassesPart
 from .dock_objects import ObjectsPart
 from .dock_review import ReviewPage
-from .dock_common import ask, theme_icon
+from .dock_common import ask, labels_folder, save_state, show_prefilled, theme_icon
 from .class_schema import ClassSchema
 from .label_store import (LabelError, LabelStore, crs_for_new_labels, default_labels_path, labels_layer_at,
                           schema_from_data, schema_from_layer, SCHEMA_PROPERTY)
 from .map_tools import FreehandTool, PolygonTool, RectangleTool
 from .smart_labels import SmartLabeling
-
-def labels_folder():
-    """Where the first labels of an unsaved project go, without asking mid-drag: the Training data folder of
-    Settings, else ~/MaskForge (ui/output_folders.py). Saving the project later keeps the labels where they are."""
-    from .. import settings
-    from .output_folders import output_folder
-    return output_folder(settings.folder("data") or None)[0]
-
 
 def raster_under(layer, canvas):
     """The raster the labels lie on: the first visible raster covering them, else any raster of the project."""
@@ -59,15 +51,6 @@ def raster_under(layer, canvas):
         if box.intersects(raster.extent()):
             return raster
     return None
-
-
-def show_prefilled(dialog, **prefill):
-    """Show MaskForge's Export dialog with the dock's layers and fields."""
-    dialog.prefill(**prefill)
-    dialog.show()
-    dialog.raise_()
-    dialog.activateWindow()
-    return dialog
 
 
 class LabelsDock(ClassesPart, ObjectsPart, ReviewPage, QgsDockWidget):
@@ -312,19 +295,8 @@ class LabelsDock(ClassesPart, ObjectsPart, ReviewPage, QgsDockWidget):
         self.refresh()
 
     def _show_save_state(self, *_):
-        """'Saved in <file>' or 'N unsaved changes' under the tabs: a person sees whether the labels are on disk."""
-        layer = self.labels_layer()
-        if layer is None:
-            self.save_label.setText("No labels layer yet: the first label creates one.")
-            return
-        where = layer.source().split("|")[0]
-        if layer.providerType() == "memory":
-            self.save_label.setText("⚠ Temporary layer: lost when QGIS closes.")
-        elif layer.isEditable() and layer.isModified():
-            self.save_label.setText(f"● Unsaved changes in '{layer.name()}' (they are written on Save Layer "
-                                    "Edits).")
-        else:
-            self.save_label.setText(f"✓ Saved in {os.path.basename(where)}")
+        text, where = save_state(self.labels_layer())
+        self.save_label.setText(text)
         self.save_label.setToolTip(where)
 
     def ensure_store(self):
