@@ -2,12 +2,15 @@
 
 Every toolbar action opens the step's dialog (ui/), which runs the step as a
 background task (tasks.py) through ``runner.run_job`` — the same code path as
-the step's Processing algorithm. The menu adds Settings… and Diagnostics….
+the step's Processing algorithm. A top-level *MaskForge* menu (before Help, where
+well-liked plugins put theirs) holds every action: the steps, Compute Accuracy and
+Compare Detections (their Processing dialogs), Settings… and Diagnostics….
 """
 import os
 
 from qgis.core import QgsApplication
 from qgis.PyQt.QtGui import QAction, QIcon
+from qgis.PyQt.QtWidgets import QMenu
 
 from .algorithms.provider import MaskForgeProvider
 
@@ -20,6 +23,18 @@ STEPS = [
     ("MaskForgeTrainAction", "Train (Fine-tune) Model…", "maskforge:train", "train.svg"),
     ("MaskForgeDetectAction", "Detect Objects…", "maskforge:detectobjects", "detect.svg"),
     ("MaskForgeNmsAction", "Non Maximum Suppression…", "maskforge:nonmaximumsuppression", "nms.svg"),
+]
+# Explicit: Qt derives a tooltip from the text by dropping what is in brackets ("Train  Model…").
+TOOLTIPS = {
+    "MaskForgeExportAction": "Export Training Data: image chips and masks from a raster and its labels",
+    "MaskForgeTrainAction": "Train (Fine-tune) Model: Mask R-CNN on exported chips, with its loss and AP curve",
+    "MaskForgeDetectAction": "Detect Objects: polygons of the objects a model finds in a raster",
+    "MaskForgeNmsAction": "Non Maximum Suppression: remove overlapping duplicate detections",
+}
+# Assessment steps that have no dialog of their own: the menu opens their Processing dialogs.
+ASSESSMENTS = [
+    ("MaskForgeAccuracyAction", "Compute Accuracy…", "maskforge:computeaccuracy"),
+    ("MaskForgeCompareAction", "Compare Detections…", "maskforge:comparedetections"),
 ]
 
 
@@ -35,19 +50,42 @@ class MaskForgePlugin:
             self.provider = MaskForgeProvider()
             QgsApplication.processingRegistry().addProvider(self.provider)
 
+    menu = None
+
     def initGui(self):  # noqa: N802
         self.initProcessing()
         self.toolbar = self.iface.addToolBar("MaskForge")
         self.toolbar.setObjectName("MaskForgeToolbar")
+        self._init_menu()
         for object_name, text, algorithm_id, icon in STEPS:
             action = QAction(QIcon(os.path.join(RESOURCES, icon)), text, self.iface.mainWindow())
             action.setObjectName(object_name)
+            action.setToolTip(TOOLTIPS[object_name])
             action.triggered.connect(lambda checked=False, n=object_name: self.open_dialog(n))
             self.toolbar.addAction(action)
-            self.iface.addPluginToMenu(MENU, action)
+            self.menu.addAction(action)
             self.actions.append(action)
         self._init_labeling()
+        self.menu.addSeparator()
+        for object_name, text, algorithm_id in ASSESSMENTS:
+            action = QAction(text, self.iface.mainWindow())
+            action.setObjectName(object_name)
+            action.triggered.connect(lambda checked=False, a=algorithm_id: self.open_algorithm(a))
+            self.menu.addAction(action)
+            self.actions.append(action)
+        self.menu.addSeparator()
         self._init_settings_actions()
+
+    def _init_menu(self):
+        """The top-level MaskForge menu, before Help (or last when the window has no Help menu)."""
+        bar = self.iface.mainWindow().menuBar()
+        self.menu = QMenu(MENU, self.iface.mainWindow())
+        self.menu.setObjectName("MaskForgeMenu")
+        help_menu = getattr(self.iface, "helpMenu", lambda: None)()
+        if isinstance(help_menu, QMenu) and help_menu.menuAction() in bar.actions():
+            bar.insertMenu(help_menu.menuAction(), self.menu)
+        else:
+            bar.addMenu(self.menu)
 
     def open_algorithm(self, algorithm_id):
         import processing  # QGIS's Processing plugin; loaded by the time a user clicks
@@ -75,6 +113,11 @@ class MaskForgePlugin:
         dialog.activateWindow()
         return dialog
 
+    def _open_export(self, **prefill):
+        """The labels dock's Export training data…: the toolbar's own Export dialog, prefilled from the dock."""
+        from .ui.labels_dock import show_prefilled
+        return show_prefilled(self.open_dialog("MaskForgeExportAction"), **prefill)
+
     def open_settings(self):
         from qgis.PyQt.QtCore import Qt
         from .ui.settings_dialog import SettingsDialog
@@ -101,7 +144,7 @@ class MaskForgePlugin:
             action = QAction(text, self.iface.mainWindow())
             action.setObjectName(object_name)
             action.triggered.connect(lambda checked=False, f=slot: f())
-            self.iface.addPluginToMenu(MENU, action)   # menu only: the toolbar holds the workflow
+            self.menu.addAction(action)   # menu only: the toolbar holds the workflow
             self.actions.append(action)
             actions.append(action)
         self.settings_actions = tuple(actions)
@@ -125,11 +168,14 @@ class MaskForgePlugin:
         self._unload_labeling()
         self._unload_dialogs()
         for action in self.actions:
-            self.iface.removePluginMenu(MENU, action)
             if self.toolbar is not None:
                 self.toolbar.removeAction(action)
             action.deleteLater()
         self.actions = []
+        if self.menu is not None:
+            self.iface.mainWindow().menuBar().removeAction(self.menu.menuAction())
+            self.menu.deleteLater()
+            self.menu = None
         if self.toolbar is not None:
             self.iface.mainWindow().removeToolBar(self.toolbar)
             self.toolbar.deleteLater()
@@ -151,14 +197,14 @@ class MaskForgePlugin:
         action.toggled.connect(self._toggle_labeling)
         first = self.toolbar.actions()[0] if self.toolbar.actions() else None
         self.toolbar.insertAction(first, action)   # labeling is the workflow's first step
-        self.iface.addPluginToMenu(MENU, action)
+        self.menu.insertAction(self.menu.actions()[0] if self.menu.actions() else None, action)
         self.label_action = action
 
     def _toggle_labeling(self, checked):
         if checked and self.labels_dock is None:
             from qgis.PyQt.QtCore import Qt
             from .ui.labels_dock import LabelsDock
-            self.labels_dock = LabelsDock(self.iface, self.iface.mainWindow())
+            self.labels_dock = LabelsDock(self.iface, self.iface.mainWindow(), open_export=self._open_export)
             self.labels_dock.closedStateChanged.connect(self._labeling_closed)
             self.iface.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, self.labels_dock)
         if self.labels_dock is None:
@@ -179,7 +225,6 @@ class MaskForgePlugin:
             self.labels_dock.deleteLater()
             self.labels_dock = None
         if self.label_action is not None:
-            self.iface.removePluginMenu(MENU, self.label_action)
             if self.toolbar is not None:
                 self.toolbar.removeAction(self.label_action)
             self.label_action.deleteLater()

@@ -11,12 +11,16 @@ _STYLERS = []
 class _ApplyStyle(QgsProcessingLayerPostProcessorInterface):
     """Processing loads result layers without their default style, so the .qml written beside is applied here."""
 
-    def __init__(self, qml):
+    def __init__(self, qml, detections=False):
         super().__init__()
         self.qml = qml
+        self.detections = detections   # Detect's and NMS's: the toolbar's look (result_style.py)
 
     def postProcessLayer(self, layer, context, feedback):  # noqa: N802 (QGIS's name)
-        if os.path.exists(self.qml):
+        if self.detections:
+            from .result_style import style_result_layer
+            style_result_layer(layer, self.qml)
+        elif self.qml and os.path.exists(self.qml):
             layer.loadNamedStyle(self.qml)
             layer.triggerRepaint()
 
@@ -33,8 +37,8 @@ def load_result_layer(context, destination, result):
     loading = context.layersToLoadOnCompletion()
     if destination in loading:
         details = loading.pop(destination)
-        if result.get("style"):
-            styler = _ApplyStyle(result["style"])
+        if result.get("layer"):
+            styler = _ApplyStyle(result.get("style"), detections=True)
             _STYLERS.append(styler)
             details.setPostProcessor(styler)
         loading[value] = details

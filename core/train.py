@@ -320,6 +320,7 @@ def train(data_dirs, out_dir, base="none", options=None, reporter=None):
                 continue
 
             reporter.check_cancelled()
+            reporter.log(f"Epoch {epoch + 1}: validating on {len(val_idx)} chips (loss, AP)…")
             metrics, preds, truths = evaluate(model, val_set, val_idx, batch_size, device, amp, class_names,
                                               o.score_threshold)
             train_loss = float(np.mean([x for part in distributed.gather_objects(losses) for x in part]))
@@ -366,6 +367,7 @@ def train(data_dirs, out_dir, base="none", options=None, reporter=None):
     distributed.barrier()        # rank 0 has written the best package
     pkg = load_package(out / f"{name}.emd")
     model.load_state_dict(read_weights(pkg))
+    reporter.log(f"Best epoch {best.get('epoch')}: choosing the detection threshold on {len(val_idx)} validation chips…")
     _, preds, truths = evaluate(model, val_set, val_idx, batch_size, device, amp, class_names, o.score_threshold)
     threshold = choices.detection_threshold(preds, truths, o.score_threshold)
     chosen["threshold"] = threshold[0]
@@ -375,6 +377,7 @@ def train(data_dirs, out_dir, base="none", options=None, reporter=None):
                        model.transform, chosen, threshold[1], split_keys)
     emd["TrainingSeconds"] = round(time.monotonic() - started, 1)
     if main:
+        reporter.log("Writing the report and the model package…")
         shown = [chips[i] for i in val_idx]
         if distributed.is_distributed():   # predictions come back in gathered (rank-interleaved) order
             shards = [distributed.shard(val_idx, r) for r in range(distributed.world_size())]

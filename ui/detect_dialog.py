@@ -10,15 +10,17 @@ from .. import settings, tasks
 from ..algorithms.jobs import (DETECT_DEFAULTS, REGULARIZE, TTA, InvalidInput, check_detect, default_padding,
                                detect_args, package_summary, read_emd)
 from ..algorithms.layers import model_cell
+from ..algorithms.result_style import style_result_layer
 from .export_dialog import describe_raster
 from .extent_picker import ExtentPicker
 from .job_dialog import JobDialog, next_free, raster_info, raster_values
+from .output_folders import file_folder, output_folder
 from .train_dialog import describe_package
 
 
 def add_result_layer(task):
     """Add a finished job's result layer (a layer of its --out GeoPackage, which may hold other layers) to the
-    project, with the style the engine wrote for it.
+    project, styled as every Detect and NMS result is (algorithms/result_style.py).
 
     Returns the output path and the layer (None when it cannot be opened)."""
     r = task.result or {}
@@ -28,8 +30,7 @@ def add_result_layer(task):
     if not layer.isValid():
         tasks.push(f"The result '{path}' cannot be opened as a layer.", tasks.Qgis.Warning)
         return path, None
-    if r.get("style") and os.path.exists(r["style"]):
-        layer.loadNamedStyle(r["style"])
+    tasks.log(f"Style of {name}: {style_result_layer(layer, r.get('style'))}.")
     QgsProject.instance().addMapLayer(layer)
     return path, layer
 
@@ -100,9 +101,11 @@ class DetectDialog(JobDialog):
         self.raster_label.setText(describe_raster(layer))
         self.extent.set_raster_crs(layer.crs() if layer is not None else None)
         if layer is not None and not self.output.filePath():
-            # A web layer's source is a URL, not a folder to write next to.
-            folder = settings.folder("detections") or (os.path.expanduser("~") if layer.providerType() != "gdal"
-                                                       else os.path.dirname(layer.source().split("|")[0]))
+            # Beside the raster when that folder is the user's (not a URL, not a shared read-only folder).
+            folder, note = (settings.folder("detections"), "") if settings.folder("detections") else \
+                output_folder(file_folder(layer.source()) if layer.providerType() == "gdal" else None)
+            if note:
+                tasks.log(f"Detect Objects output: {note}.")
             name = re.sub(r"[^\w.-]+", "_", layer.name()).strip("_") or "raster"
             self.output.setFilePath(next_free(os.path.join(folder, f"{name}_detections.gpkg")))
 
@@ -148,11 +151,29 @@ class DetectDialog(JobDialog):
     def description(self, values):
         return f"MaskForge: detect objects into {os.path.basename(values['OUTPUT'])}"
 
+    def summary(self, task):
+        r = task.result
+        return nothing_found(r) if not r.get("kept", r.get("detections")) else super().summary(task)
+
     def on_finished(self, task):
         if task.result is None:
             return
         r = task.result
         out, layer = add_result_layer(task)
         count = r.get("kept", r.get("detections"))
+        if not count:
+            tasks.push(nothing_found(r), tasks.Qgis.Warning)
+            return
         tasks.push(f"Detected {count} objects in {r.get('tiles')} tiles on {r.get('device')}"
                    f"{' and added them to the project' if layer else ''}: {out}", tasks.Qgis.Success)
+
+
+def nothing_found(result):
+    """What to try when a run finds nothing: the engine's hint, the threshold used and the best score seen."""
+    said = [f"Detected 0 objects in {result.get('tiles')} tiles"]
+    if result.get("threshold") is not None:
+        said.append(f"at confidence threshold {float(result['threshold']):g}")
+    if result.get("max_score") is not None:
+        said.append(f"(the highest score seen was {float(result['max_score']):.3g})")
+    hint = result.get("hint") or "Try a lower confidence threshold, or train more epochs or on more labels."
+    return " ".join(said) + ". " + hint

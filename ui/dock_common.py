@@ -1,4 +1,7 @@
-"""Small helpers the labels dock's parts share (icons, colour swatches, the table role of ids)."""
+"""Small helpers the labels dock's parts share (icons, colour swatches, the table role of ids, where labels go
+and whether they are saved, the Export dialog it opens)."""
+import os
+
 from qgis.core import QgsApplication
 from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtGui import QColor, QIcon, QPixmap
@@ -21,3 +24,32 @@ def ask(parent, title, text):
     """The default ``confirm``: a Yes/No question, No by default."""
     answer = QMessageBox.question(parent, title, text, QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No, QMessageBox.StandardButton.No)
     return answer == QMessageBox.StandardButton.Yes
+
+
+def labels_folder():
+    """Where the first labels of an unsaved project go, without asking mid-drag: the Training data folder of
+    Settings, else ~/MaskForge (ui/output_folders.py). Saving the project later keeps the labels where they are."""
+    from .. import settings
+    from .output_folders import output_folder
+    return output_folder(settings.folder("data") or None)[0]
+
+
+def save_state(layer):
+    """(text, file) under the dock's tabs: a person sees whether the labels are on disk."""
+    if layer is None:
+        return "No labels layer yet: the first label creates one.", ""
+    where = layer.source().split("|")[0]
+    if layer.providerType() == "memory":
+        return "⚠ Temporary layer: lost when QGIS closes.", where
+    if layer.isEditable() and layer.isModified():
+        return f"● Unsaved changes in '{layer.name()}' (they are written on Save Layer Edits).", where
+    return f"✓ Saved in {os.path.basename(where)}", where
+
+
+def show_prefilled(dialog, **prefill):
+    """Show MaskForge's Export dialog with the dock's layers and fields."""
+    dialog.prefill(**prefill)
+    dialog.show()
+    dialog.raise_()
+    dialog.activateWindow()
+    return dialog

@@ -121,6 +121,7 @@ class ObjectsPart:
         self.export_button.setEnabled(self.store is not None)
         self.set_class_button.setEnabled(self.store is not None)
         self.delete_button.setEnabled(self.store is not None)
+        self._show_save_state()
 
     def _refresh_objects(self):
         table = self.objects_table

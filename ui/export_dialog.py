@@ -1,18 +1,37 @@
 """Export Training Data: the toolbar dialog of maskforge:exporttrainingdata."""
 import os
+import re
 
 from qgis.core import Qgis, QgsFieldProxyModel
 from qgis.gui import QgsFileWidget
+from qgis.PyQt.QtCore import QMetaType
 from qgis.PyQt.QtWidgets import QHBoxLayout, QLabel, QWidget
 
 from .. import settings, tasks
 from ..algorithms.jobs import EXPORT_DEFAULTS, FORMATS, TILE_MODES, check_export, export_args, parse_bands
 from .extent_picker import ExtentPicker
 from .job_dialog import JobDialog, next_free, raster_info, raster_values
+from .output_folders import file_folder, output_folder
 
-# Field names the engine (value/classvalue) and the labels dock (classvalue/classname) use.
-CLASS_VALUE_NAMES = ("classvalue", "value")
-CLASS_NAME_NAMES = ("classname", "class", "name")
+# Field names the engine (value/classvalue), the labels dock (classvalue/classname) and common data use;
+# a name is taken only for a field of the right type: an integer field holds values, a text field names.
+CLASS_VALUE_NAMES = ("classvalue", "value", "class_id", "classid", "class", "label", "category")
+CLASS_NAME_NAMES = ("classname", "class_name", "class", "name", "label", "category")
+
+
+def guess_class_fields(layer, wanted_value=None, wanted_name=None):
+    """(value field, name field) of a labels ``layer``: the wanted ones while the layer has them with the right
+    type, else the first integer field named like a class value and the first text field named like a class
+    name ('' when none; the engine then makes every feature class 1)."""
+    integers = {f.name().lower(): f.name() for f in layer.fields()
+                if f.isNumeric() and f.type() != QMetaType.Type.Double and f.name().lower() != "fid"}
+    texts = {f.name().lower(): f.name() for f in layer.fields() if f.type() == QMetaType.Type.QString}
+    numeric = {f.name() for f in layer.fields() if f.isNumeric()} | set(texts.values())
+    value = wanted_value if wanted_value in numeric else next(
+        (integers[n] for n in CLASS_VALUE_NAMES if n in integers), "")
+    name = wanted_name if wanted_name in texts.values() else next(
+        (texts[n] for n in CLASS_NAME_NAMES if n in texts and texts[n] != value), "")
+    return value, name
 
 
 def describe_raster(layer):
@@ -87,22 +106,43 @@ class ExportDialog(JobDialog):
         return super().default(key)
 
     def after_restore(self):
+        # Remembered or prefilled fields: kept while the labels layer has them, else guessed from names and types.
+        self._wanted = (self.raw("CLASS_VALUE_FIELD"), self.raw("CLASS_NAME_FIELD"))
+        self.value_field.activated.connect(lambda _: self._choose())
+        self.name_field.activated.connect(lambda _: self._choose())
         self.output.setFilePath(next_free(self.output.filePath()))
         self._raster_changed(self.raster.currentLayer())
+        self._labels_changed(self.labels.currentLayer())
+
+    def _choose(self):
+        self._wanted = (self.value_field.currentField(), self.name_field.currentField())
+
+    def prefill(self, raster=None, labels=None, value_field=None, name_field=None):
+        """Open with these layers and fields (the labels dock's Export training data…)."""
+        self._wanted = (value_field, name_field)
+        if raster is not None:
+            self.raster.setLayer(raster)
+        if labels is not None:
+            self.labels.setLayer(labels)
         self._labels_changed(self.labels.currentLayer())
 
     def _raster_changed(self, layer):
         self.raster_label.setText(describe_raster(layer))
         self.extent.set_raster_crs(layer.crs() if layer is not None else None)
+        if layer is not None and not self.output.filePath():
+            # Beside the raster when that folder is the user's; else the project's or ~/MaskForge, said in the log.
+            folder, note = output_folder(file_folder(layer.source()) if layer.providerType() == "gdal" else None)
+            if note:
+                tasks.log(f"Export Training Data output: {note}.")
+            name = re.sub(r"[^\w.-]+", "_", layer.name()).strip("_") or "raster"
+            self.output.setFilePath(next_free(os.path.join(folder, f"{name}_chips")))
 
     def _labels_changed(self, layer):
         if layer is None:
             return
-        names = {f.name().lower(): f.name() for f in layer.fields()}
-        for combo, wanted in ((self.value_field, CLASS_VALUE_NAMES), (self.name_field, CLASS_NAME_NAMES)):
-            if not combo.currentField():
-                found = next((names[n] for n in wanted if n in names), "")
-                combo.setField(found)
+        value, name = guess_class_fields(layer, *self._wanted)
+        self.value_field.setField(value)
+        self.name_field.setField(name)
 
     def values(self):
         values = super().values()

@@ -19,6 +19,7 @@ from qgis.PyQt.QtWidgets import (QCheckBox, QComboBox, QDialog, QFormLayout, QFr
                                  QVBoxLayout, QWidget)
 
 from .. import settings, tasks
+from .widgets import elided_combo
 from ..algorithms.jobs import InvalidInput
 from ..algorithms.layers import engine_values, extent_of, is_web, web_kind
 
@@ -145,8 +146,14 @@ class JobDialog(QDialog):
         self.status_label = QLabel()
         self.status_label.setObjectName("MaskForgeStatus")
         self.status_label.setWordWrap(True)
+        # A finished job's next step (Open report, Open folder) in the dialog the person is looking at.
+        self.result_button = QPushButton()
+        self.result_button.setObjectName("MaskForgeResultButton")
+        self.result_button.hide()
+        self.result_button.clicked.connect(lambda: tasks.open_path(self.result_button.property("path")))
         status.addWidget(self.progress)
         status.addWidget(self.status_label, 1)
+        status.addWidget(self.result_button)
         self.status_row = QWidget()
         self.status_row.setLayout(status)
         status.setContentsMargins(0, 0, 0, 0)
@@ -179,6 +186,8 @@ class JobDialog(QDialog):
         form.setRowWrapPolicy(QFormLayout.RowWrapPolicy.DontWrapRows)
         scroll = QScrollArea()
         scroll.setWidgetResizable(True)
+        # Never sideways: the fields are laid out to the width (elided combos, wrapped notes) instead.
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         scroll.setFrameShape(QFrame.Shape.NoFrame)
         scroll.setWidget(inner)
         self.tabs.addTab(scroll, title)
@@ -251,13 +260,12 @@ class JobDialog(QDialog):
         return self._add(None, key, label, box, box.isChecked, lambda v: box.setChecked(bool(v)), tooltip=tooltip)
 
     def add_enum(self, form, key, label, items, tooltip=None):
-        combo = QComboBox()
-        combo.addItems(items)
+        combo = elided_combo(items, tooltip)
 
         def put(index):
             if 0 <= int(index) < combo.count():
                 combo.setCurrentIndex(int(index))
-        return self._add(form, key, label, combo, combo.currentIndex, put, tooltip=tooltip)
+        return self._add(form, key, label, combo, combo.currentIndex, put)
 
     def add_text(self, form, key, label, placeholder="", tooltip=None):
         edit = QLineEdit()
@@ -392,6 +400,18 @@ class JobDialog(QDialog):
     def on_finished(self, task):
         """Main thread, after the job: show or load its result."""
 
+    def summary(self, task):
+        """What the status line says after a successful job: by default the engine's last message."""
+        return task.last_message or "Done."
+
+    def offer(self, text, path):
+        """A button under the form that opens ``path`` (a report, a folder) with the desktop's application."""
+        if sip.isdeleted(self):
+            return
+        self.result_button.setText(text)
+        self.result_button.setProperty("path", str(path))
+        self.result_button.setVisible(bool(path))
+
     # -- running -------------------------------------------------------------------------
     def show_error(self, message):
         self.error_label.setText(message or "")
@@ -435,10 +455,12 @@ class JobDialog(QDialog):
         self.task = task
         self.progress.setValue(0)
         self.status_label.setText("Queued…")
+        self.result_button.hide()
         self.status_row.show()
         self.cancel_button.setEnabled(True)
         task.progressChanged.connect(self._progress)
         task.progressText.connect(self._status)
+        task.logged.connect(lambda _level, message: self._status(message))   # long phases say what they do
 
     def _progress(self, value):
         if not sip.isdeleted(self):
@@ -458,7 +480,7 @@ class JobDialog(QDialog):
             self.cancel_button.setEnabled(False)
             if task.result is not None:
                 self.progress.setValue(100)
-                self.status_label.setText("Done.")
+                self.status_label.setText(self.summary(task))
             else:
                 self.status_label.setText(str(task.error))
         # The result is the user's even when the dialog has gone (closed, plugin reloaded).

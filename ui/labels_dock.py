@@ -9,7 +9,7 @@ The dock is the only place that ties the pieces together: the schema
 (ui/class_schema.py, no Qt), the labels layer and its undo history
 (ui/label_store.py), the map tools (ui/map_tools.py) and the review
 (ui/review.py). Dialogs it opens are injectable (``confirm``,
-``choose_folder``, ``choose_file``, ``open_algorithm``) so tests answer them
+``choose_folder``, ``choose_file``, ``open_export``) so tests answer them
 without a person at the screen.
 """
 import os
@@ -24,20 +24,12 @@ from qgis.PyQt.QtWidgets import (QFileDialog, QHBoxLayout, QLabel, QPushButton, 
 from .dock_classes import ClassesPart
 from .dock_objects import ObjectsPart
 from .dock_review import ReviewPage
-from .dock_common import ask, theme_icon
+from .dock_common import ask, labels_folder, save_state, show_prefilled, theme_icon
 from .class_schema import ClassSchema
 from .label_store import (LabelError, LabelStore, crs_for_new_labels, default_labels_path, labels_layer_at,
                           schema_from_data, schema_from_layer, SCHEMA_PROPERTY)
 from .map_tools import FreehandTool, PolygonTool, RectangleTool
 from .smart_labels import SmartLabeling
-
-EXPORT_ALGORITHM = "maskforge:exporttrainingdata"
-
-
-def open_algorithm_dialog(algorithm_id, parameters):
-    import processing   # QGIS's Processing plugin, loaded by the time the dock is used
-    return processing.execAlgorithmDialog(algorithm_id, parameters)
-
 
 def raster_under(layer, canvas):
     """The raster the labels lie on: the first visible raster covering them, else any raster of the project."""
@@ -62,15 +54,16 @@ def raster_under(layer, canvas):
 
 class LabelsDock(ClassesPart, ObjectsPart, ReviewPage, QgsDockWidget):
     def __init__(self, iface, parent=None, confirm=ask, choose_folder=None, choose_file=None,
-                 open_algorithm=open_algorithm_dialog, sam_command=None):
+                 sam_command=None, open_export=None):
         super().__init__("MaskForge Labels", parent)
         self.setObjectName("MaskForgeLabelsDock")
         self.iface = iface
         self.canvas = iface.mapCanvas()
         self.confirm = confirm
-        self.choose_folder = choose_folder or self._ask_folder
+        self.choose_folder = choose_folder or labels_folder
         self.choose_file = choose_file or self._ask_file
-        self.open_algorithm = open_algorithm
+        # MaskForge's own Export dialog (the plugin's, shared with the toolbar); the dock's own without a plugin.
+        self.open_export = open_export or self._open_own_export
         self.schema = ClassSchema()
         self.schema.add()
         self.schema.subscribe(self._schema_changed)
@@ -169,6 +162,11 @@ class LabelsDock(ClassesPart, ObjectsPart, ReviewPage, QgsDockWidget):
         self.export_button.clicked.connect(self.export_training_data)
         box.addWidget(self.export_button)
 
+        self.save_label = QLabel()   # where the labels are and whether all of them are on disk
+        self.save_label.setObjectName("MaskForgeSaveState")
+        self.save_label.setWordWrap(True)
+        box.addWidget(self.save_label)
+
         self.status_label = QLabel()
         self.status_label.setWordWrap(True)
         self.status_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
@@ -188,10 +186,6 @@ class LabelsDock(ClassesPart, ObjectsPart, ReviewPage, QgsDockWidget):
         QgsMessageLog.logMessage(text, "MaskForge", level)
         if level >= Qgis.MessageLevel.Warning:
             self.iface.messageBar().pushMessage("MaskForge", text, level, 8)
-
-    def _ask_folder(self):
-        return QFileDialog.getExistingDirectory(
-            self, "The project is not saved yet: where should the labels GeoPackage go?", os.path.expanduser("~"))
 
     def _ask_file(self, purpose, start=""):
         """Default ``choose_file``: purpose is 'new-layer', 'load-schema' or 'save-schema'."""
@@ -252,6 +246,9 @@ class LabelsDock(ClassesPart, ObjectsPart, ReviewPage, QgsDockWidget):
             return
         self._detach()
         self.store = store
+        for signal in (layer.editingStarted, layer.editingStopped, layer.layerModified, layer.afterCommitChanges):
+            signal.connect(self._show_save_state)
+            self._layer_signals.append(signal)
         store.edited.connect(self._edited)
         store.undoStateChanged.connect(self._update_undo)
         for signal in (layer.featureAdded, layer.featuresDeleted, layer.attributeValueChanged,
@@ -296,6 +293,11 @@ class LabelsDock(ClassesPart, ObjectsPart, ReviewPage, QgsDockWidget):
         self._detach()
         self.refresh()
 
+    def _show_save_state(self, *_):
+        text, where = save_state(self.labels_layer())
+        self.save_label.setText(text)
+        self.save_label.setToolTip(where)
+
     def ensure_store(self):
         """The labels store, creating the labels GeoPackage on demand; raises LabelError when it cannot."""
         if self.store is not None:
@@ -307,6 +309,8 @@ class LabelsDock(ClassesPart, ObjectsPart, ReviewPage, QgsDockWidget):
                 raise LabelError("The project is not saved and no folder was picked: the label was not kept. "
                                  "Save the project or pick a folder for the labels.")
             path = default_labels_path(folder=folder)
+            self._message(f"The project is not saved: labels go to {path}. New… in this dock picks another "
+                          "GeoPackage.", Qgis.MessageLevel.Info)
         layer = labels_layer_at(path, crs_for_new_labels(self.canvas))
         store = self.use_layer(layer)
         if store is None:
@@ -387,22 +391,26 @@ class LabelsDock(ClassesPart, ObjectsPart, ReviewPage, QgsDockWidget):
             self._message("There are no labels yet: draw some, or pick the labels layer.", Qgis.MessageLevel.Warning)
             return None
         layer = self.store.layer
-        parameters = {"INPUT_LABELS": layer, "CLASS_VALUE_FIELD": self.store.value_field}
-        if self.store.name_field:
-            parameters["CLASS_NAME_FIELD"] = self.store.name_field
         raster = raster_under(layer, self.canvas)
-        if raster is not None:
-            parameters["INPUT_RASTER"] = raster
-        else:
+        if raster is None:
             self._status("No raster under the labels in this project: pick the input raster in the dialog.")
         try:
-            return self.open_algorithm(EXPORT_ALGORITHM, parameters)
+            return self.open_export(raster=raster, labels=layer, value_field=self.store.value_field,
+                                    name_field=self.store.name_field)
         except Exception as exc:  # noqa: BLE001 (a slot: what escapes here is a traceback dialog for the user)
             import traceback
             QgsMessageLog.logMessage(traceback.format_exc(), "MaskForge", Qgis.MessageLevel.Critical)
             self._message(f"The Export Training Data dialog could not be opened: {exc}. Run it from the "
                           "Processing toolbox (MaskForge > Export training data).", Qgis.MessageLevel.Critical)
             return None
+
+    _export_dialog = None
+
+    def _open_own_export(self, **prefill):
+        from .export_dialog import ExportDialog
+        if self._export_dialog is None:
+            self._export_dialog = ExportDialog(self.iface)
+        return show_prefilled(self._export_dialog, **prefill)
 
     # ------------------------------------------------------------ going away
     def cleanup(self):
@@ -419,6 +427,10 @@ class LabelsDock(ClassesPart, ObjectsPart, ReviewPage, QgsDockWidget):
             QgsProject.instance().readProject.disconnect(self._pick_stored_layer)
         except TypeError:
             pass
+        if self._export_dialog is not None:
+            self._export_dialog.cleanup()
+            self._export_dialog.deleteLater()
+            self._export_dialog = None
         self.schema.unsubscribe(self._schema_changed)
         if self.review is not None:
             self.review.changed.disconnect(self._show_review)

@@ -15,6 +15,8 @@ SERIES = [("train_loss", "train loss", QColor(31, 119, 180), False),
           ("mask_ap", "mask AP", QColor(44, 160, 44), True),
           ("bbox_ap", "box AP", QColor(148, 103, 189), True)]
 
+PLACEHOLDER = "The curves appear when the first epoch ends."
+
 
 def _nice_max(value):
     if value <= 0 or not math.isfinite(value):
@@ -115,7 +117,12 @@ class MetricPlot(QWidget):
             p.drawText(QRectF(px(epoch) - 20, plot.bottom() + 2, 40, fm.height()), Qt.AlignmentFlag.AlignCenter, str(epoch))
 
         if not self.records:
-            p.drawText(plot, Qt.AlignmentFlag.AlignCenter, "The curves appear when the first epoch ends.")
+            # On a box of its own, wrapped to the plot: the grid and axis labels are not drawn over.
+            flags = int(Qt.AlignmentFlag.AlignCenter) | int(Qt.TextFlag.TextWordWrap)
+            inner = plot.adjusted(8, 8, -8, -8)
+            box = QRectF(fm.boundingRect(inner.toRect(), flags, PLACEHOLDER)).adjusted(-6, -4, 6, 4)
+            p.fillRect(box, self.palette().base())
+            p.drawText(inner, flags, PLACEHOLDER)
             p.end()
             return
         for key, _, colour, right_axis in SERIES:

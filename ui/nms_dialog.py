@@ -6,8 +6,24 @@ from qgis.gui import QgsFileWidget
 
 from .. import tasks
 from ..algorithms.jobs import NMS_DEFAULTS, check_nms, nms_args
+from ..algorithms.result_style import CLASS_FIELDS, CONFIDENCE_FIELDS
 from .detect_dialog import add_result_layer
 from .job_dialog import JobDialog, next_free
+from .output_folders import file_folder, output_folder
+
+
+def guess_confidence(layer, wanted=None):
+    """The confidence field of ``layer``: ``wanted`` when the layer has it as a number, else a numeric field
+    named like a score (Confidence, score, probability), else the first numeric field that is not an id."""
+    numeric = [f.name() for f in layer.fields() if f.isNumeric()]
+    if wanted in numeric:
+        return wanted
+    by_lower = {n.lower(): n for n in numeric}
+    named = next((by_lower[n] for n in CONFIDENCE_FIELDS if n in by_lower), None)
+    if named:
+        return named
+    ids = {"fid", "id", "ogc_fid", "objectid"} | set(CLASS_FIELDS)
+    return next((n for n in numeric if n.lower() not in ids), "")
 
 
 class NmsDialog(JobDialog):
@@ -21,6 +37,8 @@ class NmsDialog(JobDialog):
         self.input = self.add_layer(form, "INPUT", "Detections (polygons)", Qgis.LayerFilter.PolygonLayer)
         self.confidence = self.add_field(form, "CONFIDENCE_FIELD", "Confidence field", self.input,
                                          QgsFieldProxyModel.Filter.Numeric, optional=False)
+        self.confidence.setToolTip("The score of each polygon: of two overlapping ones the lower goes. Guessed from "
+                                   "the names (Confidence, score, probability).")
         self.class_field = self.add_field(form, "CLASS_FIELD", "Class value field", self.input)
         self.class_field.setToolTip("Features are reviewed within each class first, then across classes. Empty: "
                                     "a field named Classvalue or Value when there is one, else one class.")
@@ -28,22 +46,44 @@ class NmsDialog(JobDialog):
                         tooltip="Of two polygons overlapping more than this, the less confident goes. "
                                 "0: any overlap.")
         self.output = self.add_path(form, "OUTPUT", "Output GeoPackage", QgsFileWidget.StorageMode.SaveFile, "GeoPackage (*.gpkg)")
+        # What the person chose (or was remembered): kept while the layer has it, never a field it lacks.
+        self._wanted = {}
+        self.confidence.activated.connect(lambda _: self._want(self.confidence, "CONFIDENCE_FIELD"))
+        self.class_field.activated.connect(lambda _: self._want(self.class_field, "CLASS_FIELD"))
+        self._output_chosen = False
+        self._setting_output = False
+        self.output.fileChanged.connect(self._output_edited)
         self.input.layerChanged.connect(self._input_changed)
         self.resize(560, 300)
 
+    def _want(self, combo, key):
+        self._wanted[key] = combo.currentField()
+
+    def _output_edited(self, _path):
+        if not self._setting_output:
+            self._output_chosen = True
+
     def after_restore(self):
+        self._wanted = {key: self.raw(key) for key in ("CONFIDENCE_FIELD", "CLASS_FIELD")}
+        self._output_chosen = False   # a remembered output follows the input until the person picks one
         self._input_changed(self.input.currentLayer())
 
     def _input_changed(self, layer):
         if layer is None:
             return
-        names = {f.name().lower(): f.name() for f in layer.fields()}
-        if not self.confidence.currentField() and "confidence" in names:
-            self.confidence.setField(names["confidence"])
-        source = layer.source().split("|")[0]
-        if os.path.isfile(source) and (not self.output.filePath() or self.output.filePath() == source):
-            stem = os.path.splitext(source)[0]
-            self.output.setFilePath(next_free(f"{stem}_nms.gpkg"))
+        self.confidence.setField(guess_confidence(layer, self._wanted.get("CONFIDENCE_FIELD")))
+        names = [f.name() for f in layer.fields()]
+        wanted_class = self._wanted.get("CLASS_FIELD")
+        self.class_field.setField(wanted_class if wanted_class in names else "")
+        if not self._output_chosen:
+            source = layer.source().split("|")[0]
+            folder, note = output_folder(file_folder(source))
+            if note:
+                tasks.log(f"Non maximum suppression output: {note}.")
+            stem = os.path.splitext(os.path.basename(source))[0] if file_folder(source) else layer.name()
+            self._setting_output = True
+            self.output.setFilePath(next_free(os.path.join(folder, f"{stem}_nms.gpkg")))
+            self._setting_output = False
 
     def check(self, values):
         layer = self.input.currentLayer()

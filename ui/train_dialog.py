@@ -184,6 +184,7 @@ class TrainDialog(JobDialog):
             package = os.path.join(r["package"], f"{r['name']}.dlpk")
             best = r.get("best") or {}
             settings.set_dialog_value("detect", "MODEL", package)
+            self.offer("Open report", r["report"])
             tasks.push_with_button(
                 f"Model package {package}: best epoch {r.get('best_epoch')} of {r.get('epochs_run')} "
                 f"(mask AP {best.get('mask_ap')}) on {r.get('device')}.", "Open report", r["report"])

@@ -42,13 +42,21 @@ def test_load_unload_load_leaves_nothing_behind(maskforge, qgis_iface, qgis_proc
             "MaskForgeLabelAction",
             "MaskForgeExportAction", "MaskForgeTrainAction", "MaskForgeDetectAction", "MaskForgeNmsAction"]
         assert plugin.toolbar.parent() is qgis_iface.mainWindow()
+        menu = plugin.menu   # top-level, where QGIS users look; the assessments are there too
+        assert menu.menuAction() in qgis_iface.mainWindow().menuBar().actions()
+        assert [a.objectName() for a in menu.actions() if a.objectName()] == [
+            "MaskForgeLabelAction", "MaskForgeExportAction", "MaskForgeTrainAction", "MaskForgeDetectAction",
+            "MaskForgeNmsAction", "MaskForgeAccuracyAction", "MaskForgeCompareAction", "MaskForgeSettingsAction",
+            "MaskForgeDiagnosticsAction"]
+        assert "  " not in plugin.toolbar.actions()[2].toolTip() and "Train" in plugin.toolbar.actions()[2].toolTip()
         plugin.unload()
         QgsApplication.processEvents()
         QgsApplication.sendPostedEvents(None, QEvent.DeferredDelete)   # run the deleteLater()s
         assert registry.providerById("maskforge") is None
         assert all(registry.algorithmById(a) is None for a in ALGORITHMS)
         assert _toolbars(qgis_iface) == []
-        assert plugin.actions == [] and plugin.toolbar is None
+        assert plugin.actions == [] and plugin.toolbar is None and plugin.menu is None
+        assert not [m for m in qgis_iface.mainWindow().menuBar().actions() if "MaskForge" in m.text()]
 
 
 def test_every_step_has_its_icon(maskforge, root):
