@@ -40,9 +40,10 @@ LIGHT = {"vit_t"}   # MobileSAM: a distilled 5M-parameter TinyViT encoder with S
 # outline in seconds where ViT-B's encode takes minutes on two cores (scripts/bench_sam.py); on a GPU ViT-B,
 # whose outlines are better and whose encode is fast there.
 AUTO = {"cpu": "sam_mobile", "gpu": "sam_vit_b"}
-# Seconds to encode one 1024 px window on the 2-core development machine (scripts/bench_sam.py, random
-# weights: the cost is the architecture's), told to the user before the first click in a new place.
-ENCODE_S_CPU = {"vit_t": 2.0, "vit_b": 120.0, "vit_l": 360.0, "vit_h": 720.0, "tiny": 0.1}
+# Seconds to encode one 1024 px window on 2 idle CPU cores, told to the user before the first click in a
+# new place: vit_t and vit_b measured by scripts/bench_sam.py on the Banepa scene (random weights: the cost
+# is the architecture's; 2.9-3.0 s and 27 s), vit_l and vit_h scaled from vit_b by their encoders' FLOPs.
+ENCODE_S_CPU = {"vit_t": 3.0, "vit_b": 27.0, "vit_l": 85.0, "vit_h": 180.0, "tiny": 0.1}
 MAX_COARSENING = 16   # a window's cells at most this many raster pixels a side unless overviews hold them
 MARGIN = 1 / 8   # of the window, on each side: a prompt closer to the edge than this gets a new window
 
