@@ -303,3 +303,35 @@ def test_a_one_band_package_on_a_multi_band_raster_says_which_band(tmp_path):
     detect(tmp_path / "r.tif", pkg, tmp_path / "d.gpkg", reporter=Collect(), predictor=bright_parts)
     assert any("The raster has 3 bands; the package reads band 2 of it" in w and "replicated to three" in w
                for w in warnings), warnings
+
+
+def test_nothing_found_says_the_threshold_the_best_score_and_what_to_try(tmp_path):
+    """A real network (fixed random weights) scores nothing near 0.999: the result says so, with the highest
+    score its box head gave (below the threshold), and the layer is there, empty."""
+    _squares_raster(tmp_path / "r.tif", [(30, 30), (80, 70)], size=120)
+    torch.manual_seed(0)
+    pkg = _package(tmp_path / "pkg")
+    warnings = []
+
+    class Collect(NullReporter):
+        def warning(self, message):
+            warnings.append(message)
+    result = detect(tmp_path / "r.tif", pkg, tmp_path / "none.gpkg",
+                    DetectOptions(threshold=0.999, device="cpu", tile_size=64), Collect())
+    assert result["kept"] == 0 and result["threshold"] == 0.999
+    assert result["max_score"] is not None and 0.0 < result["max_score"] < 0.999
+    assert "try a lower threshold or more epochs" in result["hint"] and f"{result['max_score']:.3g}" in result["hint"]
+    assert any("Detected 0 objects" in w and "0.999" in w for w in warnings)
+    assert len(_read(tmp_path / "none.gpkg")[1]) == 0
+
+
+def test_outlines_never_spill_past_the_raster(tmp_path):
+    """Squares on the raster's edges and corner, seen by the edge tiles: every outline lies inside."""
+    centres = [(7, 40), (293, 100), (150, 7), (200, 293), (7, 7)]
+    _squares_raster(tmp_path / "r.tif", centres)
+    pkg = _package(tmp_path / "pkg")
+    detect(tmp_path / "r.tif", pkg, tmp_path / "d.gpkg", DetectOptions(tile_size=64), predictor=bright_parts)
+    _, found, _ = _read(tmp_path / "d.gpkg")
+    with rasterio.open(tmp_path / "r.tif") as src:
+        footprint = shapely.box(*src.bounds).buffer(1e-6)
+    assert len(found) == len(centres) and all(footprint.contains(f) for f in found)
