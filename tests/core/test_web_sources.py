@@ -82,8 +82,7 @@ def test_detection_over_xyz_equals_detection_over_the_geotiff(tiles, tmp_path):
     torch.manual_seed(0)
     write_package(tmp_path / "pkg", "trees", emd, build_model("resnet18_fpn", 2, (128, 128), (8, 16, 32, 64, 128))
                   .state_dict())
-    # read as they are (no resampling to the package's cell size): the file and the service give the same pixels
-    options = DetectOptions(threshold=0.2, extent=tiles["bounds"], device="cpu", resample=False)
+    options = DetectOptions(threshold=0.2, extent=tiles["bounds"], device="cpu")
     detect(tiles["reference"], tmp_path / "pkg", tmp_path / "file.gpkg", options)
     with TileServer(tiles["folder"]) as server:
         source = write_service(TileService(server.url + "/{z}/{x}/{y}.png", ZOOM), str(tmp_path / "cache"))
