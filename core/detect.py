@@ -162,7 +162,7 @@ def detect(raster, model, out, options=None, reporter=None, predictor=None):
             raise UserError(f"The processing extent {tuple(round(v, 2) for v in extent)} does not overlap the raster "
                             f"{tuple(round(v, 2) for v in src.bounds)}. Give an extent in the raster's CRS "
                             f"({src.crs.to_string()}) that covers part of it.")
-        res = resolution.choose(pkg, src, o.cell_size, o.resample, reporter)
+        res = resolution.choose(pkg, src, o.cell_size, o.resample, reporter, extent)
         grid = Grid(src, extent, res.cell)
         if grid.width < 1 or grid.height < 1:
             raise UserError("The processing extent holds no whole pixel of the raster.")

@@ -250,12 +250,16 @@ def ground_cell_size(crs, cell, latitude):
     return cx * unit * stretch, cy * unit * stretch
 
 
-def raster_latitude(src):
-    """The latitude of the raster's centre (0 when its CRS is unknown)."""
+def raster_latitude(src, extent=None):
+    """The latitude of the centre of ``extent`` (raster CRS), else of the raster (a web layer's raster is the
+    whole world: its centre is the equator); 0 when its CRS is unknown."""
     crs = crs_of(src.crs.to_wkt()) if src.crs else None
     if crs is None:
         return 0.0
-    x, y = src.transform * (src.width / 2.0, src.height / 2.0)
+    if extent is not None:
+        x, y = (extent[0] + extent[2]) / 2.0, (extent[1] + extent[3]) / 2.0
+    else:
+        x, y = src.transform * (src.width / 2.0, src.height / 2.0)
     if crs.is_geographic:
         return float(y)
     lon_lat = Transformer.from_crs(crs, CRS.from_epsg(4326), always_xy=True).transform(x, y)
