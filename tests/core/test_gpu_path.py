@@ -174,7 +174,7 @@ def test_detect_output_is_the_same_in_order_with_slow_tracer_threads(tmp_path, m
 
 def test_auto_tile_overlap_factor():
     # The case: 400 px chips, buildings up to 248 px -> padding 124, a 152 px core.
-    assert overlap_factor(10000, 10000, 400, 124) > 6.9
+    assert overlap_factor(10000, 10000, 400, 124) > 6.7      # 65 x 65 tiles, the last pulled back inside
     size = auto_tile_size(400, 124, 10000, 10000, max_tile=4096)
     assert overlap_factor(10000, 10000, size, 124) <= 1.5 and size % 32 == 0
     assert auto_tile_size(400, 124, 10000, 10000, max_tile=800) == 800 or \
@@ -197,7 +197,7 @@ def test_auto_tile_finds_the_same_objects_with_fewer_tiles(tmp_path):
     assert auto["tile_size"] > 64 and auto["tiles"] < chip["tiles"]
     assert auto["overlap_factor"] < chip["overlap_factor"]
     assert sorted(_features(tmp_path / "auto.gpkg")[0]) == sorted(_features(tmp_path / "chip.gpkg")[0])
-    assert auto["detections"] == chip["detections"] > 0
+    assert auto["kept"] == chip["kept"] > 0      # (more seams, more outlines seen twice before merging)
 
 
 def _accept_everything(net):
