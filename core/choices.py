@@ -75,9 +75,12 @@ def input_scale(sizes, anchors, current=1.0):
                          f"{_range(sizes)}, so chips are enlarged to bring them near the smallest anchor")
 
 
-def monitor(n_val_chips):
+def monitor(n_val_chips, n_val_objects=None):
     if n_val_chips == 0:
         return Choice("valid_loss", "monitor the training loss: there are no validation chips")
+    if n_val_objects == 0:
+        return Choice("valid_loss", f"monitor the validation loss: the {n_val_chips} validation chip(s) hold no "
+                                    "object, so mask AP cannot be measured on them")
     if n_val_chips < MASK_AP_BELOW_CHIPS:
         return Choice("mask_ap", f"monitor mask AP: the loss of {n_val_chips} validation chip(s) is noise "
                                  f"(fewer than {MASK_AP_BELOW_CHIPS})")

@@ -25,6 +25,9 @@ class Chip:
     name: str
     image: np.ndarray            # (bands, H, W) raw values, the chosen bands only
     labels: list                 # [(class value, instance-id map (H, W))]
+    transform: tuple = None      # pixel -> map affine (6 numbers), where the chip lies (core.split)
+    crs: str = None              # its CRS as WKT; chips of different CRSs are not compared
+    normalization: dict = None   # its folder's, when folders differ (else the dataset's)
 
 
 def _read_folder_meta(folder):
@@ -85,7 +88,7 @@ def _check_chip_headers(folder, images):
 def load_training_data(folders, bands=None):
     """Read every chip of one or more export folders (same bands and tile size)."""
     import rasterio      # here, not at the top: ChipDataset and the loader run without it (scripts/gpu_check.py)
-    chips, stats_all, class_names = [], [], {}
+    chips, per_folder, class_names = [], [], {}
     first = None
     for folder in folders:
         folder = Path(folder)
@@ -97,7 +100,7 @@ def load_training_data(folders, bands=None):
             raise UserError(f"'{folder}/images' holds no chip: export training data into it first.")
         shape = _check_chip_headers(folder, images)
         if first is None:
-            first = (folder, shape)
+            first = (folder, shape, stats)
         elif shape != first[1]:
             raise UserError(
                 f"The training folders differ: '{first[0]}' has {first[1][0]} band(s) of {first[1][3]} in "
@@ -109,9 +112,11 @@ def load_training_data(folders, bands=None):
             class_names.setdefault(int(c["Value"]), str(c.get("Name", c["Value"])))
         for value, _ in dirs:
             class_names.setdefault(value, str(value))
+        norm = normalization_for(shape[3], stats, chosen)
         for image in images:
             with _open_chip(image) as src:
                 data = src.read([b + 1 for b in chosen])
+                place = (tuple(src.transform)[:6], src.crs.to_wkt() if src.crs else None)
             labels = []
             for value, d in dirs:
                 found = list(d.glob(image.stem + ".*"))
@@ -123,27 +128,50 @@ def load_training_data(folders, bands=None):
                                             f"'{image.name}' {data.shape[2]}x{data.shape[1]}. Export the training "
                                             "data again.")
                         labels.append((value, m.read(1)))
-            chips.append(Chip(f"{folder.name}/{image.name}", data, labels))
-        stats_all.append((stats, chosen))
-    stats, chosen = stats_all[0]
-    export_bands = stats.get("ExtractBands") or list(range(first[1][0]))
+            chips.append(Chip(f"{folder.name}/{image.name}", data, labels, *place, norm))
+        export_bands = stats.get("ExtractBands") or list(range(shape[0]))
+        per_folder.append((folder, [int(export_bands[b]) for b in chosen], norm, len(images)))
     spec = {
-        "ExtractBands": [int(export_bands[b]) for b in chosen],
-        "Normalization": normalization_for(first[1][3], stats, chosen),
+        "ExtractBands": per_folder[0][1],
+        "Normalization": _common_normalization(per_folder, chips),
         "DataType": first[1][3], "ChipBands": first[1][0],
         "TileSize": (first[1][2], first[1][1]),
-        "CellSize": stats.get("CellSizeX"),
-        "SpatialReference": stats.get("SpatialReference"),
+        "CellSize": first[2].get("CellSizeX"),
+        "SpatialReference": first[2].get("SpatialReference"),
     }
+    if any(c.normalization for c in chips):
+        spec["NormalizationNote"] = (
+            "the folders' value ranges differ (" + "; ".join(
+                f"'{f.name}' {', '.join(f'{lo:g}-{hi:g}' for lo, hi in zip(n['low'], n['high']))}"
+                for f, _, n, _ in per_folder) + "): each folder's chips are stretched by their own 2-98 % range, "
+            "and the package keeps their average for detection")
     return chips, dict(sorted(class_names.items())), spec
 
 
-def split_train_val(n, val_fraction, seed):
-    order = np.random.default_rng(seed).permutation(n)
-    n_val = int(round(n * val_fraction))
-    if val_fraction > 0 and n >= 2:
-        n_val = min(max(n_val, 1), n - 1)
-    return sorted(order[n_val:].tolist()), sorted(order[:n_val].tolist())
+def _common_normalization(per_folder, chips):
+    """One normalisation for the package, with the chips of folders that differ scaled by their own.
+
+    Bands must mean the same in every folder: a different band order is refused, naming it. A 16-bit
+    folder's percentile stretch comes from its own chips, so two folders (other scenes, other dates) rarely
+    agree; each folder's chips are then scaled by their own stretch (what the network learns is the
+    stretched image, not one scene's radiometry) and the package records the stretch averaged over the
+    folders, weighted by their chips, for detection."""
+    folder, bands, norm, _ = per_folder[0]
+    for other, other_bands, _, _ in per_folder[1:]:
+        if other_bands != bands:
+            raise UserError(
+                f"The training folders hold different bands: '{folder}' the raster's bands "
+                f"{[b + 1 for b in bands]}, '{other}' {[b + 1 for b in other_bands]} (in that order). The network "
+                "reads band 1 of every chip as the same colour: export them with the same bands in the same order "
+                "(Export Training Data's bands), or give --bands.")
+    if all(n == norm for _, _, n, _ in per_folder):
+        for chip in chips:
+            chip.normalization = None
+        return norm
+    weights = np.asarray([count for *_, count in per_folder], float)
+    mean = {k: (np.asarray([n[k] for _, _, n, _ in per_folder]) * weights[:, None]).sum(0) / weights.sum()
+            for k in ("low", "high")}
+    return {"type": "percentile_stretch", "low": mean["low"].tolist(), "high": mean["high"].tolist()}
 
 
 def targets_from_labels(labels, tile_h, tile_w):
@@ -203,7 +231,7 @@ class ChipDataset(torch.utils.data.Dataset):
             k, flip = int(rng.integers(4)), bool(rng.integers(2))
             image = _dihedral(image, k, flip)
             labels = [(v, _dihedral(m[None], k, flip)[0]) for v, m in labels]
-        x = to_network_input(np.ascontiguousarray(image), self.normalization)
+        x = to_network_input(np.ascontiguousarray(image), chip.normalization or self.normalization)
         if self.augment:
             brightness, contrast = rng.uniform(-0.1, 0.1), rng.uniform(0.8, 1.2)
             mean = x.mean(axis=(1, 2), keepdims=True)

@@ -136,6 +136,17 @@ class ModelPackage:
     def tile_size(self):
         return int(self.emd["ImageWidth"]), int(self.emd["ImageHeight"])
 
+    def split(self):
+        """How the chips were split (``core.split``): the method, why, counts, and the chips by name."""
+        e = self.emd
+        if "TrainingChips" not in e:
+            return None            # written before MaskForge recorded its split, or by arcgis.learn
+        record = e.get("ValidationSplit") or {}
+        return {"method": record.get("Method"), "reason": record.get("Reason"), "objects": record.get("Objects"),
+                "buffer": record.get("Buffer"), "validation_areas": record.get("ValidationAreas"),
+                "training_chips": e["TrainingChips"], "validation_chips": e.get("ValidationChips") or [],
+                "dropped_chips": record.get("DroppedChips") or []}
+
     def summary(self):
         e = self.emd
         return {
@@ -149,6 +160,7 @@ class ModelPackage:
             "epochs_trained": len(e.get("TrainingHistory") or []),
             "detection_threshold": e.get("DetectionThreshold"),
             "choices": {k: c.get("reason") for k, c in (e.get("Choices") or {}).items()},
+            "split": self.split(),
             "arcgis_pro": e.get("ArcGISPro") or ("an arcgis.learn package" if self.is_esri else
                                                  "MaskForge-only: written before MaskForge 0.2"),
         }

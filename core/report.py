@@ -87,6 +87,18 @@ def _sample(chip, pred, normalization, path, threshold=0.5):
     img.save(path)
 
 
+def _split_sentence(emd):
+    """What the validation metrics below were measured on (core.split), in words."""
+    record = emd.get("ValidationSplit") or {}
+    n_train, n_val = len(emd.get("TrainingChips") or []), len(emd.get("ValidationChips") or [])
+    if record.get("Method") == "spatial":
+        return (f"Held out in space: {record.get('Reason')}. The chips are listed by name in the package's "
+                f".emd (TrainingChips, ValidationChips), so anyone can check that no two overlap.")
+    return (f"No validation ({record.get('Reason') or 'none recorded'}): all {n_train} chips trained"
+            + (f" and {n_val} validated" if n_val else "") + ". The figures below are not measured on unseen "
+            "ground, and the detection threshold was not chosen from the data. Label a second area to have one.")
+
+
 def write_report(out_dir, name, emd, chips, preds, normalization):
     """Write the report files; returns their paths (they also go into the .dlpk)."""
     out = Path(out_dir)
@@ -121,6 +133,7 @@ def write_report(out_dir, name, emd, chips, preds, normalization):
 <p>Mask R-CNN, backbone <b>{html.escape(str((emd.get('ModelParameters') or {}).get('backbone')))}</b>,
 base model <b>{html.escape(str(emd.get('BaseModel')))}</b>, best epoch <b>{emd.get('BestEpoch')}</b>
 of {len(history)}, training time {emd.get('TrainingSeconds')} s.</p>
+<h2>Validation</h2><p>{html.escape(_split_sentence(emd))}</p>
 <h2>Average precision per class (validation chips, COCO AP@[.5:.95])</h2>
 <table><tr><th>value</th><th>class</th><th>box AP</th><th>mask AP</th><th>mask AP50</th></tr>{per_class}</table>
 <h2>Chosen from the data</h2><p>What was left empty, the engine chose; each can be set by hand.</p>

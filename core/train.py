@@ -20,13 +20,14 @@ from . import __version__, choices, distributed
 from .chips import class_color
 from .esri import with_arcgis_keys
 from .data import (ChipDataset, EpochBatches, chip_loader, default_workers, load_training_data,
-                   max_object_size, object_sizes, split_train_val, targets_from_labels)
+                   max_object_size, object_sizes, targets_from_labels)
 from .errors import Cancelled, UserError
 from .bases import base_model
 from .model import anchor_generator, select_device
 from .outputs import check_model_folder, remove_packages
 from .package import FRAMEWORK, load_package, read_weights, write_package
 from .progress import NullReporter
+from .split import spatial_split
 from .steps import train_step
 from .validation import evaluate
 
@@ -89,9 +90,10 @@ def epoch_batches(indices, batch_size, seed, epoch):
 
 
 def _package_emd(spec, class_names, backbone, anchors, max_obj, history, best, o, base_desc, tile, network,
-                 chosen, curve):
+                 chosen, curve, split):
     """``network``: the model's GeneralizedRCNNTransform (its resize and mean/std are recorded); ``chosen``:
-    the engine's choices (core.choices), ``curve`` the validation precision-recall curve."""
+    the engine's choices (core.choices), ``curve`` the validation precision-recall curve, ``split`` the
+    chips that trained and validated, by name (core.split)."""
     cell = spec.get("CellSize")
     return with_arcgis_keys({
         "Framework": FRAMEWORK, "MaskForgeVersion": __version__, "ModelConfiguration": "MaskForge_MaskRCNN",
@@ -113,7 +115,7 @@ def _package_emd(spec, class_names, backbone, anchors, max_obj, history, best, o
         "TrainingHistory": history,
         "DetectionThreshold": chosen["threshold"].value,   # Detect Objects' default (MaskForge's key)
         "Choices": {k: c.as_dict() for k, c in chosen.items()},
-        "PrecisionRecall": _thin(curve),
+        "PrecisionRecall": _thin(curve), **split,
     })
 
 
@@ -203,19 +205,30 @@ def train(data_dirs, out_dir, base="none", options=None, reporter=None):
         trainer = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True)
 
-    train_idx, val_idx = split_train_val(len(chips), o.val_fraction, o.seed)
-    if not train_idx:
-        raise UserError("Too few chips to train: export more (smaller stride or more labels).")
-    reporter.log(f"{len(chips)} chips ({len(train_idx)} train, {len(val_idx)} validation), {n_instances} objects, "
+    if spec.get("NormalizationNote"):
+        reporter.log(f"Training folders: {spec['NormalizationNote']}.")
+    split = spatial_split(chips, o.val_fraction)
+    train_idx, val_idx = split.train, split.val
+    reporter.log(split.message(), "warning" if split.method == "none" and o.val_fraction > 0 else "info")
+    split_keys = {"TrainingChips": [chips[i].name for i in train_idx],
+                  "ValidationChips": [chips[i].name for i in val_idx], "ValidationSplit": split.record(chips)}
+    reporter.log(f"{len(chips)} chips ({len(train_idx)} train, {len(val_idx)} validation"
+                 f"{f', {len(split.dropped)} left out' if split.dropped else ''}), {n_instances} objects, "
                  f"{len(class_names)} class(es), device {device}{' with AMP' if amp else ''}"
                  + (f", {distributed.world_size()} processes" if distributed.is_distributed() else "") + ".")
     monitor = o.monitor
+    val_objects = sum(int(len(np.unique(m)) - 1) for i in val_idx for _, m in chips[i].labels)
     if monitor == "auto":
-        chosen["monitor"] = choices.monitor(len(val_idx))
+        chosen["monitor"] = choices.monitor(len(val_idx), val_objects)
         monitor = chosen["monitor"].value
         reporter.log(f"Chosen: {chosen['monitor'].reason}.")
     if monitor == "mask_ap" and not val_idx:
-        raise UserError("Monitoring mask AP needs validation chips: set a validation percentage above 0.")
+        raise UserError("Monitoring mask AP needs validation chips: " + (
+            "set a validation percentage above 0." if o.val_fraction <= 0 else
+            f"{split.reason}. Label a second area, or monitor valid_loss."))
+    if monitor == "mask_ap" and not val_objects:
+        raise UserError(f"Monitoring mask AP needs objects in the validation chips; the {len(val_idx)} validation "
+                        "chip(s) hold none, so it cannot be measured. Monitor valid_loss (or auto).")
     train_set = ChipDataset(chips, spec["Normalization"], augment=o.augment)
     workers = default_workers(device) if o.workers is None else int(o.workers)
     spec["MaxObjectsPerChip"] = max(len(targets_from_labels(c.labels, *c.image.shape[1:])["boxes"]) for c in chips)
@@ -315,13 +328,17 @@ def train(data_dirs, out_dir, base="none", options=None, reporter=None):
             value = record["valid_loss"] if monitor == "valid_loss" else record["mask_ap"]
             if value is None and not val_idx:
                 value = record["train_loss"] if monitor == "valid_loss" else None
-            if _better(value, best_value, monitor) or not best:
+            if value is None:
+                reporter.warning(f"Epoch {epoch + 1}: no {monitor} could be measured on the validation chips; the "
+                                 "epoch is not compared (the package keeps the best measured one, or the first).")
+            if _better(value, best_value, monitor) or not best:     # the first epoch, measured or not
                 best_value, stale = value, 0
                 best = {**record, "per_class": metrics.get("per_class")}
                 threshold = choices.detection_threshold(preds, truths, o.score_threshold)
                 if main:
                     emd = _package_emd(spec, class_names, backbone, anchors, max_obj, history, best, o, base_desc,
-                                       tile, model.transform, {**chosen, "threshold": threshold[0]}, threshold[1])
+                                       tile, model.transform, {**chosen, "threshold": threshold[0]}, threshold[1],
+                                       split_keys)
                     write_package(out, name, emd, {k: v.detach().cpu() for k, v in model.state_dict().items()})
                     earlier = remove_packages(out, earlier, keep=name)
                 reporter.log(f"Epoch {epoch + 1}: {monitor} {value} is the best so far; package written.")
@@ -348,9 +365,10 @@ def train(data_dirs, out_dir, base="none", options=None, reporter=None):
     _, preds, truths = evaluate(model, val_set, val_idx, batch_size, device, amp, class_names, o.score_threshold)
     threshold = choices.detection_threshold(preds, truths, o.score_threshold)
     chosen["threshold"] = threshold[0]
-    reporter.log(f"Chosen on the validation chips: {threshold[0].reason}.")
+    reporter.log(f"Chosen on the held-out validation chips: {threshold[0].reason}." if val_idx else
+                 f"Not chosen: {threshold[0].reason}.")
     emd = _package_emd(spec, class_names, backbone, anchors, max_obj, history, best, o, base_desc, tile,
-                       model.transform, chosen, threshold[1])
+                       model.transform, chosen, threshold[1], split_keys)
     emd["TrainingSeconds"] = round(time.monotonic() - started, 1)
     if main:
         shown = [chips[i] for i in val_idx]
@@ -367,7 +385,8 @@ def train(data_dirs, out_dir, base="none", options=None, reporter=None):
               "monitor": monitor, "best": {k: v for k, v in best.items() if k != "per_class"},
               "per_class": best.get("per_class"), "device": str(device), "seconds": emd["TrainingSeconds"],
               "report": str(out / "model_metrics.html"), "threshold": chosen["threshold"].value,
-              "choices": {k: c.as_dict() for k, c in chosen.items()}}
+              "choices": {k: c.as_dict() for k, c in chosen.items()},
+              "split": {"method": split.method, "objects": split.objects, "dropped_chips": len(split.dropped)}}
     reporter.progress(100, f"Best epoch {best.get('epoch')} of {len(trained)}.")
     return result
 

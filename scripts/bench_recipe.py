@@ -12,8 +12,8 @@ GradScaler, the reference scripts' ``--amp``, so that a speed difference that
 is not about quality does not shrink its time budget.
 
 What it shares with MaskForge's run, so that only the recipe differs: the same
-chips and the same train/validation split (``split_train_val`` with our
-package's seed and validation fraction; it trains on the training chips only
+chips and the same train/validation split (the training chips our package's
+.emd lists, ``core.split.recorded_split``; it trains on the training chips only
 and never looks at the validation ones), the same start (random init, the
 backbone our package used, ``build_model``), and a wall-clock budget of our
 package's ``TrainingSeconds`` (which includes our per-epoch validation: the
@@ -29,9 +29,10 @@ from pathlib import Path
 
 import torch
 
-from core.data import ChipDataset, collate, load_training_data, split_train_val
+from core.data import ChipDataset, collate, load_training_data
 from core.model import DEFAULT_ANCHORS, build_model, select_device
 from core.package import load_package, write_package
+from core.split import recorded_split
 
 LR, MOMENTUM, WEIGHT_DECAY = 0.005, 0.9, 5e-4
 STEP_SIZE, GAMMA = 3, 0.1
@@ -94,7 +95,7 @@ def train_recipe(chips_dir, ours_dir, out_dir, device="cpu", log=print):
     ours = load_package(ours_dir)
     seconds_budget = float(ours.emd["TrainingSeconds"])
     trained_with = ours.emd.get("TrainingParameters") or {}
-    seed, val_fraction = int(trained_with.get("seed", 0)), float(trained_with.get("val_fraction", 0.1))
+    seed = int(trained_with.get("seed", 0))
     device = select_device(device)
     amp = device.type == "cuda"
     torch.set_num_threads(max(1, os.cpu_count() or 1))     # as core.train does
@@ -103,7 +104,7 @@ def train_recipe(chips_dir, ours_dir, out_dir, device="cpu", log=print):
     value_to_label = {v: i + 1 for i, v in enumerate(sorted(class_names))}   # core.train's labels (ranks)
     for chip in chips:
         chip.labels = [(value_to_label[v], m) for v, m in chip.labels]
-    train_idx, _ = split_train_val(len(chips), val_fraction, seed)
+    train_idx, _ = recorded_split(chips, ours.emd)
     dataset = FlipDataset(chips, spec["Normalization"], train_idx, seed)
     loader = torch.utils.data.DataLoader(dataset, batch_size=BATCH, shuffle=True, collate_fn=collate,
                                          generator=torch.Generator().manual_seed(seed))
