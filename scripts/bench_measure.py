@@ -98,7 +98,8 @@ def ratio(a, b):
 
 
 def f1_curve(assessed_detections, n_truth):
-    """[(threshold, F1)] for every distinct confidence of an evaluated detection layer (field 'match')."""
+    """[(threshold, F1, detections)] for every distinct confidence of an evaluated detection layer (its
+    field 'match': TP or FP)."""
     layer = read_polygons(str(assessed_detections), "assessed detections")
     if not len(layer):
         return []
@@ -108,12 +109,12 @@ def f1_curve(assessed_detections, n_truth):
     scores, tp = scores[order], tp[order]
     cum_tp = np.cumsum(tp)
     last = np.flatnonzero(np.r_[scores[1:] != scores[:-1], True])       # the last detection of each score
-    return [(float(scores[i]), 2.0 * cum_tp[i] / (i + 1 + n_truth)) for i in last]
+    return [(float(scores[i]), 2.0 * cum_tp[i] / (i + 1 + n_truth), int(i + 1)) for i in last]
 
 
 def f1_at(curve, threshold, n_truth):
     """F1 of the detections at or above ``threshold`` (0 when none are)."""
-    kept = [f for t, f in curve if t >= threshold - 1e-9]
+    kept = [f for t, f, _ in curve if t >= threshold - 1e-9]
     return round(kept[-1], 4) if kept else 0.0
 
 
@@ -153,8 +154,8 @@ def assess(raster, labels, package, split, out, device, fixed_threshold=None):
         figures.update({k: counts[k] for k in ("precision", "recall", "detections")})
     else:
         chosen, threshold = f1_at(curve, fixed_threshold, truth), fixed_threshold
-        figures["detections"] = sum(1 for t, _ in curve if t >= fixed_threshold)   # distinct scores only: a floor
-    best_threshold, best = max(((t, f) for t, f in curve), key=lambda p: p[1], default=(None, 0.0))
+        figures["detections"] = max((n for t, _, n in curve if t >= fixed_threshold - 1e-9), default=0)
+    best_threshold, best = max(((t, f) for t, f, _ in curve), key=lambda p: p[1], default=(None, 0.0))
     if chosen >= best:
         best_threshold, best = threshold, chosen
     figures.update(f1_chosen=round(chosen, 4), f1_best=round(best, 4), threshold=threshold,
