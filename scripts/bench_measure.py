@@ -11,8 +11,9 @@ user runs it, and counts towards the best (so that f1_chosen <= f1_best even if 
 run at T differ from the low run cut at T).
 
 Tiling agreement (issue 21, item 2): detection of a raster that fits one tile, at the default tiling and
-as one single tile (--tile-size = the raster, no padding); the share of objects found by both with
-IoU >= 0.9 among the objects found by either, TP / (TP + FP + FN) of one run evaluated against the other.
+as one single tile (the raster's size, no padding), objects paired at IoU >= 0.9: the engine's
+core.agreement where it exists, else the same through the command line (one run evaluated against the
+other: TP / (TP + FP + FN)). 'n/a' when neither run finds anything: nothing found measures nothing.
 """
 import json
 import subprocess
@@ -47,10 +48,11 @@ class Phases:
     Expectations are rates (seconds per training image, per detected megapixel, per engine call) that
     start from a guess for the device and are replaced by what the run has measured so far."""
 
-    def __init__(self, device, load):
+    def __init__(self, device, load, tile=128):
         cuda = device.startswith("cuda")
         slow = max(1.0, load / 2.0) if not cuda else 1.0     # a shared CPU: the load stretches every step
-        self.rates = {"train_image": (0.01 if cuda else 0.25) * slow, "detect_mpix": (2.0 if cuda else 40.0) * slow,
+        per_image = (0.01 if cuda else 2.0) * (tile / 128) ** 2   # a 128 px chip with its share of validation
+        self.rates = {"train_image": per_image * slow, "detect_mpix": (2.0 if cuda else 40.0) * slow,
                       "call": 6.0 * slow}
 
     def expect(self, images=0, mpix=0.0, calls=1):
@@ -165,7 +167,21 @@ def assess(raster, labels, package, split, out, device, fixed_threshold=None):
 
 
 def tiling_agreement(raster, side, package, out, device):
-    """Agreement of the default tiling with one single tile on ``raster`` (``side`` px square)."""
+    """Agreement of the default tiling with one single tile on ``raster`` (``side`` px square): the engine's
+    own measure (core.agreement: matched / the larger run's objects) where it has one, else the same runs
+    through the command line (matched / the objects of either run)."""
+    try:
+        from core.agreement import tiling_agreement as engine_agreement
+        from core.detect import DetectOptions
+    except ImportError:
+        return _tiling_agreement_cli(raster, side, package, out, device)
+    found = engine_agreement(raster, str(package), out, DetectOptions(device=device))
+    return {"default_tiles": found["tiles"], "single_tiles": found["single_tiles"], "objects_default": found["tiled"],
+            "objects_single": found["single"], "matched": found["matched"],
+            "agreement": found["agreement"] if found["tiled"] or found["single"] else "n/a"}
+
+
+def _tiling_agreement_cli(raster, side, package, out, device):
     out.mkdir(parents=True, exist_ok=True)
     default = engine("detect", "--raster", raster, "--model", package, "--out", out / "default.gpkg",
                      "--device", device)

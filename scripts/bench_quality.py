@@ -47,11 +47,12 @@ from bench_scenes import (DEFAULT_SHARE, GENERATED, KNOWN, REAL, SCENES, TRAIN_S
                           real_inputs, split_scene)
 
 RECIPE_THRESHOLD = 0.5
-# Budgets: training images per scene. CPU: about 5 min of training per model and scene on an idle 2-core
-# machine (0.25 s per 128 px image), enough that the camp and the real scenes leave F1 0 (two epochs did
-# not: README). GPU: the whole default run (5 scenes, ours + recipe + fine-tuning) in about 15 minutes.
-CPU = dict(tile=128, budget=600, crop=384, device="cpu", stride=None)     # None: the engine's stride
-GPU = dict(tile=256, budget=2000, crop=768, device="cuda", stride=None)
+# Budgets: training images per scene and model. CPU: about 10 minutes per model and scene on an idle 2-core
+# machine (about 2 s per 128 px image with its validation; 2-3 hours for the whole run), some 5x the two
+# epochs that left every real scene at F1 0 (README). GPU: the whole default run (5 scenes, ours + recipe
+# + fine-tuning: 11 trainings of about a minute, plus detection) in about 15 minutes on one GPU.
+CPU = dict(tile=128, budget=300, crop=384, device="cpu", stride=None)     # None: the engine's stride
+GPU = dict(tile=256, budget=1500, crop=768, device="cuda", stride=None)
 QUICK = dict(tile=64, budget=1, crop=96, device="cpu", stride=64, camp_size=192)   # a smoke run: nothing learns
 
 
@@ -250,7 +251,7 @@ def main(argv=None):
     line("torch", torch.__version__)
     line("budget_images", args.budget)
     line("load_average_start", round(load, 2))   # shared cores: the seconds depend on it
-    phases = Phases(args.device, load)
+    phases = Phases(args.device, load, args.tile)
     scenes, transfer_met = {}, None
     for name in args.scenes:
         scene = Scene(name, out / name)
