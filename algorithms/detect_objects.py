@@ -16,7 +16,7 @@ class DetectObjectsAlgorithm(MaskForgeAlgorithm):
     PADDING, BATCH_SIZE, THRESHOLD, TILE_SIZE = "PADDING", "BATCH_SIZE", "THRESHOLD", "TILE_SIZE"
     TTA, RETURN_BOXES, EXTENT, EXTENT_POLYGONS = "TEST_TIME_AUGMENTATION", "RETURN_BOXES", "EXTENT", "EXTENT_POLYGONS"
     CELL_SIZE, NMS, NMS_RATIO, SIMPLIFY, DEVICE = "CELL_SIZE", "NMS", "MAX_OVERLAP_RATIO", "SIMPLIFY", "DEVICE"
-    OVERWRITE = "OVERWRITE"
+    OVERWRITE, RESAMPLE, NMS_ACROSS = "OVERWRITE", "RESAMPLE", "NMS_ACROSS_CLASSES"
 
     def name(self):
         return "detectobjects"
@@ -29,14 +29,21 @@ class DetectObjectsAlgorithm(MaskForgeAlgorithm):
             "Runs a Mask R-CNN model package (a MaskForge package or an Esri resnet50 Mask R-CNN .dlpk; folder, "
             ".dlpk or the .emd inside) over the whole raster, tile by tile, and writes one polygon per object "
             "with ClassValue, Class, Confidence and Area to a GeoPackage in the raster's CRS (styled by class).\n\n"
-            "Tiles overlap by the padding; an object is kept by the tile whose core (tile minus padding) holds its "
-            "centre, so objects on tile borders are found once and whole. Default padding: half the largest object "
+            "The raster is read at the package's cell size when its own differs by more than 10 % on the ground "
+            "(metres: degrees and Web-Mercator units are converted at the raster's latitude), so objects look as in "
+            "training; the log says so. Turn 'Resample to the package's cell size' off to read the raster's own "
+            "cells, or give a cell size. Padding and tile size count the pixels the network sees.\n\n"
+            "Tiles overlap by twice the padding and stay inside the raster (edge tiles are pulled inward). An object "
+            "seen by two tiles is kept once, whole: the outline of the tile that saw it farthest from its edges. "
+            "Outlines are clipped to the raster and the processing extent. Default padding: half the largest object "
             "seen in training (from the package), else a quarter of the training chip. The tile need not be the "
             "training chip: by default it is chosen so that about 1.5x the raster's pixels go through the network "
             "(the overlap factor, in the log), within free memory. Bands, data type and stretch are "
             "applied exactly as in training. Test-time augmentation runs the 8 flips/rotations and merges "
-            "their scores by mean, max or min. A final Non Maximum Suppression (within classes, then across) removes "
-            "remaining duplicates whose overlap (IoU) is above the ratio (0 = any overlap).\n\n"
+            "their scores by mean, max or min. A final Non Maximum Suppression within each class (across classes on "
+            "request) removes duplicates whose overlap (IoU) is above the ratio: 0.3 by default, which keeps "
+            "touching neighbours (dense roofs, tents) and removes a second outline of one object. When nothing is "
+            "found the log gives the threshold used, the highest score seen and what to try.\n\n"
             "The output is a layer of a GeoPackage: a new file, or a new layer of an existing one (Save to "
             "GeoPackage... with a layer name; default: the file's name), whose other layers are always kept. An "
             "existing layer of that name is replaced only with 'Replace an existing layer'. The layer appears "
@@ -71,11 +78,16 @@ class DetectObjectsAlgorithm(MaskForgeAlgorithm):
             self.EXTENT_POLYGONS, "Processing area polygons (keep detections inside)",
             [QgsProcessing.TypeVectorPolygon], optional=True))
         self.addParameter(QgsProcessingParameterNumber(
-            self.CELL_SIZE, "Cell size (0 = the raster's; web layers: the zoom for the package's CellSize)", QgsProcessingParameterNumber.Double, 0.0, minValue=0.0))
+            self.CELL_SIZE, "Cell size (0 = the package's when resampling, else the raster's; web layers: the zoom "
+            "for the package's CellSize)", QgsProcessingParameterNumber.Double, 0.0, minValue=0.0))
+        self.addParameter(QgsProcessingParameterBoolean(
+            self.RESAMPLE, "Resample to the package's cell size when the raster's differs", True))
         self.addParameter(QgsProcessingParameterBoolean(self.NMS, "Non maximum suppression", True))
         self.addParameter(QgsProcessingParameterNumber(
-            self.NMS_RATIO, "Max overlap ratio (IoU) for NMS", QgsProcessingParameterNumber.Double, 0.0,
-            minValue=0.0, maxValue=1.0))
+            self.NMS_RATIO, "Max overlap ratio (IoU) for NMS (0.3 keeps touching neighbours)",
+            QgsProcessingParameterNumber.Double, 0.3, minValue=0.0, maxValue=1.0))
+        self.addParameter(QgsProcessingParameterBoolean(
+            self.NMS_ACROSS, "NMS across classes too (default: within each class)", False))
         self.addParameter(QgsProcessingParameterNumber(
             self.SIMPLIFY, "Simplify outlines (map units, 0 = off)", QgsProcessingParameterNumber.Double, 0.0,
             minValue=0.0))
@@ -104,7 +116,7 @@ class DetectObjectsAlgorithm(MaskForgeAlgorithm):
             values[key] = self.parameterAsInt(parameters, key, context)
         for key in (self.THRESHOLD, self.NMS_RATIO, self.SIMPLIFY, self.CELL_SIZE):
             values[key] = self.parameterAsDouble(parameters, key, context)
-        for key in (self.RETURN_BOXES, self.NMS, self.OVERWRITE):
+        for key in (self.RETURN_BOXES, self.NMS, self.OVERWRITE, self.RESAMPLE, self.NMS_ACROSS):
             values[key] = self.parameterAsBoolean(parameters, key, context)
         try:
             model = model_cell(read_emd(values[self.MODEL]))
@@ -117,6 +129,8 @@ class DetectObjectsAlgorithm(MaskForgeAlgorithm):
         result = self.run_step("detect", args, feedback)
         if not result:
             return {}
+        if result.get("hint"):
+            feedback.reportError(result["hint"], fatalError=False)
         feedback.pushInfo(f"{result['kept']} objects from {result['tiles']} tiles of {result.get('tile_size')} px "
                           f"(overlap factor {result.get('overlap_factor')}) in {result['seconds']} s "
                           f"on {result['device']}: layer '{result['layer']}' of {result['output']}.")

@@ -66,8 +66,9 @@ TRAIN_DEFAULTS = {
 }
 DETECT_DEFAULTS = {
     "PADDING": -1, "BATCH_SIZE": 0, "THRESHOLD": 0.0, "TILE_SIZE": 0, "TEST_TIME_AUGMENTATION": 0,
-    "RETURN_BOXES": False, "EXTENT": None, "EXTENT_POLYGONS": None, "CELL_SIZE": 0.0, "NMS": True,
-    "MAX_OVERLAP_RATIO": 0.0, "SIMPLIFY": 0.0, "DEVICE": "auto", "PROCESSES": 1, "OVERWRITE": False,
+    "RETURN_BOXES": False, "EXTENT": None, "EXTENT_POLYGONS": None, "CELL_SIZE": 0.0, "RESAMPLE": True, "NMS": True,
+    "MAX_OVERLAP_RATIO": 0.3, "NMS_ACROSS_CLASSES": False, "SIMPLIFY": 0.0, "DEVICE": "auto", "PROCESSES": 1,
+    "OVERWRITE": False,
 }
 NMS_DEFAULTS = {"CONFIDENCE_FIELD": DEFAULT_CONFIDENCE_FIELD, "CLASS_FIELD": None, "MAX_OVERLAP_RATIO": 0.0,
                 "OVERWRITE": False}
@@ -451,6 +452,10 @@ def detect_args(values):
         args += ["--extent-polygons", absolute(v["EXTENT_POLYGONS"])]
     if float(v["CELL_SIZE"] or 0) > 0:
         args += ["--cell-size", float(v["CELL_SIZE"])]
+    if not v["RESAMPLE"]:
+        args.append("--no-resample")
+    if v["NMS_ACROSS_CLASSES"]:
+        args.append("--nms-across-classes")
     return args + _processes_args(v)
 
 

@@ -167,9 +167,16 @@ def _add_detect(sub):
     p.add_argument("--return-boxes", action="store_true", help="boxes instead of mask outlines")
     p.add_argument("--extent", type=lambda t: _floats(t, 4), help="xmin,ymin,xmax,ymax in the raster's CRS")
     p.add_argument("--extent-polygons", help="keep only detections inside these polygons")
-    p.add_argument("--cell-size", type=float, help="resample the raster to this cell size")
+    p.add_argument("--cell-size", type=float,
+                   help="read the raster at this cell size (its CRS units; default: the package's cell size on the "
+                        "ground when the raster's differs by more than 10 %%)")
+    p.add_argument("--no-resample", action="store_true",
+                   help="read the raster at its own cell size even when the package was trained at another")
     p.add_argument("--no-nms", action="store_true", help="skip the final Non Maximum Suppression")
-    p.add_argument("--nms-overlap-ratio", type=float, default=0.0, help="IoU for the final NMS (default 0)")
+    p.add_argument("--nms-overlap-ratio", type=float,
+                   help="IoU above which two outlines are one object (default 0.3: touching neighbours are kept)")
+    p.add_argument("--nms-across-classes", action="store_true",
+                   help="also remove overlaps between different classes (default: within each class only)")
     p.add_argument("--simplify", type=float, default=0.0, help="simplify outlines (map units)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda:N")
     _add_processes(p)
@@ -180,9 +187,11 @@ def _run_detect(args, reporter):
     options = DetectOptions(
         padding=args.padding, batch_size=args.batch_size, threshold=args.threshold, tile_size=args.tile_size,
         tta=args.tta, return_boxes=args.return_boxes, extent=args.extent, extent_polygons=args.extent_polygons,
-        cell_size=args.cell_size, nms=not args.no_nms, nms_overlap_ratio=args.nms_overlap_ratio,
-        simplify=args.simplify, device=args.device, layer=args.layer, overwrite=args.overwrite,
-        tracers=args.tracers)
+        cell_size=args.cell_size, resample=not args.no_resample, nms=not args.no_nms,
+        nms_across_classes=args.nms_across_classes, simplify=args.simplify, device=args.device, layer=args.layer,
+        overwrite=args.overwrite, tracers=args.tracers)
+    if args.nms_overlap_ratio is not None:
+        options.nms_overlap_ratio = args.nms_overlap_ratio
     return detect(args.raster, args.model, args.out, options, reporter)
 
 

@@ -5,6 +5,7 @@ GeoJSON, ...), repaired, reprojected to the raster's CRS and turned into
 plain Python records. A QGIS-style ``path|layername=NAME`` source is
 accepted so the plugin can pass a layer's source as it is.
 """
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -216,3 +217,46 @@ def read_labels(source, raster_crs, class_value_field=None, class_name_field=Non
         messages.append("The labels have no CRS; they are taken to be in the raster's CRS.")
     polys = reproject_geometries(polys, crs, raster_crs)
     return Labels(polys, values, dict(sorted(names.items())), repaired, skipped, messages)
+
+
+# --- cell sizes on the ground -------------------------------------------------------------
+
+METRES_PER_DEGREE_LAT = 110574.0     # along a meridian, near the equator (110.57 km; 111.69 km at the poles)
+METRES_PER_DEGREE_LON = 111320.0     # along the equator; times cos(latitude) elsewhere
+
+
+def is_mercator(crs):
+    """Web (Pseudo-)Mercator and other (non-transverse) Mercators: lengths grow by 1/cos(latitude)."""
+    method = (crs.coordinate_operation.method_name if crs.coordinate_operation else "") or ""
+    return "mercator" in method.lower() and "transverse" not in method.lower()
+
+
+def ground_cell_size(crs, cell, latitude):
+    """(x, y) metres on the ground of a cell of ``cell`` (x, y) CRS units at ``latitude`` degrees.
+
+    Geographic CRSs: a degree of latitude is ~110.6 km, of longitude 111.3 km x cos(latitude).
+    Mercator projections: map metres are stretched by 1/cos(latitude) (0.2986 EPSG:3857 units at
+    27.6 N are 0.265 m). Other projected CRSs (UTM, national grids): their unit, as it is (their
+    scale error is a fraction of a percent)."""
+    crs = crs_of(crs)
+    cx, cy = (float(cell), float(cell)) if np.isscalar(cell) else (float(cell[0]), float(cell[1]))
+    if crs is None:
+        return cx, cy
+    lat = math.radians(max(-85.0, min(85.0, float(latitude))))
+    if crs.is_geographic:
+        return cx * METRES_PER_DEGREE_LON * math.cos(lat), cy * METRES_PER_DEGREE_LAT
+    unit = crs.axis_info[0].unit_conversion_factor if crs.axis_info else 1.0
+    stretch = math.cos(lat) if is_mercator(crs) else 1.0
+    return cx * unit * stretch, cy * unit * stretch
+
+
+def raster_latitude(src):
+    """The latitude of the raster's centre (0 when its CRS is unknown)."""
+    crs = crs_of(src.crs.to_wkt()) if src.crs else None
+    if crs is None:
+        return 0.0
+    x, y = src.transform * (src.width / 2.0, src.height / 2.0)
+    if crs.is_geographic:
+        return float(y)
+    lon_lat = Transformer.from_crs(crs, CRS.from_epsg(4326), always_xy=True).transform(x, y)
+    return float(lon_lat[1])

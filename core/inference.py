@@ -31,6 +31,16 @@ class BoxMaskNet:
 
     def __init__(self, net):
         self.net = net
+        self.max_score = 0.0     # the highest object score the box head gave, below the threshold too
+        net.roi_heads.box_predictor.register_forward_hook(self._note_scores)
+
+    def _note_scores(self, module, inputs, output):
+        """Said when nothing passes the threshold ("the highest score seen was ..."): the box head's
+        class probabilities before the score threshold, the background column left out."""
+        logits = output[0]
+        if logits.numel() and logits.shape[-1] > 1:
+            best = float(torch.softmax(logits.float(), -1)[:, 1:].max())
+            self.max_score = max(self.max_score, best)
 
     def __call__(self, images):
         net = self.net
@@ -176,7 +186,8 @@ def detection_caps(tile, chip, objects_per_chip=None):
 
 
 def configure_network(net, size, chip, network_scale=1.0, objects_per_chip=None):
-    """Set the network for ``size`` px tiles: input size (the package's scale kept) and caps."""
+    """Set the network for tiles whose longer side is ``size`` px: input size (the package's scale kept:
+    torchvision scales a tile by min(min_size / shorter side, max_size / longer side)) and caps."""
     side = int(round(size * network_scale))
     net.transform.min_size, net.transform.max_size = (side,), side
     detections, proposals = detection_caps(size, chip, objects_per_chip)

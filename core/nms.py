@@ -115,13 +115,15 @@ def _greedy(rank, first, second, alive, reporter):
     return removed
 
 
-def nms_indices(geoms, scores, classes=None, max_overlap_ratio=0.0, *, reporter=None):
+def nms_indices(geoms, scores, classes=None, max_overlap_ratio=0.0, *, reporter=None, across_classes=True):
     """Indices (ascending) of the geometries that survive Non Maximum Suppression.
 
     A pair is a duplicate when IoU > max_overlap_ratio; the lower score is
     removed (NaN scores rank lowest; ties go to the lower index). Geometries
     without area (missing, empty, points, lines) never overlap anything and
-    are kept.
+    are kept. With ``classes``, within each class first, then across classes
+    unless ``across_classes`` is False (Detect Objects' default: a tree over a
+    roof is two objects).
     """
     ratio = _check_ratio(max_overlap_ratio)
     geoms = np.asarray(geoms, dtype=object).ravel()
@@ -170,6 +172,8 @@ def nms_indices(geoms, scores, classes=None, max_overlap_ratio=0.0, *, reporter=
         codes = _class_codes(classes, n)
         same = codes[first] == codes[second]
         alive = ~_greedy(rank, first[same], second[same], alive, reporter)
+        if not across_classes:
+            return np.flatnonzero(alive)
         # Within a class the survivors no longer overlap above the ratio, so
         # the second review only meets pairs of different classes.
         across = ~same & alive[first] & alive[second]

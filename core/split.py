@@ -30,8 +30,6 @@ import numpy as np
 import shapely
 from affine import Affine
 
-from .data import max_object_size
-
 MIN_VALIDATION_OBJECTS = 5        # fewer held-out objects measure nothing (one miss is 20 % of recall)
 MIN_TRAINING_SHARE = 0.5          # a hold-out that leaves training less than half the objects costs too much
 BLOCK_TILES = (0.5, 1, 1.5, 2, 3, 4, 6, 8)   # chip centres in a half-tile block: one tile and a bit
@@ -86,36 +84,41 @@ def _georeferenced(chip):
 
 
 def _centres(chip):
-    """Per object of the chip: (x, y) of its centre on the map, and whether it lies whole in the chip."""
+    """Per object of the chip: (x, y) of its centre on the map, whether it lies whole in the chip, its extent."""
     t = Affine(*chip.transform[:6])
+    cell = _pixel_size(t)
+    h, w = chip.image.shape[1:]
     out = []
     for _, id_map in chip.labels:
-        ids = id_map.ravel().astype(np.int64)
-        count = np.bincount(ids)
-        present = np.nonzero(count[1:])[0] + 1
-        if not len(present):
+        rows, cols = np.nonzero(id_map)
+        ids = id_map[rows, cols]
+        order = np.argsort(ids, kind="stable")
+        ids, rows, cols = ids[order], rows[order], cols[order]
+        if not len(ids):
             continue
-        rows, cols = np.indices(id_map.shape)
-        r = np.bincount(ids, weights=rows.ravel())[present] / count[present] + 0.5
-        c = np.bincount(ids, weights=cols.ravel())[present] / count[present] + 0.5
-        edge = set(np.concatenate([id_map[0], id_map[-1], id_map[:, 0], id_map[:, -1]]).tolist())
-        xs, ys = t * (c, r)
-        out += [(float(x), float(y), int(k) not in edge) for x, y, k in zip(xs, ys, present)]
+        starts = np.r_[0, np.nonzero(np.diff(ids))[0] + 1]
+        count = np.diff(np.r_[starts, len(ids)])
+        r0, r1 = np.minimum.reduceat(rows, starts), np.maximum.reduceat(rows, starts)
+        c0, c1 = np.minimum.reduceat(cols, starts), np.maximum.reduceat(cols, starts)
+        xs, ys = t * (np.add.reduceat(cols, starts) / count + 0.5, np.add.reduceat(rows, starts) / count + 0.5)
+        whole = (r0 > 0) & (c0 > 0) & (r1 < h - 1) & (c1 < w - 1)
+        extent = np.maximum(r1 - r0, c1 - c0) + 1
+        out += [(float(x), float(y), bool(k), float(e) * cell) for x, y, k, e in zip(xs, ys, whole, extent)]
     return out
 
 
 def _objects(chips, groups):
-    """Distinct objects, as their ids in each chip that shows them whole.
+    """Distinct objects, as their ids in each chip that shows them whole, and the largest one's extent.
 
     The same object seen whole by overlapping chips has the same centre; centres are merged on a grid of two
     cells (a rotated or resampled chip shifts them by a fraction of a cell; an object split by the grid is
     counted twice, which only makes the counts rough)."""
     per_chip = [_centres(c) for c in chips]
-    use_whole = any(whole for found in per_chip for *_, whole in found)   # else objects larger than any chip
+    use_whole = any(whole for found in per_chip for _, _, whole, _ in found)   # else objects larger than any chip
     keys, owner = [], []
     for i, found in enumerate(per_chip):
         snap = 2 * _pixel_size(Affine(*chips[i].transform[:6]))
-        for x, y, whole in found:
+        for x, y, whole, _ in found:
             if whole or not use_whole:
                 keys.append((groups[i], round(x / snap), round(y / snap)))
                 owner.append(i)
@@ -123,7 +126,8 @@ def _objects(chips, groups):
     per = [[] for _ in chips]
     for key, i in zip(keys, owner):
         per[i].append(ids.setdefault(key, len(ids)))
-    return [np.unique(np.asarray(v, int)) for v in per]
+    largest = max((e for found in per_chip for *_, e in found), default=0.0)
+    return [np.unique(np.asarray(v, int)) for v in per], largest
 
 
 def _blocks(centres, groups, size):
@@ -211,11 +215,11 @@ def spatial_split(chips, val_fraction):
     groups = np.asarray([crs_ids.setdefault(c.crs, len(crs_ids)) for c in chips], int)
     shapes = np.asarray([footprint(c.transform, c.image.shape[2], c.image.shape[1]) for c in chips])
     centres = np.asarray([s.centroid.coords[0] for s in shapes])
-    objects_of = _objects(chips, groups)
+    objects_of, largest = _objects(chips, groups)
     n_objects = len(np.unique(np.concatenate(objects_of))) if n else 0
     tile = max(math.sqrt(s.area) for s in shapes)
     # An object reaching both a validation and a training chip would have to span the buffer.
-    buffer = max(tile, max(max_object_size([c]) * _pixel_size(Affine(*c.transform[:6])) for c in chips))
+    buffer = max(tile, largest)
     target = val_fraction * n_objects
     need = max(MIN_VALIDATION_OBJECTS, math.ceil(0.5 * target))
     if n_objects < need / val_fraction or n_objects < 2 * MIN_VALIDATION_OBJECTS:
@@ -245,7 +249,8 @@ def spatial_split(chips, val_fraction):
     if not candidates:
         tried = ("" if best_tried is None else f"; the best hold-out found keeps {best_tried.objects['validation']} "
                  f"for validation and {best_tried.objects['training']} for training")
-        return _no_validation(chips, f"the {n_objects} labelled objects lie too close together: no block of the "
+        return _no_validation(chips, f"the labelled area is too small, or its {n_objects} objects too clustered, "
+                                     "for a spatial hold-out: no block of the "
                                      f"labelled area with a buffer of {buffer:.3g} map units (a tile) around it holds "
                                      f"{need}-{max(math.ceil(2 * target), need)} objects ({val_fraction * 100:g} %) "
                                      f"and leaves at least {MIN_TRAINING_SHARE:.0%} of them to train on{tried}",

@@ -9,7 +9,7 @@ pasted tile-sized mask gave, without ever making the tile-sized mask
 (tests/core/test_tracing.py compares both on a real network). Tracing is
 rasterio's (GDAL's polygonize) on the box's pixels; the largest part is kept.
 
-``trace_tile`` applies the core rule and tracing to one tile's detections;
+``trace_tile`` keeps a tile's detections by ``core.seams.candidate`` and traces them;
 the pipeline runs it on several threads (GDAL, GEOS and torch release the
 GIL), ``tracing_rate`` measures what one thread does.
 """
@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from affine import Affine
 from torchvision.models.detection.roi_heads import expand_masks
+
+from .seams import candidate
 
 PAD = 1   # torchvision pastes with padding=1
 
@@ -89,42 +91,38 @@ def tidy_polygon(polygon, simplify=0.0):
     return polygon if polygon.is_valid else shapely.make_valid(polygon)
 
 
-def trace_tile(result, transform, tile_shape, origin, padding, core, grid_shape, area, o):
-    """[(polygon, label, score)] of one tile's detections kept by the core rule, in detection order."""
+def trace_tile(result, transform, tile, grid_shape, slack, area, o):
+    """[(polygon, label, score, seam, margin)] of one tile's detections that the tile keeps
+    (``core.seams.candidate``: centre in what the tile owns, widened by ``slack`` px), in detection order."""
     boxes = result["boxes"].numpy()
     scores, labels = result["scores"].numpy(), result["labels"].numpy()
     masks = result["masks"].numpy() if len(boxes) else None
     rows = []
     with rasterio.Env():       # one GDAL environment per tile, not one per polygon
         for j in np.nonzero(scores >= o.threshold)[0]:
-            cx, cy = (boxes[j, 0] + boxes[j, 2]) / 2, (boxes[j, 1] + boxes[j, 3]) / 2
-            if not o.keep_padding_detections:
-                if not (padding <= cx < padding + core and padding <= cy < padding + core):
-                    continue
-                gx, gy = origin[0] + cx, origin[1] + cy          # grid pixel of the centre
-                if not (0 <= gx < grid_shape[0] and 0 <= gy < grid_shape[1]):
-                    continue
-            poly = polygon(masks[j, 0], boxes[j], tile_shape, transform, o.min_area_pixels, o.simplify,
-                           o.return_boxes)
+            keep, seam, margin = candidate(boxes[j], tile, grid_shape, slack, o.keep_padding_detections)
+            if not keep:
+                continue
+            poly = polygon(masks[j, 0], boxes[j], (tile.height, tile.width), transform, o.min_area_pixels,
+                           o.simplify, o.return_boxes)
             if poly is None or poly.is_empty:
                 continue
+            cx, cy = (boxes[j, 0] + boxes[j, 2]) / 2, (boxes[j, 1] + boxes[j, 3]) / 2
             if area is not None and not area.contains(shapely.Point(transform * (cx, cy))):
                 continue
-            rows.append((poly, int(labels[j]), float(scores[j])))
+            rows.append((poly, int(labels[j]), float(scores[j]), seam, margin))
     return rows
 
 
 class TileTracer:
     """``trace_tile`` for the tiles of one run, picklable for tracer processes (sent once to each):
-    (result, transform, tile number) -> (tile number, rows)."""
+    (result, transform, tile) -> (tile number, rows)."""
 
-    def __init__(self, size, padding, grid_shape, area, options, origins):
-        self.size, self.padding, self.grid_shape, self.area, self.o = size, padding, grid_shape, area, options
-        self.origins = origins
+    def __init__(self, grid_shape, slack, area, options):
+        self.grid_shape, self.slack, self.area, self.o = grid_shape, slack, area, options
 
     def __call__(self, result, transform, tile):
-        return tile, trace_tile(result, transform, (self.size, self.size), self.origins[tile], self.padding,
-                                self.size - 2 * self.padding, self.grid_shape, self.area, self.o)
+        return tile.index, trace_tile(result, transform, tile, self.grid_shape, self.slack, self.area, self.o)
 
 
 def tracing_rate(masks, boxes, tile_shape, seconds=1.0):

@@ -35,7 +35,7 @@ from core import inference, pipeline  # noqa: E402
 from core.data import Chip, ChipDataset, EpochBatches, chip_loader, collate  # noqa: E402
 from core.model import build_model  # noqa: E402
 from core.steps import bare_step, train_step  # noqa: E402
-from core.tiling import auto_tile_size, overlap_factor  # noqa: E402
+from core.tiling import Tile, auto_tile_size, overlap_factor  # noqa: E402
 
 try:
     from core import tracing
@@ -138,8 +138,8 @@ def bench_detect(device, backbone, chip, padding, args, amp):
     traced = []
     if tracing is not None:
         def trace(result, transform, i):
-            return i, tracing.trace_tile(result, tracing.Affine.identity(), (size, size), (0, 0), padding,
-                                         size - 2 * padding, (size, size), None, o)
+            whole = Tile(i, 0, 0, size, size, (0, 0, size, size))     # one tile alone: keeps all it sees
+            return i, tracing.trace_tile(result, tracing.Affine.identity(), whole, (size, size), padding, None, o)
     else:
         def trace(result, transform, i):
             return i, len(result["boxes"])

@@ -70,9 +70,11 @@ class DetectDialog(JobDialog):
         self.add_bool(advanced, "RETURN_BOXES", "Return boxes instead of outlines")
         self.add_layer(advanced, "EXTENT_POLYGONS", "Keep detections inside", QgsMapLayerProxyModel.PolygonLayer,
                        optional=True)
-        self.add_double(advanced, "CELL_SIZE", "Cell size", 0, 1e9, decimals=4, special="the raster's")
+        self.add_double(advanced, "CELL_SIZE", "Cell size", 0, 1e9, decimals=4, special="the package's")
+        self.add_bool(advanced, "RESAMPLE", "Resample to the package's cell size when the raster's differs")
         self.add_bool(advanced, "NMS", "Non maximum suppression")
         self.add_double(advanced, "MAX_OVERLAP_RATIO", "Max overlap ratio (IoU) for NMS", 0, 1, step=0.05)
+        self.add_bool(advanced, "NMS_ACROSS_CLASSES", "NMS across classes too")
         self.add_double(advanced, "SIMPLIFY", "Simplify outlines (map units)", 0, 1e9, decimals=3, special="off")
         self.add_device(advanced)
 

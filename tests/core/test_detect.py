@@ -12,9 +12,9 @@ from torchvision.ops import roi_align
 
 from core.chips import ExportOptions, export_training_data
 from core.data import ChipDataset, load_training_data
-from core.detect import DetectOptions, _Grid, detect
+from core.detect import DetectOptions, detect
 from core.inference import _dihedral, _undo_boxes
-from core.tiling import TileReader, _input_spec
+from core.tiling import Grid, TileReader, _input_spec, tile_grid
 from core.errors import Cancelled, UserError
 from core.model import build_model
 from core.package import load_package, write_package
@@ -23,14 +23,14 @@ from core.progress import NullReporter
 SQUARE = 14     # object size in pixels; the package says so, so the default padding is 7
 
 
-def _package(folder, tile=64, classes=None, bands=(0, 1, 2), normalization=None, dtype="uint8"):
+def _package(folder, tile=64, classes=None, bands=(0, 1, 2), normalization=None, dtype="uint8", **emd_keys):
     classes = classes or {1: "square"}
     emd = {"Framework": "MaskForge", "ModelName": "MaskRCNN", "ModelType": "InstanceDetection",
            "ImageHeight": tile, "ImageWidth": tile, "ExtractBands": list(bands), "DataType": dtype,
            "Classes": [{"Value": v, "Name": n} for v, n in classes.items()],
            "ModelParameters": {"backbone": "resnet18_fpn", "anchor_sizes": [8, 16, 32, 64, 128]},
            "Normalization": normalization or {"type": "scale", "divisor": 255.0},
-           "MaxObjectSizePixels": SQUARE, "CellSize": 0.5}
+           "MaxObjectSizePixels": SQUARE, "CellSize": 0.5, **emd_keys}
     write_package(folder, "squares", emd, build_model("resnet18_fpn", max(classes) + 1, (tile, tile),
                                                       (8, 16, 32, 64, 128)).state_dict())
     return folder
@@ -128,8 +128,11 @@ def test_extent_keeps_only_what_lies_inside(tmp_path):
     # left half of the raster in map coordinates (x from 400000 to 400075)
     result = detect(tmp_path / "r.tif", pkg, tmp_path / "half.gpkg",
                     DetectOptions(extent=(400000, 2999850, 400075, 3000000)), predictor=bright_parts)
-    expected = sum(1 for cx, _ in ON_BORDERS if cx < 150)
+    # the grid ends at the extent: a square cut by its edge is seen (and kept) in part, clipped to the extent
+    expected = sum(1 for cx, _ in ON_BORDERS if cx - SQUARE // 2 < 150)
     assert result["kept"] == expected
+    _, found, _ = _read(tmp_path / "half.gpkg")
+    assert all(shapely.box(400000, 2999850, 400075, 3000000).buffer(1e-6).contains(f) for f in found)
 
 
 def test_tta_box_inverse_maps_back_to_the_original():
@@ -155,7 +158,8 @@ def test_detection_input_equals_training_input_for_16_bit_single_band(atlanta, t
                                 normalization=spec["Normalization"], dtype=spec["DataType"]))
     with rasterio.open(atlanta["raster"]) as src:
         bands, norm = _input_spec(pkg, src, NullReporter())
-        reader = TileReader(src, bands, norm, _Grid(src, None, None), [(0, (0, 0))], 128, 1, src.nodata)
+        grid = Grid(src, None, None)
+        reader = TileReader(src, bands, norm, grid, [next(tile_grid(grid.width, grid.height, 128, 0))], 1, src.nodata)
         reader.run()
         [(_, transform, holds)], batch = reader.queue.get()
         detection_input = batch[0].numpy()
@@ -253,7 +257,7 @@ def test_a_real_tiny_network_end_to_end_with_tta_boxes_cell_size_area_and_simpli
                  threshold=0.3, device="cpu", tile_size=64)      # the chip size: the tile counts below
     high = detect(tmp_path / "r.tif", pkg, tmp_path / "max.gpkg", DetectOptions(tta="max", **boxes))
     low = detect(tmp_path / "r.tif", pkg, tmp_path / "min.gpkg", DetectOptions(tta="min", **boxes))
-    assert high["tiles"] == low["tiles"] == 4          # the area, 56 x 56 m, at 1 m: 2 x 2 cores of 50 px
+    assert high["tiles"] == low["tiles"] == 1          # the area, 56 x 56 m, at 1 m: inside one 64 px tile
     assert high["kept"] > 0
     assert low["kept"] <= high["kept"], "a score merged by min is never above the same group's max"
     _, found, fields = _read(tmp_path / "max.gpkg")
@@ -282,7 +286,7 @@ def test_all_nodata_raster_or_extent_is_said(tmp_path):
     with rasterio.open(tmp_path / "blank.tif", "w", **profile) as dst:
         dst.write(np.zeros((3, profile["height"], profile["width"]), np.uint8))
     pkg = _package(tmp_path / "pkg")
-    with pytest.raises(UserError, match="The raster holds only nodata \\(value 0\\): none of its 1 tiles"):
+    with pytest.raises(UserError, match="The raster holds only nodata \\(value 0\\): none of its 4 tiles"):
         detect(tmp_path / "blank.tif", pkg, tmp_path / "d.gpkg", predictor=bright_parts)
     assert not list(tmp_path.glob("*.gpkg")) and not list(tmp_path.glob(".*partial*"))
 

@@ -366,3 +366,47 @@ def test_cancel_while_writing_leaves_nothing(detections, tmp_path):
     with pytest.raises(Cancelled):
         nms_file(detections["source"], out, reporter=CancelAtWrite())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.gpkg"]
+
+
+# -- Detect Objects' default: duplicates go, touching neighbours stay ----------------------------
+
+def _dhaka_truth_as_detections(grow_pixels):
+    """The Dhaka scene's 557 roofs as a network outputs them: each traced from its own pixel mask (every
+    pixel it touches) and grown by ``grow_pixels`` (masks spill onto the neighbour's roof)."""
+    import rasterio
+    import rasterio.features
+    from core.tracing import trace
+    from tests.conftest import _shared
+    raster = _shared("dhaka-dense-buildings", "image.tif")
+    meta, _, wkb, _ = pyogrio.raw.read(str(_shared("dhaka-dense-buildings", "buildings.geojson")))
+    roofs = shapely.make_valid(shapely.from_wkb(wkb))
+    with rasterio.open(raster) as src:
+        t, shape = src.transform, (src.height, src.width)
+    outlines = []
+    for roof in roofs:
+        mask = rasterio.features.rasterize([(roof, 1)], out_shape=shape, transform=t, all_touched=True).astype(bool)
+        outlines.append(trace(mask, t).buffer(grow_pixels * abs(t.a), join_style="mitre"))
+    return np.asarray(outlines, dtype=object)
+
+
+def test_touching_neighbours_survive_detects_default_nms_on_the_dhaka_roofs():
+    from core.detect import NMS_OVERLAP, DetectOptions
+    assert DetectOptions().nms_overlap_ratio == NMS_OVERLAP and not DetectOptions().nms_across_classes
+    outlines = _dhaka_truth_as_detections(1.0)
+    n = len(outlines)
+    scores = np.random.default_rng(0).random(n)
+    touching = shapely.STRtree(outlines).query(outlines, predicate="intersects")
+    assert (touching[0] < touching[1]).sum() > 1000          # the scene really is made of touching roofs
+    assert len(nms_indices(outlines, scores, np.ones(n), NMS_OVERLAP, across_classes=False)) == n
+    assert len(nms_indices(outlines, scores, None, 0.0)) < 0.4 * n       # Esri's default removes most of them
+    # duplicates of one roof (a second, shifted outline, scored lower) are still removed
+    shifted = shapely.transform(outlines, lambda xy: xy + 0.15)
+    both = np.concatenate([outlines, shifted])
+    kept = nms_indices(both, np.concatenate([scores + 1, scores]), np.ones(2 * n), NMS_OVERLAP, across_classes=False)
+    assert np.array_equal(kept, np.arange(n))
+
+
+def test_per_class_unless_asked_across():
+    roof, tree = shapely.box(0, 0, 10, 10), shapely.box(2, 2, 8, 8)      # a tree over a roof: IoU 0.36
+    assert list(nms_indices([roof, tree], [0.9, 0.8], [1, 2], 0.3, across_classes=False)) == [0, 1]
+    assert list(nms_indices([roof, tree], [0.9, 0.8], [1, 2], 0.3)) == [0]

@@ -17,6 +17,7 @@ from core.package import load_package, read_weights, write_package
 from core.progress import NullReporter
 from core.synthetic import make_scene
 from core.train import TrainOptions, train, train_step
+from tests.core.test_split import labelled_left
 
 TINY = dict(backbone="resnet18_fpn", batch_size=2, anchor_sizes=(8, 16, 32, 64, 128), device="cpu")
 
@@ -66,7 +67,10 @@ def test_training_writes_a_complete_package(package):
     assert emd["ModelParameters"]["backbone"] == "resnet18_fpn"
     assert len(emd["TrainingHistory"]) == 2 and emd["BestEpoch"] == result["best_epoch"]
     assert 5 < emd["MaxObjectSizePixels"] < 30      # tents of 2-4 m at 0.3 m
-    assert result["best"]["valid_loss"] is not None and result["per_class"]["1"]["mask_ap"] is not None
+    # 9 chips side by side: no room for a validation block with a tile's buffer, so none (tests/core/test_split.py)
+    assert result["split"]["method"] == "none" and emd["ValidationChips"] == [] and len(emd["TrainingChips"]) == 9
+    assert result["best"]["valid_loss"] is None and result["monitor"] == "valid_loss"
+    assert emd["DetectionThreshold"] == 0.5 and "no validation chips" in emd["Choices"]["threshold"]["reason"]
     with zipfile.ZipFile(out / "tents.dlpk") as z:
         assert {"tents.emd", "tents.pth", "model_metrics.html"} <= set(z.namelist())
     assert "tents" in (out / "model_metrics.html").read_text()
@@ -289,16 +293,19 @@ def test_overwrite_replaces_the_package_only_when_the_new_best_epoch_is_written(
 
 
 def test_early_stopping_on_mask_ap_stops(chips, tmp_path):
-    """A learning rate too small to change anything: mask AP cannot improve, so patience 1 stops at epoch 2."""
+    """A learning rate too small to change anything: mask AP cannot improve, so patience 1 stops at epoch 2.
+    Mask AP needs a validation hold-out, which the 9 chips side by side have no room for: refused, saying so."""
     logs = []
 
     class Logs(NullReporter):
         def log(self, message, level="info"):
             logs.append(message)
 
-    result = train([chips], tmp_path / "m", "none",
-                   TrainOptions(epochs=6, val_fraction=0.25, monitor="mask_ap", patience=1, learning_rate=1e-12,
-                                **TINY), Logs())
+    with pytest.raises(UserError, match="Monitoring mask AP needs validation chips: the labelled area is too small.*Label a "
+                                        "second area, or monitor valid_loss"):
+        train([chips], tmp_path / "m", "none", TrainOptions(epochs=1, val_fraction=0.25, monitor="mask_ap", **TINY))
+    result = train([labelled_left(tmp_path)], tmp_path / "m", "none",
+                   TrainOptions(epochs=6, monitor="mask_ap", patience=1, learning_rate=1e-12, **TINY), Logs())
     assert result["epochs_run"] == 2 and result["best_epoch"] == 1 and result["monitor"] == "mask_ap"
     assert any("Early stopping: mask_ap has not improved for 1 epochs" in m for m in logs)
 

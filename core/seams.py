@@ -1,0 +1,99 @@
+"""Objects on tile seams: found once and whole, whichever tile's prediction of them falls where.
+
+Neighbouring tiles see an object near their seam twice, with slightly
+different context, so their predicted boxes differ by a few pixels. Keeping
+only the tile whose *own* box centre lies in its core loses the object when
+each tile puts the centre in the other's core, and doubles it when each puts
+it in its own. Instead:
+
+1. ``candidate`` keeps a tile's detection when its centre lies in the part of
+   the raster the tile owns widened by ``slack`` pixels (half the padding), and
+   notes how far its box is from the tile's inner edges (its *margin*: how
+   much context the tile had around it) and whether another tile can see it
+   at all (a *seam* candidate);
+2. ``merge_seams`` treats two seam candidates of different tiles as one
+   object when they overlap by at least half of the smaller one's area, and
+   keeps the one its tile saw with the largest margin (the most context, the
+   nearest to what one tile over the whole raster sees). A piece cut by a
+   tile's edge (margin 0) loses to the whole outline of the neighbour.
+
+Touching neighbours share an edge, not half an area, so they are never
+merged; duplicates within one tile are left to Non Maximum Suppression.
+"""
+import numpy as np
+import shapely
+
+SEAM_OVERLAP = 0.5      # intersection / smaller area: the same object seen by two tiles
+NO_EDGE = 1e9           # the margin of a detection in a tile without inner edges
+
+
+def candidate(box, tile, grid_shape, slack, keep_padding=False):
+    """(keep, seam, margin) for a detection whose box (x0, y0, x1, y1) is in the tile's pixels."""
+    width, height = grid_shape
+    left, top, right, bottom = tile.interior_edges(width, height)
+    x0, y0, x1, y1 = (float(v) for v in box[:4])
+    gx, gy = tile.x + (x0 + x1) / 2.0, tile.y + (y0 + y1) / 2.0
+    ox0, oy0, ox1, oy1 = tile.own
+    keep = keep_padding or ((ox0 - slack * left <= gx < ox1 + slack * right)
+                            and (oy0 - slack * top <= gy < oy1 + slack * bottom))
+    edges = [d for d, inner in ((x0, left), (tile.width - x1, right), (y0, top), (tile.height - y1, bottom)) if inner]
+    margin = max(0.0, min(edges)) if edges else NO_EDGE
+    # Neighbours reach into this tile up to twice the owned boundary's distance from the tile's edge.
+    before_x, after_x = 2 * ox0 - tile.x, 2 * ox1 - tile.x - tile.width
+    before_y, after_y = 2 * oy0 - tile.y, 2 * oy1 - tile.y - tile.height
+    alone = ((not left or tile.x + x0 >= before_x) and (not right or tile.x + x1 <= after_x)
+             and (not top or tile.y + y0 >= before_y) and (not bottom or tile.y + y1 <= after_y))
+    return keep, not alone, margin
+
+
+def merge_seams(geoms, tiles, margins, scores, seam):
+    """Indices (ascending) of the detections kept: every non-seam one, and of each object seen by
+    several tiles the outline with the largest margin (then the highest score)."""
+    geoms = np.asarray(geoms, dtype=object)
+    n = len(geoms)
+    keep = np.ones(n, dtype=bool)
+    idx = np.flatnonzero(np.asarray(seam, bool))
+    if len(idx) < 2:
+        return np.arange(n)
+    sub = geoms[idx]
+    areas = shapely.area(sub)
+    left, right = shapely.STRtree(sub).query(sub, predicate="intersects")
+    tiles = np.asarray(tiles)[idx]
+    pairs = (left < right) & (tiles[left] != tiles[right])
+    left, right = left[pairs], right[pairs]
+    inter = shapely.area(shapely.intersection(sub[left], sub[right]))
+    smaller = np.minimum(areas[left], areas[right])
+    same = inter >= SEAM_OVERLAP * np.where(smaller > 0, smaller, np.inf)
+    left, right = left[same], right[same]
+    if not len(left):
+        return np.arange(n)
+    # best first: largest margin, then highest score, then detection order
+    order = np.lexsort((np.arange(len(idx)), -np.asarray(scores, float)[idx], -np.asarray(margins, float)[idx]))
+    rank = np.empty(len(idx), np.int64)
+    rank[order] = np.arange(len(idx))
+    partners = {}
+    for a, b in zip(left.tolist(), right.tolist()):
+        partners.setdefault(a, []).append(b)
+        partners.setdefault(b, []).append(a)
+    gone = np.zeros(len(idx), bool)
+    for i in order.tolist():
+        if gone[i]:
+            continue
+        for j in partners.get(i, ()):
+            if rank[j] > rank[i]:
+                gone[j] = True
+    keep[idx[gone]] = False
+    return np.flatnonzero(keep)
+
+
+def clip_to(geoms, footprint):
+    """Each polygon cut to ``footprint`` (the raster or processing area): the largest polygonal part,
+    None where nothing is left. Polygons already inside are returned as they are."""
+    geoms = np.asarray(geoms, dtype=object).copy()
+    shapely.prepare(footprint)
+    outside = ~shapely.contains(footprint, geoms)
+    for i in np.flatnonzero(outside):
+        cut = shapely.intersection(geoms[i], footprint)
+        parts = [p for p in shapely.get_parts(cut) if p.geom_type == "Polygon" and p.area > 0]
+        geoms[i] = max(parts, key=lambda p: p.area) if parts else None
+    return geoms
