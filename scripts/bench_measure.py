@@ -13,7 +13,8 @@ run at T differ from the low run cut at T).
 Tiling agreement (issue 21, item 2): detection of a raster that fits one tile, at the default tiling and
 as one single tile (the raster's size, no padding), objects paired at IoU >= 0.9: the engine's
 core.agreement where it exists, else the same through the command line (one run evaluated against the
-other: TP / (TP + FP + FN)). 'n/a' when neither run finds anything: nothing found measures nothing.
+other: TP / (TP + FP + FN)). 'n/a' when neither run finds anything or the default tiling is one tile:
+then it measures nothing.
 """
 import json
 import subprocess
@@ -176,9 +177,16 @@ def tiling_agreement(raster, side, package, out, device):
     except ImportError:
         return _tiling_agreement_cli(raster, side, package, out, device)
     found = engine_agreement(raster, str(package), out, DetectOptions(device=device))
-    return {"default_tiles": found["tiles"], "single_tiles": found["single_tiles"], "objects_default": found["tiled"],
-            "objects_single": found["single"], "matched": found["matched"],
-            "agreement": found["agreement"] if found["tiled"] or found["single"] else "n/a"}
+    return _measured({"default_tiles": found["tiles"], "single_tiles": found["single_tiles"],
+                      "objects_default": found["tiled"], "objects_single": found["single"], "matched": found["matched"],
+                      "agreement": found["agreement"]})
+
+
+def _measured(figures):
+    """'n/a' where the agreement measures nothing: no object found, or a default tiling of one tile."""
+    if figures["default_tiles"] <= 1 or not (figures["objects_default"] or figures["objects_single"]):
+        return {**figures, "agreement": "n/a"}
+    return figures
 
 
 def _tiling_agreement_cli(raster, side, package, out, device):
@@ -189,11 +197,9 @@ def _tiling_agreement_cli(raster, side, package, out, device):
                     "--device", device, "--tile-size", side, "--padding", 0)
     figures = {"default_tiles": default["tiles"], "single_tiles": single["tiles"],
                "objects_default": default["detections"], "objects_single": single["detections"]}
-    if not default["detections"] and not single["detections"]:
-        return {**figures, "agreement": "n/a"}           # nothing found measures nothing
     if not default["detections"] or not single["detections"]:
-        return {**figures, "agreement": 0.0}
+        return _measured({**figures, "agreement": 0.0})
     counts = engine("evaluate", "--detections", out / "default.gpkg", "--truth", out / "single.gpkg",
                     "--out-dir", out / "agreement", "--iou", AGREEMENT_IOU, "--ignore-classes")["overall"]
     both = counts["tp"]
-    return {**figures, "agreement": round(both / (both + counts["fp"] + counts["fn"]), 4)}
+    return _measured({**figures, "agreement": round(both / (both + counts["fp"] + counts["fn"]), 4)})

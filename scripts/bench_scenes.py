@@ -70,16 +70,17 @@ def split_scene(raster, share, gap=GAP):
 
 
 def crop_test_area(raster, split, side, out):
-    """A square of ``side`` pixels (at most the test area) from the test area's first corner, as a GeoTIFF:
-    the raster that fits one tile, for the tiling agreement."""
+    """At most ``side`` x ``side`` pixels of the test area from its first corner, as a GeoTIFF: the raster
+    that fits one tile, for the tiling agreement. Returns (path, its longer side in pixels)."""
     with rasterio.open(raster) as src:
-        side = min(side, *split.test_px)
+        width, height = min(side, split.test_px[0]), min(side, split.test_px[1])
         col = src.width - split.test_px[0] if split.axis == "x" else 0
         row = src.height - split.test_px[1] if split.axis == "y" else 0
-        window = Window(col, row, side, side)
-        profile = {**src.profile, "width": side, "height": side, "transform": src.window_transform(window)}
-        profile.pop("blockxsize", None), profile.pop("blockysize", None), profile.pop("tiled", None)
+        window = Window(col, row, width, height)
+        profile = {**src.profile, "width": width, "height": height, "transform": src.window_transform(window)}
+        for key in ("blockxsize", "blockysize", "tiled"):
+            profile.pop(key, None)
         data = src.read(window=window)
     with rasterio.open(out, "w", **profile) as dst:
         dst.write(data)
-    return str(out), side
+    return str(out), max(width, height)

@@ -168,5 +168,7 @@ def test_a_run_at_a_tiny_budget_prints_every_figure(tmp_path):
         assert name in lines
     assert not any(name.startswith("transfer") for name in lines)      # the story needs two scenes
     assert int(lines["camp_tiling_single_tiles"]) == 1
+    if int(lines["camp_tiling_default_tiles"]) <= 1:         # one tile both ways measures nothing
+        assert lines["camp_tiling_agreement"] == "n/a"
     assert int(lines["camp_epochs"]) >= 1 and int(lines["budget_images"]) == bench_quality.QUICK["budget"]
     assert json.loads((tmp_path / "summary.json").read_text())["camp"]["ours"]["truth"] > 0
