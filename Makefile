@@ -33,10 +33,13 @@ bench: setup
 	$(PY) scripts/bench.py
 	@if $(PY) -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then PYTHON=$(PY) scripts/gpu_check.sh; fi
 
-# Fine-tuning quality: our defaults vs torchvision's recipe (and the demo's hand-set values) on three
-# scenes, held-out F1 / AP50 as name=value lines (bench_output/quality). CPU-sized; GPU=1 for a GPU machine.
+# Fine-tuning quality on the real scenes and the camp, on test areas no training chip touches: chosen vs
+# best threshold, ours vs torchvision's recipe, fine-tuning Banepa -> Dhaka, tiling agreement (name=value
+# lines, bench_output/quality). CPU-sized; GPU=1 for one GPU (~15 min); QUICK=1 a smoke run;
+# BUDGET=N training images per scene; SCENES=banepa,dhaka a subset.
 bench-quality: setup
-	$(PY) scripts/bench_quality.py $(if $(GPU),--gpu)
+	$(PY) scripts/bench_quality.py $(if $(GPU),--gpu) $(if $(QUICK),--quick) $(if $(BUDGET),--budget $(BUDGET)) \
+		$(if $(SCENES),--scenes $(SCENES))
 
 # Regularize's methods against Banepa's and Atlanta's true outlines traced as 28x28 masks, and their speed
 # on 100,000 outlines, as name=value lines (README, Regularize). CPU only; a few minutes on 2 cores.
