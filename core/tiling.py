@@ -30,7 +30,7 @@ import torch
 from affine import Affine
 from rasterio.windows import Window
 
-from .bands import to_network_input
+from .bands import nodata_pixels, to_network_input
 from .chips import _Grid
 from .errors import UserError
 
@@ -273,7 +273,7 @@ class TileReader(threading.Thread):
                     return
                 transform = self.grid.transform * Affine.translation(tile.x, tile.y)
                 raw = read_tile(self.src, self.bands, self.grid, tile)
-                if self.nodata is not None and np.all(raw == self.nodata):
+                if self.nodata is not None and nodata_pixels(raw, self.nodata).all():   # NaN nodata too
                     batch.append((tile, None, transform))       # nothing to look at
                 else:
                     batch.append((tile, to_network_input(raw, self.norm), transform))

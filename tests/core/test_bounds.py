@@ -295,3 +295,10 @@ def test_nan_nodata_is_nodata_from_export_through_training_to_detection(capsys, 
                    "--device", "cpu", "--threshold", "0.99")
     assert rc == EXIT_OK, err
     assert (tmp_path / "d.gpkg").exists()
+    with rasterio.open(raster) as src:   # an extent inside the NaN strip holds only nodata, and detect says so
+        left, top, cell = src.bounds.left, src.bounds.top, src.res[0]
+    strip = f"{left},{top - 40 * cell},{left + 40 * cell},{top}"
+    rc, err = _run(capsys, "detect", "--raster", raster, "--model", tmp_path / "m", "--out", tmp_path / "n.gpkg",
+                   "--device", "cpu", f"--extent={strip}", "--no-resample")
+    assert rc != EXIT_OK and "holds only nodata" in err, err
+    assert not (tmp_path / "n.gpkg").exists()
