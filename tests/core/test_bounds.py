@@ -302,3 +302,36 @@ def test_nan_nodata_is_nodata_from_export_through_training_to_detection(capsys, 
                    "--device", "cpu", f"--extent={strip}", "--no-resample")
     assert rc != EXIT_OK and "holds only nodata" in err, err
     assert not (tmp_path / "n.gpkg").exists()
+
+
+# ---------------------------------------------------------------- a stop at any phase
+
+@pytest.mark.parametrize("stop_at", ["tiles", "Merging"])
+def test_a_stop_is_honoured_at_every_phase_and_the_outcome_said(tmp_path, package, stop_at):
+    """SIGTERM while tiles run, and as the job finishes (seams merged, outlines written, the layer committed):
+    either cancelled with nothing under the output name, or finished with the whole layer and said so."""
+    raster = tmp_path / "r.tif"
+    _squares_raster(raster, [(x, y) for x in range(20, 300, 40) for y in range(20, 300, 40)])
+    out = tmp_path / "d.gpkg"
+    child = subprocess.Popen([sys.executable, "-m", "core", "detect", "--raster", str(raster), "--model", str(package),
+                              "--out", str(out), "--device", "cpu", "--tile-size", "64", "--threshold", "0.9",
+                              "--json-progress"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+    events = []
+    for line in child.stdout:
+        event = json.loads(line)
+        events.append(event)
+        if event["event"] == "progress" and stop_at in event.get("message", ""):
+            child.send_signal(15)
+            break
+    events += [json.loads(line) for line in child.stdout]
+    rc = child.wait(timeout=300)
+    said = " ".join(e.get("message", "") for e in events if e["event"] in ("error", "log"))
+    if rc == 3:                                          # cancelled: said, and nothing written
+        assert "cancel" in said.lower() and not out.exists() and not list(tmp_path.glob(".*partial*"))
+    else:                                                # too late to stop: finished whole, and said so
+        assert rc == EXIT_OK and "finished and its output is complete" in said, (rc, said)
+        result = next(e["result"] for e in events if e["event"] == "result")
+        assert len(pyogrio.raw.read(out)[2]) == result["kept"]
+    if stop_at == "tiles":
+        assert rc == 3                                   # a stop while tiles run is always in time
