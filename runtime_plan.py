@@ -49,7 +49,8 @@ DOWNLOAD = {("Linux", "cuda"): "about 3 GB (torch 0.5 GB + NVIDIA CUDA libraries
 # Free disk to ask for before starting (installed sizes, plus the rest of requirements.txt and pip's temp).
 NEEDED_GB = {"cuda": 8.0, "cpu": 2.0, "default": 2.0}
 YOUR_INDEX = "your pip index (PyPI unless pip is configured otherwise)"
-OTHERS = "numpy, rasterio, shapely, pyogrio, pyproj, pycocotools, pillow, segment-anything: about 0.1 GB"
+OTHERS = ("numpy, rasterio, shapely, pyogrio, pyproj, pycocotools, pillow, segment-anything, mobilesam-mirror, timm: "
+          "about 0.1 GB")
 
 
 @dataclass
