@@ -98,7 +98,9 @@ def test_train_base_coco_fine_tunes_from_the_published_layout(coco_like, chips, 
                    TrainOptions(epochs=1, batch_size=2, val_fraction=0.25, device="cpu"))
     emd = json.loads((tmp_path / "model" / "model.emd").read_text())
     assert emd["BaseModel"] == "coco" and emd["ModelParameters"]["backbone"] == "resnet50"   # arcgis.learn's name
-    assert result["best_epoch"] == 1 and result["before"]["epoch"] == 0
+    assert result["best_epoch"] == 1
+    # four 64 px chips of a 128 px scene leave no room for a spatial hold-out: trained without validation, said
+    assert result["split"]["method"] == "none" and result["before"] is None
     fine = read_state_file(tmp_path / "model" / "model.pth")
     assert fine["roi_heads.box_predictor.cls_score.weight"].shape[0] == 2      # new heads for 1 class
     assert not torch.equal(fine["backbone.fpn.inner_blocks.0.0.weight"], old["backbone.fpn.inner_blocks.0.weight"])
@@ -249,5 +251,8 @@ def test_catalogue_lists_only_open_models():
     entries = catalogue.entries()
     assert {"coco", "coco_v2", "imagenet"} <= {e["id"] for e in entries}
     for e in entries:
-        assert e["licence"] and e["url"].startswith("https://") and e["sha256"], e["id"]
+        assert e["licence"] and e["url"].startswith("https://"), e["id"]
+        # hash-checked, unless its publisher gives none (MobileSAM): then the entry says so and the download
+        # reports the SHA-256 it got (core/weights.py)
+        assert e["sha256"] or "No hash is published" in e["notes"], e["id"]
         assert "esri" not in e["url"].lower() and "arcgis.com" not in e["url"].lower(), e["id"]
