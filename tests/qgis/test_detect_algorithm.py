@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import re
+import sqlite3
 import subprocess
 
 import pytest
@@ -122,6 +123,15 @@ def _user_gpkg(path, check=False):
     return ast.literal_eval(run.stdout.strip())
 
 
+def _layers_and_styles(path):
+    """The user's layers checked as kept, and which layers QGIS's style table of the file styles: the result's
+    style is stored in the GeoPackage (layer_styles, QGIS's own table), for the result's layer only."""
+    names = _user_gpkg(path, check=True)
+    with sqlite3.connect(str(path)) as db:
+        styled = sorted({row[0] for row in db.execute("SELECT f_table_name FROM layer_styles")})
+    return [n for n in names if n != "layer_styles"], styled
+
+
 def test_save_to_geopackage_adds_a_layer_and_keeps_the_others(provider, scene_package, tmp_path):
     """Processing's "Save to GeoPackage..." with a layer name, into the user's GeoPackage: a new layer, loaded
     on completion by its own source and style; the user's layers survive; an existing layer is refused
@@ -134,7 +144,7 @@ def test_save_to_geopackage_adds_a_layer_and_keeps_the_others(provider, scene_pa
               "MODEL": str(scene_package / "model" / "model.dlpk"),
               "OUTPUT": f"ogr:dbname='{project}' table=\"tents\" (geom)"}
     result = processing.runAndLoadResults("maskforge:detectobjects", params)
-    assert _user_gpkg(project, check=True) == ["my_labels", "roads", "tents"]
+    assert _layers_and_styles(project) == (["my_labels", "roads", "tents"], ["tents"])
     loaded = [layer for layer in QgsProject.instance().mapLayers().values()
               if layer.source().startswith(str(project)) and "layername=tents" in layer.source()]
     assert len(loaded) == 1 and loaded[0].featureCount() == result["COUNT"]
@@ -148,4 +158,4 @@ def test_save_to_geopackage_adds_a_layer_and_keeps_the_others(provider, scene_pa
     again = processing.run("maskforge:detectobjects", {**params, "OVERWRITE": True, "THRESHOLD": 0.9})
     assert again["OUTPUT"] == f"{project}|layername=tents"
     assert QgsVectorLayer(again["OUTPUT"], "t", "ogr").featureCount() == again["COUNT"]
-    assert _user_gpkg(project, check=True) == ["my_labels", "roads", "tents"]
+    assert _layers_and_styles(project) == (["my_labels", "roads", "tents"], ["tents"])

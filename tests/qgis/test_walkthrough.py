@@ -123,8 +123,6 @@ def test_results_are_styled_by_class_and_confidence(walk):
         assert layer["confidence_styled"] and layer["labels"] and layer["stored_style"], layer
 
 
-@pytest.mark.xfail(reason="detections are clipped to the raster by the engine in issue-21-detect, not merged here "
-                          "yet; edge-tile polygons may spill past the image until then", strict=False)
 def test_detections_lie_inside_the_raster(walk):
     facts, _ = walk
     for step in ("detect", "nms"):
