@@ -101,10 +101,10 @@ class MaskForgePlugin:
             self.dialogs = {}
         dialog = self.dialogs.get(object_name)
         if dialog is None:
-            from .ui.detect_dialog import DetectDialog
-            from .ui.export_dialog import ExportDialog
-            from .ui.nms_dialog import NmsDialog
-            from .ui.train_dialog import TrainDialog
+            from .ui.steps.detect_dialog import DetectDialog
+            from .ui.steps.export_dialog import ExportDialog
+            from .ui.steps.nms_dialog import NmsDialog
+            from .ui.steps.train_dialog import TrainDialog
             cls = {"MaskForgeExportAction": ExportDialog, "MaskForgeTrainAction": TrainDialog,
                    "MaskForgeDetectAction": DetectDialog, "MaskForgeNmsAction": NmsDialog}[object_name]
             dialog = self.dialogs[object_name] = cls(self.iface)
@@ -115,7 +115,7 @@ class MaskForgePlugin:
 
     def _open_export(self, **prefill):
         """The labels dock's Export training data…: the toolbar's own Export dialog, prefilled from the dock."""
-        from .ui.labels_dock import show_prefilled
+        from .ui.labeling.labels_dock import show_prefilled
         return show_prefilled(self.open_dialog("MaskForgeExportAction"), **prefill)
 
     def open_settings(self):
@@ -151,7 +151,7 @@ class MaskForgePlugin:
 
     def _unload_dialogs(self):
         from qgis.PyQt import sip
-        from . import tasks
+        from .bridge import tasks
         tasks.cancel_all()   # a job must not call back into an unloaded plugin; training keeps its best package
         for dialog in list((self.dialogs or {}).values()) + [getattr(self, "_settings_dialog", None),
                                                              getattr(self, "_diagnostics_dialog", None)]:
@@ -203,7 +203,7 @@ class MaskForgePlugin:
     def _toggle_labeling(self, checked):
         if checked and self.labels_dock is None:
             from qgis.PyQt.QtCore import Qt
-            from .ui.labels_dock import LabelsDock
+            from .ui.labeling.labels_dock import LabelsDock
             self.labels_dock = LabelsDock(self.iface, self.iface.mainWindow(), open_export=self._open_export)
             self.labels_dock.closedStateChanged.connect(self._labeling_closed)
             self.iface.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, self.labels_dock)

@@ -6,10 +6,10 @@ feedback: progress, log lines, cancel.
 """
 from qgis.core import QgsProcessingAlgorithm, QgsProcessingException
 
-from .. import settings
-from ..runner import JobCancelled, JobError, run_job
-from .jobs import InvalidInput, absolute  # noqa: F401 (absolute: used by the algorithms)
-from .layers import engine_values, extent_of
+from ..bridge import settings
+from ..bridge.runner import JobCancelled, JobError, run_job
+from ..core.contract.jobs import InvalidInput, absolute
+from ..bridge.layers import engine_values, extent_of
 
 
 class MaskForgeAlgorithm(QgsProcessingAlgorithm):

@@ -6,9 +6,9 @@ from qgis.core import (Qgis, QgsProcessingOutputNumber, QgsProcessingParameterBo
 
 from .base import (MaskForgeAlgorithm, absolute, build_args, engine_raster_values, extent_value, gpkg_output,
                    raster_layer, source_extent, source_path)
-from .jobs import REGULARIZE, TTA, InvalidInput, detect_args, read_emd
-from .layers import model_cell
-from .results import load_result_layer
+from ..core.contract.jobs import REGULARIZE, TTA, InvalidInput, detect_args, read_emd
+from ..bridge.layers import model_cell
+from ..bridge.results import load_result_layer
 
 
 class DetectObjectsAlgorithm(MaskForgeAlgorithm):

@@ -6,7 +6,7 @@ from qgis.core import (Qgis, QgsProcessingOutputNumber, QgsProcessingParameterBa
 
 from .base import (MaskForgeAlgorithm, absolute, build_args, engine_raster_values, extent_value, raster_layer,
                    source_extent, source_path)
-from .jobs import FORMATS, TILE_MODES, export_args
+from ..core.contract.jobs import FORMATS, TILE_MODES, export_args
 
 
 class ExportTrainingDataAlgorithm(MaskForgeAlgorithm):

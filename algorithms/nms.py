@@ -4,8 +4,8 @@ from qgis.core import (Qgis, QgsProcessingOutputNumber, QgsProcessingParameterBo
                        QgsProcessingParameterVectorDestination)
 
 from .base import MaskForgeAlgorithm, build_args, gpkg_output, source_path
-from .jobs import DEFAULT_CONFIDENCE_FIELD, nms_args
-from .results import load_result_layer
+from ..core.contract.jobs import DEFAULT_CONFIDENCE_FIELD, nms_args
+from ..bridge.results import load_result_layer
 
 
 class NonMaximumSuppressionAlgorithm(MaskForgeAlgorithm):

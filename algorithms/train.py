@@ -8,7 +8,7 @@ from qgis.core import (Qgis, QgsProcessingOutputFile, QgsProcessingOutputHtml, Q
                        QgsProcessingParameterString)
 
 from .base import MaskForgeAlgorithm, absolute, build_args
-from .jobs import BACKBONES, BASE_MODELS, MONITORS, kept_package, train_args, train_base
+from ..core.contract.jobs import BACKBONES, BASE_MODELS, MONITORS, kept_package, train_args, train_base
 
 
 class TrainAlgorithm(MaskForgeAlgorithm):

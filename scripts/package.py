@@ -20,12 +20,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = "maskforge"
-FILES = ["metadata.txt", "__init__.py", "plugin.py", "runner.py", "settings.py", "requirements.txt", "LICENSE",
+FILES = ["metadata.txt", "__init__.py", "plugin.py", "requirements.txt", "LICENSE",
          "README.md"]
-# Besides these, every other module at the top (tasks.py, runtime.py, ...): the repository root is the
+# Besides these, every other module at the top (runtime_plan.py, ...): the repository root is the
 # plugin package, so a module there is one the plugin may import.
 MODULES = "*.py"
-FOLDERS = ["algorithms", "ui", "core", "resources"]
+FOLDERS = ["algorithms", "bridge", "ui", "core", "resources"]
 # As plugins.qgis.org's validator requires them (it also wants tracker and repository).
 REQUIRED_METADATA = ["name", "description", "version", "qgisMinimumVersion", "author", "email", "about",
                      "tracker", "repository"]

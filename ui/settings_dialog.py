@@ -13,10 +13,10 @@ from qgis.PyQt.QtGui import QFontDatabase
 from qgis.PyQt.QtWidgets import (QApplication, QComboBox, QDialog, QFormLayout, QGroupBox, QHBoxLayout, QLabel,
                                  QLineEdit, QMessageBox, QPlainTextEdit, QProgressBar, QPushButton, QVBoxLayout)
 
-from .. import settings, tasks
-from ..runner import PLUGIN_DIR
-from ..runtime import (REQUIREMENTS, RuntimeProbe, SetupRuntimeTask, check_setup_folder, describe, setup_plan,
-                       venv_python)
+from ..bridge import settings, tasks
+from ..bridge.runner import PLUGIN_DIR
+from ..bridge.runtime import (REQUIREMENTS, RuntimeProbe, SetupRuntimeTask, check_setup_folder, describe,
+                              setup_plan, venv_python)
 
 
 def _free(path):

@@ -34,8 +34,8 @@ def iface(maskforge, qgis_iface, qgis_new_project):
 
 
 def test_nms_guesses_a_score_field_never_fid_and_follows_its_input(iface, tmp_path):
-    from maskforge import settings
-    from maskforge.ui.nms_dialog import NmsDialog
+    from maskforge.bridge import settings
+    from maskforge.ui.steps.nms_dialog import NmsDialog
     scored = _gpkg(tmp_path / "trees_detections.gpkg", ["ClassValue:integer", "score:double"], [(1, 0.9), (1, 0.4)])
     other = _gpkg(tmp_path / "roofs.gpkg", ["ClassValue:integer", "Confidence:double"], [(1, 0.7)])
     assert [f.name() for f in scored.fields()][0] == "fid"   # the GeoPackage's own key, numeric, first
@@ -63,7 +63,7 @@ def test_nms_guesses_a_score_field_never_fid_and_follows_its_input(iface, tmp_pa
 
 
 def test_nms_without_a_score_named_field_takes_a_number_that_is_not_an_id(maskforge):
-    from maskforge.ui.nms_dialog import guess_confidence
+    from maskforge.ui.steps.nms_dialog import guess_confidence
     layer = QgsVectorLayer("Polygon?crs=EPSG:32617&field=fid:integer&field=id:integer&field=p_tree:double",
                            "m", "memory")
     assert guess_confidence(layer) == "p_tree"
@@ -71,7 +71,7 @@ def test_nms_without_a_score_named_field_takes_a_number_that_is_not_an_id(maskfo
 
 
 def test_export_takes_an_integer_field_as_the_value_and_a_text_field_as_the_name(iface):
-    from maskforge.ui.export_dialog import ExportDialog, guess_class_fields
+    from maskforge.ui.steps.export_dialog import ExportDialog, guess_class_fields
     if not (OSBS / "trees.geojson").exists():
         pytest.skip(f"{OSBS} is absent (../shared/data)")
     trees = QgsVectorLayer(str(OSBS / "trees.geojson"), "trees", "ogr")   # class: integer 1, label: 'Tree'
@@ -89,7 +89,7 @@ def test_export_takes_an_integer_field_as_the_value_and_a_text_field_as_the_name
 
 
 def test_detect_and_nms_results_share_one_style_stored_in_the_geopackage(maskforge, tmp_path):
-    from maskforge.algorithms.result_style import LABEL_MIN_SCALE, STYLE_NAME, style_result_layer
+    from maskforge.bridge.result_style import LABEL_MIN_SCALE, STYLE_NAME, style_result_layer
     path = tmp_path / "kept.gpkg"
     layer = _gpkg(path, ["ClassValue:integer", "Class:string", "Confidence:double"],
                   [(1, "tree", 0.9), (2, "snag", 0.3)])
@@ -112,7 +112,7 @@ def test_detect_and_nms_results_share_one_style_stored_in_the_geopackage(maskfor
 
 
 def test_a_run_that_finds_nothing_says_what_to_try(maskforge):
-    from maskforge.ui.detect_dialog import nothing_found
+    from maskforge.ui.steps.detect_dialog import nothing_found
     said = nothing_found({"detections": 0, "kept": 0, "tiles": 4, "threshold": 0.62, "max_score": 0.4123})
     assert said.startswith("Detected 0 objects in 4 tiles at confidence threshold 0.62 (the highest score seen "
                            "was 0.412).")
@@ -122,7 +122,7 @@ def test_a_run_that_finds_nothing_says_what_to_try(maskforge):
 
 
 def test_default_outputs_avoid_a_folder_that_is_not_the_users(maskforge, tmp_path, monkeypatch):
-    from maskforge.ui import output_folders
+    from maskforge.bridge import output_folders
     monkeypatch.setattr(output_folders, "USER_FOLDER", str(tmp_path / "home" / "MaskForge"))
     assert output_folders.output_folder(str(tmp_path)) == (str(tmp_path), "")
     monkeypatch.setattr(output_folders, "writable", lambda folder: folder != "/shared/data")   # root writes anywhere

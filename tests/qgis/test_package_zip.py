@@ -63,11 +63,11 @@ def test_the_zip_holds_the_plugin_and_nothing_else(plugin_zip):
         files = {n for n in names if not n.endswith("/")}
         assert names[0] == "maskforge/" and all(n.startswith("maskforge/") for n in names)
         top = {n.split("/")[1] for n in files}
-        assert top == {"metadata.txt", "requirements.txt", "LICENSE", "README.md", "algorithms", "ui", "core",
-                       "resources", *(p.name for p in ROOT.glob("*.py"))}
-        assert {"maskforge/__init__.py", "maskforge/plugin.py", "maskforge/runner.py",
-                "maskforge/settings.py"} <= files
-        for folder in ("algorithms", "core", "ui"):
+        assert top == {"metadata.txt", "requirements.txt", "LICENSE", "README.md", "algorithms", "bridge", "ui",
+                       "core", "resources", *(p.name for p in ROOT.glob("*.py"))}
+        assert {"maskforge/__init__.py", "maskforge/plugin.py", "maskforge/bridge/runner.py",
+                "maskforge/bridge/settings.py", "maskforge/core/contract/__init__.py"} <= files
+        for folder in ("algorithms", "bridge", "core", "ui"):
             for path in (ROOT / folder).rglob("*.py"):
                 if "__pycache__" not in path.parts:
                     assert f"maskforge/{path.relative_to(ROOT).as_posix()}" in files, path

@@ -65,7 +65,7 @@ def test_detect_objects_offers_regularization_defaulting_to_the_packages(provide
 
 def test_the_detect_dialog_shows_the_packages_methods_and_passes_a_choice(maskforge, qgis_iface, tmp_path):
     import json
-    from maskforge.ui.detect_dialog import DetectDialog
+    from maskforge.ui.steps.detect_dialog import DetectDialog
     emd = {"Framework": "MaskForge", "ModelFile": "camp.pth", "ImageHeight": 64, "ImageWidth": 64,
            "Classes": [{"Value": 1, "Name": "building", "Regularize": "right_angles"},
                        {"Value": 2, "Name": "tent", "Regularize": "rectangle"}, {"Value": 3, "Name": "tree"}]}

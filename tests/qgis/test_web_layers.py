@@ -115,9 +115,9 @@ def test_refusing_or_dead_service_through_processing(provider, service, tile_cac
 def test_labeling_over_an_xyz_layer(maskforge, service, qgis_canvas, qgis_new_project, tmp_path):
     """Labels drawn over the web layer go in its CRS, and the dock's Export hands the web layer on."""
     from qgis.core import QgsGeometry, QgsProject, QgsRectangle
-    from maskforge.ui.class_schema import ClassSchema
-    from maskforge.ui.label_store import LabelStore, crs_for_new_labels, labels_layer_at
-    from maskforge.ui.labels_dock import raster_under
+    from maskforge.ui.labeling.class_schema import ClassSchema
+    from maskforge.ui.labeling.label_store import LabelStore, crs_for_new_labels, labels_layer_at
+    from maskforge.ui.labeling.labels_dock import raster_under
     layer = xyz_layer(service["server"].url)
     QgsProject.instance().addMapLayer(layer)
     qgis_canvas.setLayers([layer])
@@ -154,7 +154,7 @@ def test_export_dialog_over_an_xyz_layer_reads_the_labels_area(maskforge, qgis_i
                                                                tile_cache, tmp_path):
     """The toolbar dialog builds the same engine job as the algorithm: the service XML, the labels' extent."""
     from qgis.core import QgsProject
-    from maskforge.ui.export_dialog import ExportDialog
+    from maskforge.ui.steps.export_dialog import ExportDialog
     layer = xyz_layer(service["server"].url)
     labels = QgsVectorLayer(service["labels"], "trees", "ogr")
     QgsProject.instance().addMapLayers([layer, labels])
@@ -176,7 +176,7 @@ def test_smart_labeling_reads_an_xyz_layer_through_gdal(maskforge, qgis_iface, q
                                                         service, tile_cache, tmp_path):
     """The Smart tool's worker opens the XYZ layer as GDAL's service description, at the layer's finest zoom."""
     from qgis.core import QgsProject
-    from maskforge.ui.labels_dock import LabelsDock
+    from maskforge.ui.labeling.labels_dock import LabelsDock
     layer = xyz_layer(service["server"].url)
     QgsProject.instance().addMapLayer(layer)
     qgis_canvas.setLayers([layer])

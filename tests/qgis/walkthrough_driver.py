@@ -190,7 +190,7 @@ def bar_texts():
 
 def run_and_wait(dialog, step, seconds):
     """Click Run, then watch the status line until the job has ended; returns the task."""
-    from maskforge import tasks
+    from maskforge.bridge import tasks
     seen = []
     click(dialog.run_button)
     task = dialog.task
@@ -229,7 +229,7 @@ def describe_layer(layer, raster):
         outside = max(outside, extent.xMinimum() - box.xMinimum(), box.xMaximum() - extent.xMaximum(),
                       extent.yMinimum() - box.yMinimum(), box.yMaximum() - extent.yMaximum())
     labels = layer.labeling()
-    from maskforge.algorithms.result_style import STYLE_NAME
+    from maskforge.bridge.result_style import STYLE_NAME
     _count, _ids, names, *_ = layer.listStylesInDatabase()
     return {"name": layer.name(), "features": layer.featureCount(), "renderer": renderer.type(),
             "class_attribute": getattr(renderer, "classAttribute", lambda: "")(),
@@ -271,7 +271,7 @@ def walk():
     screen = QApplication.primaryScreen()   # in device pixels: QGIS may scale its logical pixels (DPI)
     facts["screen"] = [round(screen.size().width() * screen.devicePixelRatio()),
                        round(screen.size().height() * screen.devicePixelRatio())]
-    from maskforge import tasks
+    from maskforge.bridge import tasks
 
     with step("start") as record:
         record["started_by_qgis"] = "maskforge" in qgis.utils.active_plugins
@@ -404,7 +404,7 @@ def walk():
             check_dialog(dialog, dialog_name)
             dialog.close()
         # The check itself can fail: an Export dialog squeezed to 380x300 must be found cut.
-        from maskforge.ui.export_dialog import ExportDialog
+        from maskforge.ui.steps.export_dialog import ExportDialog
         squeezed = ExportDialog(iface)
         squeezed.show()
         squeezed.resize(380, 300)
@@ -424,7 +424,7 @@ def main():
     except Exception:  # noqa: BLE001 (whatever broke is reported to the test, which fails on it)
         facts["crash"] = traceback.format_exc()
     facts["seconds"] = round(time.monotonic() - started, 1)
-    from maskforge import tasks
+    from maskforge.bridge import tasks
     tasks.cancel_all()   # a job left running must not outlive QGIS (its worker process is ended on cancel)
     wait(lambda: not tasks.running_tasks(), 30)
     for folder in (OUT, SHOTS):

@@ -19,8 +19,8 @@ from qgis.PyQt.QtCore import QObject, QProcess, QProcessEnvironment, QTimer, pyq
 
 from . import settings
 from .runner import PLUGIN_DIR, _child_env, missing_runtime_message
-from .runtime_plan import (REQUIREMENTS, Plan, check_disk, check_setup_folder, choose, describe, explain_failure,
-                           inspect_machine, install_steps, python_version, venv_python)
+from ..runtime_plan import (REQUIREMENTS, Plan, check_disk, check_setup_folder, choose, describe, explain_failure,
+                            inspect_machine, install_steps, python_version, venv_python)
 from .tasks import forget, log, push
 
 PROBE_TIMEOUT_MS = 120000

@@ -6,11 +6,10 @@ from qgis.gui import QgsFileWidget
 from qgis.PyQt import sip
 from qgis.PyQt.QtWidgets import QGroupBox, QLabel, QVBoxLayout
 
-from .. import settings, tasks
-from ..algorithms.jobs import (BACKBONES, BASE_MODELS, MONITORS, PACKAGE_BASE, TRAIN_DEFAULTS, InvalidInput,
-                               is_weights_file,
-                               check_train, kept_package, package_summary, read_emd, train_args,
-                               training_data_summary)
+from ...bridge import settings, tasks
+from ...core.contract.jobs import (BACKBONES, BASE_MODELS, MONITORS, PACKAGE_BASE, TRAIN_DEFAULTS, InvalidInput,
+                                   is_weights_file, check_train, kept_package, package_summary, read_emd,
+                                   train_args, training_data_summary)
 from .job_dialog import JobDialog
 from .metric_plot import MetricPlot
 

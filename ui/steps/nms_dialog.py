@@ -4,12 +4,12 @@ import os
 from qgis.core import Qgis, QgsFieldProxyModel
 from qgis.gui import QgsFileWidget
 
-from .. import tasks
-from ..algorithms.jobs import NMS_DEFAULTS, check_nms, nms_args
-from ..algorithms.result_style import CLASS_FIELDS, CONFIDENCE_FIELDS
+from ...bridge import tasks
+from ...core.contract.jobs import NMS_DEFAULTS, check_nms, nms_args
+from ...bridge.result_style import CLASS_FIELDS, CONFIDENCE_FIELDS
 from .detect_dialog import add_result_layer
 from .job_dialog import JobDialog, next_free
-from .output_folders import file_folder, output_folder
+from ...bridge.output_folders import file_folder, output_folder
 
 
 def guess_confidence(layer, wanted=None):

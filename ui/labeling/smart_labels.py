@@ -21,8 +21,8 @@ from qgis.core import (Qgis, QgsApplication, QgsCoordinateTransform, QgsCsExcept
 from qgis.PyQt.QtCore import QObject, QTimer, pyqtSignal
 from qgis.PyQt.QtGui import QColor
 
-from .. import settings
-from ..algorithms.layers import web_kind, window_source
+from ...bridge import settings
+from ...bridge.layers import web_kind, window_source
 from .label_store import LabelError, crs_for_new_labels
 from .smart_refine import RefineTask
 from .smart_tool import SmartTool

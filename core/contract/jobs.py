@@ -31,7 +31,7 @@ REGULARIZE = ["The package's per class (off when it has none)", "Off", "Right an
 REGULARIZE_ARGS = [None, "none", "right_angles", "right_angles_45", "rectangle", "circle", "ellipse"]
 # (label, value of --base); the package entry takes its path from BASE_PACKAGE. The first three keep
 # their indices (saved models and scripts use them); the catalogue's other open starting points follow.
-_CATALOGUE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "core", "catalogue.json")
+_CATALOGUE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "catalogue.json")
 
 
 def _catalogue_bases():

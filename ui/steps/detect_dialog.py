@@ -6,15 +6,15 @@ from qgis.core import Qgis, QgsProject, QgsVectorLayer
 from qgis.gui import QgsFileWidget
 from qgis.PyQt.QtWidgets import QLabel
 
-from .. import settings, tasks
-from ..algorithms.jobs import (DETECT_DEFAULTS, REGULARIZE, TTA, InvalidInput, check_detect, default_padding,
-                               detect_args, package_summary, read_emd)
-from ..algorithms.layers import model_cell
-from ..algorithms.result_style import style_result_layer
+from ...bridge import settings, tasks
+from ...core.contract.jobs import (DETECT_DEFAULTS, REGULARIZE, TTA, InvalidInput, check_detect, default_padding,
+                                   detect_args, package_summary, read_emd)
+from ...bridge.layers import model_cell
+from ...bridge.result_style import style_result_layer
 from .export_dialog import describe_raster
 from .extent_picker import ExtentPicker
 from .job_dialog import JobDialog, next_free, raster_info, raster_values
-from .output_folders import file_folder, output_folder
+from ...bridge.output_folders import file_folder, output_folder
 from .train_dialog import describe_package
 
 

@@ -15,7 +15,7 @@ import subprocess
 import threading
 import time
 
-PLUGIN_DIR = os.path.dirname(os.path.abspath(__file__))
+PLUGIN_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))   # bridge/ is one level down
 # QGIS's own data paths would point the runtime's GDAL/PROJ (from pip wheels)
 # at the wrong data files; the child finds its own.
 _SCRUBBED_ENV = ("PYTHONPATH", "PYTHONHOME", "GDAL_DATA", "PROJ_LIB", "PROJ_DATA", "GDAL_DRIVER_PATH")

@@ -7,11 +7,11 @@ from qgis.gui import QgsFileWidget
 from qgis.PyQt.QtCore import QMetaType
 from qgis.PyQt.QtWidgets import QHBoxLayout, QLabel, QWidget
 
-from .. import settings, tasks
-from ..algorithms.jobs import EXPORT_DEFAULTS, FORMATS, TILE_MODES, check_export, export_args, parse_bands
+from ...bridge import settings, tasks
+from ...core.contract.jobs import EXPORT_DEFAULTS, FORMATS, TILE_MODES, check_export, export_args, parse_bands
 from .extent_picker import ExtentPicker
 from .job_dialog import JobDialog, next_free, raster_info, raster_values
-from .output_folders import file_folder, output_folder
+from ...bridge.output_folders import file_folder, output_folder
 
 # Field names the engine (value/classvalue), the labels dock (classvalue/classname) and common data use;
 # a name is taken only for a field of the right type: an integer field holds values, a text field names.

@@ -18,10 +18,10 @@ from qgis.PyQt.QtWidgets import (QCheckBox, QComboBox, QDialog, QFormLayout, QFr
                                  QLineEdit, QProgressBar, QPushButton, QScrollArea, QSizePolicy, QTabWidget,
                                  QVBoxLayout, QWidget)
 
-from .. import settings, tasks
-from .widgets import elided_combo
-from ..algorithms.jobs import InvalidInput
-from ..algorithms.layers import engine_values, extent_of, is_web, web_kind
+from ...bridge import settings, tasks
+from ..widgets import elided_combo
+from ...core.contract.jobs import InvalidInput
+from ...bridge.layers import engine_values, extent_of, is_web, web_kind
 
 # GDAL data types as the engine (numpy) names them, for the checks made before running.
 _NUMPY_TYPES = {Qgis.DataType.Byte: "uint8", Qgis.DataType.UInt16: "uint16", Qgis.DataType.Int16: "int16", Qgis.DataType.UInt32: "uint32",
@@ -276,7 +276,7 @@ class JobDialog(QDialog):
 
     def add_device(self, form, key="DEVICE"):
         """Device field and the device the runtime will really use (asked of the runtime in the background)."""
-        from ..runtime import RuntimeProbe, describe_device, effective_device
+        from ...bridge.runtime import RuntimeProbe, describe_device, effective_device
         box = QWidget()
         layout = QVBoxLayout(box)
         layout.setContentsMargins(0, 0, 0, 0)
@@ -426,7 +426,7 @@ class JobDialog(QDialog):
         python = settings.runtime_python()
         try:
             if not os.path.exists(python):
-                from ..runner import missing_runtime_message
+                from ...bridge.runner import missing_runtime_message
                 raise InvalidInput(missing_runtime_message(python))
             values = self.values()
             self.check(values)

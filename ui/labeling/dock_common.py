@@ -29,8 +29,8 @@ def ask(parent, title, text):
 def labels_folder():
     """Where the first labels of an unsaved project go, without asking mid-drag: the Training data folder of
     Settings, else ~/MaskForge (ui/output_folders.py). Saving the project later keeps the labels where they are."""
-    from .. import settings
-    from .output_folders import output_folder
+    from ...bridge import settings
+    from ...bridge.output_folders import output_folder
     return output_folder(settings.folder("data") or None)[0]
 
 

@@ -18,7 +18,7 @@ import time
 from qgis.core import QgsApplication
 from qgis.PyQt.QtCore import QObject, QTimer, pyqtSignal
 
-from ..runner import PLUGIN_DIR, _child_env, missing_runtime_message
+from ...bridge.runner import PLUGIN_DIR, _child_env, missing_runtime_message
 
 _EOF = object()
 

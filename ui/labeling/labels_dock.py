@@ -407,7 +407,7 @@ class LabelsDock(ClassesPart, ObjectsPart, ReviewPage, QgsDockWidget):
     _export_dialog = None
 
     def _open_own_export(self, **prefill):
-        from .export_dialog import ExportDialog
+        from ..steps.export_dialog import ExportDialog
         if self._export_dialog is None:
             self._export_dialog = ExportDialog(self.iface)
         return show_prefilled(self._export_dialog, **prefill)
