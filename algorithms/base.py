@@ -8,7 +8,8 @@ from qgis.core import QgsProcessingAlgorithm, QgsProcessingException
 
 from ..bridge import settings
 from ..bridge.runner import JobCancelled, JobError, run_job
-from ..core.contract.jobs import InvalidInput, absolute
+from ..core.contract.invalid import InvalidInput
+from ..core.contract.params import absolute
 from ..bridge.layers import engine_values, extent_of
 
 
@@ -73,16 +74,19 @@ def extent_value(alg, parameters, name, context, crs):
     return (e.xMinimum(), e.yMinimum(), e.xMaximum(), e.yMaximum())
 
 
-def extent_args(alg, parameters, name, context, crs):
-    """``--extent xmin,ymin,xmax,ymax`` in the raster's CRS, or nothing when the extent is unset."""
-    extent = extent_value(alg, parameters, name, context, crs)
-    return [] if extent is None else ["--extent=" + ",".join(str(v) for v in extent)]
-
-
-def build_args(build, values):
-    """``build(values)`` from jobs.py, its InvalidInput turned into the Processing exception."""
+def check(job, *facts):
+    """``job.check(*facts)`` (core/contract/), a refusal turned into the Processing exception."""
     try:
-        return build(values)
+        return job.check(*facts)
+    except InvalidInput as exc:
+        raise QgsProcessingException(str(exc)) from None
+
+
+def job_args(step, values):
+    """(the job, its engine argv) of ``values`` (core/contract/), a refusal turned into the Processing exception."""
+    try:
+        job = step.of(values)
+        return job, [str(a) for a in job.to_args()]
     except InvalidInput as exc:
         raise QgsProcessingException(str(exc)) from None
 

@@ -1,16 +1,13 @@
 """Processing algorithm maskforge:comparedetections (engine: core/compare.py)."""
-from qgis.core import (Qgis, QgsProcessingException, QgsProcessingOutputFile, QgsProcessingOutputNumber,
-                       QgsProcessingOutputVectorLayer, QgsProcessingParameterBoolean,
-                       QgsProcessingParameterFeatureSource, QgsProcessingParameterField,
-                       QgsProcessingParameterFolderDestination, QgsProcessingParameterNumber)
+from qgis.core import Qgis, QgsProcessingOutputFile, QgsProcessingOutputNumber, QgsProcessingOutputVectorLayer
 
-from .base import MaskForgeAlgorithm, absolute, source_path
+from .base import MaskForgeAlgorithm, check, job_args
+from .parameters import add_parameters, form_values
+from ..core.contract import Compare
 from ..bridge.results import load_on_completion
 
 
 class CompareDetectionsAlgorithm(MaskForgeAlgorithm):
-    DATE_A, DATE_B, IOU, ZONES, ZONE_FIELD, OUTPUT = \
-        "DETECTIONS_A", "DETECTIONS_B", "IOU_THRESHOLD", "ZONES", "ZONE_FIELD", "OUTPUT_FOLDER"
 
     def name(self):
         return "comparedetections"
@@ -37,21 +34,7 @@ class CompareDetectionsAlgorithm(MaskForgeAlgorithm):
         )
 
     def initAlgorithm(self, config=None):
-        self.addParameter(QgsProcessingParameterFeatureSource(
-            self.DATE_A, "Detections at date A (earlier)", [Qgis.ProcessingSourceType.VectorPolygon]))
-        self.addParameter(QgsProcessingParameterFeatureSource(
-            self.DATE_B, "Detections at date B (later)", [Qgis.ProcessingSourceType.VectorPolygon]))
-        self.addParameter(QgsProcessingParameterNumber(
-            self.IOU, "Minimum IoU of the same object", Qgis.ProcessingNumberParameterType.Double, 0.3,
-            minValue=0.0, maxValue=1.0))
-        self.addParameter(QgsProcessingParameterFeatureSource(
-            self.ZONES, "Zones", [Qgis.ProcessingSourceType.VectorPolygon], optional=True))
-        self.addParameter(QgsProcessingParameterField(
-            self.ZONE_FIELD, "Zone name field (default 'name', else the zone's id)",
-            parentLayerParameterName=self.ZONES, type=Qgis.ProcessingFieldParameterDataType.Any, optional=True))
-        self.addParameter(QgsProcessingParameterBoolean(
-            "OVERWRITE", "Replace earlier outputs of the same names in the folder", False))
-        self.addParameter(QgsProcessingParameterFolderDestination(self.OUTPUT, "Output folder"))
+        add_parameters(self, Compare)
         self.addOutput(QgsProcessingOutputVectorLayer("CHANGES", "Changes (persisted/new/gone)",
                                                       Qgis.ProcessingSourceType.VectorPolygon))
         self.addOutput(QgsProcessingOutputFile("TABLE", "Changes per zone (CSV)"))
@@ -59,22 +42,12 @@ class CompareDetectionsAlgorithm(MaskForgeAlgorithm):
             self.addOutput(QgsProcessingOutputNumber(key, label))
 
     def processAlgorithm(self, parameters, context, feedback):
-        out = absolute(self.parameterAsFileOutput(parameters, self.OUTPUT, context))
-        args = ["--a", source_path(self, parameters, self.DATE_A, context, feedback),
-                "--b", source_path(self, parameters, self.DATE_B, context, feedback), "--out-dir", out,
-                "--iou", self.parameterAsDouble(parameters, self.IOU, context)]
-        zone_field = self.parameterAsString(parameters, self.ZONE_FIELD, context)
-        if parameters.get(self.ZONES):
-            args += ["--zones", source_path(self, parameters, self.ZONES, context, feedback)]
-            if zone_field:
-                args += ["--zone-field", zone_field]
-        elif zone_field:
-            raise QgsProcessingException(f"A zone name field ('{zone_field}') is given but no zones layer. Choose the "
-                                         "zones layer too, or leave the field empty.")
-        if self.parameterAsBoolean(parameters, "OVERWRITE", context):
-            args.append("--overwrite")
+        values = form_values(self, Compare, parameters, context, feedback)
+        out = values["OUTPUT_FOLDER"]
+        job, args = job_args(Compare, values)
+        check(job)
 
-        result = self.run_step("compare", args, feedback)
+        result = self.run_step(Compare.NAME, args, feedback)
         if not result:
             return {}
         overall, files = result["overall"], result["outputs"]
@@ -85,5 +58,5 @@ class CompareDetectionsAlgorithm(MaskForgeAlgorithm):
         feedback.pushInfo(f"All: {overall['a']} at date A, {overall['b']} at date B; {overall['persisted']} "
                           f"persisted, {overall['new']} new, {overall['gone']} gone ({result['seconds']} s): {out}")
         load_on_completion(context, files["changes"], "Changes between dates", "CHANGES")
-        return {self.OUTPUT: out, "CHANGES": files["changes"], "TABLE": files["table"],
+        return {"OUTPUT_FOLDER": out, "CHANGES": files["changes"], "TABLE": files["table"],
                 "PERSISTED": overall["persisted"], "NEW": overall["new"], "GONE": overall["gone"]}

@@ -1,13 +1,11 @@
 """Processing algorithm maskforge:computeaccuracy (engine: core/evaluate.py)."""
-from qgis.core import (Qgis, QgsProcessingOutputFile, QgsProcessingOutputNumber, QgsProcessingOutputVectorLayer,
-                       QgsProcessingParameterBoolean, QgsProcessingParameterExtent, QgsProcessingParameterFeatureSource,
-                       QgsProcessingParameterField, QgsProcessingParameterFolderDestination,
-                       QgsProcessingParameterNumber)
+from qgis.core import Qgis, QgsProcessingOutputFile, QgsProcessingOutputNumber, QgsProcessingOutputVectorLayer
 
-from .base import MaskForgeAlgorithm, absolute, extent_args, source_path
+from .base import MaskForgeAlgorithm, check, job_args
+from .parameters import add_parameters, form_values
+from ..core.contract import Assess
 from ..bridge.results import load_on_completion
 
-DEFAULT_CONFIDENCE_FIELD = "Confidence"
 NUMBERS = [("PRECISION", "precision", "Precision"), ("RECALL", "recall", "Recall"), ("F1", "f1", "F1 score"),
            ("AP50", "ap50", "Average precision at IoU 0.5 (AP50)"),
            ("AP", "ap", "Average precision over IoU 0.50:0.95 (AP)"),
@@ -15,10 +13,6 @@ NUMBERS = [("PRECISION", "precision", "Precision"), ("RECALL", "recall", "Recall
 
 
 class ComputeAccuracyAlgorithm(MaskForgeAlgorithm):
-    DETECTIONS, TRUTH, IOU, CONFIDENCE = "DETECTIONS", "GROUND_TRUTH", "IOU_THRESHOLD", "CONFIDENCE_THRESHOLD"
-    CONFIDENCE_FIELD, DETECTIONS_CLASS_FIELD, TRUTH_CLASS_FIELD = \
-        "CONFIDENCE_FIELD", "DETECTIONS_CLASS_FIELD", "TRUTH_CLASS_FIELD"
-    IGNORE_CLASSES, EXTENT, EXTENT_POLYGONS, OUTPUT = "IGNORE_CLASSES", "EXTENT", "EXTENT_POLYGONS", "OUTPUT_FOLDER"
 
     def name(self):
         return "computeaccuracy"
@@ -52,33 +46,7 @@ class ComputeAccuracyAlgorithm(MaskForgeAlgorithm):
         )
 
     def initAlgorithm(self, config=None):
-        self.addParameter(QgsProcessingParameterFeatureSource(
-            self.DETECTIONS, "Detections (polygons)", [Qgis.ProcessingSourceType.VectorPolygon]))
-        self.addParameter(QgsProcessingParameterFeatureSource(
-            self.TRUTH, "Ground truth (polygons)", [Qgis.ProcessingSourceType.VectorPolygon]))
-        self.addParameter(QgsProcessingParameterNumber(
-            self.IOU, "Minimum IoU of a true positive", Qgis.ProcessingNumberParameterType.Double, 0.5,
-            minValue=0.0, maxValue=1.0))
-        self.addParameter(QgsProcessingParameterNumber(
-            self.CONFIDENCE, "Minimum confidence (detections below are ignored)", Qgis.ProcessingNumberParameterType.Double,
-            0.0, minValue=0.0, maxValue=1.0))
-        # Optional only in form, as in Non maximum suppression: QGIS 3.22 refuses a left-out mandatory field.
-        self.addParameter(QgsProcessingParameterField(
-            self.CONFIDENCE_FIELD, "Confidence field", defaultValue=DEFAULT_CONFIDENCE_FIELD,
-            parentLayerParameterName=self.DETECTIONS, type=Qgis.ProcessingFieldParameterDataType.Numeric, optional=True))
-        self.addParameter(QgsProcessingParameterField(
-            self.DETECTIONS_CLASS_FIELD, "Detections class field (default ClassValue)",
-            parentLayerParameterName=self.DETECTIONS, type=Qgis.ProcessingFieldParameterDataType.Any, optional=True))
-        self.addParameter(QgsProcessingParameterField(
-            self.TRUTH_CLASS_FIELD, "Ground-truth class field (default classvalue or value)",
-            parentLayerParameterName=self.TRUTH, type=Qgis.ProcessingFieldParameterDataType.Any, optional=True))
-        self.addParameter(QgsProcessingParameterBoolean(self.IGNORE_CLASSES, "Ignore classes", False))
-        self.addParameter(QgsProcessingParameterExtent(self.EXTENT, "Assessment extent", optional=True))
-        self.addParameter(QgsProcessingParameterFeatureSource(
-            self.EXTENT_POLYGONS, "Assessment area polygons", [Qgis.ProcessingSourceType.VectorPolygon], optional=True))
-        self.addParameter(QgsProcessingParameterBoolean(
-            "OVERWRITE", "Replace earlier outputs of the same names in the folder", False))
-        self.addParameter(QgsProcessingParameterFolderDestination(self.OUTPUT, "Output folder"))
+        add_parameters(self, Assess)
         self.addOutput(QgsProcessingOutputVectorLayer("DETECTIONS_OUTPUT", "Assessed detections (TP/FP)",
                                                       Qgis.ProcessingSourceType.VectorPolygon))
         self.addOutput(QgsProcessingOutputVectorLayer("TRUTH_OUTPUT", "Assessed ground truth (TP/FN)",
@@ -88,29 +56,13 @@ class ComputeAccuracyAlgorithm(MaskForgeAlgorithm):
             self.addOutput(QgsProcessingOutputNumber(key, label))
 
     def processAlgorithm(self, parameters, context, feedback):
-        out = absolute(self.parameterAsFileOutput(parameters, self.OUTPUT, context))
-        detections = self.parameterAsSource(parameters, self.DETECTIONS, context)
-        args = ["--detections", source_path(self, parameters, self.DETECTIONS, context, feedback),
-                "--truth", source_path(self, parameters, self.TRUTH, context, feedback), "--out-dir", out,
-                "--iou", self.parameterAsDouble(parameters, self.IOU, context),
-                "--confidence", self.parameterAsDouble(parameters, self.CONFIDENCE, context),
-                "--confidence-field",
-                self.parameterAsString(parameters, self.CONFIDENCE_FIELD, context) or DEFAULT_CONFIDENCE_FIELD]
-        for key, option in ((self.DETECTIONS_CLASS_FIELD, "--detections-class-field"),
-                            (self.TRUTH_CLASS_FIELD, "--truth-class-field")):
-            field = self.parameterAsString(parameters, key, context)
-            if field:
-                args += [option, field]
-        if self.parameterAsBoolean(parameters, self.IGNORE_CLASSES, context):
-            args.append("--ignore-classes")
-        # One '--extent=...' token: an extent west of 0 or south of the equator starts with '-'.
-        args += extent_args(self, parameters, self.EXTENT, context, detections.sourceCrs())
-        if parameters.get(self.EXTENT_POLYGONS):
-            args += ["--extent-polygons", source_path(self, parameters, self.EXTENT_POLYGONS, context, feedback)]
-        if self.parameterAsBoolean(parameters, "OVERWRITE", context):
-            args.append("--overwrite")
+        detections = self.parameterAsSource(parameters, "DETECTIONS", context)
+        values = form_values(self, Assess, parameters, context, feedback, crs=detections.sourceCrs())
+        out = values["OUTPUT_FOLDER"]
+        job, args = job_args(Assess, values)
+        check(job)
 
-        result = self.run_step("evaluate", args, feedback)
+        result = self.run_step(Assess.NAME, args, feedback)
         if not result:
             return {}
         overall, files = result["overall"], result["outputs"]
@@ -123,5 +75,5 @@ class ComputeAccuracyAlgorithm(MaskForgeAlgorithm):
                           f"{overall['ap50']}, AP {overall['ap']} ({result['seconds']} s): {out}")
         load_on_completion(context, files["detections"], "Accuracy: detections (TP/FP)", "DETECTIONS_OUTPUT")
         load_on_completion(context, files["truth"], "Accuracy: ground truth (TP/FN)", "TRUTH_OUTPUT")
-        return {self.OUTPUT: out, "DETECTIONS_OUTPUT": files["detections"], "TRUTH_OUTPUT": files["truth"],
+        return {"OUTPUT_FOLDER": out, "DETECTIONS_OUTPUT": files["detections"], "TRUTH_OUTPUT": files["truth"],
                 "TABLE": files["table"], **{key: overall[name] for key, name, _ in NUMBERS}}

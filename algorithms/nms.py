@@ -1,16 +1,13 @@
 """Processing algorithm maskforge:nonmaximumsuppression (engine: core/nms.py)."""
-from qgis.core import (Qgis, QgsProcessingOutputNumber, QgsProcessingParameterBoolean,
-                       QgsProcessingParameterFeatureSource, QgsProcessingParameterField, QgsProcessingParameterNumber,
-                       QgsProcessingParameterVectorDestination)
+from qgis.core import QgsProcessingOutputNumber
 
-from .base import MaskForgeAlgorithm, build_args, gpkg_output, source_path
-from ..core.contract.jobs import DEFAULT_CONFIDENCE_FIELD, nms_args
+from .base import MaskForgeAlgorithm, gpkg_output, job_args
+from .parameters import add_parameters, form_values
+from ..core.contract import Nms
 from ..bridge.results import load_result_layer
 
 
 class NonMaximumSuppressionAlgorithm(MaskForgeAlgorithm):
-    INPUT, CONFIDENCE_FIELD, CLASS_FIELD = "INPUT", "CONFIDENCE_FIELD", "CLASS_FIELD"
-    MAX_OVERLAP_RATIO, OUTPUT, OVERWRITE = "MAX_OVERLAP_RATIO", "OUTPUT", "OVERWRITE"
 
     def name(self):
         return "nonmaximumsuppression"
@@ -40,41 +37,20 @@ class NonMaximumSuppressionAlgorithm(MaskForgeAlgorithm):
         )
 
     def initAlgorithm(self, config=None):
-        self.addParameter(QgsProcessingParameterFeatureSource(
-            self.INPUT, "Detections (polygons)", [Qgis.ProcessingSourceType.VectorPolygon]))
-        # Optional only in form: QGIS 3.22 (processing.run, qgis_process, models) refuses a mandatory field
-        # parameter that is left out even when it has a default; empty means the default, as in the engine.
-        self.addParameter(QgsProcessingParameterField(
-            self.CONFIDENCE_FIELD, "Confidence field", defaultValue=DEFAULT_CONFIDENCE_FIELD,
-            parentLayerParameterName=self.INPUT, type=Qgis.ProcessingFieldParameterDataType.Numeric, optional=True))
-        self.addParameter(QgsProcessingParameterField(
-            self.CLASS_FIELD, "Class value field", parentLayerParameterName=self.INPUT,
-            type=Qgis.ProcessingFieldParameterDataType.Any, optional=True))
-        self.addParameter(QgsProcessingParameterNumber(
-            self.MAX_OVERLAP_RATIO, "Maximum overlap ratio (IoU; 0 = no overlap allowed)",
-            Qgis.ProcessingNumberParameterType.Double, 0.0, minValue=0.0, maxValue=1.0))
-        self.addParameter(QgsProcessingParameterBoolean(
-            self.OVERWRITE, "Replace an existing layer of that name (the GeoPackage's other layers are kept)", False))
-        self.addParameter(QgsProcessingParameterVectorDestination(
-            self.OUTPUT, "Output (GeoPackage)", Qgis.ProcessingSourceType.VectorPolygon))
+        add_parameters(self, Nms)
         self.addOutput(QgsProcessingOutputNumber("KEPT", "Features kept"))
         self.addOutput(QgsProcessingOutputNumber("REMOVED", "Features removed"))
 
     def processAlgorithm(self, parameters, context, feedback):
-        destination, out = gpkg_output(self, parameters, self.OUTPUT, context, feedback)
-        args = build_args(nms_args, {
-            self.INPUT: source_path(self, parameters, self.INPUT, context, feedback), self.OUTPUT: out,
-            self.OVERWRITE: self.parameterAsBoolean(parameters, self.OVERWRITE, context),
-            self.CONFIDENCE_FIELD: self.parameterAsString(parameters, self.CONFIDENCE_FIELD, context) or None,
-            self.CLASS_FIELD: self.parameterAsString(parameters, self.CLASS_FIELD, context) or None,
-            self.MAX_OVERLAP_RATIO: self.parameterAsDouble(parameters, self.MAX_OVERLAP_RATIO, context)})
+        destination, out = gpkg_output(self, parameters, "OUTPUT", context, feedback)
+        _, args = job_args(Nms, {**form_values(self, Nms, parameters, context, feedback), "OUTPUT": out})
 
-        result = self.run_step("nms", args, feedback)
+        result = self.run_step(Nms.NAME, args, feedback)
         if not result:
             return {}
         by_class = f" (classes from '{result['class_field']}')" if result.get("class_field") else ""
         feedback.pushInfo(f"Kept {result['kept']} of {result['input']} features{by_class}, removed "
                           f"{result['removed']}, in {result['seconds']} s: layer '{result['layer']}' of "
                           f"{result['output']}")
-        return {self.OUTPUT: load_result_layer(context, destination, result), "KEPT": result["kept"],
+        return {"OUTPUT": load_result_layer(context, destination, result), "KEPT": result["kept"],
                 "REMOVED": result["removed"]}

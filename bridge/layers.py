@@ -22,7 +22,8 @@ from qgis.core import (Qgis, QgsCoordinateReferenceSystem, QgsCoordinateTransfor
 from ..core.errors import UserError
 from ..core.sources import (MapService, TileService, mercator_cell, write_service, zoom_for_cell,
                             zoom_resolution)
-from ..core.contract.jobs import InvalidInput, absolute
+from ..core.contract.invalid import InvalidInput
+from ..core.contract.params import absolute
 
 DEFAULT_ZMAX = 18      # QGIS's own default for XYZ connections without zmax
 

@@ -6,7 +6,6 @@ from qgis.core import QgsApplication, QgsSettings
 from .runner import PLUGIN_DIR
 
 PREFIX = "MaskForge/"
-DEVICES = ["auto", "cpu", "cuda:0"]
 FOLDERS = {"data": "Training data", "models": "Models", "detections": "Detections"}
 
 

@@ -10,6 +10,7 @@ what happened goes to the log.
 from dataclasses import dataclass
 from pathlib import Path
 
+from .contract.train import check_backbone
 from .errors import UserError
 from .model import (DEFAULT_ANCHORS, build_model, describe_state, imagenet_body, load_state_strict,
                     network_for_package, read_state_file, replace_heads)
@@ -91,9 +92,7 @@ def _from_state_file(path, source, description, class_names, tile, o, reporter, 
 def _from_package(path, class_names, tile, o, reporter, n_out):
     from .package import load_package
     pkg = load_package(path)
-    if o.backbone and o.backbone != pkg.backbone:
-        raise UserError(f"The base package uses the {pkg.backbone} backbone, not {o.backbone}: fine-tuning keeps "
-                        "the package's backbone. Drop --backbone.")
+    check_backbone(pkg.backbone, o.backbone)
     model, anchors = network_for_package(pkg, o.anchor_sizes)
     if tuple(pkg.tile_size) != tuple(tile):
         # Keep the package's own resize (arcgis.learn: 1.5x and 2x the chip) relative to the new chips.

@@ -30,6 +30,7 @@ from rasterio.windows import Window
 
 from . import bounds, choices
 from .bands import nodata_pixels
+from .contract.export import TILE_SIZE
 from .errors import UserError
 from .export_files import (BandStats, class_color, coco_segmentation, rasterize_instances, write_metadata,
                            write_raster)
@@ -45,8 +46,8 @@ MAX_TILES = 1_000_000
 
 @dataclass
 class ExportOptions:
-    tile_size_x: int = 256
-    tile_size_y: int = 256
+    tile_size_x: int = TILE_SIZE
+    tile_size_y: int = TILE_SIZE
     stride_x: int = None              # None: chosen from the labels (core.choices.stride)
     stride_y: int = None
     image_format: str = "TIFF"

@@ -12,7 +12,6 @@ them into polygons inside the box (``core.tracing``), collected in tile order
 removes duplicates (NMS within each class); only a complete run becomes a
 layer of the output GeoPackage (``core.gpkg``: the file's other layers are kept).
 """
-import math
 import os
 import shutil
 import time
@@ -21,7 +20,9 @@ from dataclasses import dataclass, replace
 import shapely
 import torch
 
-from . import bounds, detections, distributed, gpkg, inference, pipeline, resolution
+from . import bounds, contract, detections, distributed, gpkg, inference, pipeline, resolution
+from .contract.detect import NMS_OVERLAP
+from .contract.packages import check_tile_padding, default_padding
 from .detections import style_path, write_style  # noqa: F401  (the output's style, as before)
 from .devices import announce_device
 from .errors import UserError
@@ -34,11 +35,6 @@ from .tiling import (Grid, TileReader, _input_spec, auto_tile_size, count_tiles,
 from .tracing import TileTracer
 
 TTA_MERGES = ("mean", "max", "min")
-# Detect Objects' NMS: a pair of outlines is one object seen twice above this IoU. Measured on the Dhaka
-# scene's 557 roofs (tests/core/test_nms.py), traced as pixel masks and grown by a pixel as a network's
-# masks spill: touching neighbours overlap by IoU 0.135 at most (99 % below 0.09); 0 (Esri's) keeps 28 %
-# of them, 0.05 (about the old analyst's rule) 73 %, 0.2 and above all; 0.3 still removes duplicates.
-NMS_OVERLAP = 0.3
 
 
 @dataclass
@@ -101,23 +97,11 @@ def _plan(pkg, o, grid, padding, device, pixel_ratio):
 def check_options(o):
     """Every option a run can refuse before it reads anything, with what to do instead."""
     bounds.check_detect_options(o)   # extent, cell size, padding, simplify, tile size
-    if o.threshold is not None and not 0.0 <= o.threshold <= 1.0:
-        raise UserError(f"The confidence threshold is {o.threshold:g}: it must lie between 0 and 1 (or be left "
-                        "empty for the package's own).")
+    for key, value in (("THRESHOLD", o.threshold), ("BATCH_SIZE", o.batch_size),
+                       ("MAX_OVERLAP_RATIO", o.nms_overlap_ratio)):
+        contract.Detect.param(key).check(value)     # the ranges the dialogs and the toolbox check too
     if o.tta and o.tta not in TTA_MERGES:
         raise UserError(f"Test-time augmentation merges by {', '.join(TTA_MERGES)}, not '{o.tta}'.")
-    if o.batch_size is not None and o.batch_size < 1:
-        raise UserError("The batch size must be at least 1.")
-    if not 0.0 <= float(o.nms_overlap_ratio) <= 1.0:
-        raise UserError(f"The NMS overlap ratio is {o.nms_overlap_ratio:g}: it must lie between 0 and 1.")
-
-
-def _default_padding(pkg, pixel_ratio):
-    """Half the largest training object, else a quarter of the training chip, in grid pixels: then every
-    object lies whole inside the tile that owns its centre."""
-    max_obj = pkg.emd.get("MaxObjectSizePixels")
-    training = float(max_obj) / 2 if max_obj else int(pkg.tile_size[0]) / 4.0
-    return int(math.ceil(training * pixel_ratio))
 
 
 def _nothing_found(result, reporter):
@@ -165,11 +149,10 @@ def detect(raster, model, out, options=None, reporter=None, predictor=None):
         grid = Grid(src, extent, res.cell)
         if grid.width < 1 or grid.height < 1:
             raise UserError("The processing extent holds no whole pixel of the raster.")
-        padding = int(o.padding) if o.padding is not None else _default_padding(pkg, res.pixel_ratio)
+        padding = int(o.padding) if o.padding is not None else \
+            default_padding(pkg.tile_size[0], pkg.emd.get("MaxObjectSizePixels"), res.pixel_ratio)
         size, batch_size, scale = _plan(pkg, o, grid, padding, device, res.pixel_ratio)
-        if size < 2 * padding + 1:
-            raise UserError(f"The tile size {size} px leaves no core with a padding of {padding} px on each side: "
-                            f"choose a tile size above {2 * padding} px or a smaller padding.")
+        check_tile_padding(size, padding)
         bounds.check_detect_work(src, grid, size, padding, batch_size, extent, device.type, scale)
         square = bool(o.tta)          # turned by 90 degrees, a tile must keep its shape
         n_tiles = count_tiles(grid.width, grid.height, size, padding, square)

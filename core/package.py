@@ -17,12 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .bounds import raise_if_disk_full, tensor_bytes
+from .contract.packages import check_emd
+from .contract.train import BACKBONES  # noqa: F401 (the engine's modules take them from here)
 from .errors import UserError
 
 FRAMEWORK = "MaskForge"
-REQUIRED_KEYS = ("ModelFile", "ImageHeight", "ImageWidth", "Classes")
-# Backbones MaskForge builds; Esri packages only with resnet50 (torchvision's v1 keys).
-BACKBONES = ("resnet50_fpn", "resnet50_fpn_v2", "resnet18_fpn")
+# Backbones MaskForge builds (contract.train.BACKBONES); Esri packages only with resnet50 (torchvision's v1 keys).
 ESRI_BACKBONE_ALIASES = {"resnet50": "resnet50_fpn"}
 
 
@@ -229,13 +229,7 @@ def load_package(path):
         emd = json.loads(emd_path.read_text())
     except (ValueError, UnicodeDecodeError) as exc:
         raise UserError(f"The model definition '{emd_path}' is not valid JSON ({exc}).") from None
-    missing = [k for k in REQUIRED_KEYS if k not in emd]
-    if missing:
-        raise UserError(f"The model definition '{emd_path.name}' lacks the key(s) {', '.join(missing)}. "
-                        "It is not a complete Mask R-CNN package.")
-    if str(emd.get("ModelName", "MaskRCNN")).lower() != "maskrcnn":
-        raise UserError(f"'{emd_path.name}' is a {emd.get('ModelName')} model; MaskForge runs Mask R-CNN "
-                        "(ModelName MaskRCNN) packages only.")
+    check_emd(emd, emd_path.name)
     pkg = ModelPackage(emd_path.parent, emd_path, emd)
     try:
         values = sorted(pkg.classes)

@@ -241,7 +241,7 @@ def run_demo(console, args, out):
         source = steps.engine("sample", "--out", out / "source", "--size", source_size, "--seed", 1,
                               "--kind", "buildings")
         target = steps.engine("sample", "--out", out / "target", "--size", target_size, "--seed", 2, "--kind", "camp")
-    # BASE_MODEL is an enum index of maskforge:train (see algorithms/jobs.py): 2 = none, 1 = a package.
+    # BASE_MODEL is an enum index of maskforge:train (core/contract/train.py): 2 = none, 1 = a package.
 
     steps.run("export source chips", "maskforge:exporttrainingdata", {
         "INPUT_RASTER": source["raster"], "INPUT_LABELS": source["labels"], "TILE_SIZE_X": tile,

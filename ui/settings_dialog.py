@@ -15,6 +15,7 @@ from qgis.PyQt.QtWidgets import (QApplication, QComboBox, QDialog, QFormLayout, 
 
 from ..bridge import settings, tasks
 from ..bridge.runner import PLUGIN_DIR
+from ..core.contract.devices import DEVICES
 from ..bridge.runtime import (REQUIREMENTS, RuntimeProbe, SetupRuntimeTask, check_setup_folder, describe,
                               setup_plan, venv_python)
 
@@ -181,7 +182,7 @@ class SettingsDialog(QDialog):
         self.device = QComboBox()
         self.device.setObjectName("device")
         self.device.setEditable(True)
-        self.device.addItems(settings.DEVICES)
+        self.device.addItems(DEVICES)
         self.device.setCurrentText(settings.device())
         self.device.setToolTip("The device new jobs default to: auto (a CUDA GPU when there is one), cpu, cuda:N.")
         form.addRow("Device", self.device)

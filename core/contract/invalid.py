@@ -1,5 +1,9 @@
-"""The error of a value the user must change (jobs.py re-exports it)."""
+"""The error of a value the user must change.
+
+It is the engine's UserError too, so a rule checked before a run (QGIS side) and the same rule met
+inside the engine speak one message, caught as one error."""
+from ..errors import UserError
 
 
-class InvalidInput(ValueError):
+class InvalidInput(UserError, ValueError):
     """A value the user must change; the message says which and how."""

@@ -286,7 +286,8 @@ def test_nan_nodata_is_nodata_from_export_through_training_to_detection(capsys, 
         return json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} is not JSON"))
     stats = strict((chips / "esri_accumulated_stats.json").read_text())
     assert stats["NoData"] == "NaN" and all(np.isfinite(stats["band_p2_values"] + stats["band_p98_values"]))
-    rc, err = _run(capsys, "train", "--data", chips, "--out", tmp_path / "m", "--epochs", "1", "--batch-size", "2",
+    rc, err = _run(capsys, "train", "--data", chips, "--out", tmp_path / "m", "--base", "none", "--epochs", "1",
+                   "--batch-size", "2",
                    "--backbone", "resnet18_fpn", "--anchor-sizes", "8,16,32,64,128", "--device", "cpu",
                    "--val-percent", "25", "--resume")
     assert "Nothing to resume" in err, err       # --resume on a new folder: said, then trained from scratch

@@ -312,7 +312,7 @@ def test_early_stopping_on_mask_ap_stops(chips, tmp_path):
 
 def test_validation_percent_is_answered_in_percent(chips, tmp_path, root):
     run = subprocess.run([sys.executable, "-m", "core", "train", "--data", str(chips), "--out", str(tmp_path / "m"),
-                          "--val-percent", "100"], cwd=root, capture_output=True, text=True, timeout=120)
+                          "--base", "none", "--val-percent", "100"], cwd=root, capture_output=True, text=True, timeout=120)
     assert run.returncode == 2
     assert "validation percentage is 100 %: it must be at least 0 and below 100 (e.g. 10 for 10 %)" in run.stderr + run.stdout
 

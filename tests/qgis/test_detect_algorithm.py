@@ -17,7 +17,7 @@ from qgis.core import QgsProcessingException, QgsVectorLayer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PY = os.path.join(ROOT, ".venv", "bin", "python")
-TINY = ["--backbone", "resnet18_fpn", "--anchor-sizes", "8,16,32,64,128", "--device", "cpu"]
+TINY = ["--base", "none", "--backbone", "resnet18_fpn", "--anchor-sizes", "8,16,32,64,128", "--device", "cpu"]
 # Overfit the chips: all of them train (no validation split, no early stop), unaugmented, seeded.
 OVERFIT = ["--val-percent", "0", "--no-early-stopping", "--no-augment", "--learning-rate", "0.02", "--seed", "0"]
 

@@ -18,7 +18,8 @@ def test_detect_with_two_processes_equals_one(provider, tmp_path):
     _engine("sample", "--out", tmp_path / "scene", "--size", "160", "--seed", "3")
     _engine("export", "--raster", tmp_path / "scene" / "image.tif", "--labels", tmp_path / "scene" / "labels.gpkg",
             "--out", tmp_path / "chips", "--tile-size", "64", "--stride", "96")
-    _engine("train", "--data", tmp_path / "chips", "--out", tmp_path / "model", "--epochs", "1", "--backbone",
+    _engine("train", "--data", tmp_path / "chips", "--out", tmp_path / "model", "--base", "none", "--epochs", "1",
+            "--backbone",
             "resnet18_fpn", "--anchor-sizes", "8,16,32,64,128", "--device", "cpu", "--val-percent", "0")
     counts = []
     for processes in (1, 2):

@@ -518,22 +518,6 @@ def test_set_up_runtime_says_a_failure_in_words(plugin, tmp_path, monkeypatch, q
     assert task.error in _bar_texts(qgis_iface, Qgis.MessageLevel.Critical)[-1]
 
 
-# -- what the dialogs and the algorithms share ------------------------------------------------------------
-
-def test_dialog_defaults_are_the_algorithms_defaults(provider):
-    from maskforge.core.contract import jobs
-    for algorithm_id, defaults in (("maskforge:exporttrainingdata", jobs.EXPORT_DEFAULTS),
-                                   ("maskforge:train", jobs.TRAIN_DEFAULTS),
-                                   ("maskforge:detectobjects", jobs.DETECT_DEFAULTS),
-                                   ("maskforge:nonmaximumsuppression", jobs.NMS_DEFAULTS)):
-        algorithm = QgsApplication.processingRegistry().algorithmById(algorithm_id)
-        names = {p.name() for p in algorithm.parameterDefinitions()}
-        assert set(defaults) <= names, (algorithm_id, set(defaults) - names)
-        for parameter in algorithm.parameterDefinitions():
-            if parameter.name() in defaults and parameter.defaultValue() is not None:
-                assert parameter.defaultValue() == defaults[parameter.name()], (algorithm_id, parameter.name())
-
-
 def test_the_device_shown_is_the_one_the_engine_picks(maskforge):
     """The engine's rule (core/model.py select_device) on what a runtime reported; no GPU is needed here."""
     from maskforge.bridge.runtime import describe_device, effective_device

@@ -131,15 +131,15 @@ def test_train_from_a_torchvision_pth_file(chips, tmp_path):
 
 def test_catalogue_bases_are_choices_and_the_mirror_setting_reaches_the_worker(maskforge, tmp_path):
     from maskforge.bridge import settings
-    from maskforge.core.contract.jobs import BASE_MODELS, train_args
+    from maskforge.core.contract import Train
     from maskforge.bridge.runner import run_job
     catalogue = json.loads((ROOT / "core" / "catalogue.json").read_text())["entries"]
-    ids = [value for _, value in BASE_MODELS]
-    assert ids[:3] == ["coco", None, "none"], "saved models and scripts rely on the first three indices"
+    ids = [choice.value for choice in Train.param("BASE_MODEL").choices]
+    assert ids[:3] == ["coco", "package", "none"], "saved models and scripts rely on the first three indices"
     for entry in catalogue:
         if entry["kind"] in ("maskrcnn", "backbone"):
             assert entry["id"] in ids, entry["id"]
-    args = train_args({"INPUT_DATA": "/d", "OUTPUT_MODEL": "/m", "BASE_MODEL": ids.index("coco_v2")})
+    args = Train.of({"INPUT_DATA": "/d", "OUTPUT_MODEL": "/m", "BASE_MODEL": ids.index("coco_v2")}).to_args()
     assert args[args.index("--base") + 1] == "coco_v2"
     settings.set_value("weights_mirror", str(tmp_path))
     try:

@@ -73,7 +73,7 @@ def test_export_and_detect_over_an_xyz_layer_equal_the_geotiff_and_download_once
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
 
     train = subprocess.run([PY, "-m", "core", "train", "--data", str(tmp_path / "web"), "--out",
-                            str(tmp_path / "model"), "--epochs", "1", "--backbone", "resnet18_fpn", "--anchor-sizes",
+                            str(tmp_path / "model"), "--base", "none", "--epochs", "1", "--backbone", "resnet18_fpn", "--anchor-sizes",
                             "8,16,32,64,128", "--device", "cpu", "--val-percent", "0"],
                            cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert train.returncode == 0, train.stderr[-2000:]

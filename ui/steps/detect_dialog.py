@@ -2,13 +2,14 @@
 import os
 import re
 
-from qgis.core import Qgis, QgsProject, QgsVectorLayer
-from qgis.gui import QgsFileWidget
+from qgis.core import QgsProject, QgsVectorLayer
 from qgis.PyQt.QtWidgets import QLabel
 
 from ...bridge import settings, tasks
-from ...core.contract.jobs import (DETECT_DEFAULTS, REGULARIZE, TTA, InvalidInput, check_detect, default_padding,
-                                   detect_args, package_summary, read_emd)
+from ...core.contract import Detect
+from ...core.contract.detect import REGULARIZE
+from ...core.contract.invalid import InvalidInput
+from ...core.contract.packages import default_padding, package_summary, read_emd
 from ...bridge.layers import model_cell
 from ...bridge.result_style import style_result_layer
 from .export_dialog import describe_raster
@@ -36,51 +37,42 @@ def add_result_layer(task):
 
 
 class DetectDialog(JobDialog):
-    STEP = "detect"
+    CONTRACT = Detect
+    STEP = Detect.NAME
     TITLE = "Detect Objects"
-    DEFAULTS = DETECT_DEFAULTS
 
     def build(self):
         form = self.page("Parameters")
-        self.raster = self.add_layer(form, "INPUT_RASTER", "Input raster", Qgis.LayerFilter.RasterLayer)
+        self.raster = self.add(form, "INPUT_RASTER")
         self.raster_label = QLabel()
         form.addRow("", self.raster_label)
-        self.model = self.add_path(form, "MODEL", "Model package", QgsFileWidget.StorageMode.GetFile,
-                                   "Model packages (*.dlpk *.emd);;All files (*)",
-                                   tooltip="A MaskForge package or an Esri resnet50 Mask R-CNN .dlpk; for a "
-                                           "package folder, its .emd.")
+        self.model = self.add(form, "MODEL", "Model package",
+                              tooltip="A MaskForge package or an Esri resnet50 Mask R-CNN .dlpk; for a package "
+                                      "folder, its .emd.")
         self.package_label = QLabel()
         self.package_label.setObjectName("PackageLabel")
         self.package_label.setWordWrap(True)
         form.addRow("", self.package_label)
-        self.add_double(form, "THRESHOLD", "Confidence threshold", 0, 1, step=0.05, special="the package's",
-                        tooltip="The package's: the threshold training chose for the best F1 on its validation "
-                                "chips (0.5 for packages without one).")
-        self.padding = self.add_int(form, "PADDING", "Padding", -1, 100000, suffix=" px", special="from the package")
-        self.tile = self.add_int(form, "TILE_SIZE", "Tile size", 0, 100000, suffix=" px", special="automatic")
-        self.add_int(form, "BATCH_SIZE", "Batch size", 0, 4096, special="automatic")
-        self.add_int(form, "PROCESSES", "Processes / GPUs", 1, 1024,
-                     tooltip="More than 1 splits the tiles over processes under torchrun (one per GPU).")
+        self.add(form, "THRESHOLD", special="the package's")
+        self.padding = self.add(form, "PADDING", special="from the package")
+        self.tile = self.add(form, "TILE_SIZE", special="automatic")
+        self.add(form, "BATCH_SIZE", special="automatic")
+        self.add(form, "PROCESSES")
         self.extent = ExtentPicker(self.iface.mapCanvas())
         form.addRow("Processing extent", self.extent)
-        self.output = self.add_path(form, "OUTPUT", "Detected objects", QgsFileWidget.StorageMode.SaveFile,
-                                    "GeoPackage (*.gpkg)")
+        self.output = self.add(form, "OUTPUT")
 
         advanced = self.page("Advanced")
-        self.add_enum(advanced, "TEST_TIME_AUGMENTATION", "Test-time augmentation", TTA)
-        self.add_bool(advanced, "RETURN_BOXES", "Return boxes instead of outlines")
-        self.add_layer(advanced, "EXTENT_POLYGONS", "Keep detections inside", Qgis.LayerFilter.PolygonLayer,
-                       optional=True)
-        self.add_double(advanced, "CELL_SIZE", "Cell size", 0, 1e9, decimals=4, special="the package's")
-        self.add_bool(advanced, "RESAMPLE", "Resample to the package's cell size when the raster's differs")
-        self.add_bool(advanced, "NMS", "Non maximum suppression")
-        self.add_double(advanced, "MAX_OVERLAP_RATIO", "Max overlap ratio (IoU) for NMS", 0, 1, step=0.05)
-        self.add_bool(advanced, "NMS_ACROSS_CLASSES", "NMS across classes too")
-        self.add_double(advanced, "SIMPLIFY", "Simplify outlines (map units)", 0, 1e9, decimals=3, special="off")
-        self.regularize = self.add_enum(advanced, "REGULARIZE", "Regularize outlines", REGULARIZE,
-                                        tooltip="Right angles for buildings, rotated rectangles for tents, circles "
-                                                "or ellipses for round objects; an outline the shape would distort "
-                                                "is kept. By default: the package's method per class.")
+        self.add(advanced, "TEST_TIME_AUGMENTATION")
+        self.add(advanced, "RETURN_BOXES")
+        self.add(advanced, "EXTENT_POLYGONS", "Keep detections inside")
+        self.add(advanced, "CELL_SIZE", special="the package's")
+        self.add(advanced, "RESAMPLE")
+        self.add(advanced, "NMS")
+        self.add(advanced, "MAX_OVERLAP_RATIO")
+        self.add(advanced, "NMS_ACROSS_CLASSES")
+        self.add(advanced, "SIMPLIFY", special="off")
+        self.regularize = self.add(advanced, "REGULARIZE")
         self.add_device(advanced)
 
         self.raster.layerChanged.connect(self._raster_changed)
@@ -114,7 +106,7 @@ class DetectDialog(JobDialog):
     def _model_changed(self, path):
         self.padding.setSpecialValueText("from the package")
         self.tile.setSpecialValueText("automatic")
-        self.regularize.setItemText(0, REGULARIZE[0])
+        self.regularize.setItemText(0, REGULARIZE[0].label)
         if not path:
             self.package_label.setText("")
             return
@@ -128,9 +120,9 @@ class DetectDialog(JobDialog):
         names = dict(summary["classes"])
         self.regularize.setItemText(0, "The package's: " + ", ".join(
             f"{names.get(v, v)}: {m.replace('_', ' ')}" for v, m in sorted(methods.items()))
-            if methods else REGULARIZE[0])
-        size = self.tile.value() or summary["tile_size"][0]
-        self.padding.setSpecialValueText(f"from the package ({default_padding(summary, size)} px)")
+            if methods else REGULARIZE[0].label)
+        padding = default_padding(summary["tile_size"][0], summary["max_object_size"])
+        self.padding.setSpecialValueText(f"from the package ({padding} px)")
         self.tile.setSpecialValueText(f"automatic (trained on {summary['tile_size'][0]} px chips)")
 
     def values(self):
@@ -144,11 +136,8 @@ class DetectDialog(JobDialog):
         polygons = self.fields["EXTENT_POLYGONS"].widget.currentLayer()
         return raster_values(layer, values, model, labels=polygons)
 
-    def check(self, values):
-        check_detect(values, raster_info(self.raster.currentLayer()))
-
-    def job_args(self, values):
-        return detect_args(values)
+    def facts(self):
+        return (raster_info(self.raster.currentLayer()),)
 
     def description(self, values):
         return f"MaskForge: detect objects into {os.path.basename(values['OUTPUT'])}"

@@ -2,13 +2,12 @@
 import os
 import re
 
-from qgis.core import Qgis, QgsFieldProxyModel
-from qgis.gui import QgsFileWidget
+from qgis.core import QgsFieldProxyModel
 from qgis.PyQt.QtCore import QMetaType
 from qgis.PyQt.QtWidgets import QHBoxLayout, QLabel, QWidget
 
 from ...bridge import settings, tasks
-from ...core.contract.jobs import EXPORT_DEFAULTS, FORMATS, TILE_MODES, check_export, export_args, parse_bands
+from ...core.contract import Export
 from .extent_picker import ExtentPicker
 from .job_dialog import JobDialog, next_free, raster_info, raster_values
 from ...bridge.output_folders import file_folder, output_folder
@@ -46,61 +45,51 @@ def describe_raster(layer):
 
 
 class ExportDialog(JobDialog):
-    STEP = "export"
+    CONTRACT = Export
+    STEP = Export.NAME
     TITLE = "Export Training Data"
-    DEFAULTS = EXPORT_DEFAULTS
 
     def build(self):
         form = self.page("Parameters")
-        self.raster = self.add_layer(form, "INPUT_RASTER", "Input raster", Qgis.LayerFilter.RasterLayer)
+        self.raster = self.add(form, "INPUT_RASTER")
         self.raster_label = QLabel()
         form.addRow("", self.raster_label)
-        self.labels = self.add_layer(form, "INPUT_LABELS", "Labels", Qgis.LayerFilter.HasGeometry)
-        self.value_field = self.add_field(form, "CLASS_VALUE_FIELD", "Class value field", self.labels,
-                                          QgsFieldProxyModel.Filter.Numeric | QgsFieldProxyModel.Filter.String)
-        self.value_field.setToolTip("Integer class values from 1. Empty: a field named 'value' or 'classvalue', "
-                                    "else every feature is class 1.")
-        self.name_field = self.add_field(form, "CLASS_NAME_FIELD", "Class name field", self.labels)
-        for label, x, y in (("Tile size (px)", "TILE_SIZE_X", "TILE_SIZE_Y"),
-                            ("Stride (px)", "STRIDE_X", "STRIDE_Y")):
+        self.labels = self.add(form, "INPUT_LABELS", "Labels")
+        self.value_field = self.add(form, "CLASS_VALUE_FIELD", "Class value field",
+                                    tooltip="Integer class values from 1. Empty: a field named 'value' or "
+                                            "'classvalue', else every feature is class 1.")
+        self.value_field.setFilters(QgsFieldProxyModel.Filter.Numeric | QgsFieldProxyModel.Filter.String)
+        self.name_field = self.add(form, "CLASS_NAME_FIELD", "Class name field")
+        for label, x, y in (("Tile size", "TILE_SIZE_X", "TILE_SIZE_Y"), ("Stride", "STRIDE_X", "STRIDE_Y")):
             row = QWidget()
             layout = QHBoxLayout(row)
             layout.setContentsMargins(0, 0, 0, 0)
             for key, axis in ((x, "X "), (y, "Y ")):
-                stride = key.startswith("STRIDE")
-                spin = self.add_int(None, key, label, 0 if stride else 1, 100000,
-                                    special=f"{axis}from the labels" if stride else None,
-                                    tooltip="0: half the tile, a quarter when the labels fall in fewer than 64 "
-                                            "tiles (more views of few objects)" if stride else None)
+                spin = self.add(None, key, label, special=f"{axis}from the labels" if key.startswith("STRIDE")
+                                else None)
                 spin.setPrefix(axis)
                 layout.addWidget(spin)
             form.addRow(label, row)
-        self.add_enum(form, "IMAGE_FORMAT", "Image format", FORMATS)
-        self.add_enum(form, "OUTPUT_NOFEATURE_TILES", "Tiles", TILE_MODES)
-        self.output = self.add_path(form, "OUTPUT_FOLDER", "Output folder", QgsFileWidget.StorageMode.GetDirectory,
-                                    tooltip="Must be new or empty, unless 'Overwrite' is ticked.")
-        self.add_bool(form, "OVERWRITE", "Overwrite a non-empty output folder")
+        self.add(form, "IMAGE_FORMAT")
+        self.add(form, "OUTPUT_NOFEATURE_TILES", "Tiles")
+        self.output = self.add(form, "OUTPUT_FOLDER", tooltip="Must be new or empty, unless 'Overwrite' is ticked.")
+        self.add(form, "OVERWRITE", "Overwrite a non-empty output folder")
 
         advanced = self.page("Advanced")
         self.extent = ExtentPicker(self.iface.mapCanvas())
         advanced.addRow("Processing extent", self.extent)
-        self.add_layer(advanced, "MASK_POLYGONS", "Mask polygons", Qgis.LayerFilter.PolygonLayer, optional=True)
-        self.fields["MASK_POLYGONS"].widget.setToolTip("Only chips fully inside these polygons are written.")
-        self.add_double(advanced, "CELL_SIZE", "Cell size", 0, 1e9, decimals=4, special="the raster's")
-        self.add_double(advanced, "ROTATION_ANGLE", "Rotation angle (extra copies)", 0, 359.99, step=15,
-                        suffix="°", special="none")
-        self.add_double(advanced, "MIN_POLYGON_OVERLAP_RATIO", "Minimum polygon overlap ratio", 0, 1, step=0.05)
-        self.bands = self.add_text(advanced, "BANDS", "Bands", "all; e.g. 1,2,3 (numbered from 1)")
-        self.add_double(advanced, "BUFFER_RADIUS", "Buffer radius for point/line labels", 0, 1e9, decimals=3,
-                        special="none")
+        self.add(advanced, "MASK_POLYGONS", "Mask polygons")
+        self.add(advanced, "CELL_SIZE", special="the raster's")
+        self.add(advanced, "ROTATION_ANGLE", "Rotation angle (extra copies)", special="none", step=15)
+        self.add(advanced, "MIN_POLYGON_OVERLAP_RATIO")
+        self.bands = self.add(advanced, "BANDS", "Bands")
+        self.add(advanced, "BUFFER_RADIUS", "Buffer radius for point/line labels", special="none")
 
         self.raster.layerChanged.connect(self._raster_changed)
         self.labels.layerChanged.connect(self._labels_changed)
         self.resize(640, 560)
 
     def default(self, key):
-        if key == "BANDS":
-            return ""
         if key == "OUTPUT_FOLDER":
             return os.path.join(settings.folder("data"), "chips") if settings.folder("data") else ""
         return super().default(key)
@@ -146,16 +135,12 @@ class ExportDialog(JobDialog):
 
     def values(self):
         values = super().values()
-        values["BANDS"] = parse_bands(values["BANDS"])
         layer = self.raster.currentLayer()
         values["EXTENT"] = self.extent.value(layer.crs() if layer is not None else None)
         return raster_values(layer, values, labels=self.labels.currentLayer())
 
-    def check(self, values):
-        check_export(values, raster_info(self.raster.currentLayer()))
-
-    def job_args(self, values):
-        return export_args(values)
+    def facts(self):
+        return (raster_info(self.raster.currentLayer()),)
 
     def description(self, values):
         return f"MaskForge: export training data to {os.path.basename(os.path.normpath(values['OUTPUT_FOLDER']))}"

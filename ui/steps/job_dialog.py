@@ -9,19 +9,16 @@ import os
 import re
 import tempfile
 
-from qgis.core import (Qgis, QgsCoordinateTransformContext, QgsProject, QgsRasterLayer,
-                       QgsVectorFileWriter, QgsVectorLayer)
-from qgis.gui import QgsDoubleSpinBox, QgsFieldComboBox, QgsFileWidget, QgsMapLayerComboBox, QgsSpinBox
+from qgis.core import Qgis, QgsCoordinateTransformContext, QgsRasterLayer, QgsVectorFileWriter, QgsVectorLayer
 from qgis.PyQt import sip
 from qgis.PyQt.QtCore import Qt
-from qgis.PyQt.QtWidgets import (QCheckBox, QComboBox, QDialog, QFormLayout, QFrame, QHBoxLayout, QLabel,
-                                 QLineEdit, QProgressBar, QPushButton, QScrollArea, QSizePolicy, QTabWidget,
-                                 QVBoxLayout, QWidget)
+from qgis.PyQt.QtWidgets import (QCheckBox, QFormLayout, QFrame, QHBoxLayout, QLabel, QProgressBar, QPushButton,
+                                 QScrollArea, QSizePolicy, QTabWidget, QVBoxLayout, QWidget)
 
 from ...bridge import settings, tasks
-from ..widgets import elided_combo
-from ...core.contract.jobs import InvalidInput
+from ...core.contract.invalid import InvalidInput
 from ...bridge.layers import engine_values, extent_of, is_web, web_kind
+from .fields import ContractForm
 
 # GDAL data types as the engine (numpy) names them, for the checks made before running.
 _NUMPY_TYPES = {Qgis.DataType.Byte: "uint8", Qgis.DataType.UInt16: "uint16", Qgis.DataType.Int16: "int16", Qgis.DataType.UInt32: "uint32",
@@ -100,21 +97,13 @@ def next_free(path):
     return f"{stem}_{i}{ext}"
 
 
-class Field:
-    def __init__(self, widget, get, put, remember=True):
-        self.widget, self.get, self.put, self.remember = widget, get, put, remember
-
-
-class JobDialog(QDialog):
-    STEP = ""            # engine step (export, train, detect, nms)
+class JobDialog(ContractForm):
     TITLE = ""
-    DEFAULTS = {}        # jobs.py's defaults, the Processing algorithm's own
     CLOSE_WHEN_STARTED = True
 
     def __init__(self, iface, parent=None):
         super().__init__(parent or iface.mainWindow())
         self.iface = iface
-        self.fields = {}
         self.task = None
         self.setWindowTitle(f"MaskForge — {self.TITLE}")
         self.setObjectName(f"MaskForge{self.STEP.capitalize()}Dialog")
@@ -193,145 +182,7 @@ class JobDialog(QDialog):
         self.tabs.addTab(scroll, title)
         return form
 
-    # -- fields ------------------------------------------------------------------------
-    def _add(self, form, key, label, widget, get, put, remember=True, tooltip=None):
-        widget.setObjectName(key)
-        if tooltip:
-            widget.setToolTip(tooltip)
-        if form is not None:
-            form.addRow(label, widget)
-        self.fields[key] = Field(widget, get, put, remember)
-        return widget
-
-    def add_layer(self, form, key, label, filters, optional=False):
-        combo = QgsMapLayerComboBox()
-        combo.setFilters(filters)
-        combo.setAllowEmptyLayer(optional)
-        if optional:
-            combo.setLayer(None)
-
-        def put(source):
-            previous = combo.currentLayer()
-            for layer in QgsProject.instance().mapLayers().values():
-                if source and layer.source() == source:
-                    combo.setLayer(layer)
-                    if combo.currentLayer() is layer:   # not filtered out
-                        return
-            combo.setLayer(previous)
-        return self._add(form, key, label, combo, combo.currentLayer, put)
-
-    def add_field(self, form, key, label, layer_combo, filters=None, optional=True):
-        combo = QgsFieldComboBox()
-        if filters is not None:
-            combo.setFilters(filters)
-        combo.setAllowEmptyFieldName(optional)
-        combo.setLayer(layer_combo.currentLayer())
-        layer_combo.layerChanged.connect(combo.setLayer)
-        return self._add(form, key, label, combo, lambda: combo.currentField() or None,
-                         lambda name: combo.setField(name or ""))
-
-    def add_int(self, form, key, label, minimum, maximum, suffix="", tooltip=None, special=None):
-        spin = QgsSpinBox()
-        spin.setRange(minimum, maximum)
-        spin.setClearValue(self.DEFAULTS.get(key, minimum))
-        if suffix:
-            spin.setSuffix(suffix)
-        if special:
-            spin.setSpecialValueText(special)
-        return self._add(form, key, label, spin, spin.value, lambda v: spin.setValue(int(v)), tooltip=tooltip)
-
-    def add_double(self, form, key, label, minimum, maximum, decimals=2, step=0.1, suffix="", tooltip=None,
-                   special=None):
-        spin = QgsDoubleSpinBox()
-        spin.setDecimals(decimals)
-        spin.setRange(minimum, maximum)
-        spin.setSingleStep(step)
-        spin.setClearValue(float(self.DEFAULTS.get(key, minimum)))
-        if suffix:
-            spin.setSuffix(suffix)
-        if special:
-            spin.setSpecialValueText(special)
-        return self._add(form, key, label, spin, spin.value, lambda v: spin.setValue(float(v)), tooltip=tooltip)
-
-    def add_bool(self, form, key, label, tooltip=None):
-        box = QCheckBox(label)
-        if form is not None:
-            form.addRow("", box)
-        return self._add(None, key, label, box, box.isChecked, lambda v: box.setChecked(bool(v)), tooltip=tooltip)
-
-    def add_enum(self, form, key, label, items, tooltip=None):
-        combo = elided_combo(items, tooltip)
-
-        def put(index):
-            if 0 <= int(index) < combo.count():
-                combo.setCurrentIndex(int(index))
-        return self._add(form, key, label, combo, combo.currentIndex, put)
-
-    def add_text(self, form, key, label, placeholder="", tooltip=None):
-        edit = QLineEdit()
-        edit.setPlaceholderText(placeholder)
-        edit.setClearButtonEnabled(True)
-        return self._add(form, key, label, edit, lambda: edit.text().strip(), lambda v: edit.setText(str(v or "")),
-                         tooltip=tooltip)
-
-    def add_device(self, form, key="DEVICE"):
-        """Device field and the device the runtime will really use (asked of the runtime in the background)."""
-        from ...bridge.runtime import RuntimeProbe, describe_device, effective_device
-        box = QWidget()
-        layout = QVBoxLayout(box)
-        layout.setContentsMargins(0, 0, 0, 0)
-        combo = QComboBox()
-        combo.setEditable(True)
-        combo.addItems(settings.DEVICES)
-        combo.setToolTip("auto: the first CUDA GPU if there is one, else the CPU; cpu; cuda:N.")
-        label = QLabel("Asking the runtime which devices it has…")
-        label.setObjectName("DeviceLabel")
-        label.setWordWrap(True)
-        layout.addWidget(combo)
-        layout.addWidget(label)
-        self.device_info = None
-        self.device_label = label
-
-        def show():
-            if sip.isdeleted(label):
-                return
-            info = self.device_info
-            if info is None:
-                return
-            if info.get("error"):
-                label.setText(f"Runtime: {info['error']}")
-                return
-            device, problem = effective_device(combo.currentText(), info)
-            label.setText(f"Will run on: {describe_device(device, info)}" if device else f"⚠ {problem}")
-
-        def probed(info):
-            self.device_info = info
-            show()
-        self.probe = RuntimeProbe(self)
-        self.probe.finished.connect(probed)
-        combo.currentTextChanged.connect(lambda _: show())
-        self.fields[key] = Field(combo, lambda: combo.currentText().strip() or "auto", combo.setCurrentText)
-        combo.setObjectName(key)
-        form.addRow("Device", box)
-        self.probe.start()
-        return combo
-
-    def add_path(self, form, key, label, mode, file_filter="", tooltip=None):
-        widget = QgsFileWidget()
-        widget.setStorageMode(mode)
-        if file_filter:
-            widget.setFilter(file_filter)
-        widget.setDialogTitle(label.rstrip(":"))
-        return self._add(form, key, label, widget, lambda: widget.filePath().strip(),
-                         lambda v: widget.setFilePath(str(v or "")), tooltip=tooltip)
-
     # -- values ------------------------------------------------------------------------
-    def raw(self, key):
-        return self.fields[key].get()
-
-    def set(self, key, value):
-        self.fields[key].put(value)
-
     def values(self):
         """The plain values jobs.py expects; layers become the paths the engine reads."""
         out = {}
@@ -344,35 +195,13 @@ class JobDialog(QDialog):
             out[key] = value
         return out
 
-    def default(self, key):
-        if key == "DEVICE":
-            return settings.device()
-        return self.DEFAULTS.get(key)
-
     def restore(self):
-        for key, field in self.fields.items():
-            if not field.remember:
-                continue
-            default = self.default(key)
-            if isinstance(field.widget, QgsMapLayerComboBox):
-                field.put(settings.dialog_value(self.STEP, key, ""))
-                continue
-            if default is None:
-                default = ""
-            field.put(settings.dialog_value(self.STEP, key, default))
+        super().restore()
         self.close_when_started.setChecked(
             settings.dialog_value(self.STEP, "close_when_started", self.CLOSE_WHEN_STARTED))
 
     def remember(self):
-        for key, field in self.fields.items():
-            if not field.remember:
-                continue
-            value = field.get()
-            if isinstance(value, (QgsRasterLayer, QgsVectorLayer)):
-                value = value.source()
-            if isinstance(value, (list, tuple)):
-                continue
-            settings.set_dialog_value(self.STEP, key, value)
+        super().remember()
         settings.set_dialog_value(self.STEP, "close_when_started", self.close_when_started.isChecked())
 
     def cleanup(self):
@@ -388,11 +217,16 @@ class JobDialog(QDialog):
     def after_restore(self):
         """Fill what depends on the restored values (package summaries...)."""
 
+    def facts(self):
+        """What the contract's check can know beyond the values (the raster's bands, a layer's fields)."""
+        return ()
+
     def check(self, values):
         """Raise InvalidInput with the engine's words for what can be seen before running."""
+        self.CONTRACT.of(values).check(*self.facts())
 
     def job_args(self, values):
-        raise NotImplementedError
+        return [str(a) for a in self.CONTRACT.of(values).to_args()]
 
     def description(self, values):
         return f"MaskForge: {self.TITLE}"

@@ -1,11 +1,9 @@
 """Non Maximum Suppression: the toolbar dialog of maskforge:nonmaximumsuppression."""
 import os
 
-from qgis.core import Qgis, QgsFieldProxyModel
-from qgis.gui import QgsFileWidget
 
 from ...bridge import tasks
-from ...core.contract.jobs import NMS_DEFAULTS, check_nms, nms_args
+from ...core.contract import Nms
 from ...bridge.result_style import CLASS_FIELDS, CONFIDENCE_FIELDS
 from .detect_dialog import add_result_layer
 from .job_dialog import JobDialog, next_free
@@ -27,25 +25,25 @@ def guess_confidence(layer, wanted=None):
 
 
 class NmsDialog(JobDialog):
-    STEP = "nms"
+    CONTRACT = Nms
+    STEP = Nms.NAME
     TITLE = "Non Maximum Suppression"
-    DEFAULTS = NMS_DEFAULTS
 
     def build(self):
         form = self.page("Parameters")
         self.tabs.tabBar().hide()
-        self.input = self.add_layer(form, "INPUT", "Detections (polygons)", Qgis.LayerFilter.PolygonLayer)
-        self.confidence = self.add_field(form, "CONFIDENCE_FIELD", "Confidence field", self.input,
-                                         QgsFieldProxyModel.Filter.Numeric, optional=False)
-        self.confidence.setToolTip("The score of each polygon: of two overlapping ones the lower goes. Guessed from "
-                                   "the names (Confidence, score, probability).")
-        self.class_field = self.add_field(form, "CLASS_FIELD", "Class value field", self.input)
-        self.class_field.setToolTip("Features are reviewed within each class first, then across classes. Empty: "
-                                    "a field named Classvalue or Value when there is one, else one class.")
-        self.add_double(form, "MAX_OVERLAP_RATIO", "Maximum overlap ratio (IoU)", 0, 1, step=0.05,
-                        tooltip="Of two polygons overlapping more than this, the less confident goes. "
-                                "0: any overlap.")
-        self.output = self.add_path(form, "OUTPUT", "Output GeoPackage", QgsFileWidget.StorageMode.SaveFile, "GeoPackage (*.gpkg)")
+        self.input = self.add(form, "INPUT")
+        self.confidence = self.add(form, "CONFIDENCE_FIELD",
+                                   tooltip="The score of each polygon: of two overlapping ones the lower goes. "
+                                           "Guessed from the names (Confidence, score, probability).")
+        self.confidence.setAllowEmptyFieldName(False)
+        self.class_field = self.add(form, "CLASS_FIELD",
+                                    tooltip="Features are reviewed within each class first, then across classes. "
+                                            "Empty: a field named Classvalue or Value when there is one, else one "
+                                            "class.")
+        self.add(form, "MAX_OVERLAP_RATIO", "Maximum overlap ratio (IoU)",
+                 tooltip="Of two polygons overlapping more than this, the less confident goes. 0: any overlap.")
+        self.output = self.add(form, "OUTPUT", "Output GeoPackage")
         # What the person chose (or was remembered): kept while the layer has it, never a field it lacks.
         self._wanted = {}
         self.confidence.activated.connect(lambda _: self._want(self.confidence, "CONFIDENCE_FIELD"))
@@ -85,12 +83,9 @@ class NmsDialog(JobDialog):
             self.output.setFilePath(next_free(os.path.join(folder, f"{stem}_nms.gpkg")))
             self._setting_output = False
 
-    def check(self, values):
+    def facts(self):
         layer = self.input.currentLayer()
-        check_nms(values, [f.name() for f in layer.fields()] if layer is not None else None)
-
-    def job_args(self, values):
-        return nms_args(values)
+        return ([f.name() for f in layer.fields()] if layer is not None else None,)
 
     def description(self, values):
         return f"MaskForge: non maximum suppression into {os.path.basename(values['OUTPUT'])}"

@@ -2,14 +2,15 @@
 import os
 import time
 
-from qgis.gui import QgsFileWidget
 from qgis.PyQt import sip
 from qgis.PyQt.QtWidgets import QGroupBox, QLabel, QVBoxLayout
 
 from ...bridge import settings, tasks
-from ...core.contract.jobs import (BACKBONES, BASE_MODELS, MONITORS, PACKAGE_BASE, TRAIN_DEFAULTS, InvalidInput,
-                                   is_weights_file, check_train, kept_package, package_summary, read_emd,
-                                   train_args, training_data_summary)
+from ...core.contract import Train
+from ...core.contract.invalid import InvalidInput
+from ...core.contract.packages import (is_weights_file, kept_package, package_summary, read_emd,
+                                       training_data_summary)
+from ...core.contract.train import PACKAGE
 from .job_dialog import JobDialog
 from .metric_plot import MetricPlot
 
@@ -59,47 +60,41 @@ class _Note(QLabel):
 
 
 class TrainDialog(JobDialog):
-    STEP = "train"
+    CONTRACT = Train
+    STEP = Train.NAME
     TITLE = "Train (Fine-tune) Model"
-    DEFAULTS = TRAIN_DEFAULTS
     CLOSE_WHEN_STARTED = False   # the curve is the point of keeping it open
 
     def build(self):
         form = self.page("Parameters")
-        self.data = self.add_path(form, "INPUT_DATA", "Training data folder", QgsFileWidget.StorageMode.GetDirectory,
-                                  tooltip="A folder written by Export Training Data (MaskForge's or ArcGIS's).")
+        self.data = self.add(form, "INPUT_DATA",
+                             tooltip="A folder written by Export Training Data (MaskForge's or ArcGIS's).")
         self.data_label = self._note(form)
-        self.add_text(form, "ADDITIONAL_DATA", "More training folders", "optional; separated by ';'")
-        self.base = self.add_enum(form, "BASE_MODEL", "Base model", [label for label, _ in BASE_MODELS])
-        self.base_package = self.add_path(form, "BASE_PACKAGE", "Base model package", QgsFileWidget.StorageMode.GetFile,
-                                          "Model packages and weights (*.dlpk *.emd *.pth *.pt);;All files (*)")
+        self.add(form, "ADDITIONAL_DATA", "More training folders")
+        self.base = self.add(form, "BASE_MODEL")
+        self.base_package = self.add(form, "BASE_PACKAGE", "Base model package")
         self.package_label = self._note(form)
-        self.add_int(form, "EPOCHS", "Maximum epochs", 1, 100000)
-        self.add_int(form, "BATCH_SIZE", "Batch size", 1, 4096)
-        self.add_double(form, "VALIDATION_PERCENT", "Validation chips", 0, 99, decimals=1, step=5, suffix=" %")
-        self.add_bool(form, "EARLY_STOPPING", "Stop when the model stops improving")
-        self.add_int(form, "PATIENCE", "Patience (epochs)", 0, 100000, special="automatic (about 300 steps)")
-        self.add_enum(form, "MONITOR", "Monitor metric", MONITORS)
+        self.add(form, "EPOCHS")
+        self.add(form, "BATCH_SIZE")
+        self.add(form, "VALIDATION_PERCENT", "Validation")
+        self.fields["VALIDATION_PERCENT"].widget.setSuffix(" %")
+        self.add(form, "EARLY_STOPPING")
+        self.add(form, "PATIENCE", "Patience (epochs)", special="automatic (about 300 steps)")
+        self.add(form, "MONITOR")
         self.add_device(form)
-        self.output = self.add_path(form, "OUTPUT_MODEL", "Output model folder", QgsFileWidget.StorageMode.GetDirectory,
-                                    tooltip="The package is named after this folder.")
+        self.output = self.add(form, "OUTPUT_MODEL", tooltip="The package is named after this folder.")
 
         advanced = self.page("Advanced")
-        self.add_double(advanced, "LEARNING_RATE", "Learning rate", 0, 10, decimals=6, step=0.001,
-                        special="automatic (from the schedule's length)")
-        self.add_enum(advanced, "BACKBONE", "Backbone", BACKBONES)
-        self.add_bool(advanced, "FREEZE_BACKBONE", "Freeze the backbone (train FPN and heads only)")
-        self.add_bool(advanced, "AUGMENT", "Augment (flips, rotations, brightness, contrast)")
-        self.add_text(advanced, "BANDS", "Bands for the network", "the chips'; e.g. 1,2,3 (1 or 3 bands)")
-        self.add_text(advanced, "ANCHOR_SIZES", "Anchor sizes (px)", "from the objects' sizes; five, e.g. 8,16,32,64,128")
-        self.add_double(advanced, "INPUT_SCALE", "Input scale", 0, 4, decimals=2, step=0.25,
-                        special="automatic (from the objects' sizes)",
-                        tooltip="Network input size / chip size. Automatic: 1, or up to 2 when a pretrained RPN's "
-                                "anchors are larger than the objects.")
-        self.add_int(advanced, "SEED", "Random seed", 0, 2 ** 31 - 1)
-        self.add_int(advanced, "PROCESSES", "Processes / GPUs", 1, 1024,
-                     tooltip="More than 1 trains with DistributedDataParallel under torchrun (one per GPU).")
-        self.add_bool(advanced, "RESUME", "Resume from the output folder's checkpoint")
+        self.add(advanced, "LEARNING_RATE", special="automatic (from the schedule's length)")
+        self.add(advanced, "BACKBONE")
+        self.add(advanced, "FREEZE_BACKBONE")
+        self.add(advanced, "AUGMENT")
+        self.add(advanced, "BANDS")
+        self.add(advanced, "ANCHOR_SIZES", "Anchor sizes (px)")
+        self.add(advanced, "INPUT_SCALE", "Input scale", special="automatic (from the objects' sizes)", step=0.25)
+        self.add(advanced, "SEED")
+        self.add(advanced, "PROCESSES")
+        self.add(advanced, "RESUME")
 
         side = QGroupBox("Loss and AP per epoch")
         layout = QVBoxLayout(side)
@@ -131,13 +126,16 @@ class TrainDialog(JobDialog):
         self.data_label.setText(describe_data(self.data.filePath()))
         self._base_changed()
 
+    def _uses_package(self):
+        return self.CONTRACT.param("BASE_MODEL").choices[self.base.currentIndex()].value == PACKAGE
+
     def _base_changed(self, *_):
-        uses_package = self.base.currentIndex() == PACKAGE_BASE
+        uses_package = self._uses_package()
         self.base_package.setEnabled(uses_package)
         self._package_changed(self.base_package.filePath() if uses_package else "")
 
     def _package_changed(self, path):
-        if not path or self.base.currentIndex() != PACKAGE_BASE:
+        if not path or not self._uses_package():
             self.package_label.setText("")
             return
         if is_weights_file(path):
@@ -148,12 +146,6 @@ class TrainDialog(JobDialog):
             self.package_label.setText(describe_package(package_summary(read_emd(path))))
         except InvalidInput as exc:
             self.package_label.setText(f"⚠ {exc}")
-
-    def check(self, values):
-        check_train(values)
-
-    def job_args(self, values):
-        return train_args(values)
 
     def description(self, values):
         return f"MaskForge: train {os.path.basename(os.path.normpath(values['OUTPUT_MODEL']))}"
