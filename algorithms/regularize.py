@@ -25,7 +25,7 @@ class RegularizeAlgorithm(MaskForgeAlgorithm):
             "Methods per class: 'VALUE:METHOD,...' (e.g. 1:right_angles,2:rectangle; methods right_angles, "
             "right_angles_45, rectangle, circle, ellipse, none) with the class field (default ClassValue, Value or "
             "Class); classes not named keep their outlines.\n"
-            "Tolerance (map units): bumps and steps smaller than this go; 0 chooses it per object, 1.5 cells of a "
+            "Tolerance (map units): bumps and steps smaller than this go; empty chooses it per object, 1.5 cells of a "
             "28x28 mask over it (the size of a mask trace's bumps), at least one pixel.\n"
             "Guard: where the new outline's IoU with the original is below the minimum, the original is kept "
             "(the count is reported), so an L-shaped building never becomes a rectangle.\n\n"

@@ -12,6 +12,7 @@ from .detect import Detect
 from .export import Export
 from .nms import Nms
 from .regularize import Regularize
+from .suggest import Suggest
 from .train import Train
 
-STEPS = {s.NAME: s for s in (Export, Train, Detect, Nms, Assess, Compare, Regularize)}
+STEPS = {s.NAME: s for s in (Export, Train, Detect, Nms, Assess, Compare, Regularize, Suggest)}

@@ -69,6 +69,7 @@ class Param:
     in_qgis: bool = True          # False: an engine option only (threads, layer name...)
     geometry: str = "any"         # vector: "polygon" or "any"
     numeric: bool = False         # field: numbers only
+    noun: str = ""                # what messages call it, when not the label
 
     def __post_init__(self):
         assert self.kind in KINDS, self.kind
@@ -114,7 +115,7 @@ class Param:
                 raise InvalidInput(f"{self.label}: '{raw}' is not one of "
                                    f"{', '.join(str(v) for v in values if v is not None)}.") from None
         if kind in ("ints", "bands"):
-            return ints(raw, self.label, self.count, example=self.help_example())
+            return ints(raw, self.noun or self.label, self.count, example=self.help_example())
         if kind == "folders":
             parts = raw if isinstance(raw, (list, tuple)) else str(raw).split(";")
             return tuple(str(p).strip() for p in parts if str(p).strip()) or self.default

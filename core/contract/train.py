@@ -33,6 +33,9 @@ BASE_HELP = ("where fine-tuning starts: coco / coco_v2 (torchvision's COCO Mask 
              "or a package (folder, .dlpk or .emd; MaskForge's or an Esri resnet50 Mask R-CNN)")
 
 PARAMS = (
+    # The engine's spelling of the folders (one --data each), first on its command line.
+    Param("data", "folders", "Training data folders", flag="--data", required=True, in_qgis=False,
+          help="training data folder (repeat for several)"),
     Param("INPUT_DATA", "folder", "Training data folder", required=True),
     Param("ADDITIONAL_DATA", "folders", "Additional training data folders (separated by ';')"),
     Param("BASE_MODEL", "choice", "Base model", DEFAULT_BASE, choices=_bases()),
@@ -60,9 +63,10 @@ PARAMS = (
         Choice(None, "automatic (the base's; resnet18_fpn from random weights)"),
         *(Choice(b, b) for b in BACKBONES)),
         help="for --base none (resnet18_fpn trains from random weights) or imagenet; a package or .pth keeps its own"),
-    Param("BANDS", "ints", "Bands for the network", flag="--bands", advanced=True, auto="the chips'",
+    Param("BANDS", "ints", "Bands for the network", flag="--bands", advanced=True, auto="the chips'", noun="Bands",
           help="1-based chip bands for the network (1 or 3)"),
     Param("ANCHOR_SIZES", "ints", "Anchor sizes in pixels", flag="--anchor-sizes", count=FPN_LEVELS, advanced=True,
+          noun="Anchor sizes",
           auto="a pretrained RPN's own, else chosen from the objects' sizes",
           help="RPN anchor sizes in pixels, one per FPN level, e.g. 8,16,32,64,128"),
     Param("INPUT_SCALE", "float", "Input scale (network input / chip size)", flag="--input-scale", minimum=0.0,
@@ -76,9 +80,7 @@ PARAMS = (
           help="processes / GPUs on this machine; more than 1 runs under torchrun"),
     Param("OUTPUT_MODEL", "folder_out", "Output model folder", flag="--out", required=True,
           help="model folder (<name>.emd, .pth, .dlpk, model_metrics.html)"),
-    # The engine's spelling: every folder as one --data, the base as one --base.
-    Param("data", "folders", "Training data folders", flag="--data", required=True, in_qgis=False,
-          help="training data folder (repeat for several)"),
+    # The engine's spelling of the base (BASE_MODEL or BASE_PACKAGE).
     Param("base", "text", "Base", DEFAULT_BASE, flag="--base", in_qgis=False, help=BASE_HELP),
     Param("workers", "int", "Chip-preparing processes", flag="--workers", minimum=0, in_qgis=False,
           auto="0 on the CPU, up to 4 on a GPU"),
@@ -124,8 +126,8 @@ class Train(Step):
                                    "(the RCNN_Masks layout written by Export Training Data, MaskForge's or ArcGIS's).")
         if not v.get("OUTPUT_MODEL"):
             raise InvalidInput("Choose an output model folder.")
+        self.to_args()   # the base and the device, with their messages; the folders as the engine takes them
         self.check_ranges()
-        self.to_args()   # the base and the device, with their messages
         if v["BASE_MODEL"] == PACKAGE and not is_weights_file(v["BASE_PACKAGE"]):
             summary = package_summary(read_emd(v["BASE_PACKAGE"]))
             check_backbone(summary["backbone"], v["BACKBONE"])

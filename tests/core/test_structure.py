@@ -67,3 +67,21 @@ def test_the_engine_never_imports_qgis_or_qt():
         for module, line in _imported(path, name):
             assert module.split(".")[0] not in ("qgis", "PyQt5", "PyQt6", "sip"), \
                 f"{path.relative_to(ROOT)}:{line} imports {module}"
+
+
+# Who may import whom on the QGIS side: the plugin entry point above all; the toolbox and the dialogs side
+# by side, never each other; what both use (bridge/) below them; the engine's shared modules at the bottom.
+LAYERS = {"algorithms": {"bridge", "core"}, "ui": {"bridge", "core"}, "bridge": {"core", "runtime_plan"},
+          "runtime_plan": set()}
+
+
+def test_imports_go_downward_only():
+    for name, path in structure_report.modules().items():
+        top = name.split(".")[0]
+        if top not in LAYERS:
+            continue
+        for module, line in _imported(path, name):
+            target = module.split(".")[0]
+            if target in structure_report.modules() or target in LAYERS or target == "core":
+                assert target == top or target in LAYERS[top], \
+                    f"{path.relative_to(ROOT)}:{line} ({top}) imports {module} ({target})"
