@@ -22,6 +22,8 @@ from .runner import PLUGIN_DIR, _child_env, missing_runtime_message
 from ..runtime_plan import (REQUIREMENTS, Plan, check_disk, check_setup_folder, choose, describe, explain_failure,
                             inspect_machine, install_steps, python_version, venv_python)
 from .tasks import forget, log, push
+from ..core.contract.devices import choose_device
+from ..core.contract.invalid import InvalidInput
 
 PROBE_TIMEOUT_MS = 120000
 
@@ -97,23 +99,15 @@ def cached_probe(python):
 
 
 def effective_device(preference, info):
-    """(device the engine will use for ``preference``, a problem or None), as the engine chooses."""
-    preference = (preference or "auto").strip().lower()
+    """(device the engine will use for ``preference``, a problem or None): the engine's rule
+    (core/contract/devices.py) on what the runtime reported."""
     if not info or info.get("torch") is None:
         return None, ("PyTorch is not available in the runtime Python: choose another in MaskForge > Settings…, "
                       "or click 'Set up runtime…' there.")
-    devices = info.get("devices") or []
-    why = info.get("cuda_reason") or "no CUDA GPU"
-    if preference == "auto":
-        return ("cuda:0", None) if devices else ("cpu", None)
-    if preference.startswith("cuda"):
-        index = preference.partition(":")[2] or "0"
-        if not devices:
-            return None, f"'{preference}' was asked for, but {why}. Use 'cpu' or 'auto'."
-        if not index.isdigit() or int(index) >= len(devices):
-            return None, f"There is no GPU {index}: this machine has {len(devices)}."
-        return f"cuda:{index}", None
-    return ("cpu", None) if preference == "cpu" else (None, f"Unknown device '{preference}'.")
+    try:
+        return choose_device(preference, len(info.get("devices") or []), info.get("cuda_reason") or "no CUDA GPU")
+    except InvalidInput as exc:
+        return None, str(exc)
 
 
 def describe_device(device, info):

@@ -21,6 +21,7 @@ from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastL
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from .contract.devices import choose_device
 from .errors import UserError
 
 DEFAULT_ANCHORS = (32, 64, 128, 256, 512)
@@ -213,20 +214,11 @@ def imagenet_body(model, reporter=None):
 
 
 def select_device(device="auto"):
-    device = (device or "auto").lower()
-    if device == "auto":
-        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise UserError(f"Device '{device}' was asked for, but PyTorch sees no CUDA GPU here "
-                            f"(torch {torch.__version__}, CUDA build {torch.version.cuda}). Use device 'cpu' or 'auto'.")
-        try:
-            index = int(device.split(":")[1]) if ":" in device else 0
-        except ValueError:
-            raise UserError(f"Unknown device '{device}': use auto, cpu or cuda:N (N a number).") from None
-        if index >= torch.cuda.device_count():
-            raise UserError(f"There is no GPU {index}: this machine has {torch.cuda.device_count()}.")
-        return torch.device(f"cuda:{index}")
-    if device == "cpu":
-        return torch.device("cpu")
-    raise UserError(f"Unknown device '{device}': use auto, cpu or cuda:N.")
+    """The torch device a job asking for ``device`` runs on (core/contract/devices.py's rule, which the QGIS
+    side applies to what the runtime reported, so its dialog says the same beforehand)."""
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    chosen, problem = choose_device(device, gpus, f"PyTorch sees no CUDA GPU here (torch {torch.__version__}, "
+                                                  f"CUDA build {torch.version.cuda})")
+    if problem:
+        raise UserError(problem)
+    return torch.device(chosen)

@@ -529,7 +529,7 @@ def test_the_device_shown_is_the_one_the_engine_picks(maskforge):
     assert effective_device("cuda:1", gpu) == (None, "There is no GPU 1: this machine has 1.")
     assert effective_device("auto", cpu_only) == ("cpu", None)
     assert describe_device("cpu", cpu_only) == "cpu (no GPU: Found no NVIDIA driver on your system)"
-    assert effective_device("cuda", cpu_only)[1].startswith("'cuda' was asked for, but Found no NVIDIA driver")
+    assert effective_device("cuda", cpu_only)[1].startswith("Device 'cuda' was asked for, but Found no NVIDIA driver")
     assert effective_device("auto", {"torch": None})[0] is None
 
 
