@@ -6,8 +6,9 @@ the 28x28 grid a perfectly trained mask head gives for it, torchvision's own tra
 read back and thresholded by ``core.tracing.box_mask`` and traced by ``core.tracing.trace`` on the scene's
 pixel grid, as detection does; a trained head's probabilities are softer, so the grid is also measured
 blurred by one mask cell (``--blur``). The raw trace is also measured pasted by torchvision's
-``paste_masks_in_image`` (``torchvision_paste``), the rule detection used before. Per scene, head and method
-it prints name=value lines: mean IoU with the true polygon, PoLiS distance
+``paste_masks_in_image`` (``torchvision_paste``), the rule detection used before. Per scene and head it
+prints name=value lines: each paste's systematic error (outward offset, shift in pixels); then per method
+mean IoU with the true polygon, PoLiS distance
 (map units; lower is better), boundary F-score at 1 m, vertices per object, the share of right angles
 (corners within 5 degrees of 90), outlines kept by the guard; then the seconds for 100,000 objects
 (Banepa's traces tiled) and objects per second, per method.
