@@ -124,6 +124,14 @@ def style_path(path, layer, created):
     return path.with_suffix(".qml") if created and layer == path.stem else path.with_name(f"{path.stem}.{layer}.qml")
 
 
+def existing_style(path, layer=None):
+    """The style beside a layer as QGIS and ``style_path`` place it: ``<file>.<layer>.qml``, else ``<file>.qml``
+    (None when there is neither)."""
+    path = Path(path)
+    names = [f"{path.stem}.{layer}.qml"] if isinstance(layer, str) else []
+    return next((path.parent / n for n in (*names, f"{path.stem}.qml") if (path.parent / n).is_file()), None)
+
+
 def write_style(path, classes):
     """A categorized (by class) .qml style at ``path``."""
     cats, symbols = [], []

@@ -1,10 +1,14 @@
 """Results written as one layer of a GeoPackage, never at the cost of the file's other layers.
 
 A GeoPackage is a container: users keep their labels, roads and earlier
-results in one file. A step that writes a polygon layer (detect, nms) names
-its output ``file.gpkg`` plus a layer (``--layer``, default the file's stem);
+results in one file. A step that writes a polygon layer (detect, nms, regularize)
+names its output ``file.gpkg`` plus a layer (``--layer``, default the file's stem);
 QGIS's own forms ``file.gpkg|layername=x`` and ``ogr:dbname='file.gpkg'
-table="x"`` are read too.
+table="x"`` are read too. Steps that copy a layer's features (nms, regularize,
+the accuracy reports) share the rules here: never over the layer they read
+(``check_destination``'s ``source``), every field keeps its type, nulls
+included (``restore_types``), and GDAL's own columns make way for input fields
+named fid or geom (``layer_options``).
 
 The layer is always written to a temporary GeoPackage beside the output
 first. When the run is complete it becomes the output: renamed into place
@@ -28,6 +32,9 @@ import re
 import sqlite3
 import uuid
 from pathlib import Path
+
+import numpy as np
+import pyogrio
 
 from .bounds import disk_full_message, free_disk
 from .errors import UserError
@@ -86,9 +93,12 @@ def locked_message(path):
             "stop the layer's edits), or write to another file, and run again.")
 
 
-def check_destination(out, layer=None, overwrite=False):
-    """Checks an output can be written before any work: returns (path, layer name)."""
+def check_destination(out, layer=None, overwrite=False, source=None):
+    """Checks an output can be written before any work: returns (path, layer name). ``source``: the (path,
+    layer) the step reads, which the output must not be (checked first: ``overwrite`` does not allow it)."""
     path, name = parse_destination(out, layer)
+    if source is not None:
+        refuse_input_as_output(path, name, *source)
     if path.suffix.lower() != ".gpkg":
         raise UserError(f"The output '{path}' must be a GeoPackage: give a path ending in .gpkg.")
     if path.is_dir():
@@ -113,6 +123,59 @@ def check_destination(out, layer=None, overwrite=False):
                 "Give another layer name (--layer), another file, or ask to overwrite that layer (--overwrite); "
                 "the file's other layers are kept either way.")
     return path, name
+
+
+def refuse_input_as_output(out, out_layer, path, layer_in):
+    """Writing the result over the layer it is read from would lose it; another layer of that file is fine."""
+    try:
+        same_file = out.exists() and Path(path).exists() and out.samefile(path)
+    except OSError:
+        same_file = False
+    if not same_file:
+        return
+    if layer_in is None or isinstance(layer_in, int):
+        names = [str(n) for n in pyogrio.list_layers(path)[:, 0]]
+        layer_in = names[layer_in or 0] if names else None
+    if layer_in is not None and str(layer_in).lower() == out_layer.lower():
+        raise UserError(f"The output layer '{out_layer}' of '{out}' is the input layer. Give another layer name "
+                        "(--layer) or file, so the input stays intact.")
+
+
+def restore_types(field_data, dtypes):
+    """(data, null masks) to write fields read by pyogrio: integer and boolean fields with nulls come back
+    as float with NaN; they get their type back with a null mask, so the output keeps the input's schema."""
+    data, masks = [], []
+    for values, dtype in zip(field_data, dtypes):
+        values = np.asarray(values)
+        dtype = str(dtype)
+        if values.dtype.kind == "f" and (dtype.startswith(("int", "uint")) or dtype == "bool"):
+            mask = np.isnan(values)
+            data.append(np.where(mask, 0, values).astype(dtype))
+            masks.append(mask)
+        else:
+            data.append(values)
+            masks.append(None)
+    return data, masks
+
+
+def free_name(base, taken):
+    """``base``, or ``base_1``, ``base_2``... : the first not in ``taken`` (compared case-insensitively)."""
+    taken = {t.lower() for t in taken}
+    name, i = base, 1
+    while name.lower() in taken:
+        name, i = f"{base}_{i}", i + 1
+    return name
+
+
+def layer_options(fields):
+    """GDAL's GeoPackage layer options for writing ``fields`` (None when the defaults do): an input field
+    named fid or geom would clash with the columns GDAL adds, so those columns get free names."""
+    options = {}
+    if any(f.lower() == "fid" for f in fields):
+        options["FID"] = free_name("fid", fields)
+    if any(f.lower() == "geom" for f in fields):
+        options["GEOMETRY_NAME"] = free_name("geometry", fields)
+    return options or None
 
 
 def partial_path(path):

@@ -20,9 +20,10 @@ import pyogrio
 import shapely
 from pyproj import CRS
 
+from . import gpkg
 from .errors import UserError
 from .geodata import GPKG_CREATION, crs_of, reproject_geometries, split_layer_source, to_polygons
-from .nms import _pair_areas, _restore_types
+from .nms import _pair_areas
 from .outputs import check_output_files
 
 IOU_DECIMALS = 9
@@ -279,17 +280,12 @@ class AtomicOutputs:
         tmp, final = self.temp(name)
         polys = np.asarray(polys, dtype=object)
         multi = bool(len(polys)) and bool((shapely.get_type_id(polys) == 6).any())
-        layer_options = {}
-        if any(f.lower() == "fid" for f in fields):
-            layer_options["FID"] = free_name("fid", fields)
-        if any(f.lower() == "geom" for f in fields):
-            layer_options["GEOMETRY_NAME"] = free_name("geometry", fields)
         try:
             pyogrio.raw.write(str(tmp), shapely.to_wkb(polys) if len(polys) else np.array([], dtype=object),
                               data, fields, field_mask=masks, layer=final.stem, driver="GPKG",
                               geometry_type="MultiPolygon" if multi else "Polygon",
                               crs=crs.to_wkt() if crs is not None else None, promote_to_multi=multi,
-                              layer_options=layer_options or None,
+                              layer_options=gpkg.layer_options(fields),
                               dataset_options=GPKG_CREATION)
         except Exception as exc:
             if isinstance(exc, OSError) or type(exc).__module__.startswith("pyogrio"):
@@ -319,14 +315,6 @@ def categorized_style(attribute, categories):
             "</renderer-v2></qgis>\n")
 
 
-def free_name(base, taken):
-    taken = {t.lower() for t in taken}
-    name, i = base, 1
-    while name.lower() in taken:
-        name, i = f"{base}_{i}", i + 1
-    return name
-
-
 def attributes_with(layer, index, extra):
     """The layer's own attributes of the rows ``index`` followed by ``extra`` [(name, values, mask)].
 
@@ -334,7 +322,7 @@ def attributes_with(layer, index, extra):
     """
     names = {name.lower() for name, _, _ in extra}
     own = [k for k, f in enumerate(layer.fields) if f.lower() not in names]
-    data, masks = _restore_types([np.asarray(layer.data[k])[index] for k in own], [layer.dtypes[k] for k in own])
+    data, masks = gpkg.restore_types([np.asarray(layer.data[k])[index] for k in own], [layer.dtypes[k] for k in own])
     fields = [layer.fields[k] for k in own]
     for name, values, mask in extra:
         fields.append(name)

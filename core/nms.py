@@ -12,7 +12,6 @@ import math
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import pyogrio
@@ -217,48 +216,6 @@ def _confidence_values(values, name, dtype):
     )
 
 
-def _restore_types(field_data, dtypes):
-    """Integer and boolean fields with nulls come back as float with NaN;
-    give them their type back with a null mask so the output keeps the schema."""
-    data, masks = [], []
-    for values, dtype in zip(field_data, dtypes):
-        values = np.asarray(values)
-        dtype = str(dtype)
-        if values.dtype.kind == "f" and (dtype.startswith(("int", "uint")) or dtype == "bool"):
-            mask = np.isnan(values)
-            values = np.where(mask, 0, values).astype(dtype)
-            data.append(values)
-            masks.append(mask)
-        else:
-            data.append(values)
-            masks.append(None)
-    return data, masks
-
-
-def _free_name(base, taken):
-    taken = {t.lower() for t in taken}
-    name, i = base, 1
-    while name.lower() in taken:
-        name, i = f"{base}_{i}", i + 1
-    return name
-
-
-def _refuse_input_as_output(out, out_layer, path, layer_in):
-    """Writing the result over the layer it is read from would lose it; another layer of that file is fine."""
-    try:
-        same_file = out.exists() and Path(path).exists() and out.samefile(path)
-    except OSError:
-        same_file = False
-    if not same_file:
-        return
-    if layer_in is None or isinstance(layer_in, int):
-        names = [str(n) for n in pyogrio.list_layers(path)[:, 0]]
-        layer_in = names[layer_in or 0] if names else None
-    if layer_in is not None and str(layer_in).lower() == out_layer.lower():
-        raise UserError(f"The output layer '{out_layer}' of '{out}' is the input layer. Give another layer name "
-                        "(--layer) or file, so the input stays intact.")
-
-
 def nms_file(input_source, output_path, confidence_field="Confidence", class_field=None,
              max_overlap_ratio=0.0, reporter=None, layer=None, overwrite=False):
     """Remove duplicate detections from a vector layer into a layer of a GeoPackage (gpkg.py: a new file,
@@ -270,8 +227,7 @@ def nms_file(input_source, output_path, confidence_field="Confidence", class_fie
     started = time.monotonic()
     ratio = _check_ratio(max_overlap_ratio)
     path, layer_in = split_layer_source(input_source)
-    _refuse_input_as_output(*gpkg.parse_destination(output_path, layer), path, layer_in)
-    out, out_layer = gpkg.check_destination(output_path, layer, overwrite)
+    out, out_layer = gpkg.check_destination(output_path, layer, overwrite, source=(path, layer_in))
     tmp = gpkg.partial_path(out)
 
     def progress(percent, message):
@@ -324,18 +280,13 @@ def nms_file(input_source, output_path, confidence_field="Confidence", class_fie
     kept = nms_indices(geoms, scores, classes, ratio, reporter=reporter)
 
     progress(80, f"Writing {len(kept)} features to {out}")
-    data, masks = _restore_types([np.asarray(v)[kept] for v in field_data], dtypes)
-    layer_options = {}
-    if any(f.lower() == "fid" for f in fields):
-        layer_options["FID"] = _free_name("fid", fields)
-    if any(f.lower() == "geom" for f in fields):
-        layer_options["GEOMETRY_NAME"] = _free_name("geometry", fields)
+    data, masks = gpkg.restore_types([np.asarray(v)[kept] for v in field_data], dtypes)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         pyogrio.raw.write(
             str(tmp), np.asarray(wkb, dtype=object)[kept], data, fields, field_mask=masks,
             layer=out_layer, driver="GPKG", geometry_type=meta.get("geometry_type") or "Unknown",
-            crs=meta.get("crs"), promote_to_multi=False, layer_options=layer_options or None,
+            crs=meta.get("crs"), promote_to_multi=False, layer_options=gpkg.layer_options(fields),
             dataset_options=GPKG_CREATION,
         )
         if reporter is not None:

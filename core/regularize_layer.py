@@ -16,11 +16,12 @@ import pyogrio
 import shapely
 
 from . import gpkg
+from .detections import existing_style, style_path
 from .errors import UserError
 from .geodata import GPKG_CREATION, split_layer_source
-from .nms import _free_name, _refuse_input_as_output, _restore_types
 from .progress import NullReporter
-from .regularize import RegularizeOptions, check_options, parse_methods, regularize_geometries
+from .regularize import (MAX_DEPARTURE_TOLERANCES, RegularizeOptions, check_options, parse_methods,
+                         regularize_geometries)
 
 # Where the class values are looked for when methods are given per class (detection's field first).
 CLASS_FIELD_FALLBACKS = ("classvalue", "value", "class")
@@ -64,16 +65,11 @@ def _write(tmp, layer, meta, wkb, data, geoms, changed):
             area = np.asarray(data[i], dtype=np.float64).copy()
             area[changed] = shapely.area(geoms[changed])
             data[i] = area
-    data, masks = _restore_types(data, list(meta["dtypes"]))
-    options = {}
-    if any(f.lower() == "fid" for f in fields):
-        options["FID"] = _free_name("fid", fields)
-    if any(f.lower() == "geom" for f in fields):
-        options["GEOMETRY_NAME"] = _free_name("geometry", fields)
+    data, masks = gpkg.restore_types(data, list(meta["dtypes"]))
     geometry_type = meta.get("geometry_type") or "Unknown"
     pyogrio.raw.write(str(tmp), wkb, data, fields, field_mask=masks, layer=layer, driver="GPKG",
                       geometry_type=geometry_type, crs=meta.get("crs"),
-                      promote_to_multi=geometry_type.startswith("Multi"), layer_options=options or None,
+                      promote_to_multi=geometry_type.startswith("Multi"), layer_options=gpkg.layer_options(fields),
                       dataset_options=GPKG_CREATION)
 
 
@@ -90,7 +86,8 @@ def _tell(report, reporter):
                          "repaired to be regularised, and kept as they were where the repair failed.")
     if report["kept_original"]:
         reporter.log(f"{report['kept_original']} outlines kept as they were: the method's shape departed too far "
-                     "from them (IoU below the guard's minimum).")
+                     "from them (IoU below the guard's minimum, or a right-angle outline more than "
+                     f"{MAX_DEPARTURE_TOLERANCES:g} tolerances from the original somewhere).")
 
 
 def _resolve(fields, method, class_field):
@@ -104,19 +101,7 @@ def _input_style(source, style):
             raise UserError(f"The style '{style}' does not exist. Give a .qml file, or leave it out to use the "
                             "input's own.")
         return Path(style)
-    path, layer = split_layer_source(source)
-    path = Path(path)
-    names = [f"{path.stem}.{layer}.qml"] if isinstance(layer, str) else []
-    for candidate in (*names, f"{path.stem}.qml"):
-        if (path.parent / candidate).is_file():
-            return path.parent / candidate
-    return None
-
-
-def _output_style(out, layer, created):
-    """Where QGIS and the plugin find the output's style (core.detect's rule: ``<file>.qml`` styles every
-    layer of a file, so only for a file holding this layer alone)."""
-    return out.with_suffix(".qml") if created and layer == out.stem else out.with_name(f"{out.stem}.{layer}.qml")
+    return existing_style(*split_layer_source(source))
 
 
 def regularize_file(input_source, output_path, method="right_angles", options=None, reporter=None, layer=None,
@@ -130,8 +115,7 @@ def regularize_file(input_source, output_path, method="right_angles", options=No
     o = options or RegularizeOptions()
     check_options(o)
     path, layer_in = split_layer_source(input_source)
-    _refuse_input_as_output(*gpkg.parse_destination(output_path, layer), path, layer_in)
-    out, out_layer = gpkg.check_destination(output_path, layer, overwrite)
+    out, out_layer = gpkg.check_destination(output_path, layer, overwrite, source=(path, layer_in))
     qml = _input_style(input_source, style)
     reporter.progress(0, f"Reading {input_source}")
     meta, wkb, data = _read(input_source)
@@ -161,7 +145,7 @@ def regularize_file(input_source, output_path, method="right_angles", options=No
         gpkg.remove_partial(tmp)
     style_out = None
     if qml is not None:
-        style_out = _output_style(out, out_layer, written == "created")
+        style_out = style_path(out, out_layer, written == "created")
         if qml.resolve() != style_out.resolve():
             shutil.copyfile(qml, style_out)
     reporter.progress(100, f"{report['regularized']} outlines regularised, {report['kept_original']} kept.")

@@ -57,12 +57,17 @@ def _drop_short(runs, tolerance, least, diagonal=False):
 
 def _span_means(simple, original):
     """(weight, mean edge midpoint) of the original ring's edges between consecutive vertices of its
-    simplification (Douglas-Peucker keeps a subset of the vertices, in order, the first included).
+    simplification (Douglas-Peucker keeps a subset of the vertices, in order; GEOS may start the ring at
+    another of them, so the original is read from the simplification's first vertex on).
     A side's line then goes through the middle of the traced stair steps, not along a chord that cuts
-    the trace's rounded corners."""
+    the trace's rounded corners (None when the vertices are not the original's: chords are used)."""
     position = {}
     for i, xy in enumerate(map(tuple, original[:-1].tolist())):
         position.setdefault(xy, i)
+    start = position.get(tuple(simple[0].tolist()), 0)
+    if start:
+        original = np.vstack([original[start:-1], original[:start + 1]])
+        position = {xy: (i - start) % (len(original) - 1) for xy, i in position.items()}
     index = np.array([position.get(tuple(xy), -1) for xy in simple.tolist()])
     index[-1] = len(original) - 1
     if np.any(index[:-1] < 0) or np.any(np.diff(index) <= 0):

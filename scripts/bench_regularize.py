@@ -1,10 +1,14 @@
 """Regularize measured: each method against the true outlines of Banepa and Atlanta (``make bench-regularize``).
 
-The detections are the truth perturbed the way a 28x28 mask trace perturbs it: each true polygon's box,
-its 28x28 grid of area fractions (the ideal mask head's probabilities), pasted and thresholded by
-``core.tracing.box_mask`` and traced by ``core.tracing.trace`` on the scene's pixel grid, as detection
-does; a trained head's probabilities are softer, so the grid is also measured blurred by one mask cell
-(``--blur``). Per scene, head and method it prints name=value lines: mean IoU with the true polygon, PoLiS distance
+The detections are the truth perturbed the way a 28x28 mask trace perturbs it: each true polygon's box and
+the 28x28 grid a perfectly trained mask head gives for it, torchvision's own training target
+(``roi_heads.project_masks_on_boxes`` of the true mask, each pixel the share of it the polygon covers),
+read back and thresholded by ``core.tracing.box_mask`` and traced by ``core.tracing.trace`` on the scene's
+pixel grid, as detection does; a trained head's probabilities are softer, so the grid is also measured
+blurred by one mask cell (``--blur``). The raw trace is also measured pasted by torchvision's
+``paste_masks_in_image`` (``torchvision_paste``), the rule detection used before. Per scene and head it
+prints name=value lines: each paste's systematic error (outward offset, shift in pixels); then per method
+mean IoU with the true polygon, PoLiS distance
 (map units; lower is better), boundary F-score at 1 m, vertices per object, the share of right angles
 (corners within 5 degrees of 90), outlines kept by the guard; then the seconds for 100,000 objects
 (Banepa's traces tiled) and objects per second, per method.
@@ -12,6 +16,7 @@ does; a trained head's probabilities are softer, so the grid is also measured bl
     .venv/bin/python scripts/bench_regularize.py [--data ../shared/data] [--objects 100000]
 """
 import argparse
+import math
 import os
 import sys
 import time
@@ -21,14 +26,16 @@ import pyogrio.raw
 import rasterio
 import rasterio.features
 import shapely
+import torch
 from affine import Affine
+from torchvision.models.detection.roi_heads import paste_masks_in_image, project_masks_on_boxes
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from core import tracing  # noqa: E402
 from core.regularize import METHODS, RegularizeOptions, iou, regularize_geometries  # noqa: E402
 
 SCENES = ("banepa-buildings", "atlanta-buildings")
-SUPERSAMPLE = 4          # each mask cell's area fraction from 4x4 samples
+SUPERSAMPLE = 8          # each pixel's covered share from 8x8 samples
 RIGHT_ANGLE_DEGREES = 5
 BOUNDARY_METRES = 1.0
 
@@ -57,17 +64,44 @@ def blur(probabilities, sigma):
     return out
 
 
-def mask_trace(polygon, transform, shape, sigma=0.0):
+def ideal_head(polygon, transform, box):
+    """The 28x28 probabilities of a perfectly trained head: what torchvision trains it to give, the true
+    mask over the box by ``project_masks_on_boxes`` (``roi_align`` without the half-pixel alignment), the mask
+    as each pixel's covered share (a head sees the edge's position within a pixel; thresholded at 0.5 it is
+    the pixel-centre rule the training masks are rasterised by). The mask is a window two pixels around the box."""
+    x0, y0 = math.floor(box[0]) - 2, math.floor(box[1]) - 2
+    w, h = math.ceil(box[2]) + 2 - x0, math.ceil(box[3]) + 2 - y0
+    fine = rasterio.features.rasterize([polygon], out_shape=(h * SUPERSAMPLE, w * SUPERSAMPLE),
+                                       transform=transform * Affine.translation(x0, y0) * Affine.scale(1 / SUPERSAMPLE))
+    share = fine.reshape(h, SUPERSAMPLE, w, SUPERSAMPLE).mean(axis=(1, 3), dtype=np.float32)
+    local = torch.tensor([[box[0] - x0, box[1] - y0, box[2] - x0, box[3] - y0]], dtype=torch.float32)
+    return project_masks_on_boxes(torch.from_numpy(share)[None], local, torch.zeros(1), 28)[0].numpy(), (x0, y0, w, h)
+
+
+def torchvision_box_mask(probabilities, box, window):
+    """(x0, y0, mask) as detection pasted before: ``paste_masks_in_image`` on the window, cropped to the pixels
+    [floor(box), ceil(box))."""
+    wx, wy, w, h = window
+    local = torch.tensor([[box[0] - wx, box[1] - wy, box[2] - wx, box[3] - wy]], dtype=torch.float32)
+    pasted = paste_masks_in_image(torch.from_numpy(np.ascontiguousarray(probabilities, np.float32))[None, None],
+                                  local, (h, w))[0, 0].numpy() > 0.5
+    x0, y0 = math.floor(box[0]), math.floor(box[1])
+    return x0, y0, pasted[y0 - wy:math.ceil(box[3]) - wy, x0 - wx:math.ceil(box[2]) - wx]
+
+
+def mask_trace(polygon, transform, shape, sigma=0.0, paste="maskforge"):
     """The polygon as a detection with a perfect 28x28 mask head gives it back (None when too small);
-    ``sigma``: the head's probabilities blurred by that many mask cells first."""
+    ``sigma``: the head's probabilities blurred by that many mask cells first; ``paste``: read back by
+    ``core.tracing.box_mask`` (maskforge) or by torchvision's ``paste_masks_in_image`` (torchvision)."""
     inverse = ~transform
     xs, ys = zip(*(inverse * xy for xy in polygon.exterior.coords))
     box = (min(xs), min(ys), max(xs), max(ys))
-    n = 28 * SUPERSAMPLE
-    cell = transform * Affine.translation(box[0], box[1]) * Affine.scale((box[2] - box[0]) / n, (box[3] - box[1]) / n)
-    fine = rasterio.features.rasterize([polygon], out_shape=(n, n), transform=cell).astype(np.float32)
-    probabilities = blur(fine.reshape(28, SUPERSAMPLE, 28, SUPERSAMPLE).mean(axis=(1, 3)), sigma)
-    x0, y0, crop = tracing.box_mask(probabilities, box, shape[0], shape[1])
+    probabilities, window = ideal_head(polygon, transform, box)
+    probabilities = blur(probabilities, sigma)
+    if paste == "torchvision":
+        x0, y0, crop = torchvision_box_mask(probabilities, box, window)
+    else:
+        x0, y0, crop = tracing.box_mask(probabilities, box, shape[0], shape[1])
     if crop is None or crop.sum() < 4:
         return None
     return tracing.trace(crop, transform * Affine.translation(x0, y0))
@@ -117,23 +151,32 @@ def vertex_stats(geoms, pixel):
     return vertices, right / max(corners, 1)
 
 
-def quality(name, true, traced, pixel):
-    # Pasting a 28x28 mask as torchvision does (the box widened, floored, +1 px) grows every trace a little:
-    # the median outward offset (area gained / true perimeter) is said, and PoLiS measured again with the
-    # outlines moved inward by it, to tell that systematic offset from the shapes' own error.
+def bias(true, traced, pixel):
+    """(outward offset in map units: median of area gained over the true perimeter; median centroid shift
+    right and down in pixels): the systematic error of a paste rule, apart from the shapes' own."""
     offset = float(np.median((shapely.area(traced) - shapely.area(true)) / shapely.length(true)))
-    print(f"{name}_objects={len(true)} {name}_trace_outward_offset={offset:.3f}")
-    vertices, right = vertex_stats(true, pixel)
-    print(f"{name}_truth_vertices={vertices:.1f} {name}_truth_right_angle_share={right:.3f}")
+    a, b = shapely.centroid(traced), shapely.centroid(true)
+    return offset, np.median(shapely.get_x(a) - shapely.get_x(b)) / pixel, np.median(shapely.get_y(b) - shapely.get_y(a)) / pixel
+
+
+def figures(name, out, true, pixel):
+    vertices, right = vertex_stats(out, pixel)
+    return (f"{name}_iou={iou(out, true).mean():.4f} {name}_polis={np.nanmean(polis(out, true)):.3f} "
+            f"{name}_bf1m={boundary_f(out, true).mean():.4f} {name}_vertices={vertices:.1f} "
+            f"{name}_right_angle_share={right:.3f}")
+
+
+def quality(name, true, traced, pixel, torchvision_traced):
+    for label, outlines in (("trace", traced), ("torchvision_paste", torchvision_traced)):
+        offset, right, down = bias(true, outlines, pixel)
+        print(f"{name}_{label}_outward_offset={offset:.3f} {name}_{label}_shift_px_right={right:.2f} "
+              f"{name}_{label}_shift_px_down={down:.2f}")
+    print(f"{name}_objects={len(true)} {figures(f'{name}_truth', true, true, pixel)}")
+    print(figures(f"{name}_torchvision_paste_raw_trace", torchvision_traced, true, pixel))
     for method in METHODS:
         label = "raw_trace" if method == "none" else method
         out, report = regularize_geometries(traced, method, RegularizeOptions(pixel=pixel))
-        vertices, right = vertex_stats(out, pixel)
-        inset = np.nanmean(polis(shapely.buffer(out, -offset, join_style="mitre"), true))
-        print(f"{name}_{label}_iou={iou(out, true).mean():.4f} {name}_{label}_polis={polis(out, true).mean():.3f} "
-              f"{name}_{label}_polis_inset={inset:.3f} "
-              f"{name}_{label}_bf1m={boundary_f(out, true).mean():.4f} {name}_{label}_vertices={vertices:.1f} "
-              f"{name}_{label}_right_angle_share={right:.3f} {name}_{label}_kept_original={report['kept_original']}")
+        print(f"{figures(f'{name}_{label}', out, true, pixel)} {name}_{label}_kept_original={report['kept_original']}")
         sys.stdout.flush()
 
 
@@ -177,10 +220,14 @@ def main():
         pixel = abs(transform.a)
         for sigma in args.blur or ([0.0] if banepa is None else []):   # no --blur values: speed only
             traces = [mask_trace(p, transform, shape, sigma) for p in every]
-            keep = np.array([t is not None for t in traces])
-            true, traced = every[keep], np.array([t for t in traces if t is not None], dtype=object)
             if args.blur:
-                quality(f"{scene.split('-')[0]}_blur{sigma:g}", true, traced, pixel)
+                before = [mask_trace(p, transform, shape, sigma, "torchvision") for p in every]
+                keep = np.array([t is not None and r is not None for t, r in zip(traces, before)])
+                true = every[keep]
+                traced, reference = (np.array([t for t, k in zip(ts, keep) if k], dtype=object) for ts in (traces, before))
+                quality(f"{scene.split('-')[0]}_blur{sigma:g}", true, traced, pixel, reference)
+            else:
+                traced = np.array([t for t in traces if t is not None], dtype=object)
             banepa = (traced, pixel) if banepa is None else banepa
     if args.objects:
         speed(*banepa, args.objects)

@@ -78,7 +78,7 @@ def test_a_circle_and_an_ellipse_come_back_as_a_circle_and_an_ellipse():
     traced = mask_trace(circle, GRID, SHAPE)
     out, report = _one(traced, "circle")
     assert report["regularized"] == 1 and len(out.exterior.coords) == 33
-    # Pasting a 28x28 mask (torchvision's rule: the box widened and floored) grows a trace by half a pixel.
+    # The circle of the same area is closer to the true circle than the stair-stepped trace.
     assert iou(np.array([out]), np.array([circle]))[0] > max(0.96, iou(np.array([traced]), np.array([circle]))[0])
     assert out.centroid.distance(circle.centroid) < PIXEL / 2
     assert abs(math.sqrt(out.area / math.pi) - 6) < PIXEL
@@ -96,6 +96,21 @@ def test_the_guard_keeps_an_original_the_method_would_distort():
         assert out is traced and report["kept_original"] == 1 and report["regularized"] == 0, method
     forced, report = _one(traced, "rectangle", min_iou=0.0)
     assert len(forced.exterior.coords) == 5 and report["kept_original"] == 0
+
+
+def test_the_guard_keeps_an_original_whose_corner_right_angles_would_square_off():
+    """A corner cut at 45 degrees, 4 m: snapped to right angles it is squared off (IoU with the trace 0.92,
+    above the IoU bound, but 2 m, three tolerances, away from it); with 45-degree sides it is kept as a side."""
+    cut = shapely.Polygon([(0, 0), (20, 0), (20, 6), (16, 10), (0, 10)])
+    for angle in (12, 33):
+        traced = mask_trace(_placed(cut, angle), GRID, SHAPE)
+        out, report = _one(traced, "right_angles")
+        assert out is traced and report["kept_original"] == 1, angle
+        out, report = _one(traced, "right_angles_45")
+        assert report["regularized"] == 1 and len(out.exterior.coords) - 1 == 5, angle
+        assert iou(np.array([out]), np.array([_placed(cut, angle)]))[0] > 0.97, angle
+        unguarded, _ = _one(traced, "right_angles", min_iou=0.0)
+        assert unguarded is traced                 # the departure bound is not the IoU bound
 
 
 def test_empty_missing_invalid_and_non_polygon_geometries_are_kept_and_counted():
