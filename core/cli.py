@@ -11,6 +11,7 @@ import traceback
 
 from .errors import Cancelled, UserError
 from .progress import QuietReporter, Reporter
+from .suggest_cli import add_parser as _add_suggest, run as _run_suggest
 
 EXIT_OK, EXIT_INTERNAL, EXIT_INPUT, EXIT_CANCELLED = 0, 1, 2, 3
 
@@ -402,6 +403,7 @@ STEPS = {"export": (_add_export, _run_export), "train": (_add_train, _run_train)
          "models": (_add_models, _run_models), "sample": (_add_sample, _run_sample),
          "evaluate": (_add_evaluate, _run_evaluate), "compare": (_add_compare, _run_compare),
          "sam-worker": (_add_sam_worker, _run_sam_worker),
+         "suggest": (_add_suggest, _run_suggest),
          "webraster": (_add_webraster, _run_webraster)}
 
 
