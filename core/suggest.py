@@ -79,7 +79,8 @@ def check_options(o):
 def _destinations(out, o):
     if o.layer is None:
         path, named = gpkg.parse_destination(out)
-        layer = named if "|" in str(out) or str(out).startswith("ogr:") else DEFAULT_LAYER
+        said = "layername=" in str(out).lower() or "table=" in str(out)     # else parse_destination's is the stem
+        layer = named if said else DEFAULT_LAYER
     else:
         path, layer = gpkg.parse_destination(out, o.layer)
     proposals = o.proposals_layer or f"{layer}_proposals"
@@ -194,8 +195,8 @@ def why(stats, i):
                                                                                  "objects")),
                (stats["UnsureOutlines"][i], _plural(stats["UnsureOutlines"][i], "unsure outline", "unsure outlines"))]
     said = [text for n, text in sorted(reasons, key=lambda r: -r[0]) if n > 0]
-    said.append(f"{_plural(stats['Objects'][i], 'object', 'objects')}, mean uncertainty "
-                f"{stats['MeanUncertainty'][i]:.2f}")
+    said.append(f"mean uncertainty {stats['MeanUncertainty'][i]:.2f} over "
+                f"{_plural(stats['Objects'][i], 'object', 'objects')}")
     return "; ".join(said)
 
 
