@@ -261,8 +261,8 @@ def detect(raster, model, out, options=None, reporter=None, predictor=None, unce
     style = write_style(style_path(out, layer, created), classes)
     if max_score is None and len(collector):
         max_score = max(collector.rows["Confidence"])
-    result = {**said, "threshold": o.threshold, "uncertainty_threshold": reference, "max_score": None if max_score is None else round(max_score, 4),
-              "tiles": n_tiles, "padding": padding, "tile_size": size, "tile_shape": [tile_w, tile_h],
+    result = {**said, "threshold": o.threshold, "max_score": None if max_score is None else round(max_score, 4),
+              "uncertainty_threshold": reference, "tiles": n_tiles, "padding": padding, "tile_size": size, "tile_shape": [tile_w, tile_h],
               "grid_shape": [grid.width, grid.height],
               "cell_size": list(grid.cell_size), "resampled": res.cell is not None,
               "overlap_factor": round(overlap, 3), "batch_size": batch_size, "tracers": tracer_threads,

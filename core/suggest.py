@@ -190,10 +190,10 @@ def rank_tiles(tiles, cols, origin, side, geoms, fields, threshold, near):
 
 def why(stats, i):
     """The reasons a tile ranks where it does, largest first, in words."""
-    reasons = [(stats["NearThreshold"][i], _plural(stats["NearThreshold"][i], "object", "objects") + " near the threshold"),
-               (stats["VariantsDisagree"][i], "variants disagree on " + _plural(stats["VariantsDisagree"][i], "object",
-                                                                                 "objects")),
-               (stats["UnsureOutlines"][i], _plural(stats["UnsureOutlines"][i], "unsure outline", "unsure outlines"))]
+    near, disagree, unsure = (int(stats[k][i]) for k in ("NearThreshold", "VariantsDisagree", "UnsureOutlines"))
+    reasons = [(near, _plural(near, "object", "objects") + " near the threshold"),
+               (disagree, "variants disagree on " + _plural(disagree, "object", "objects")),
+               (unsure, _plural(unsure, "unsure outline", "unsure outlines"))]
     said = [text for n, text in sorted(reasons, key=lambda r: -r[0]) if n > 0]
     said.append(f"mean uncertainty {stats['MeanUncertainty'][i]:.2f} over "
                 f"{_plural(stats['Objects'][i], 'object', 'objects')}")

@@ -14,10 +14,12 @@ import shapely
 import torch
 from affine import Affine
 
+from core import inference
 from core.errors import Cancelled, UserError
 from core.progress import NullReporter
 from core.suggest import SuggestOptions, suggest
 from tests.core.test_detect import SQUARE, _package, bright_parts
+from tests.core.test_uncertainty import flips
 
 TRANSFORM = Affine(0.5, 0, 400000, 0, -0.5, 3000000)     # EPSG:32636, as the user's GeoPackage fixture
 # 128 px at 0.5 m; the package's 64 px chip is a 32 m ranking tile: 2 x 2 tiles.
@@ -78,6 +80,20 @@ def test_a_tile_of_objects_near_the_threshold_ranks_above_a_sure_one(tmp_path):
     assert first.sum() == 4 and all(tiles[0].contains(g.centroid) for g in proposals[first])
     assert sorted(np.round(p["Confidence"][first], 2)) == [0.47, 0.5, 0.52, 0.55]
     assert list(p["AboveThreshold"][first]) == [int(c >= 0.5) for c in p["Confidence"][first]]
+
+
+def test_with_tta_the_variants_disagreement_is_counted_and_said(tmp_path):
+    """The constructed detector of test_uncertainty sees a square off the tile's centre in half the variants."""
+    raster, pkg = _scene(tmp_path)
+
+    def predictor(batch):
+        return inference.predict(flips, batch, torch.device("cpu"), "mean", batch.shape[-1])
+    result = suggest(raster, pkg, tmp_path / "next.gpkg", SuggestOptions(top=4, tta="mean"), predictor=predictor)
+    _, fields = _layer(tmp_path / "next.gpkg", "label_next")
+    assert not np.isnan(fields["VariantsDisagree"].astype(float)).any() and fields["VariantsDisagree"].sum() > 0
+    assert any("variants disagree on" in t["why"] for t in result["top"])
+    _, p = _layer(tmp_path / "next.gpkg", "label_next_proposals")
+    assert (p["UncertaintyVariants"] >= 0.5).sum() == fields["VariantsDisagree"].sum()
 
 
 def test_labelled_tiles_are_skipped(tmp_path):
