@@ -4,7 +4,7 @@ The area (an extent, else the whole raster) is cut into square *ranking tiles*, 
 training chip on the ground, so a tile is what one exported chip holds. Tiles that hold a label (a
 label's centre inside) or are at least half covered by the labels layer are the labelled part and are
 skipped (a layer of labelled blocks works as well as the labels themselves). Detect Objects runs over the
-rest (``core.detect``, with test-time augmentation unless told otherwise) down to ``near`` below the
+rest (``core.detect``, with test-time augmentation when asked) down to ``near`` below the
 package's threshold, since the objects just below it are the ones the model nearly missed. Each
 detection carries its ``Uncertainty`` (``core.uncertainty``).
 
@@ -54,7 +54,9 @@ class SuggestOptions:
     tile_size: float = None       # ranking tile side in the raster's CRS units; None: the package's chip
     top: int = 10                 # tiles written
     near: float = NEAR            # see NEAR
-    tta: str = "mean"             # test-time augmentation merge (the variants signal); None: one pass, faster
+    tta: str = None               # test-time augmentation merge (mean, max, min: adds the variants signal, 8x the
+                                  # time); None: one pass. Measured on the camp (README): the variants signal did not
+                                  # tell false from true detections (AUC 0.40-0.49), so it is not worth 8x by default
     batch_size: int = None
     device: str = "auto"
     layer: str = None             # tiles layer; None: the one named in the output, else 'label_next'

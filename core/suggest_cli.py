@@ -34,8 +34,9 @@ def add_parser(sub):
                    help="ranking tile side in the raster's CRS units (default: the package's training chip)")
     p.add_argument("--top", type=int, default=10, help="tiles to suggest (default 10)")
     p.add_argument("--near", type=float, help="score distance from the threshold counted as near (default 0.15)")
-    p.add_argument("--no-tta", action="store_true",
-                   help="one pass instead of 8 dihedral variants: 8x faster, without the variants' disagreement")
+    p.add_argument("--tta", choices=["mean", "max", "min"],
+                   help="8 dihedral variants merged so (8x the time): adds their disagreement to the uncertainty "
+                        "(default: one pass)")
     p.add_argument("--batch-size", type=int, help="tiles per batch (default: from free GPU memory; 4 on the CPU)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda:N")
 
@@ -44,7 +45,7 @@ def run(args, reporter):
     from .suggest import NEAR, SuggestOptions, suggest
     options = SuggestOptions(
         extent=args.extent, labels=args.labels, tile_size=args.tile_size, top=args.top,
-        near=NEAR if args.near is None else args.near, tta=None if args.no_tta else "mean",
+        near=NEAR if args.near is None else args.near, tta=args.tta,
         batch_size=args.batch_size, device=args.device, layer=args.layer, proposals_layer=args.proposals_layer,
         overwrite=args.overwrite)
     return suggest(args.raster, args.model, args.out, options, reporter)

@@ -14,8 +14,10 @@ Three signals, each 0..1, computed from what the network already gives (no secon
   0 when every variant agrees, 1 when half see it surely and half miss it.
 
 ``Uncertainty`` is their weighted mean over the signals present (``WEIGHTS``), so it means the same
-with and without TTA. The weights were measured (scripts/bench_uncertainty.py, README "Where to label
-next"): the score's nearness tells false from true detections best, the mask and the variants add to it.
+with and without TTA. The weights are the best of those tried on the generated camp
+(scripts/bench_uncertainty.py, README "Where to label next"): the score's nearness tells wrong decisions
+from right ones best (AUC 0.71), so it weighs twice; the mask separates false from true detections among
+all proposals (0.79) but not the decisions; the variants did not help there (0.40-0.49).
 
 ``UncertainTracer`` traces a tile's detections as ``core.tracing`` does and appends to each row its
 uncertainty and the three signals (NaN where absent), so they reach the output with the outline.

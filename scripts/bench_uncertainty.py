@@ -7,8 +7,10 @@ threshold, as ``python -m core suggest`` does, with and without test-time augmen
 centroid lies in the test area are matched to the truth at IoU 0.5 (Compute Accuracy); the AUC is the
 probability that a false detection is more uncertain than a true one (Mann-Whitney U / (n_FP n_TP), scipy).
 
-Printed per run (tta / plain) and per set (all: down to the floor; kept: at or above the package's
-threshold, what Detect Objects keeps by default): the AUC of Uncertainty, of each of its signals, of
+Printed per run (tta / plain) and per set (kept: at or above the package's threshold, what Detect Objects
+keeps by default, false against true; all: down to the floor, false against true; decisions: down to the
+floor, the model's decision at its threshold wrong (a kept false detection, or a true object below the
+threshold) against right): the AUC of Uncertainty, of each of its signals, of
 1 - Confidence (the baseline any score gives), and of a few other weightings of the signals (the
 choice of ``core.uncertainty.WEIGHTS``). Goal (issue 25): uncertainty AUC >= 0.75.
 
@@ -62,10 +64,13 @@ def measure(tag, assessed, threshold):
     fields = {f: np.asarray(layer.column(f)) for f in layer.fields}
     tp = fields["match"] == "TP"
     conf = fields["Confidence"].astype(float)
-    for subset, keep in (("all", np.ones(len(tp), bool)), ("kept", conf >= threshold)):
+    kept = conf >= threshold
+    wrong = np.where(kept, ~tp, tp)          # the model's decision at its threshold was wrong
+    every = np.ones(len(tp), bool)
+    for subset, keep, bad in (("kept", kept, ~tp), ("all", every, ~tp), ("decisions", every, wrong)):
         name = f"{tag}_{subset}"
-        line(f"{name}_tp", int((tp & keep).sum()))
-        line(f"{name}_fp", int((~tp & keep).sum()))
+        line(f"{name}_{'wrong' if subset == 'decisions' else 'fp'}", int((bad & keep).sum()))
+        line(f"{name}_{'right' if subset == 'decisions' else 'tp'}", int((~bad & keep).sum()))
         values = {"uncertainty": fields["Uncertainty"].astype(float), "score_signal": fields["UncertaintyScore"],
                   "mask_signal": fields["UncertaintyMask"], "variants_signal": fields["UncertaintyVariants"],
                   "one_minus_confidence": 1 - conf}
@@ -73,7 +78,7 @@ def measure(tag, assessed, threshold):
         for key, v in values.items():
             v = np.asarray(v, float)
             ok = keep & ~np.isnan(v)
-            line(f"{name}_auc_{key}", auc(v[ok & ~tp], v[ok & tp]))
+            line(f"{name}_auc_{key}", auc(v[ok & bad], v[ok & ~bad]))
 
 
 def main():
@@ -105,7 +110,7 @@ def main():
     threshold = package_threshold(package)
     floor = max(0.01, threshold - NEAR)
     line("threshold", threshold)
-    line("floor", floor)
+    line("floor", round(floor, 4))
     line("weights", ":".join(f"{k}={v:g}" for k, v in WEIGHTS.items()))
     for tag, tta in (("tta", "mean"), ("plain", None)):
         t = time.monotonic()

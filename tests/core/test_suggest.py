@@ -167,7 +167,7 @@ def test_the_command_line_with_a_real_tiny_network(tmp_path):
     torch.manual_seed(0)
     pkg = _package(tmp_path / "random", DetectionThreshold=0.3)
     run = subprocess.run([sys.executable, "-m", "core", "suggest", "--raster", str(raster), "--model", str(pkg),
-                          "--out", str(tmp_path / "next.gpkg"), "--top", "2", "--no-tta", "--device", "cpu",
+                          "--out", str(tmp_path / "next.gpkg"), "--top", "2", "--device", "cpu",
                           "--extent", "400000,2999968,400064,3000000", "--json-progress"],
                          capture_output=True, text=True, timeout=600)
     events = [json.loads(line) for line in run.stdout.splitlines()]
