@@ -10,6 +10,7 @@ from .detect_objects import DetectObjectsAlgorithm
 from .export_training_data import ExportTrainingDataAlgorithm
 from .nms import NonMaximumSuppressionAlgorithm
 from .regularize import RegularizeAlgorithm
+from .suggest import SuggestAlgorithm
 from .train import TrainAlgorithm
 
 ICON = os.path.join(os.path.dirname(os.path.dirname(__file__)), "resources", "icon.svg")
@@ -32,5 +33,5 @@ class MaskForgeProvider(QgsProcessingProvider):
     def loadAlgorithms(self):
         for alg in (ExportTrainingDataAlgorithm(), TrainAlgorithm(), DetectObjectsAlgorithm(),
                     NonMaximumSuppressionAlgorithm(), RegularizeAlgorithm(), ComputeAccuracyAlgorithm(),
-                    CompareDetectionsAlgorithm()):
+                    CompareDetectionsAlgorithm(), SuggestAlgorithm()):
             self.addAlgorithm(alg)

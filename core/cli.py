@@ -185,6 +185,15 @@ def _run_compare(args, reporter):
                    overwrite=args.overwrite)
 
 
+def _run_suggest(args, reporter):
+    from .suggest import SuggestOptions, suggest
+    options = SuggestOptions(
+        extent=args.extent, labels=args.labels, tile_size=args.tile_size, top=args.top, near=args.near, tta=args.tta,
+        batch_size=args.batch_size, device=args.device, layer=args.layer, proposals_layer=args.proposals_layer,
+        overwrite=args.overwrite)
+    return suggest(args.raster, args.model, args.out, options, reporter)
+
+
 def _add_webraster(sub):
     p = sub.add_parser("webraster", help="Describe an XYZ/TMS or WMS service as a GDAL raster (an .xml for --raster).")
     p.add_argument("--url", required=True, help="XYZ template (https://host/{z}/{x}/{y}.png) or a WMS base URL")
@@ -246,6 +255,9 @@ STEPS = {"export": (_from_contract(contract.Export, "Export training chips (Esri
                         _run_regularize),
          "evaluate": (_from_contract(contract.Assess, "Compute accuracy: detections against ground-truth polygons."),
                       _run_evaluate),
+         "suggest": (_from_contract(contract.Suggest, "Where to label next: rank the unlabelled tiles of a raster by "
+                                                      "the model's uncertainty; writes the top tiles and their "
+                                                      "detections as proposals."), _run_suggest),
          "compare": (_from_contract(contract.Compare, "Compare detections of two dates: persisted, new, gone (per "
                                                       "zone)."), _run_compare),
          "info": (_add_info, _run_info), "models": (_add_models, _run_models), "sample": (_add_sample, _run_sample),

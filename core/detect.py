@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 import shapely
 import torch
 
-from . import bounds, contract, detections, distributed, gpkg, inference, pipeline, resolution
+from . import bounds, contract, detections, distributed, gpkg, inference, pipeline, resolution, uncertainty
 from .contract.detect import NMS_OVERLAP
 from .contract.packages import check_tile_padding, default_padding
 from .detections import style_path, write_style  # noqa: F401  (the output's style, as before)
@@ -32,7 +32,6 @@ from .package import load_package
 from .progress import NullReporter
 from .tiling import (Grid, TileReader, _input_spec, auto_tile_size, count_tiles, overlap_factor, tile_grid,
                      tile_shape)
-from .tracing import TileTracer
 
 TTA_MERGES = ("mean", "max", "min")
 
@@ -113,11 +112,12 @@ def _nothing_found(result, reporter):
     reporter.warning(f"Detected 0 objects. {result['hint']}")
 
 
-def detect(raster, model, out, options=None, reporter=None, predictor=None):
+def detect(raster, model, out, options=None, reporter=None, predictor=None, uncertainty_signals=False):
     """Run the package over the raster. ``predictor(batch) -> outputs`` replaces the network:
     a (B, 3, H, W) tensor in, per tile ``boxes``, ``scores``, ``labels`` and box-local ``masks``
     (N, 1, M, M probabilities, as ``inference.BoxMaskNet`` gives) out; tests use it to check
-    the tiling against a detector whose answers are known exactly."""
+    the tiling against a detector whose answers are known exactly. Every detection gets its
+    ``Uncertainty`` (``core.uncertainty``); ``uncertainty_signals`` also writes its three signals."""
     o = options or DetectOptions()
     reporter = reporter or NullReporter()
     started = time.monotonic()
@@ -127,6 +127,8 @@ def detect(raster, model, out, options=None, reporter=None, predictor=None):
     pkg.regularize_methods   # a bad Regularize in the .emd is said now, not after the run
     o = replace(o, threshold=_threshold(pkg, o.threshold, reporter))
     device = announce_device(distributed.init(o.device) or select_device(o.device), o.device, reporter)
+    reference = uncertainty.reference_threshold(pkg)
+    reporter.log(uncertainty.describe(reference, o.tta))
     classes = pkg.classes
     chip = int(pkg.tile_size[0])
     # The network's labels are ranks of the class values (see ModelPackage.value_to_label).
@@ -199,11 +201,11 @@ def detect(raster, model, out, options=None, reporter=None, predictor=None):
 
         def collect(traced):
             i, rows = traced
-            for polygon, label, score, seam, margin in rows:
+            for polygon, label, score, seam, margin, signals in rows:
                 value, name = by_label.get(label, (label, str(label)))
-                collector.add(polygon, value, name, score, i, seam, margin)
+                collector.add(polygon, value, name, score, i, seam, margin, signals)
 
-        trace = TileTracer((grid.width, grid.height), padding / 2.0, area, o)
+        trace = uncertainty.UncertainTracer((grid.width, grid.height), padding / 2.0, area, o, reference)
         post = pipeline.Tracers(trace, collect, tracer_threads, processes=processes)
         reader.start()
         try:
@@ -226,7 +228,7 @@ def detect(raster, model, out, options=None, reporter=None, predictor=None):
             reporter.progress(96, f"Merging {len(collector)} outlines at tile seams, clipping, removing duplicates")
             footprint = grid.footprint() if area is None else grid.footprint().intersection(area)
             final, said = detections.finish(collector, o, footprint)
-            detections.write(tmp, layer, crs_wkt, final)
+            detections.write(tmp, layer, crs_wkt, final, uncertainty_signals)
             if said["kept"]:   # post-processing: the outlines regularised (the package's methods unless told)
                 from .regularize_layer import regularize_detections
                 said.update(regularize_detections(tmp, layer, o.regularize, pkg.regularize_methods,
@@ -243,7 +245,7 @@ def detect(raster, model, out, options=None, reporter=None, predictor=None):
     if max_score is None and len(collector):
         max_score = max(collector.rows["Confidence"])
     result = {**said, "threshold": o.threshold, "max_score": None if max_score is None else round(max_score, 4),
-              "tiles": n_tiles, "padding": padding, "tile_size": size, "tile_shape": [tile_w, tile_h],
+              "uncertainty_threshold": reference, "tiles": n_tiles, "padding": padding, "tile_size": size, "tile_shape": [tile_w, tile_h],
               "grid_shape": [grid.width, grid.height],
               "cell_size": list(grid.cell_size), "resampled": res.cell is not None,
               "overlap_factor": round(overlap, 3), "batch_size": batch_size, "tracers": tracer_threads,

@@ -20,19 +20,25 @@ from .chips import class_color
 from .geodata import GPKG_CREATION
 from .nms import nms_indices
 from .seams import clip_to, merge_seams
+from .uncertainty import NAMES as UNCERTAINTY_NAMES
 
 FIELDS = ["ClassValue", "Class", "Confidence", "Area"]
+UNCERTAINTY = UNCERTAINTY_NAMES[0]          # after FIELDS: the columns ArcGIS and earlier runs know stay first
 _EXTRA = ["_tile", "_seam", "_margin"]    # only in a distributed run's parts
+_NO_SIGNALS = (float("nan"),) * len(UNCERTAINTY_NAMES)
 
 
 class Collector:
     """Traced detections of the tiles, in tile order: columns of equal length."""
 
     def __init__(self):
-        self.rows = {k: [] for k in ["geometry", "ClassValue", "Class", "Confidence", *_EXTRA]}
+        self.rows = {k: [] for k in ["geometry", "ClassValue", "Class", "Confidence", *_EXTRA, *UNCERTAINTY_NAMES]}
 
-    def add(self, polygon, value, name, score, tile, seam, margin):
-        for key, v in zip(self.rows, (polygon, int(value), name, float(score), int(tile), bool(seam), float(margin))):
+    def add(self, polygon, value, name, score, tile, seam, margin, uncertainty=_NO_SIGNALS):
+        """``uncertainty``: (Uncertainty, its score, mask and variants signals), see ``core.uncertainty``."""
+        values = (polygon, int(value), name, float(score), int(tile), bool(seam), float(margin),
+                  *(float(v) for v in uncertainty))
+        for key, v in zip(self.rows, values):
             self.rows[key].append(v)
 
     def __len__(self):
@@ -47,9 +53,11 @@ class Collector:
     def write_part(self, path, crs):
         c = self.columns()
         data = [c["ClassValue"].astype(np.int32), c["Class"], c["Confidence"].astype(np.float64),
-                c["_tile"].astype(np.int64), c["_seam"].astype(np.int32), c["_margin"].astype(np.float64)]
+                c["_tile"].astype(np.int64), c["_seam"].astype(np.int32), c["_margin"].astype(np.float64),
+                *(c[k].astype(np.float64) for k in UNCERTAINTY_NAMES)]
         pyogrio.raw.write(str(path), shapely.to_wkb(c["geometry"]), data, ["ClassValue", "Class", "Confidence",
-                          *_EXTRA], driver="GPKG", geometry_type="Polygon", crs=crs, dataset_options=GPKG_CREATION)
+                          *_EXTRA, *UNCERTAINTY_NAMES], driver="GPKG", geometry_type="Polygon", crs=crs,
+                          dataset_options=GPKG_CREATION)
 
     @classmethod
     def from_parts(cls, parts):
@@ -108,13 +116,18 @@ def finish(collector, o, footprint, steps=STEPS):
     return cols, said
 
 
-def write(path, layer, crs, cols):
-    """The detections as a new GeoPackage layer (ClassValue, Class, Confidence, Area)."""
+def write(path, layer, crs, cols, signals=False):
+    """The detections as a new GeoPackage layer (ClassValue, Class, Confidence, Area, Uncertainty; with
+    ``signals`` also the uncertainty's three signals, empty where absent: variants without TTA)."""
     geoms = cols["geometry"]
+    names = list(UNCERTAINTY_NAMES if signals else UNCERTAINTY_NAMES[:1])
+    extra = [np.round(np.asarray(cols[k], np.float64), 4) for k in names]
     data = [np.asarray(cols["ClassValue"], np.int32), np.asarray(cols["Class"], dtype=object),
-            np.round(np.asarray(cols["Confidence"], np.float64), 4), shapely.area(geoms).astype(np.float64)]
-    pyogrio.raw.write(str(path), shapely.to_wkb(geoms) if len(geoms) else np.empty(0, dtype=object), data, FIELDS,
-                      layer=layer, driver="GPKG", geometry_type="Polygon", crs=crs, dataset_options=GPKG_CREATION)
+            np.round(np.asarray(cols["Confidence"], np.float64), 4), shapely.area(geoms).astype(np.float64), *extra]
+    masks = [None] * len(FIELDS) + [np.isnan(v) for v in extra]
+    pyogrio.raw.write(str(path), shapely.to_wkb(geoms) if len(geoms) else np.empty(0, dtype=object), data,
+                      FIELDS + names, field_mask=masks, layer=layer, driver="GPKG", geometry_type="Polygon", crs=crs,
+                      dataset_options=GPKG_CREATION)
 
 
 def style_path(path, layer, created):

@@ -101,12 +101,14 @@ def _undo_masks(masks, k, flip):
 
 def _merge_variants(found, merge, n_variants, iou=0.55):
     """One detection per object from the detections of all dihedral variants of a tile.
-    Members' box-local masks are averaged cell by cell (their boxes agree to within the IoU)."""
+    Members' box-local masks are averaged cell by cell (their boxes agree to within the IoU).
+    ``variant_spread`` is twice the standard deviation of the variants' scores for the object (a variant
+    that missed it counts 0): 0 when all agree, 1 when half see it at 1 and half miss it (``core.uncertainty``)."""
     from torchvision.ops import box_iou
     boxes = torch.cat([f["boxes"] for f in found])
     if len(boxes) == 0:
         return {"boxes": boxes, "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.int64),
-                "masks": torch.zeros((0, 1) + found[0]["masks"].shape[-2:])}
+                "masks": torch.zeros((0, 1) + found[0]["masks"].shape[-2:]), "variant_spread": torch.zeros(0)}
     scores = torch.cat([f["scores"] for f in found])
     labels = torch.cat([f["labels"] for f in found])
     masks = torch.cat([f["masks"] for f in found])
@@ -114,7 +116,7 @@ def _merge_variants(found, merge, n_variants, iou=0.55):
     order = scores.argsort(descending=True)
     overlaps = box_iou(boxes, boxes)
     taken = torch.zeros(len(boxes), dtype=torch.bool)
-    out = {"boxes": [], "scores": [], "labels": [], "masks": []}
+    out = {"boxes": [], "scores": [], "labels": [], "masks": [], "variant_spread": []}
     for i in order.tolist():
         if taken[i]:
             continue
@@ -128,6 +130,7 @@ def _merge_variants(found, merge, n_variants, iou=0.55):
         out["scores"].append(score)
         out["labels"].append(labels[i])
         out["masks"].append(masks[members].mean(0))
+        out["variant_spread"].append(2.0 * best.std(unbiased=False))
     return {k: torch.stack(v) for k, v in out.items()}
 
 

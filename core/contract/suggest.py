@@ -3,7 +3,7 @@
 Engine: core/suggest.py (``python -m core suggest``); Processing: maskforge:suggest."""
 from .devices import HELP as DEVICE_HELP
 from .devices import check_device
-from .params import Param, Step, layer_output
+from .params import Choice, Param, Step, layer_output
 
 NEAR = 0.15       # score units: a detection this close to the package's threshold (either side) is "near" it
 TOP = 10          # tiles suggested: a round of labelling
@@ -21,9 +21,11 @@ PARAMS = (
           auto="the package's training chip on the ground", help="ranking tile side in the raster's CRS units"),
     Param("NEAR", "float", "Near the threshold (score units)", NEAR, flag="--near", minimum=0.01, maximum=0.5,
           step=0.05, advanced=True, help="score distance from the package's threshold counted as near"),
-    Param("TTA", "bool", "Test-time augmentation (the 8 variants' disagreement)", True, flag="--no-tta",
-          when=False, advanced=True,
-          help="off: one pass instead of 8 dihedral variants, 8x faster, without the variants' disagreement"),
+    Param("TTA", "choice", "Test-time augmentation (adds the 8 variants' disagreement; 8x the time)", None,
+          flag="--tta", advanced=True, choices=(Choice(None, "Off (one pass)"), Choice("mean", "Mean of the 8 variants"),
+                                                Choice("max", "Max"), Choice("min", "Min")),
+          help="8 dihedral variants merged so: adds their disagreement to the uncertainty (measured on the camp, it "
+               "did not tell false from true detections better than the score)"),
     Param("BATCH_SIZE", "int", "Batch size", flag="--batch-size", minimum=1, advanced=True,
           auto="from free GPU memory; 4 on the CPU", help="tiles per batch"),
     Param("DEVICE", "text", "Device", "auto", flag="--device", help=DEVICE_HELP, advanced=True),

@@ -19,7 +19,8 @@ REQUIRED = {"export": ["--raster", "r.tif", "--labels", "l.gpkg", "--out", "chip
             "nms": ["--input", "d.gpkg", "--out", "n.gpkg"],
             "regularize": ["--input", "d.gpkg", "--out", "r.gpkg"],
             "evaluate": ["--detections", "d.gpkg", "--truth", "t.gpkg", "--out-dir", "acc"],
-            "compare": ["--a", "a.gpkg", "--b", "b.gpkg", "--out-dir", "chg"]}
+            "compare": ["--a", "a.gpkg", "--b", "b.gpkg", "--out-dir", "chg"],
+            "suggest": ["--raster", "r.tif", "--model", "m.dlpk", "--out", "n.gpkg"]}
 
 
 def parse(step, *extra):
@@ -33,6 +34,11 @@ def test_the_engine_options_equal_the_contract_defaults():
     assert cli.train_options(parse("train")) == TrainOptions()
     assert cli.detect_options(parse("detect")) == DetectOptions()
     assert cli.evaluate_options(parse("evaluate")) == EvaluateOptions()
+    args = parse("suggest")
+    from core.suggest import SuggestOptions
+    assert SuggestOptions(extent=args.extent, labels=args.labels, tile_size=args.tile_size, top=args.top,
+                          near=args.near, tta=args.tta, batch_size=args.batch_size, device=args.device) \
+        == SuggestOptions()
     args = parse("regularize")
     assert RegularizeOptions(tolerance=args.tolerance, min_iou=args.min_iou) == RegularizeOptions()
     assert args.method == contract.Regularize.param("METHOD").default

@@ -88,7 +88,7 @@ def test_objects_across_tile_borders_and_corners_are_found_once(tmp_path):
     for square in truth:
         best = max(shapely.intersection(square, f).area / shapely.union(square, f).area for f in found)
         assert best > 0.99
-    assert set(fields) == {"ClassValue", "Class", "Confidence", "Area"}
+    assert set(fields) == {"ClassValue", "Class", "Confidence", "Area", "Uncertainty"}
     assert list(fields["Class"]) == ["square"] * len(truth)
     assert np.allclose(fields["Area"], (SQUARE * 0.5) ** 2)
     assert (tmp_path / "d.qml").exists() and "categorizedSymbol" in (tmp_path / "d.qml").read_text()

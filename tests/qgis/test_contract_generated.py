@@ -10,7 +10,7 @@ from qgis.core import QgsApplication, QgsProcessingParameterDefinition
 ALGORITHMS = {"export": "maskforge:exporttrainingdata", "train": "maskforge:train",
               "detect": "maskforge:detectobjects", "nms": "maskforge:nonmaximumsuppression",
               "evaluate": "maskforge:computeaccuracy", "compare": "maskforge:comparedetections",
-              "regularize": "maskforge:regularize"}
+              "regularize": "maskforge:regularize", "suggest": "maskforge:suggest"}
 
 
 @pytest.mark.parametrize("step", sorted(ALGORITHMS))

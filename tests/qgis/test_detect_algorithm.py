@@ -71,7 +71,7 @@ def test_detect_objects_through_processing(provider, scene_package, tmp_path):
     assert result["OUTPUT"] == str(out)
     layer = QgsVectorLayer(str(out), "tents", "ogr")
     assert layer.isValid()
-    assert [f.name() for f in layer.fields()][-4:] == ["ClassValue", "Class", "Confidence", "Area"]
+    assert [f.name() for f in layer.fields()][-5:] == ["ClassValue", "Class", "Confidence", "Area", "Uncertainty"]
     assert layer.crs().authid() == "EPSG:32636"
     assert layer.featureCount() == result["COUNT"]
     assert (tmp_path / "tents.qml").exists()

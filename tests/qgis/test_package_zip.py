@@ -15,7 +15,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 ALGORITHMS = ["maskforge:exporttrainingdata", "maskforge:train", "maskforge:detectobjects",
               "maskforge:nonmaximumsuppression", "maskforge:regularize", "maskforge:computeaccuracy",
-              "maskforge:comparedetections"]
+              "maskforge:comparedetections", "maskforge:suggest"]
 IMAGES = (".png", ".jpg", ".jpeg", ".gif", ".ico", ".webp")
 
 
