@@ -30,8 +30,8 @@ from .outputs import check_model_folder, remove_packages
 from .package import FRAMEWORK, load_package, read_weights, write_package
 from .progress import NullReporter
 from .split import spatial_split
-from .steps import train_step
-from .validation import evaluate
+from .train_step import train_step
+from .epoch import evaluate
 
 CHECKPOINT = "checkpoint.pth"
 

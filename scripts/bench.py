@@ -33,8 +33,8 @@ from core.tiling import _read_native, tile_origins  # noqa: E402
 from core.model import build_model, network_for_package, select_device  # noqa: E402
 from core.package import load_package  # noqa: E402
 from core.synthetic import make_scene  # noqa: E402
-from core.steps import bare_step  # noqa: E402
-from core.train import TrainOptions, train, train_step  # noqa: E402
+from core.train_step import bare_step, train_step  # noqa: E402
+from core.train import TrainOptions, train  # noqa: E402
 from core.progress import Reporter  # noqa: E402
 from progress_console import Console, about, clock, machine  # scripts/ holds this file  # noqa: E402
 

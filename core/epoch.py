@@ -10,7 +10,7 @@ import torch
 from . import distributed
 from .data import collate
 from .metrics import coco_evaluate
-from .steps import _to_device
+from .train_step import _to_device
 
 
 def _batches(dataset, indices, batch_size):
