@@ -8,13 +8,12 @@ import math
 import pytest
 import torch
 
-from core.chips import ExportOptions, export_training_data
 from core.data import ChipDataset, EpochBatches, chip_loader, load_training_data
 from core.epoch import Schedule, epoch_batches, train_one_epoch
 from core.errors import Cancelled, UserError
 from core.model import build_model
 from core.progress import Reporter
-from core.synthetic import make_scene
+from tests.core.test_train import chips  # noqa: F401  (the training tests' 64 px chips)
 
 
 def test_the_schedule_warms_up_then_decays_to_zero_at_the_last_step():
@@ -44,12 +43,8 @@ def test_epoch_batches_shuffle_by_epoch_and_cover_every_chip_once():
 
 
 @pytest.fixture(scope="module")
-def chips(tmp_path_factory):
-    root = tmp_path_factory.mktemp("epoch")
-    scene = make_scene(root / "scene", size=192, seed=5)
-    export_training_data(scene["raster"], scene["labels"], root / "chips",
-                         ExportOptions(tile_size_x=64, tile_size_y=64, stride_x=64, stride_y=64))
-    data, _, spec = load_training_data([root / "chips"])
+def dataset(chips):
+    data, _, spec = load_training_data([chips])
     return ChipDataset(data, spec["Normalization"])
 
 
@@ -67,19 +62,19 @@ def _run_epoch(dataset, lr, reporter, epochs=2, epoch=1):
     return losses, plan, optimizer, schedule
 
 
-def test_one_epoch_steps_every_batch_at_the_schedules_rate_and_reports_its_progress(chips):
+def test_one_epoch_steps_every_batch_at_the_schedules_rate_and_reports_its_progress(dataset):
     stream = io.StringIO()
-    losses, plan, optimizer, schedule = _run_epoch(chips, 0.005, Reporter(json_lines=True, stream=stream))
+    losses, plan, optimizer, schedule = _run_epoch(dataset, 0.005, Reporter(json_lines=True, stream=stream))
     assert len(losses) == len(plan) == 2 and all(math.isfinite(v) for v in losses)
     assert optimizer.param_groups[0]["lr"] == schedule.lr(1, len(plan) - 1)
     last = [json.loads(line) for line in stream.getvalue().splitlines()][-1]
     assert last["percent"] == 100.0 and last["message"].startswith(f"epoch 2/2 step {len(plan)}/{len(plan)} loss ")
 
 
-def test_a_diverging_loss_names_the_learning_rate_and_a_cancel_stops_before_a_step(chips):
+def test_a_diverging_loss_names_the_learning_rate_and_a_cancel_stops_before_a_step(dataset):
     with pytest.raises(UserError, match=r"the learning rate 1e\+30 is too high\. Lower it \(e\.g\. --learning-rate"):
-        _run_epoch(chips, 1e30, Reporter(stream=io.StringIO(), err_stream=io.StringIO()), epochs=20)
+        _run_epoch(dataset, 1e30, Reporter(stream=io.StringIO(), err_stream=io.StringIO()), epochs=20)
     reporter = Reporter(stream=io.StringIO(), err_stream=io.StringIO())
     reporter.cancel_requested = True
     with pytest.raises(Cancelled):
-        _run_epoch(chips, 0.005, reporter)
+        _run_epoch(dataset, 0.005, reporter)
