@@ -13,7 +13,8 @@ from pathlib import Path
 from .contract.train import check_backbone
 from .errors import UserError
 from .model import (DEFAULT_ANCHORS, build_model, describe_state, imagenet_body, load_state_strict,
-                    network_for_package, read_state_file, replace_heads)
+                    network_for_package, replace_heads)
+from .state_dicts import read_state_file
 
 PACKAGE_SUFFIXES = (".dlpk", ".emd")
 STATE_SUFFIXES = (".pth", ".pt")

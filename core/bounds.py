@@ -13,7 +13,9 @@ The limits are far above any sensible job on this machine class, so they only ca
   chip, so a smaller chip holds nothing the network sees; a larger one does not fit a batch in memory;
 - a cell size at most ``MAX_UPSAMPLE`` times finer than the raster's (each pixel becoming 64 or more
   invents no detail, only work);
-- an overlap factor (pixels through the network / raster pixels) of at most ``MAX_OVERLAP``.
+- an overlap factor (pixels through the network / raster pixels) of at most ``MAX_OVERLAP``, counted on the
+  tiles detection runs (core.tile_layout): on a large raster it is (tile / core)², so the bound asks for a
+  core of at least a quarter of the tile (a padding of at most 3/8 of it).
 """
 import errno
 import math
@@ -22,6 +24,7 @@ import shutil
 from pathlib import Path
 
 from .errors import UserError
+from .tile_layout import count_tiles, overlap_factor
 
 MAX_TILES = 1_000_000
 MIN_TILE = 32
@@ -116,12 +119,6 @@ def free_disk(path):
 
 # ---------------------------------------------------------------- detect
 
-def count_tiles(width, height, size, padding):
-    """Tiles of ``size`` px whose cores (``size - 2 padding``) cover width x height: arithmetic only."""
-    core = size - 2 * padding
-    return math.ceil(width / core) * math.ceil(height / core)
-
-
 def check_detect_options(o):
     """Values of DetectOptions checked before anything is opened."""
     check_extent(o.extent)
@@ -136,8 +133,11 @@ def check_detect_options(o):
                         "Leave it empty (chosen from the raster) or give a few hundred pixels.")
 
 
-def check_detect_work(src, grid, size, padding, batch, extent, device="cpu", scale=1.0, max_tiles=MAX_TILES):
-    """Refuse a detection whose tiles, overlap or memory are far beyond sense, before any tile is listed."""
+def check_detect_work(src, grid, size, padding, batch, extent, device="cpu", scale=1.0, square=False,
+                      max_tiles=MAX_TILES):
+    """Refuse a detection whose tiles, overlap or memory are far beyond sense, before any tile is listed;
+    else the number of tiles it runs. Tiles and overlap are counted as detection lays them out
+    (core.tile_layout: edge tiles pulled back inside the raster; ``square`` for test-time augmentation)."""
     if src.driver in WEB_DRIVERS and extent is None:
         raise UserError(
             f"The raster is a web service ({src.driver}) of {src.width:,}x{src.height:,} px: detecting over all of it "
@@ -145,7 +145,7 @@ def check_detect_work(src, grid, size, padding, batch, extent, device="cpu", sca
             f"{src.crs.to_string() if src.crs else 'its CRS'}, or extent polygons) around the area to look at.")
     if grid.native is None:
         check_cell_size(grid.cell_size[0], abs(src.transform.a))
-    tiles = count_tiles(grid.width, grid.height, size, padding)
+    tiles = count_tiles(grid.width, grid.height, size, padding, square)
     where = "the processing extent" if extent is not None else "the raster"
     if tiles > max_tiles:
         raise UserError(
@@ -153,7 +153,7 @@ def check_detect_work(src, grid, size, padding, batch, extent, device="cpu", sca
             f"({where} at cell size {grid.cell_size[0]:g}), above the limit of {max_tiles:,} (days of work). "
             "Give a processing extent (--extent or extent polygons) around the area to look at, a coarser cell "
             "size, or a larger tile size.")
-    overlap = tiles * size * size / float(grid.width * grid.height)
+    overlap = overlap_factor(grid.width, grid.height, size, padding, square)
     if overlap > MAX_OVERLAP and tiles > 1:
         raise UserError(
             f"With tiles of {size} px and a padding of {padding} px each tile's core is {size - 2 * padding} px, so "

@@ -36,6 +36,7 @@ from .export_files import (BandStats, class_color, coco_segmentation, rasterize_
                            write_raster)
 from .geodata import open_raster, read_area, read_labels
 from .outputs import check_export_folder
+from .pixel_grid import Grid
 from .progress import NullReporter
 
 IMAGE_FORMATS = {"TIFF": ("GTiff", "tif"), "PNG": ("PNG", "png"), "JPEG": ("JPEG", "jpg")}
@@ -133,39 +134,6 @@ def _finish_output(tmp, out_dir):
     shutil.rmtree(old, ignore_errors=True)
 
 
-class _Grid:
-    """The chip grid: an affine (grid pixel -> map) and its size in pixels."""
-
-    def __init__(self, src, extent, cell_size):
-        T = src.transform
-        if cell_size is None:
-            col0, row0, col1, row1 = 0, 0, src.width, src.height
-            if extent is not None:
-                win = rasterio.windows.from_bounds(*extent, transform=T)
-                col0 = max(0, int(np.ceil(win.col_off - 1e-6)))
-                row0 = max(0, int(np.ceil(win.row_off - 1e-6)))
-                col1 = min(src.width, int(np.floor(win.col_off + win.width + 1e-6)))
-                row1 = min(src.height, int(np.floor(win.row_off + win.height + 1e-6)))
-            self.transform = T * Affine.translation(col0, row0)
-            self.width, self.height = col1 - col0, row1 - row0
-            self.native = (col0, row0)
-            self.cell_size = (abs(T.a), abs(T.e))
-        else:
-            if T.b != 0 or T.d != 0:
-                raise UserError("Resampling to a cell size needs a north-up raster; this one is rotated. "
-                                "Warp it first (gdalwarp) or leave the cell size empty.")
-            left, bottom, right, top = src.bounds
-            if extent is not None:
-                left, bottom = max(left, extent[0]), max(bottom, extent[1])
-                right, top = min(right, extent[2]), min(top, extent[3])
-            cs = float(cell_size)
-            self.transform = Affine(cs, 0, left, 0, -cs, top)
-            self.width = max(0, int(np.floor((right - left) / cs + 1e-6)))
-            self.height = max(0, int(np.floor((top - bottom) / cs + 1e-6)))
-            self.native = None
-            self.cell_size = (cs, cs)
-
-
 def _footprint(transform, tx, ty):
     corners = [transform * (0, 0), transform * (tx, 0), transform * (tx, ty), transform * (0, ty)]
     return shapely.Polygon(corners)
@@ -247,7 +215,7 @@ def export_training_data(raster, labels, out_dir, options=None, reporter=None):
                             "Give an extent in the raster's CRS that covers part of it.")
         if o.cell_size is not None:
             bounds.check_cell_size(o.cell_size, abs(src.transform.a))
-        grid = _Grid(src, extent, o.cell_size)
+        grid = Grid(src, extent, o.cell_size)
         if grid.width < tx or grid.height < ty:
             raise UserError(
                 f"The tile size {tx}x{ty} is larger than the raster area to export "

@@ -30,8 +30,9 @@ from .geodata import open_raster, read_area
 from .model import network_for_package, select_device
 from .package import load_package
 from .progress import NullReporter
-from .tiling import (Grid, TileReader, _input_spec, auto_tile_size, count_tiles, overlap_factor, tile_grid,
-                     tile_shape)
+from .pixel_grid import DETECT_ROTATED_FIX, Grid
+from .tile_layout import overlap_factor, tile_grid, tile_shape
+from .tiling import TileReader, _input_spec, auto_tile_size
 
 TTA_MERGES = ("mean", "max", "min")
 
@@ -148,16 +149,15 @@ def detect(raster, model, out, options=None, reporter=None, predictor=None, unce
                             f"{tuple(round(v, 2) for v in src.bounds)}. Give an extent in the raster's CRS "
                             f"({src.crs.to_string()}) that covers part of it.")
         res = resolution.choose(pkg, src, o.cell_size, o.resample, reporter, extent)
-        grid = Grid(src, extent, res.cell)
+        grid = Grid(src, extent, res.cell, DETECT_ROTATED_FIX)
         if grid.width < 1 or grid.height < 1:
             raise UserError("The processing extent holds no whole pixel of the raster.")
         padding = int(o.padding) if o.padding is not None else \
             default_padding(pkg.tile_size[0], pkg.emd.get("MaxObjectSizePixels"), res.pixel_ratio)
         size, batch_size, scale = _plan(pkg, o, grid, padding, device, res.pixel_ratio)
         check_tile_padding(size, padding)
-        bounds.check_detect_work(src, grid, size, padding, batch_size, extent, device.type, scale)
         square = bool(o.tta)          # turned by 90 degrees, a tile must keep its shape
-        n_tiles = count_tiles(grid.width, grid.height, size, padding, square)
+        n_tiles = bounds.check_detect_work(src, grid, size, padding, batch_size, extent, device.type, scale, square)
         overlap = overlap_factor(grid.width, grid.height, size, padding, square)
         tile_w, tile_h = tile_shape(grid.width, grid.height, size, square)
         if predictor is None:

@@ -7,7 +7,6 @@ scratch with batches of 2, and 128-channel FPN and heads, about 4x cheaper). Inp
 network's own transform applies ImageNet mean/std and keeps the tile size
 (no resizing to 800 px: min_size = max_size = tile).
 """
-from pathlib import Path
 
 import torch
 import torchvision
@@ -23,6 +22,8 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 from .contract.devices import choose_device
 from .errors import UserError
+from .package import read_weights
+from .state_dicts import read_state_file
 
 DEFAULT_ANCHORS = (32, 64, 128, 256, 512)
 COCO_NUM_CLASSES = 91
@@ -133,21 +134,6 @@ def load_state_strict(model, state, source):
     model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
 
 
-def unwrap_state(blob, source):
-    """The tensors of a checkpoint: a bare state dict or one wrapped as ``model``, ``state_dict`` or
-    ``model_state_dict`` (arcgis.learn, Lightning, most training scripts), ``module.`` prefixes removed."""
-    state = blob
-    for key in ("model", "state_dict", "model_state_dict"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-            break
-    if not isinstance(state, dict) or not state or not all(hasattr(v, "shape") for v in state.values()):
-        raise UserError(f"{source} holds no state dict of tensors (found {type(blob).__name__}"
-                        + (f" with keys {', '.join(map(str, list(blob)[:5]))}" if isinstance(blob, dict) else "")
-                        + "); it is not a model weights file MaskForge can read.")
-    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
-
-
 def describe_state(state, source):
     """What network a torchvision Mask R-CNN state dict is: (backbone, num_classes), read from its tensors.
 
@@ -176,15 +162,8 @@ def describe_state(state, source):
     return backbone, num_classes
 
 
-def read_state_file(path, source=None):
-    """The state dict of a ``.pth``/``.pt`` file, read as data (weights_only)."""
-    from .package import torch_load_weights
-    return unwrap_state(torch_load_weights(path), source or f"'{Path(path).name}'")
-
-
 def network_for_package(pkg, anchor_sizes=None):
     """The package's network with its weights loaded (strictly)."""
-    from .package import read_weights
     params = pkg.params
     anchors = tuple(anchor_sizes or params.get("anchor_sizes") or DEFAULT_ANCHORS)
     state = read_weights(pkg)

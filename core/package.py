@@ -20,6 +20,7 @@ from .bounds import raise_if_disk_full, tensor_bytes
 from .contract.packages import check_emd
 from .contract.train import BACKBONES  # noqa: F401 (the engine's modules take them from here)
 from .errors import UserError
+from .state_dicts import read_state_file
 
 FRAMEWORK = "MaskForge"
 # Backbones MaskForge builds (contract.train.BACKBONES); Esri packages only with resnet50 (torchvision's v1 keys).
@@ -266,44 +267,9 @@ def _check_supported(pkg):
                         "load it correctly. Use a 3-band (RGB) package.")
 
 
-# What arcgis.learn's save_optimizer=True adds to a .pth besides tensors: fastai's optimizer state
-# with numpy scalars. These types are plain data; the allow-list lets weights_only read them without
-# ever unpickling code.
-def _numpy_safe_globals():
-    import numpy as np
-    found = [np.dtype, type(np.dtype("float32")), type(np.dtype("float64")), type(np.dtype("int64"))]
-    for name in ("numpy.core.multiarray", "numpy._core.multiarray"):
-        try:
-            found.append(getattr(__import__(name, fromlist=["scalar"]), "scalar"))
-        except (ImportError, AttributeError):
-            pass
-    return found
-
-
-def torch_load_weights(path):
-    """``torch.load(weights_only=True)`` with the data-only allow-list; a clear message when it refuses."""
-    import torch
-    try:
-        with torch.serialization.safe_globals(_numpy_safe_globals()):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        text = str(exc)
-        if "Unsupported global" in text or "weights_only" in text.lower() and "GLOBAL" in text:
-            bad = text.split("GLOBAL", 1)[1].split()[0] if "GLOBAL" in text else "an object"
-            raise UserError(
-                f"'{Path(path).name}' holds a pickled Python object ({bad}) besides the weights. MaskForge reads "
-                "weights as data and never unpickles code; save the model's state_dict alone (in arcgis.learn: "
-                "save(..., save_optimizer=False)) and try again.") from None
-        first = " ".join(text.split())
-        first = first[:first.find(". ") + 1] if ". " in first[:400] else first[:400].rsplit(" ", 1)[0] + " ..."
-        raise UserError(f"Cannot read the weights '{Path(path).name}' (PyTorch says: {first}) The file is "
-                        "truncated, corrupted or not a PyTorch file; copy it again.") from None
-
-
 def read_weights(pkg):
     """The state dict of a package (plain, or arcgis.learn's {'model': state_dict, 'opt': ...})."""
-    from .model import unwrap_state
-    return unwrap_state(torch_load_weights(pkg.weights_path), f"'{pkg.weights_path.name}'")
+    return read_state_file(pkg.weights_path)
 
 
 def write_package(folder, name, emd, state_dict, extra_files=()):

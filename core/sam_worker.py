@@ -176,7 +176,8 @@ def _answer(session, op, request, reporter, inbox):
 
 def make_session_factory(options):
     def make(reporter):
-        from .sam import SamSession, build_predictor
+        from .sam import SamSession
+        from .sam_model import build_predictor
         reporter.progress(0, "loading Segment Anything")
         predictor, size = build_predictor(options, reporter)
         return SamSession(predictor, size, options)

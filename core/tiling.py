@@ -1,15 +1,7 @@
-"""Tiles over a raster: which bands and stretch, where tiles lie, how large, and reading them ahead.
+"""Detection tiles over a raster: which bands and stretch, how large, the grid, and reading them ahead.
 
-Tiles overlap by twice the padding and stay inside the raster: the last tile of
-a row or column is pulled back to end at the raster's edge, as export pulls
-back its last chip, so the network never sees a fill frame it was not trained
-on. A raster narrower than the tile gets one tile as wide as the raster. Each
-tile *owns* the part of the raster nearer to its centre than to its
-neighbours' (its core on a regular grid: the tile minus the padding);
-``core.seams`` decides which tile's outline of an object near a seam is kept.
-
-The grid of tiles is a generator with an arithmetic count (``count_tiles``):
-a huge raster costs nothing to plan, and bounds can be checked before work.
+Where the tiles lie and how many there are is core/tile_layout.py's arithmetic (edge tiles pulled back
+inside the raster); the grid of pixels they lie on is core/pixel_grid.py's, shared with export.
 
 The detection tile is not the training chip: Mask R-CNN is fully
 convolutional, so when no tile size is given ``auto_tile_size`` picks one
@@ -21,18 +13,16 @@ a 1376 px tile with the same padding about 1.5x.
 import math
 import queue
 import threading
-from dataclasses import dataclass
 
 import numpy as np
 import rasterio
-import shapely
 import torch
 from affine import Affine
 from rasterio.windows import Window
 
 from .bands import nodata_pixels, to_network_input
-from .chips import _Grid
 from .errors import UserError
+from .tile_layout import overlap_factor
 
 TARGET_OVERLAP = 1.5
 STRIDE = 32          # tile sides are multiples of the backbone's coarsest stride
@@ -71,85 +61,6 @@ def _input_spec(pkg, src, reporter):
     return [b + 1 for b in extract], norm
 
 
-@dataclass(frozen=True)
-class Tile:
-    """One tile: its number, its top-left grid pixel, its size, and the grid pixels it owns
-    ([own_x0, own_x1) x [own_y0, own_y1): nearer to this tile's centre than to a neighbour's)."""
-    index: int
-    x: int
-    y: int
-    width: int
-    height: int
-    own: tuple
-
-    def interior_edges(self, grid_width, grid_height):
-        """(left, top, right, bottom): True where the tile's edge is not the raster's (a neighbour continues)."""
-        return self.x > 0, self.y > 0, self.x + self.width < grid_width, self.y + self.height < grid_height
-
-
-def _axis_count(length, tile, core):
-    return 1 if length <= tile else int(math.ceil((length - tile) / float(core))) + 1
-
-
-def _axis_origin(k, length, tile, core):
-    return 0 if length <= tile else min(k * core, length - tile)
-
-
-def _axis_owned(k, n, length, tile, core):
-    """[start, end) of the axis owned by tile k of n: up to the middle of the overlap with each neighbour."""
-    here = _axis_origin(k, length, tile, core)
-    lo = 0 if k == 0 else (_axis_origin(k - 1, length, tile, core) + tile + here) / 2.0
-    hi = length if k == n - 1 else (here + tile + _axis_origin(k + 1, length, tile, core)) / 2.0
-    return lo, hi
-
-
-def _check_sizes(size, padding):
-    core = int(size) - 2 * int(padding)
-    if core < 1:
-        raise UserError(f"The tile size {size} px leaves no core with a padding of {padding} px on each side: "
-                        f"choose a tile size above {2 * padding} px or a smaller padding.")
-    return core
-
-
-def count_tiles(width, height, size, padding, square=False):
-    """How many tiles ``tile_grid`` yields with these arguments, by arithmetic (nothing is listed)."""
-    core = _check_sizes(size, padding)
-    tw, th = tile_shape(width, height, size, square)
-    return _axis_count(int(width), tw, core) * _axis_count(int(height), th, core)
-
-
-def tile_shape(width, height, size, square=False):
-    """(tile width, tile height): the tile size, or the raster's side where it is smaller. ``square``
-    (test-time augmentation turns tiles by 90 degrees): the smaller of the two for both."""
-    w, h = min(int(size), int(width)), min(int(size), int(height))
-    return (min(w, h),) * 2 if square else (w, h)
-
-
-def tile_grid(width, height, size, padding, square=False):
-    """The tiles over a ``width`` x ``height`` grid, row by row, each inside the grid (a generator)."""
-    core = _check_sizes(size, padding)
-    tw, th = tile_shape(width, height, size, square)
-    nx, ny = _axis_count(width, tw, core), _axis_count(height, th, core)
-    for j in range(ny):
-        y = _axis_origin(j, height, th, core)
-        oy = _axis_owned(j, ny, height, th, core)
-        for i in range(nx):
-            x = _axis_origin(i, width, tw, core)
-            ox = _axis_owned(i, nx, width, tw, core)
-            yield Tile(j * nx + i, x, y, tw, th, (ox[0], oy[0], ox[1], oy[1]))
-
-
-def tile_origins(width, height, size, padding):
-    """[(x, y)] of the tiles' top-left grid pixels (a list: for scripts over small rasters)."""
-    return [(t.x, t.y) for t in tile_grid(width, height, size, padding)]
-
-
-def overlap_factor(width, height, size, padding, square=False):
-    """Pixels through the network / pixels of the raster."""
-    tw, th = tile_shape(width, height, size, square)
-    return count_tiles(width, height, size, padding, square) * tw * th / float(width * height)
-
-
 def auto_tile_size(chip, padding, width, height, max_tile):
     """The smallest tile (a multiple of 32, at least the training chip, at most ``max_tile``) whose
     overlap factor is at most 1.5; else the one with the least overlap within ``max_tile``."""
@@ -165,44 +76,6 @@ def auto_tile_size(chip, padding, width, height, max_tile):
         if factor < best[1] - 1e-9:
             best = (size, factor)
     return best[0]
-
-
-class Grid:
-    """The pixel grid detection tiles: an affine (grid pixel -> map) and its size in pixels.
-
-    Native (``cell`` None): the raster's own pixels within the extent (whole pixels only), read
-    as they are. Resampled: cells of ``cell`` = (x, y) raster CRS units from the top-left of the
-    raster (or extent), as many whole cells as fit inside it; x and y may differ (a geographic
-    raster resampled to square cells on the ground)."""
-
-    def __init__(self, src, extent, cell=None):
-        T = src.transform
-        if cell is None:            # export's grid: whole pixels of the extent
-            native = _Grid(src, extent, None)
-            self.transform, self.width, self.height = native.transform, native.width, native.height
-            self.native, self.cell_size = native.native, native.cell_size
-            return
-        if T.b != 0 or T.d != 0:
-            raise UserError("Resampling to a cell size needs a north-up raster; this one is rotated. "
-                            "Warp it first (gdalwarp), or run without resampling (--no-resample).")
-        left, bottom, right, top = src.bounds
-        if extent is not None:
-            left, bottom = max(left, extent[0]), max(bottom, extent[1])
-            right, top = min(right, extent[2]), min(top, extent[3])
-        cx, cy = (float(cell), float(cell)) if np.isscalar(cell) else (float(cell[0]), float(cell[1]))
-        self.transform = Affine(cx, 0, left, 0, -cy, top)
-        self.width = max(0, int(np.floor((right - left) / cx + 1e-6)))
-        self.height = max(0, int(np.floor((top - bottom) / cy + 1e-6)))
-        self.native = None
-        self.cell_size = (cx, cy)
-        # averaging when cells grow (no aliasing), bilinear when they shrink
-        self.resampling = (rasterio.enums.Resampling.average if cx * cy > abs(T.a * T.e)
-                           else rasterio.enums.Resampling.bilinear)
-
-    def footprint(self):
-        """The grid's outline in map coordinates (detections are clipped to it)."""
-        t, w, h = self.transform, self.width, self.height
-        return shapely.Polygon([t * (0, 0), t * (w, 0), t * (w, h), t * (0, h)])
 
 
 # --- reading tiles ----------------------------------------------------------------

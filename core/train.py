@@ -25,13 +25,12 @@ from .errors import Cancelled, UserError
 from .bases import base_model
 from .bounds import raise_if_disk_full, tensor_bytes
 from .devices import announce_device
+from .epoch import Schedule, epoch_batches, evaluate, train_one_epoch
 from .model import anchor_generator, select_device
 from .outputs import check_model_folder, remove_packages
 from .package import FRAMEWORK, load_package, read_weights, write_package
 from .progress import NullReporter
 from .split import spatial_split
-from .steps import train_step
-from .validation import evaluate
 
 CHECKPOINT = "checkpoint.pth"
 
@@ -72,23 +71,6 @@ def _freeze_backbone(model):
         # As in ArcGIS: frozen except normalisation layers.
         if "bn" not in name and "norm" not in name and "downsample.1" not in name:
             p.requires_grad_(False)
-
-
-def _lr_at(step, total_steps, warmup, base_lr):
-    if step < warmup:
-        return base_lr * (0.001 + 0.999 * step / warmup)
-    progress = (step - warmup) / max(1, total_steps - warmup)
-    return base_lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
-def epoch_batches(indices, batch_size, seed, epoch):
-    """This rank's training batches of an epoch: [(chip index, augmentation seed)] lists, shuffled
-    the same on every rank (each takes its share), each sample with its own augmentation seed."""
-    order = list(indices)
-    random.Random(seed + epoch).shuffle(order)
-    order = distributed.padded_shard(order)
-    keyed = [(j, (seed, distributed.rank(), epoch, pos)) for pos, j in enumerate(order)]
-    return [keyed[i:i + batch_size] for i in range(0, len(keyed), batch_size)]
 
 
 def _package_emd(spec, class_names, backbone, anchors, max_obj, history, best, o, base_desc, tile, network,
@@ -159,9 +141,7 @@ def _better(value, best, monitor):
     return value < best if monitor == "valid_loss" else value > best
 
 
-def train(data_dirs, out_dir, base="none", options=None, reporter=None):
-    o = options or TrainOptions()
-    reporter = reporter or NullReporter()
+def _check_options(o):
     if o.monitor not in ("auto", "valid_loss", "mask_ap"):
         raise UserError(f"Unknown monitor '{o.monitor}': use auto, valid_loss or mask_ap.")
     if o.patience is not None and o.patience < 1:
@@ -174,6 +154,19 @@ def train(data_dirs, out_dir, base="none", options=None, reporter=None):
     if not 0 <= o.val_fraction < 1:
         raise UserError(f"The validation percentage is {o.val_fraction * 100:g} %: it must be at least 0 and below "
                         "100 (e.g. 10 for 10 %).")
+
+
+def _history_row(epoch, train_loss, metrics, lr, seconds):
+    """A row of the training history, sent as a metric event: epoch 0 is the base model before training."""
+    return {"epoch": epoch, "train_loss": train_loss,
+            **{k: metrics.get(k) for k in ("valid_loss", "bbox_ap", "mask_ap", "mask_ap50")},
+            "lr": lr, "seconds": seconds}
+
+
+def train(data_dirs, out_dir, base="none", options=None, reporter=None):
+    o = options or TrainOptions()
+    reporter = reporter or NullReporter()
+    _check_options(o)
     out = Path(out_dir)
     earlier = check_model_folder(out, CHECKPOINT, o.resume, o.overwrite)
     _seed_everything(o.seed)
@@ -271,15 +264,13 @@ def train(data_dirs, out_dir, base="none", options=None, reporter=None):
     if not history and val_idx and base_desc != "none":
         # The base model on the validation chips: what fine-tuning is measured against.
         metrics, _, _ = evaluate(model, val_set, val_idx, batch_size, device, amp, class_names, o.score_threshold)
-        before = {"epoch": 0, "train_loss": None, "valid_loss": metrics.get("valid_loss"),
-                  "bbox_ap": metrics.get("bbox_ap"), "mask_ap": metrics.get("mask_ap"),
-                  "mask_ap50": metrics.get("mask_ap50"), "lr": 0.0, "seconds": 0.0}
+        before = _history_row(0, None, metrics, 0.0, 0.0)
         history.append(before)
         reporter.metric(**before)
         reporter.log(f"Base model before fine-tuning: mask AP {before['mask_ap']}, box AP {before['bbox_ap']}.")
 
     steps_per_epoch = math.ceil(len(distributed.padded_shard(train_idx)) / batch_size)   # batch from a resume
-    total_steps, warmup = o.epochs * steps_per_epoch, min(100, steps_per_epoch)
+    schedule = Schedule(base_lr, o.epochs, start_epoch, steps_per_epoch, warmup=min(100, steps_per_epoch))
     epoch_plan = EpochBatches()
     loader = chip_loader(train_set, epoch_plan, workers, pin_memory=device.type == "cuda")
     if workers:
@@ -289,24 +280,9 @@ def train(data_dirs, out_dir, base="none", options=None, reporter=None):
         epoch = start_epoch
         while epoch < o.epochs:
             t0 = time.monotonic()
-            model.train()
-            losses = []
             epoch_plan.set(epoch_batches(train_idx, batch_size, o.seed, epoch))
             try:
-                for step, (images, targets) in enumerate(loader):
-                    reporter.check_cancelled()
-                    global_step = epoch * steps_per_epoch + step
-                    for g in optimizer.param_groups:
-                        g["lr"] = _lr_at(global_step, total_steps, warmup, base_lr)
-                    loss = train_step(trainer, optimizer, scaler, images, targets, device, amp)
-                    if not math.isfinite(loss):
-                        raise UserError(f"The loss became {loss} at epoch {epoch + 1}: the learning rate "
-                                        f"{base_lr:g} is too high. Lower it (e.g. --learning-rate {base_lr / 5:g}).")
-                    losses.append(loss)
-                    done = (epoch - start_epoch) * steps_per_epoch + step + 1
-                    reporter.progress(100.0 * done / ((o.epochs - start_epoch) * steps_per_epoch),
-                                      f"epoch {epoch + 1}/{o.epochs} step {step + 1}/{steps_per_epoch} "
-                                      f"loss {float(loss):.3f}")
+                losses = train_one_epoch(trainer, optimizer, scaler, loader, device, amp, epoch, schedule, reporter)
             except torch.cuda.OutOfMemoryError:
                 if batch_size == 1:
                     raise UserError("CUDA ran out of memory even with batch size 1. Use a smaller tile size, "
@@ -314,8 +290,7 @@ def train(data_dirs, out_dir, base="none", options=None, reporter=None):
                 optimizer.zero_grad(set_to_none=True)
                 torch.cuda.empty_cache()
                 batch_size //= 2
-                steps_per_epoch = math.ceil(len(distributed.padded_shard(train_idx)) / batch_size)
-                total_steps = o.epochs * steps_per_epoch
+                schedule.steps_per_epoch = math.ceil(len(distributed.padded_shard(train_idx)) / batch_size)
                 reporter.warning(f"CUDA ran out of memory: batch size lowered to {batch_size}, epoch {epoch + 1} restarts.")
                 continue
 
@@ -324,10 +299,8 @@ def train(data_dirs, out_dir, base="none", options=None, reporter=None):
             metrics, preds, truths = evaluate(model, val_set, val_idx, batch_size, device, amp, class_names,
                                               o.score_threshold)
             train_loss = float(np.mean([x for part in distributed.gather_objects(losses) for x in part]))
-            record = {"epoch": epoch + 1, "train_loss": round(train_loss, 5),
-                      "valid_loss": metrics.get("valid_loss"), "bbox_ap": metrics.get("bbox_ap"),
-                      "mask_ap": metrics.get("mask_ap"), "mask_ap50": metrics.get("mask_ap50"),
-                      "lr": optimizer.param_groups[0]["lr"], "seconds": round(time.monotonic() - t0, 2)}
+            record = _history_row(epoch + 1, round(train_loss, 5), metrics, optimizer.param_groups[0]["lr"],
+                                  round(time.monotonic() - t0, 2))
             history.append(record)
             reporter.metric(**record)
             value = record["valid_loss"] if monitor == "valid_loss" else record["mask_ap"]

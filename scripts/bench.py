@@ -27,14 +27,15 @@ import torch  # noqa: E402
 from core.chips import ExportOptions, export_training_data  # noqa: E402
 from core.data import ChipDataset, collate, load_training_data  # noqa: E402
 from core import inference  # noqa: E402
-from core.chips import _Grid  # noqa: E402
 from core.detect import DetectOptions, detect  # noqa: E402
-from core.tiling import _read_native, tile_origins  # noqa: E402
+from core.pixel_grid import Grid  # noqa: E402
+from core.tile_layout import tile_origins  # noqa: E402
+from core.tiling import _read_native  # noqa: E402
 from core.model import build_model, network_for_package, select_device  # noqa: E402
 from core.package import load_package  # noqa: E402
 from core.synthetic import make_scene  # noqa: E402
-from core.steps import bare_step  # noqa: E402
-from core.train import TrainOptions, train, train_step  # noqa: E402
+from core.train_step import bare_step, train_step  # noqa: E402
+from core.train import TrainOptions, train  # noqa: E402
 from core.progress import Reporter  # noqa: E402
 from progress_console import Console, about, clock, machine  # scripts/ holds this file  # noqa: E402
 
@@ -110,7 +111,7 @@ def raw_model_seconds(raster, package, device, batch, tile, padding, amp):
     norm = pkg.emd["Normalization"]
     from core.bands import to_network_input
     with rasterio.open(raster) as src:
-        grid = _Grid(src, None, None)
+        grid = Grid(src, None, None)
         tiles = tile_origins(grid.width, grid.height, tile, padding)
         arrays = [to_network_input(_read_native(src, [1, 2, 3], x, y, tile, 0), norm) for x, y in tiles]
     tensors = torch.from_numpy(np.stack(arrays))

@@ -33,7 +33,8 @@ def main():
     import torch
 
     from core import catalogue
-    from core.sam import SamOptions, SamSession, build_predictor, resolve_model
+    from core.sam import SamOptions, SamSession
+    from core.sam_model import build_predictor, resolve_model
     if not a.variant:
         a.variant = catalogue.find(resolve_model("auto", a.device)[0])["variant"]
     t0 = time.perf_counter()

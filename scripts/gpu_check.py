@@ -34,8 +34,9 @@ import torch  # noqa: E402
 from core import inference, pipeline  # noqa: E402
 from core.data import Chip, ChipDataset, EpochBatches, chip_loader, collate  # noqa: E402
 from core.model import build_model  # noqa: E402
-from core.steps import bare_step, train_step  # noqa: E402
-from core.tiling import Tile, auto_tile_size, overlap_factor  # noqa: E402
+from core.train_step import bare_step, train_step  # noqa: E402
+from core.tile_layout import Tile, overlap_factor  # noqa: E402
+from core.tiling import auto_tile_size  # noqa: E402
 from progress_console import Console, about, machine  # scripts/ holds this file  # noqa: E402
 
 try:

@@ -105,9 +105,13 @@ def test_cell_size_and_tile_size_bounds(capsys, tmp_path, scene, package):
     rc, err = _run(capsys, "detect", "--raster", scene["raster"], "--model", package, "--out", tmp_path / "c.gpkg",
                    "--cell-size", "0.001", "--device", "cpu")
     assert rc == EXIT_INPUT and "finer than the raster's" in err, err
+    # 64 px tiles with a 31 px padding keep a 2 px core: over the scene read at the package's 0.5 m cells (76 x 76
+    # px) detection would run 7 x 7 tiles (edge tiles pulled back inside), 35x the raster's pixels through the
+    # network, above the bound of 16x (the padding of 28 refused before counted 10 x 10 tiles; it runs 3 x 3, 6x)
     rc, err = _run(capsys, "detect", "--raster", scene["raster"], "--model", package, "--out", tmp_path / "d.gpkg",
-                   "--tile-size", "64", "--padding", "28", "--device", "cpu")
+                   "--tile-size", "64", "--padding", "31", "--device", "cpu")
     assert rc == EXIT_INPUT and "through the network" in err and "larger tile size" in err, err
+    assert "35x the raster's pixels" in err, err
     rc, err = _run(capsys, "detect", "--raster", scene["raster"], "--model", package, "--out", tmp_path / "e.gpkg",
                    "--simplify", "-1", "--device", "cpu")
     assert rc == EXIT_INPUT and "simplify tolerance is -1" in err, err

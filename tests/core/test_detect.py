@@ -14,7 +14,9 @@ from core.chips import ExportOptions, export_training_data
 from core.data import ChipDataset, load_training_data
 from core.detect import DetectOptions, detect
 from core.inference import _dihedral, _undo_boxes
-from core.tiling import Grid, TileReader, _input_spec, tile_grid
+from core.pixel_grid import Grid
+from core.tile_layout import tile_grid
+from core.tiling import TileReader, _input_spec
 from core.errors import Cancelled, UserError
 from core.model import build_model
 from core.package import load_package, write_package

@@ -13,8 +13,9 @@ from pyproj import Transformer
 
 from core.cli import STEPS, build_parser
 from core.errors import Cancelled, UserError
-from core.evaluate import EvaluateOptions, coco_ap, evaluate, match
+from core.evaluate import EvaluateOptions, evaluate
 from core.metrics import coco_evaluate
+from core.polygon_ap import coco_ap, match
 from core.progress import NullReporter
 
 CRS = "EPSG:32633"

@@ -6,7 +6,6 @@ import time
 
 import numpy as np
 import pyogrio.raw
-import rasterio.features
 import shapely
 import torch
 from affine import Affine
@@ -16,7 +15,8 @@ import core.tracing
 from core import inference, pipeline
 from core.detect import DetectOptions, detect
 from core.model import build_model
-from core.tiling import auto_tile_size, overlap_factor
+from core.tile_layout import overlap_factor
+from core.tiling import auto_tile_size
 from core.tracing import polygon
 
 from tests.core.test_detect import _package, _squares_raster, bright_parts
@@ -218,7 +218,7 @@ def test_batch_and_tile_limits_on_the_cpu():
 
 def test_chip_loader_workers_give_the_batches_the_main_thread_gives():
     from core.data import Chip, ChipDataset, EpochBatches, chip_loader
-    from core.train import epoch_batches
+    from core.epoch import epoch_batches
     rng = np.random.default_rng(2)
     chips = []
     for n in range(6):

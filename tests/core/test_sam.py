@@ -197,7 +197,7 @@ def test_checkpoints_come_from_the_catalogue_through_fetch(tmp_path, monkeypatch
     """The catalogue's SAM entries resolve through weights.fetch (here: a mirror folder, no network);
     a file that is not a SAM checkpoint is a clear error, not a traceback."""
     from core import catalogue
-    from core.sam import _checkpoint, build_predictor
+    from core.sam_model import _checkpoint, build_predictor
     from core.weights import MIRROR_ENV
     entry = catalogue.find("sam_vit_b")
     assert entry["kind"] == "sam" and len(entry["sha256"]) == 64        # the name's '01ec64' is no SHA-256 prefix
@@ -219,7 +219,7 @@ def test_the_light_model_is_the_cpu_default_and_answers_behind_the_worker(raster
     """MobileSAM's real architecture (random weights: no download) through the same worker: 'auto' picks it on
     the CPU and says so, an encode of its 1024 px window and a click give an answer in the window."""
     from core import catalogue
-    from core.sam import resolve_model
+    from core.sam_model import resolve_model
     entry = catalogue.find("sam_mobile")
     assert entry["kind"] == "sam" and entry["variant"] == "vit_t" and "Apache-2.0" in entry["licence"]
     assert resolve_model("auto", "cpu")[0] == "sam_mobile" and resolve_model("auto", "cuda:0")[0] == "sam_vit_b"

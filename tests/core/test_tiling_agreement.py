@@ -12,7 +12,7 @@ import rasterio
 from core.agreement import object_agreement, tiling_agreement
 from core.chips import ExportOptions, export_training_data
 from core.detect import DetectOptions
-from core.tiling import count_tiles, overlap_factor, tile_grid
+from core.tile_layout import count_tiles, overlap_factor, tile_grid
 from core.train import TrainOptions, train
 from tests.conftest import _shared
 
@@ -64,7 +64,8 @@ def test_grid_tiles_stay_inside_and_own_every_pixel_once():
 
 def test_edge_tiles_read_only_inside_the_raster():
     raster = _shared("dhaka-dense-buildings", "image.tif")
-    from core.tiling import Grid, read_tile
+    from core.pixel_grid import Grid
+    from core.tiling import read_tile
     with rasterio.open(raster) as src:
         grid = Grid(src, None, None)
         for t in tile_grid(grid.width, grid.height, 160, 20):

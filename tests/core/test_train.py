@@ -16,7 +16,8 @@ from core.model import build_model, network_for_package
 from core.package import load_package, read_weights, write_package
 from core.progress import NullReporter
 from core.synthetic import make_scene
-from core.train import TrainOptions, train, train_step
+from core.train import TrainOptions, train
+from core.train_step import train_step
 from tests.core.test_split import labelled_left
 
 TINY = dict(backbone="resnet18_fpn", batch_size=2, anchor_sizes=(8, 16, 32, 64, 128), device="cpu")

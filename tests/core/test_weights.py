@@ -14,8 +14,9 @@ from core import catalogue
 from core.bases import base_model
 from core.chips import ExportOptions, export_training_data
 from core.errors import UserError
-from core.model import build_model, describe_state, load_state_strict, read_state_file
+from core.model import build_model, describe_state, load_state_strict
 from core.progress import NullReporter, Reporter
+from core.state_dicts import read_state_file
 from core.synthetic import make_scene
 from core.train import TrainOptions, train
 from core.weights import MIRROR_ENV, fetch
