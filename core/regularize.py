@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 import shapely
 
+from .contract.regularize import MIN_IOU
 from .errors import UserError
 from .regularize_fit import circles, ellipses, iou, rectangles
 from .right_angles import right_angles
@@ -55,7 +56,7 @@ class RegularizeOptions:
     tolerance: float = None           # map units; None: per object, from its size and the pixel (see above)
     # Guard: below this IoU with the original, the original is kept. 0.85 keeps Banepa's mean IoU with the
     # truth at the raw trace's with 6 vertices per building (0.75: -0.002, 5.5; 0.9: +0.003, 10; README).
-    min_iou: float = 0.85
+    min_iou: float = MIN_IOU
     pixel: float = None               # the raster pixel (map units); None: estimated from the outlines
 
 

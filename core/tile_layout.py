@@ -15,7 +15,7 @@ this same count before work.
 import math
 from dataclasses import dataclass
 
-from .errors import UserError
+from .contract.packages import check_tile_padding
 
 
 @dataclass(frozen=True)
@@ -51,11 +51,8 @@ def _axis_owned(k, n, length, tile, core):
 
 
 def _check_sizes(size, padding):
-    core = int(size) - 2 * int(padding)
-    if core < 1:
-        raise UserError(f"The tile size {size} px leaves no core with a padding of {padding} px on each side: "
-                        f"choose a tile size above {2 * padding} px or a smaller padding.")
-    return core
+    check_tile_padding(int(size), int(padding))
+    return int(size) - 2 * int(padding)
 
 
 def count_tiles(width, height, size, padding, square=False):

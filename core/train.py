@@ -18,6 +18,7 @@ import torch
 
 from . import __version__, choices, distributed
 from .chips import class_color
+from .contract.train import DEFAULT_BASE
 from .esri import with_arcgis_keys
 from .data import (ChipDataset, EpochBatches, chip_loader, default_workers, load_training_data,
                    max_object_size, object_sizes, targets_from_labels)
@@ -163,7 +164,7 @@ def _history_row(epoch, train_loss, metrics, lr, seconds):
             "lr": lr, "seconds": seconds}
 
 
-def train(data_dirs, out_dir, base="none", options=None, reporter=None):
+def train(data_dirs, out_dir, base=DEFAULT_BASE, options=None, reporter=None):
     o = options or TrainOptions()
     reporter = reporter or NullReporter()
     _check_options(o)

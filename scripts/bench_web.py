@@ -26,7 +26,7 @@ def main(zoom=21):
     app = QgsApplication([], False)
     app.initQgis()
     plugin = os.path.basename(ROOT)
-    layers = __import__(f"{plugin}.algorithms.layers", fromlist=["engine_raster"])
+    layers = __import__(f"{plugin}.bridge.layers", fromlist=["engine_raster"])
     work = tempfile.mkdtemp(prefix="maskforge-bench-web-")
     reference, tile_range = cut_tiles(os.path.join(ROOT, "..", "shared", "data", "osbs-trees", "image.tif"),
                                       work, zoom)

@@ -77,11 +77,11 @@ def main():
     iface.canvas.setExtent(raster.extent())
 
     from maskforge import tasks
-    from maskforge.ui.detect_dialog import DetectDialog
-    from maskforge.ui.export_dialog import ExportDialog
-    from maskforge.ui.nms_dialog import NmsDialog
+    from maskforge.ui.steps.detect_dialog import DetectDialog
+    from maskforge.ui.steps.export_dialog import ExportDialog
+    from maskforge.ui.steps.nms_dialog import NmsDialog
     from maskforge.ui.settings_dialog import DiagnosticsDialog, SettingsDialog
-    from maskforge.ui.train_dialog import TrainDialog
+    from maskforge.ui.steps.train_dialog import TrainDialog
 
     OUT.mkdir(exist_ok=True)
     screen = app.primaryScreen().availableGeometry()
