@@ -132,7 +132,7 @@ class Steps:
 
     def engine(self, *args):
         """An engine step outside Processing (the sample scenes) through the plugin's runner."""
-        from maskforge.runner import JobCancelled, JobError
+        from maskforge.bridge.runner import JobCancelled, JobError
         bar = self.console.progress()
         try:
             return self.run_job(PY, args[0], args[1:], on_event=bar.event, is_cancelled=self.console.stop_requested)
@@ -235,7 +235,7 @@ def run_demo(console, args, out):
     # monitor, patience and detection threshold from the data, and says why in each step's log.
 
     app, processing, provider = start_qgis()
-    from maskforge.runner import run_job
+    from maskforge.bridge.runner import run_job
     steps = Steps(console, processing, run_job)
     with console.phase("generate the scenes", output=out):
         source = steps.engine("sample", "--out", out / "source", "--size", source_size, "--seed", 1,

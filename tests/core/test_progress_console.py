@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 
-from runner import run_job
+from bridge.runner import run_job
 
 SCRIPTS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "scripts")
 sys.path.insert(0, SCRIPTS)

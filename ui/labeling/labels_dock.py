@@ -14,13 +14,14 @@ without a person at the screen.
 """
 import os
 
-from qgis.core import Qgis, QgsCoordinateTransform, QgsCsException, QgsMessageLog, QgsProject, QgsRasterLayer
+from qgis.core import Qgis, QgsCoordinateTransform, QgsCsException, QgsProject, QgsRasterLayer
 from qgis.gui import QgsDockWidget, QgsMapLayerComboBox
 from qgis.PyQt.QtCore import Qt, QTimer
 from qgis.PyQt.QtGui import QAction, QColor, QKeySequence, QShortcut
 from qgis.PyQt.QtWidgets import (QFileDialog, QHBoxLayout, QLabel, QPushButton, QSizePolicy, QTabWidget, QToolButton,
                                  QVBoxLayout, QWidget)
 
+from ...bridge import messages
 from .dock_classes import ClassesPart
 from .dock_objects import ObjectsPart
 from .dock_review import ReviewPage
@@ -183,9 +184,10 @@ class LabelsDock(ClassesPart, ObjectsPart, ReviewPage, QgsDockWidget):
 
     def _message(self, text, level=Qgis.MessageLevel.Info):
         self._status(text)
-        QgsMessageLog.logMessage(text, "MaskForge", level)
         if level >= Qgis.MessageLevel.Warning:
-            self.iface.messageBar().pushMessage("MaskForge", text, level, 8)
+            messages.push(text, level, duration=8, iface=self.iface)
+        else:
+            messages.log(text, level)
 
     def _ask_file(self, purpose, start=""):
         """Default ``choose_file``: purpose is 'new-layer', 'load-schema' or 'save-schema'."""
@@ -399,7 +401,7 @@ class LabelsDock(ClassesPart, ObjectsPart, ReviewPage, QgsDockWidget):
                                     name_field=self.store.name_field)
         except Exception as exc:  # noqa: BLE001 (a slot: what escapes here is a traceback dialog for the user)
             import traceback
-            QgsMessageLog.logMessage(traceback.format_exc(), "MaskForge", Qgis.MessageLevel.Critical)
+            messages.log(traceback.format_exc(), Qgis.MessageLevel.Critical)
             self._message(f"The Export Training Data dialog could not be opened: {exc}. Run it from the "
                           "Processing toolbox (MaskForge > Export training data).", Qgis.MessageLevel.Critical)
             return None

@@ -11,14 +11,14 @@ was asked and is started again by the next request.
 import collections
 import json
 import queue
-import subprocess
 import threading
 import time
 
 from qgis.core import QgsApplication
 from qgis.PyQt.QtCore import QObject, QTimer, pyqtSignal
 
-from ...bridge.runner import PLUGIN_DIR, _child_env, missing_runtime_message
+from ...bridge import child_python
+from ...bridge.child_python import missing_runtime_message
 
 _EOF = object()
 
@@ -51,9 +51,7 @@ class SamClient(QObject):
     def start(self):
         argv = self.command()
         try:
-            self.child = subprocess.Popen(argv, cwd=PLUGIN_DIR, env=_child_env(self.env()), text=True, bufsize=1,
-                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                          start_new_session=True)
+            self.child = child_python.start(argv, self.env(), requests=True)
         except OSError as exc:
             self.child = None
             raise RuntimeError(missing_runtime_message(argv[0]) if isinstance(exc, FileNotFoundError)
@@ -79,17 +77,8 @@ class SamClient(QObject):
         child, self.child = self.child, None
         self._timer.stop()
         self._fail_pending("The Segment Anything worker was stopped.")
-        if child is None:
-            return
-        try:
-            child.stdin.close()
-        except OSError:
-            pass
-        try:
-            child.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait(timeout=5)
+        if child is not None:
+            child_python.stop(child, timeout, ask="close_input")
 
     # ------------------------------------------------------------ requests
     def request(self, op, callback=None, **fields):

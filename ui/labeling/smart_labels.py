@@ -22,6 +22,7 @@ from qgis.PyQt.QtCore import QObject, QTimer, pyqtSignal
 from qgis.PyQt.QtGui import QColor
 
 from ...bridge import settings
+from ...bridge.child_python import engine_command
 from ...bridge.layers import web_kind, window_source
 from .label_store import LabelError, crs_for_new_labels
 from .smart_refine import RefineTask
@@ -33,8 +34,8 @@ ENCODE_AHEAD_MS = 400    # after a pan or zoom, wait this long for the view to s
 
 def worker_command():
     """The worker as it runs in the user's runtime: model and device from the plugin's settings."""
-    return [settings.runtime_python(), "-m", "core", "sam-worker", "--model", settings.sam_model(),
-            "--device", settings.device(), "--json-progress"]
+    return engine_command(settings.runtime_python(), "sam-worker",
+                          ["--model", settings.sam_model(), "--device", settings.device()])
 
 
 def is_rectangle(geometry, tolerance=0.01):

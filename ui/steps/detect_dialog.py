@@ -6,7 +6,7 @@ from qgis.core import Qgis, QgsProject, QgsVectorLayer
 from qgis.gui import QgsFileWidget
 from qgis.PyQt.QtWidgets import QLabel
 
-from ...bridge import settings, tasks
+from ...bridge import messages, settings
 from ...core.contract.jobs import (DETECT_DEFAULTS, REGULARIZE, TTA, InvalidInput, check_detect, default_padding,
                                    detect_args, package_summary, read_emd)
 from ...bridge.layers import model_cell
@@ -28,9 +28,9 @@ def add_result_layer(task):
     name = r.get("layer") or os.path.splitext(os.path.basename(path))[0]
     layer = QgsVectorLayer(r.get("source") or path, name, "ogr")
     if not layer.isValid():
-        tasks.push(f"The result '{path}' cannot be opened as a layer.", tasks.Qgis.Warning)
+        messages.push(f"The result '{path}' cannot be opened as a layer.", Qgis.MessageLevel.Warning)
         return path, None
-    tasks.log(f"Style of {name}: {style_result_layer(layer, r.get('style'))}.")
+    messages.log(f"Style of {name}: {style_result_layer(layer, r.get('style'))}.")
     QgsProject.instance().addMapLayer(layer)
     return path, layer
 
@@ -107,7 +107,7 @@ class DetectDialog(JobDialog):
             folder, note = (settings.folder("detections"), "") if settings.folder("detections") else \
                 output_folder(file_folder(layer.source()) if layer.providerType() == "gdal" else None)
             if note:
-                tasks.log(f"Detect Objects output: {note}.")
+                messages.log(f"Detect Objects output: {note}.")
             name = re.sub(r"[^\w.-]+", "_", layer.name()).strip("_") or "raster"
             self.output.setFilePath(next_free(os.path.join(folder, f"{name}_detections.gpkg")))
 
@@ -164,10 +164,10 @@ class DetectDialog(JobDialog):
         out, layer = add_result_layer(task)
         count = r.get("kept", r.get("detections"))
         if not count:
-            tasks.push(nothing_found(r), tasks.Qgis.Warning)
+            messages.push(nothing_found(r), Qgis.MessageLevel.Warning)
             return
-        tasks.push(f"Detected {count} objects in {r.get('tiles')} tiles on {r.get('device')}"
-                   f"{' and added them to the project' if layer else ''}: {out}", tasks.Qgis.Success)
+        messages.push(f"Detected {count} objects in {r.get('tiles')} tiles on {r.get('device')}"
+                   f"{' and added them to the project' if layer else ''}: {out}", Qgis.MessageLevel.Success)
 
 
 def nothing_found(result):

@@ -7,7 +7,7 @@ from qgis.gui import QgsFileWidget
 from qgis.PyQt.QtCore import QMetaType
 from qgis.PyQt.QtWidgets import QHBoxLayout, QLabel, QWidget
 
-from ...bridge import settings, tasks
+from ...bridge import messages, settings
 from ...core.contract.jobs import EXPORT_DEFAULTS, FORMATS, TILE_MODES, check_export, export_args, parse_bands
 from .extent_picker import ExtentPicker
 from .job_dialog import JobDialog, next_free, raster_info, raster_values
@@ -133,7 +133,7 @@ class ExportDialog(JobDialog):
             # Beside the raster when that folder is the user's; else the project's or ~/MaskForge, said in the log.
             folder, note = output_folder(file_folder(layer.source()) if layer.providerType() == "gdal" else None)
             if note:
-                tasks.log(f"Export Training Data output: {note}.")
+                messages.log(f"Export Training Data output: {note}.")
             name = re.sub(r"[^\w.-]+", "_", layer.name()).strip("_") or "raster"
             self.output.setFilePath(next_free(os.path.join(folder, f"{name}_chips")))
 
@@ -165,7 +165,7 @@ class ExportDialog(JobDialog):
             return
         r = task.result
         out = r.get("out_dir") or task.args[task.args.index("--out") + 1]
-        tasks.push_with_button(f"Exported {r.get('chips')} chips with {r.get('instances')} objects.",
+        messages.push_with_button(f"Exported {r.get('chips')} chips with {r.get('instances')} objects.",
                                "Open folder", out)
         # The natural next step trains on this folder.
         settings.set_dialog_value("train", "INPUT_DATA", out)

@@ -18,7 +18,7 @@ from qgis.PyQt.QtWidgets import (QCheckBox, QComboBox, QDialog, QFormLayout, QFr
                                  QLineEdit, QProgressBar, QPushButton, QScrollArea, QSizePolicy, QTabWidget,
                                  QVBoxLayout, QWidget)
 
-from ...bridge import settings, tasks
+from ...bridge import messages, settings, tasks
 from ..widgets import elided_combo
 from ...core.contract.jobs import InvalidInput
 from ...bridge.layers import engine_values, extent_of, is_web, web_kind
@@ -60,7 +60,7 @@ def raster_values(layer, values, model=None, labels=None):
         default = extent_of(labels.extent(), labels.crs(), layer) if not labels.extent().isEmpty() else None
     values, note = engine_values(layer, values, model, default, settings.tile_cache())
     if note:
-        tasks.log(note)
+        messages.log(note)
     return values
 
 
@@ -150,7 +150,7 @@ class JobDialog(QDialog):
         self.result_button = QPushButton()
         self.result_button.setObjectName("MaskForgeResultButton")
         self.result_button.hide()
-        self.result_button.clicked.connect(lambda: tasks.open_path(self.result_button.property("path")))
+        self.result_button.clicked.connect(lambda: messages.open_path(self.result_button.property("path")))
         status.addWidget(self.progress)
         status.addWidget(self.status_label, 1)
         status.addWidget(self.result_button)
@@ -446,7 +446,7 @@ class JobDialog(QDialog):
         task = tasks.JobTask(self.STEP, args, self.description(values), on_finished=self._finished)
         self.watch(task)
         tasks.start(task)
-        tasks.log(f"{task.description()} started.")
+        messages.log(f"{task.description()} started.")
         if self.close_when_started.isChecked():
             self.close()
         return task

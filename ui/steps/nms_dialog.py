@@ -4,7 +4,7 @@ import os
 from qgis.core import Qgis, QgsFieldProxyModel
 from qgis.gui import QgsFileWidget
 
-from ...bridge import tasks
+from ...bridge import messages
 from ...core.contract.jobs import NMS_DEFAULTS, check_nms, nms_args
 from ...bridge.result_style import CLASS_FIELDS, CONFIDENCE_FIELDS
 from .detect_dialog import add_result_layer
@@ -79,7 +79,7 @@ class NmsDialog(JobDialog):
             source = layer.source().split("|")[0]
             folder, note = output_folder(file_folder(source))
             if note:
-                tasks.log(f"Non maximum suppression output: {note}.")
+                messages.log(f"Non maximum suppression output: {note}.")
             stem = os.path.splitext(os.path.basename(source))[0] if file_folder(source) else layer.name()
             self._setting_output = True
             self.output.setFilePath(next_free(os.path.join(folder, f"{stem}_nms.gpkg")))
@@ -100,5 +100,5 @@ class NmsDialog(JobDialog):
             return
         r = task.result
         out, layer = add_result_layer(task)
-        tasks.push(f"Kept {r.get('kept')} of {r.get('input')} features, removed {r.get('removed')}"
-                   f"{' (added to the project)' if layer else ''}: {out}", tasks.Qgis.Success)
+        messages.push(f"Kept {r.get('kept')} of {r.get('input')} features, removed {r.get('removed')}"
+                   f"{' (added to the project)' if layer else ''}: {out}", Qgis.MessageLevel.Success)

@@ -6,7 +6,7 @@ from qgis.gui import QgsFileWidget
 from qgis.PyQt import sip
 from qgis.PyQt.QtWidgets import QGroupBox, QLabel, QVBoxLayout
 
-from ...bridge import settings, tasks
+from ...bridge import messages, settings
 from ...core.contract.jobs import (BACKBONES, BASE_MODELS, MONITORS, PACKAGE_BASE, TRAIN_DEFAULTS, InvalidInput,
                                    is_weights_file, check_train, kept_package, package_summary, read_emd,
                                    train_args, training_data_summary)
@@ -184,7 +184,7 @@ class TrainDialog(JobDialog):
             best = r.get("best") or {}
             settings.set_dialog_value("detect", "MODEL", package)
             self.offer("Open report", r["report"])
-            tasks.push_with_button(
+            messages.push_with_button(
                 f"Model package {package}: best epoch {r.get('best_epoch')} of {r.get('epochs_run')} "
                 f"(mask AP {best.get('mask_ap')}) on {r.get('device')}.", "Open report", r["report"])
         elif task.cancelled:
