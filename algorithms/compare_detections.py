@@ -5,7 +5,7 @@ from qgis.core import (Qgis, QgsProcessingException, QgsProcessingOutputFile, Qg
                        QgsProcessingParameterFolderDestination, QgsProcessingParameterNumber)
 
 from .base import MaskForgeAlgorithm, absolute, source_path
-from ..bridge.results import load_on_completion
+from ..bridge.result_layers import load_on_completion
 
 
 class CompareDetectionsAlgorithm(MaskForgeAlgorithm):

@@ -5,7 +5,7 @@ from qgis.core import (Qgis, QgsProcessingOutputFile, QgsProcessingOutputNumber,
                        QgsProcessingParameterNumber)
 
 from .base import MaskForgeAlgorithm, absolute, extent_args, source_path
-from ..bridge.results import load_on_completion
+from ..bridge.result_layers import load_on_completion
 
 DEFAULT_CONFIDENCE_FIELD = "Confidence"
 NUMBERS = [("PRECISION", "precision", "Precision"), ("RECALL", "recall", "Recall"), ("F1", "f1", "F1 score"),

@@ -8,7 +8,7 @@ from .base import (MaskForgeAlgorithm, absolute, build_args, engine_raster_value
                    raster_layer, source_extent, source_path)
 from ..core.contract.jobs import REGULARIZE, TTA, InvalidInput, detect_args, read_emd
 from ..bridge.layers import model_cell
-from ..bridge.results import load_result_layer
+from ..bridge.result_layers import load_result_layer
 
 
 class DetectObjectsAlgorithm(MaskForgeAlgorithm):

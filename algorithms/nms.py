@@ -5,7 +5,7 @@ from qgis.core import (Qgis, QgsProcessingOutputNumber, QgsProcessingParameterBo
 
 from .base import MaskForgeAlgorithm, build_args, gpkg_output, source_path
 from ..core.contract.jobs import DEFAULT_CONFIDENCE_FIELD, nms_args
-from ..bridge.results import load_result_layer
+from ..bridge.result_layers import load_result_layer
 
 
 class NonMaximumSuppressionAlgorithm(MaskForgeAlgorithm):

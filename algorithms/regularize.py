@@ -9,7 +9,7 @@ from qgis.core import (Qgis, QgsProcessingException, QgsProcessingOutputNumber, 
 
 from .base import MaskForgeAlgorithm, gpkg_output, source_path
 from ..core.contract.jobs import REGULARIZE, REGULARIZE_ARGS
-from ..bridge.results import load_result_layer
+from ..bridge.result_layers import load_result_layer
 
 # The methods one can pick for a whole layer: Detect's list without "the package's" and "off".
 METHODS, METHOD_ARGS = REGULARIZE[2:], REGULARIZE_ARGS[2:]

@@ -2,37 +2,20 @@
 import os
 import re
 
-from qgis.core import Qgis, QgsProject, QgsVectorLayer
+from qgis.core import Qgis
 from qgis.gui import QgsFileWidget
 from qgis.PyQt.QtWidgets import QLabel
 
 from ...bridge import messages, settings
 from ...core.contract.jobs import (DETECT_DEFAULTS, REGULARIZE, TTA, InvalidInput, check_detect, default_padding,
                                    detect_args, package_summary, read_emd)
-from ...bridge.layers import model_cell
-from ...bridge.result_style import style_result_layer
+from ...bridge.layers import model_cell, raster_info, raster_values
+from ...bridge.result_layers import add_result_layer
 from .export_dialog import describe_raster
 from .extent_picker import ExtentPicker
-from .job_dialog import JobDialog, next_free, raster_info, raster_values
-from ...bridge.output_folders import file_folder, output_folder
+from .job_dialog import JobDialog
+from ...bridge.output_folders import file_folder, next_free, output_folder
 from .train_dialog import describe_package
-
-
-def add_result_layer(task):
-    """Add a finished job's result layer (a layer of its --out GeoPackage, which may hold other layers) to the
-    project, styled as every Detect and NMS result is (algorithms/result_style.py).
-
-    Returns the output path and the layer (None when it cannot be opened)."""
-    r = task.result or {}
-    path = r.get("output") or task.args[task.args.index("--out") + 1]
-    name = r.get("layer") or os.path.splitext(os.path.basename(path))[0]
-    layer = QgsVectorLayer(r.get("source") or path, name, "ogr")
-    if not layer.isValid():
-        messages.push(f"The result '{path}' cannot be opened as a layer.", Qgis.MessageLevel.Warning)
-        return path, None
-    messages.log(f"Style of {name}: {style_result_layer(layer, r.get('style'))}.")
-    QgsProject.instance().addMapLayer(layer)
-    return path, layer
 
 
 class DetectDialog(JobDialog):
@@ -142,7 +125,7 @@ class DetectDialog(JobDialog):
         except InvalidInput:
             model = None   # check() names the package's problem
         polygons = self.fields["EXTENT_POLYGONS"].widget.currentLayer()
-        return raster_values(layer, values, model, labels=polygons)
+        return raster_values(layer, values, model, area=polygons)
 
     def check(self, values):
         check_detect(values, raster_info(self.raster.currentLayer()))

@@ -8,10 +8,11 @@ from qgis.PyQt.QtCore import QMetaType
 from qgis.PyQt.QtWidgets import QHBoxLayout, QLabel, QWidget
 
 from ...bridge import messages, settings
+from ...bridge.layers import raster_info, raster_values
 from ...core.contract.jobs import EXPORT_DEFAULTS, FORMATS, TILE_MODES, check_export, export_args, parse_bands
 from .extent_picker import ExtentPicker
-from .job_dialog import JobDialog, next_free, raster_info, raster_values
-from ...bridge.output_folders import file_folder, output_folder
+from .job_dialog import JobDialog
+from ...bridge.output_folders import file_folder, next_free, output_folder
 
 # Field names the engine (value/classvalue), the labels dock (classvalue/classname) and common data use;
 # a name is taken only for a field of the right type: an integer field holds values, a text field names.
@@ -149,7 +150,7 @@ class ExportDialog(JobDialog):
         values["BANDS"] = parse_bands(values["BANDS"])
         layer = self.raster.currentLayer()
         values["EXTENT"] = self.extent.value(layer.crs() if layer is not None else None)
-        return raster_values(layer, values, labels=self.labels.currentLayer())
+        return raster_values(layer, values, area=self.labels.currentLayer())
 
     def check(self, values):
         check_export(values, raster_info(self.raster.currentLayer()))

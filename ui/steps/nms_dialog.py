@@ -6,10 +6,10 @@ from qgis.gui import QgsFileWidget
 
 from ...bridge import messages
 from ...core.contract.jobs import NMS_DEFAULTS, check_nms, nms_args
+from ...bridge.result_layers import add_result_layer
 from ...bridge.result_style import CLASS_FIELDS, CONFIDENCE_FIELDS
-from .detect_dialog import add_result_layer
-from .job_dialog import JobDialog, next_free
-from ...bridge.output_folders import file_folder, output_folder
+from .job_dialog import JobDialog
+from ...bridge.output_folders import file_folder, next_free, output_folder
 
 
 def guess_confidence(layer, wanted=None):
