@@ -123,7 +123,7 @@ def shoot(work, log):
     os.symlink(ROOT, os.path.join(plugins, "maskforge"))
     sys.path.insert(0, plugins)
     import maskforge
-    from maskforge.ui.label_store import create_labels_geopackage
+    from maskforge.ui.labeling.labels_layer import create_labels_geopackage
 
     window = iface.mainWindow()
     window.showNormal()
@@ -228,7 +228,7 @@ def shoot_smart(work, log, dock, canvas, window, send):
     """The Smart tool: click buildings of a generated scene, keep good outlines, leave one previewed."""
     from qgis.core import QgsPointXY, QgsProject, QgsRasterLayer, QgsVectorLayer
     from qgis.PyQt.QtCore import QEvent, QPoint, Qt
-    from maskforge.ui.label_store import create_labels_geopackage
+    from maskforge.ui.labeling.labels_layer import create_labels_geopackage
 
     scene = os.path.join(work, "scene")
     for layer in list(QgsProject.instance().mapLayers().values()):

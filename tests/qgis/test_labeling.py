@@ -140,7 +140,7 @@ def answers():
 
 @pytest.fixture
 def dock(maskforge, qgis_iface, canvas, tmp_path, answers):
-    from maskforge.ui.labeling.labels_dock import LabelsDock
+    from maskforge.ui.labeling.dock import LabelsDock
 
     def confirm(_parent, _title, text):
         answers["asked"].append(text)
@@ -159,7 +159,7 @@ def dock(maskforge, qgis_iface, canvas, tmp_path, answers):
 @pytest.fixture
 def labels(dock, tmp_path):
     """A labels GeoPackage in EPSG:32636, in use by the dock."""
-    from maskforge.ui.labeling.label_store import create_labels_geopackage
+    from maskforge.ui.labeling.labels_layer import create_labels_geopackage
     path = tmp_path / "labels.gpkg"
     layer = create_labels_geopackage(str(path), LAYER_CRS)
     assert dock.use_layer(layer) is not None
@@ -291,7 +291,7 @@ def test_labels_layer_created_on_demand_beside_the_project(dock, canvas, tmp_pat
     fresh = QgsVectorLayer(f"{gpkg}|layername=labels", "fresh", "ogr")
     assert fresh.featureCount() == 1
     assert [f.name() for f in fresh.fields()][-2:] == ["classvalue", "classname"]
-    from maskforge.ui.labeling.label_store import schema_from_layer
+    from maskforge.ui.labeling.labels_style import schema_from_layer
     assert schema_from_layer(fresh).to_dict()["Classes"] == [   # opened elsewhere: classes from the data
         {"Value": 1, "Name": "Class 1", "Color": [255, 0, 0]}]
 
@@ -448,7 +448,7 @@ def test_table_selection_selects_and_pans_and_deletes(dock, labels, canvas):
 
 
 def test_export_button_opens_maskforges_export_dialog_prefilled(dock, osbs, tmp_path):
-    from maskforge.ui.labeling.label_store import create_labels_geopackage
+    from maskforge.ui.labeling.labels_layer import create_labels_geopackage
     raster = QgsRasterLayer(str(osbs["raster"]), "osbs")
     QgsProject.instance().addMapLayer(raster)
     layer = create_labels_geopackage(str(tmp_path / "trees.gpkg"), raster.crs())

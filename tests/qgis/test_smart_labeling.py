@@ -108,8 +108,8 @@ def canvas(qgis_canvas, qgis_parent, raster):
 
 
 def make_dock(maskforge, qgis_iface, tmp_path, command):
-    from maskforge.ui.labeling.label_store import create_labels_geopackage
-    from maskforge.ui.labeling.labels_dock import LabelsDock
+    from maskforge.ui.labeling.labels_layer import create_labels_geopackage
+    from maskforge.ui.labeling.dock import LabelsDock
     dock = LabelsDock(qgis_iface, qgis_iface.mainWindow(), confirm=lambda *a: True,
                       choose_folder=lambda: str(tmp_path), sam_command=lambda: command)
     dock.resize(380, 700)
@@ -247,7 +247,7 @@ def test_unloading_the_plugin_stops_the_worker_and_the_setting_names_the_model(m
                                                                                qgis_processing):
     from qgis.core import QgsSettings
     from maskforge.ui.settings_dialog import SettingsDialog
-    from maskforge.ui.labeling.smart_labels import worker_command
+    from maskforge.ui.labeling.sam_labeling import worker_command
     registry = QgsApplication.processingRegistry()
     if registry.providerById("maskforge") is not None:   # left by another test module
         registry.removeProvider(registry.providerById("maskforge"))

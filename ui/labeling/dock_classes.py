@@ -1,7 +1,7 @@
 """The labels dock's classes: the current class, adding, renaming, recolouring, deleting, loading and
 saving the schema, and the classes table.
 
-A part of LabelsDock (ui/labels_dock.py); the rules live in ui/class_schema.py.
+A part of LabelsDock (dock.py); the rules live in class_schema.py.
 """
 import os
 
@@ -13,7 +13,8 @@ from qgis.PyQt.QtWidgets import QTableWidgetItem
 
 from .dock_common import ID_ROLE, swatch
 from .class_schema import ClassSchema, SchemaError
-from .label_store import LabelError, style_layer
+from .labels_layer import LabelError
+from .labels_style import style_layer
 
 
 class ClassesPart:

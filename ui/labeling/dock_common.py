@@ -1,11 +1,11 @@
-"""Small helpers the labels dock's parts share (icons, colour swatches, the table role of ids, where labels go
-and whether they are saved, the Export dialog it opens)."""
+"""Small helpers the labels dock's parts share (icons, colour swatches, the table role of ids, the questions it
+asks, where labels go and whether they are saved, the Export dialog it opens)."""
 import os
 
 from qgis.core import QgsApplication
 from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtGui import QColor, QIcon, QPixmap
-from qgis.PyQt.QtWidgets import QMessageBox
+from qgis.PyQt.QtWidgets import QFileDialog, QMessageBox
 
 ID_ROLE = Qt.ItemDataRole.UserRole + 1
 
@@ -26,9 +26,28 @@ def ask(parent, title, text):
     return answer == QMessageBox.StandardButton.Yes
 
 
+def ask_file(parent, purpose, start=""):
+    """The dock's default ``choose_file``: purpose is 'new-layer', 'load-schema' or 'save-schema'."""
+    if purpose == "new-layer":
+        path, _ = QFileDialog.getSaveFileName(parent, "New labels GeoPackage", start, "GeoPackage (*.gpkg)",
+                                              options=QFileDialog.Option.DontConfirmOverwrite)
+        if path and not path.lower().endswith(".gpkg"):
+            path += ".gpkg"
+    elif purpose == "load-schema":
+        path, _ = QFileDialog.getOpenFileName(
+            parent, "Load classes", start,
+            "Class schemas and models (*.json *.emd *.dlpk);;Class schema (*.json);;"
+            "Model definition (*.emd);;Model package (*.dlpk)")
+    else:
+        path, _ = QFileDialog.getSaveFileName(parent, "Save class schema", start, "Class schema (*.json)")
+        if path and not path.lower().endswith(".json"):
+            path += ".json"
+    return path
+
+
 def labels_folder():
     """Where the first labels of an unsaved project go, without asking mid-drag: the Training data folder of
-    Settings, else ~/MaskForge (ui/output_folders.py). Saving the project later keeps the labels where they are."""
+    Settings, else ~/MaskForge (bridge/output_folders.py). Saving the project later keeps the labels where they are."""
     from ...bridge import settings
     from ...bridge.output_folders import output_folder
     return output_folder(settings.folder("data") or None)[0]

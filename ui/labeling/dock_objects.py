@@ -1,7 +1,7 @@
 """The labels dock's labeled objects: the page with the classes and objects tables, selection in step
 with the map, delete / set class, and the undo history.
 
-A part of LabelsDock (ui/labels_dock.py); edits go through ui/label_store.py.
+A part of LabelsDock (dock.py); edits go through label_edits.py.
 """
 
 from qgis.core import Qgis, QgsCsException, QgsFeatureRequest, QgsProject, QgsRectangle
@@ -12,8 +12,8 @@ from qgis.PyQt.QtWidgets import (QAbstractItemView, QComboBox, QHBoxLayout, QHea
 
 from .dock_common import ID_ROLE, swatch, theme_icon
 from .class_schema import SchemaError
-from .label_store import LabelError
-from .review import ACCEPTED, set_review_status
+from .detection_review import ACCEPTED, set_review_status
+from .labels_layer import LabelError
 
 
 class ObjectsPart:

@@ -1,7 +1,7 @@
 """The labels dock's 'Review detections' page: step through a detection layer, accept or reject.
 
-A part of LabelsDock (ui/labels_dock.py), split out to keep each module short;
-the decisions themselves live in ui/review.py.
+A part of LabelsDock (dock.py), split out to keep each module short;
+the decisions themselves live in detection_review.py.
 """
 
 from qgis.core import Qgis
@@ -11,8 +11,8 @@ from qgis.PyQt.QtGui import QColor, QKeySequence, QShortcut
 from qgis.PyQt.QtWidgets import QDoubleSpinBox, QGridLayout, QLabel, QPushButton, QWidget
 
 from .dock_common import theme_icon
-from .label_store import LabelError
-from .review import ACCEPTED, DetectionReview, ReviewError
+from .detection_review import ACCEPTED, DetectionReview, ReviewError
+from .labels_layer import LabelError
 
 
 class ReviewPage:

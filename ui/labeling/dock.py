@@ -1,56 +1,38 @@
 """The Labels dock: class schema, drawing tools, the labeled objects, review of detections.
 
 Its parts live in their own modules and are mixed in here: the classes
-(ui/dock_classes.py), the labeled objects and the undo history
-(ui/dock_objects.py), the review page (ui/dock_review.py) and the Smart
-tool (ui/smart_labels.py).
+(dock_classes.py), the labeled objects and the undo history
+(dock_objects.py), the review page (dock_review.py); the Smart tool
+(sam_labeling.py) is a part it owns.
 
 The dock is the only place that ties the pieces together: the schema
-(ui/class_schema.py, no Qt), the labels layer and its undo history
-(ui/label_store.py), the map tools (ui/map_tools.py) and the review
-(ui/review.py). Dialogs it opens are injectable (``confirm``,
+(class_schema.py, no Qt), the labels layer (labels_layer.py, its look
+labels_style.py), the edits and their undo history (label_edits.py), the
+map tools (map_tools.py) and the review (detection_review.py). Dialogs it opens are injectable (``confirm``,
 ``choose_folder``, ``choose_file``, ``open_export``) so tests answer them
 without a person at the screen.
 """
 import os
 
-from qgis.core import Qgis, QgsCoordinateTransform, QgsCsException, QgsProject, QgsRasterLayer
+from qgis.core import Qgis, QgsProject
 from qgis.gui import QgsDockWidget, QgsMapLayerComboBox
 from qgis.PyQt.QtCore import Qt, QTimer
 from qgis.PyQt.QtGui import QAction, QColor, QKeySequence, QShortcut
-from qgis.PyQt.QtWidgets import (QFileDialog, QHBoxLayout, QLabel, QPushButton, QSizePolicy, QTabWidget, QToolButton,
+from qgis.PyQt.QtWidgets import (QHBoxLayout, QLabel, QPushButton, QSizePolicy, QTabWidget, QToolButton,
                                  QVBoxLayout, QWidget)
 
 from ...bridge import messages
 from .dock_classes import ClassesPart
 from .dock_objects import ObjectsPart
 from .dock_review import ReviewPage
-from .dock_common import ask, labels_folder, save_state, show_prefilled, theme_icon
+from .dock_common import ask, ask_file, labels_folder, save_state, show_prefilled, theme_icon
 from .class_schema import ClassSchema
-from .label_store import (LabelError, LabelStore, crs_for_new_labels, default_labels_path, labels_layer_at,
-                          schema_from_data, schema_from_layer, SCHEMA_PROPERTY)
+from .label_edits import LabelStore
+from .labels_layer import LabelError, crs_for_new_labels, default_labels_path, labels_layer_at, raster_under
+from .labels_style import SCHEMA_PROPERTY, schema_from_data, schema_from_layer
 from .map_tools import FreehandTool, PolygonTool, RectangleTool
-from .smart_labels import SmartLabeling
+from .sam_labeling import SmartLabeling
 
-def raster_under(layer, canvas):
-    """The raster the labels lie on: the first visible raster covering them, else any raster of the project."""
-    candidates = [lyr for lyr in canvas.layers() if isinstance(lyr, QgsRasterLayer)]
-    candidates += [lyr for lyr in QgsProject.instance().mapLayers().values()
-                   if isinstance(lyr, QgsRasterLayer) and lyr not in candidates]
-    layer.updateExtents()
-    extent = layer.extent()
-    for raster in candidates:
-        if not raster.isValid():
-            continue
-        if extent.isEmpty():
-            return raster
-        try:
-            box = QgsCoordinateTransform(layer.crs(), raster.crs(), QgsProject.instance()).transformBoundingBox(extent)
-        except QgsCsException:
-            continue
-        if box.intersects(raster.extent()):
-            return raster
-    return None
 
 
 class LabelsDock(ClassesPart, ObjectsPart, ReviewPage, QgsDockWidget):
@@ -62,7 +44,7 @@ class LabelsDock(ClassesPart, ObjectsPart, ReviewPage, QgsDockWidget):
         self.canvas = iface.mapCanvas()
         self.confirm = confirm
         self.choose_folder = choose_folder or labels_folder
-        self.choose_file = choose_file or self._ask_file
+        self.choose_file = choose_file or (lambda purpose, start="": ask_file(self, purpose, start))
         # MaskForge's own Export dialog (the plugin's, shared with the toolbar); the dock's own without a plugin.
         self.open_export = open_export or self._open_own_export
         self.schema = ClassSchema()
@@ -85,7 +67,7 @@ class LabelsDock(ClassesPart, ObjectsPart, ReviewPage, QgsDockWidget):
             tool.shapeFinished.connect(self._shape_drawn)
             tool.shapeRejected.connect(self._status)
             tool.classKeyPressed.connect(lambda n: self.set_current_by_position(n - 1))
-        self.smart = SmartLabeling(self, sam_command)   # Segment Anything: ui/smart_labels.py
+        self.smart = SmartLabeling(self, sam_command)   # Segment Anything: sam_labeling.py
 
         self._build()
         self.closed.connect(self._unset_tools)
@@ -139,7 +121,7 @@ class LabelsDock(ClassesPart, ObjectsPart, ReviewPage, QgsDockWidget):
             button.setDefaultAction(action)
             button.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
             tools.addWidget(button)
-        self._build_smart_buttons(tools)
+        self.tool_actions["smart"], self.refine_button = self.smart.add_buttons(tools)
         tools.addStretch(1)
         self.undo_action = QAction(theme_icon("mActionUndo.svg"), "Undo", self)
         self.undo_action.setToolTip("Undo the last label edit (deletes a label just drawn)")
@@ -188,24 +170,6 @@ class LabelsDock(ClassesPart, ObjectsPart, ReviewPage, QgsDockWidget):
             messages.push(text, level, duration=8, iface=self.iface)
         else:
             messages.log(text, level)
-
-    def _ask_file(self, purpose, start=""):
-        """Default ``choose_file``: purpose is 'new-layer', 'load-schema' or 'save-schema'."""
-        if purpose == "new-layer":
-            path, _ = QFileDialog.getSaveFileName(self, "New labels GeoPackage", start, "GeoPackage (*.gpkg)",
-                                                  options=QFileDialog.Option.DontConfirmOverwrite)
-            if path and not path.lower().endswith(".gpkg"):
-                path += ".gpkg"
-        elif purpose == "load-schema":
-            path, _ = QFileDialog.getOpenFileName(
-                self, "Load classes", start,
-                "Class schemas and models (*.json *.emd *.dlpk);;Class schema (*.json);;"
-                "Model definition (*.emd);;Model package (*.dlpk)")
-        else:
-            path, _ = QFileDialog.getSaveFileName(self, "Save class schema", start, "Class schema (*.json)")
-            if path and not path.lower().endswith(".json"):
-                path += ".json"
-        return path
 
     # ------------------------------------------------------------ the labels layer
     def labels_layer(self):
@@ -363,29 +327,6 @@ class LabelsDock(ClassesPart, ObjectsPart, ReviewPage, QgsDockWidget):
             return []
         self._status(f"Added a '{self.schema.name_of(self.current_value)}' label.")
         return fids
-
-    def _build_smart_buttons(self, row):
-        action = QAction(theme_icon("mActionMagicWand.svg"), "Smart", self)
-        action.setObjectName("MaskForgeSmartAction")
-        action.setCheckable(True)
-        action.setToolTip("Smart (Segment Anything): click the object, Shift-click what is not it, or drag a box "
-                          "around it;\nEnter or double-click keeps the outline, Esc drops it. Keys 1–9 pick the "
-                          "class.\nThe model runs in the MaskForge runtime, not in QGIS.")
-        action.triggered.connect(lambda checked: self.activate_tool("smart") if checked else self._unset_tools())
-        self.smart.tool.setAction(action)
-        self.tool_actions["smart"] = action
-        self.refine_button = QToolButton()
-        self.refine_button.setText("Refine")
-        self.refine_button.setToolTip("Turn the rectangle labels (the selected ones, else all) into the outlines "
-                                      "Segment Anything finds inside them;\na rectangle stays where SAM's score is "
-                                      "low. Undo restores them.")
-        self.refine_button.clicked.connect(lambda: self.smart.refine_rectangles(background=True))
-        for widget in (action, self.refine_button):
-            button = widget if isinstance(widget, QToolButton) else QToolButton()
-            if button is not widget:
-                button.setDefaultAction(widget)
-                button.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
-            row.addWidget(button)
 
     # ------------------------------------------------------------ export
     def export_training_data(self):
