@@ -475,21 +475,21 @@ def test_review_accept_reject_and_second_pass(dock, labels, tmp_path):
     detections = make_detections(tmp_path / "detections.gpkg", [   # in Web Mercator: accepting reprojects
         (1, "tent", 0.55), (1, "tent", 0.97), (3, "latrine", 0.80), (1, "tent", 0.30), (1, "tent", 0.91)],
         crs=CANVAS_CRS)
-    review = dock.start_review(detections)
+    review = dock.review_page.start(detections)
     assert review is not None and review.remaining() == 5
     order = [review.confidence(review.current())]
     for _ in range(4):
-        dock.next_button.click()
+        dock.review_page.next_button.click()
         order.append(review.confidence(review.current()))
     assert order == [0.97, 0.91, 0.80, 0.55, 0.30]
     for _ in range(4):
-        dock.prev_button.click()
+        dock.review_page.prev_button.click()
     assert review.confidence(review.current()) == 0.97
 
-    dock.accept_button.click()    # 0.97 tent -> labels
+    dock.review_page.accept_button.click()    # 0.97 tent -> labels
     assert review.confidence(review.current()) == 0.91
-    dock.reject_button.click()    # 0.91 rejected
-    dock.accept_button.click()    # 0.80 latrine: class 3 joins the schema with its name
+    dock.review_page.reject_button.click()    # 0.91 rejected
+    dock.review_page.accept_button.click()    # 0.80 latrine: class 3 joins the schema with its name
     assert dock.schema.name_of(3) == "latrine"
     got = sorted((f["classvalue"], f["classname"]) for f in layer.getFeatures())
     assert got == [(1, "Class 1"), (3, "latrine")]
@@ -501,13 +501,13 @@ def test_review_accept_reject_and_second_pass(dock, labels, tmp_path):
                                                                  "disk", "ogr").getFeatures()}
     assert marks[0.97] == "accepted" and marks[0.91] == "rejected" and marks[0.80] == "accepted"
     assert not marks[0.55] and not marks[0.30]
-    assert "2 accepted, 1 rejected, 2 left" in dock.review_info.text()
+    assert "2 accepted, 1 rejected, 2 left" in dock.review_page.info.text()
 
-    second = dock.start_review(detections)        # a second pass offers only the undecided
+    second = dock.review_page.start(detections)        # a second pass offers only the undecided
     assert second.remaining() == 2 and second.confidence(second.current()) == 0.55
 
     dock.undo()                                   # undoing an accept makes the detection undecided again
-    assert layer.featureCount() == 1 and dock.review.remaining() == 3
+    assert layer.featureCount() == 1 and dock.review_page.review.remaining() == 3
     assert len(rows_on_disk(path)) == 1
 
 
@@ -515,25 +515,25 @@ def test_review_accept_all_above_a_confidence(dock, labels, tmp_path):
     layer, _ = labels
     detections = make_detections(tmp_path / "detections.gpkg", [
         (1, "tent", c) for c in (0.95, 0.2, 0.85, 0.7, 0.69, 0.99, 0.4)])
-    review = dock.start_review(detections)
-    dock.next_button.click()
-    assert dock.review_accept_above(0.7) == 4
+    review = dock.review_page.start(detections)
+    dock.review_page.next_button.click()
+    assert dock.review_page.accept_above(0.7) == 4
     assert layer.featureCount() == 4 and review.remaining() == 3
     assert review.confidence(review.current()) == 0.69      # the highest one left
-    assert dock.review_accept_above(0.7) == 0
+    assert dock.review_page.accept_above(0.7) == 0
     tally = review.tally()
     assert (tally["accepted"], tally["rejected"], tally["left"]) == (4, 0, 3)
 
 
 def test_review_refuses_a_layer_that_is_not_detections(dock, labels, tmp_path):
     layer, _ = labels
-    assert dock.start_review(layer) is None                     # the labels themselves
+    assert dock.review_page.start(layer) is None                     # the labels themselves
     assert "labels layer" in dock.status_label.text()
     plain = make_detections(tmp_path / "d.gpkg", [(1, "tent", 0.5)])
     plain.startEditing()
     plain.deleteAttribute(plain.fields().indexOf("Confidence"))
     plain.commitChanges()
-    assert dock.start_review(plain) is None
+    assert dock.review_page.start(plain) is None
     assert "no 'Confidence' field" in dock.status_label.text()
 
     points = QgsVectorLayer("Point?crs=EPSG:32636&field=classvalue:integer", "points", "memory")

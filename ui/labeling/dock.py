@@ -1,9 +1,9 @@
 """The Labels dock: class schema, drawing tools, the labeled objects, review of detections.
 
-Its parts live in their own modules and are mixed in here: the classes
-(dock_classes.py), the labeled objects and the undo history
-(dock_objects.py), the review page (dock_review.py); the Smart tool
-(sam_labeling.py) is a part it owns.
+Its parts live in their own modules: the classes (dock_classes.py) and the
+labeled objects with the undo history (dock_objects.py) are mixed in; the
+review page (dock_review.py) and the Smart tool (sam_labeling.py) are
+objects it owns.
 
 The dock is the only place that ties the pieces together: the schema
 (class_schema.py, no Qt), the labels layer (labels_layer.py, its look
@@ -35,7 +35,7 @@ from .sam_labeling import SmartLabeling
 
 
 
-class LabelsDock(ClassesPart, ObjectsPart, ReviewPage, QgsDockWidget):
+class LabelsDock(ClassesPart, ObjectsPart, QgsDockWidget):
     def __init__(self, iface, parent=None, confirm=ask, choose_folder=None, choose_file=None,
                  sam_command=None, open_export=None):
         super().__init__("MaskForge Labels", parent)
@@ -51,8 +51,6 @@ class LabelsDock(ClassesPart, ObjectsPart, ReviewPage, QgsDockWidget):
         self.schema.add()
         self.schema.subscribe(self._schema_changed)
         self.store = None
-        self.review = None
-        self._review_band = None
         self.current_value = self.schema.values()[0]
         self._layer_signals = []
         self._syncing = False
@@ -137,7 +135,8 @@ class LabelsDock(ClassesPart, ObjectsPart, ReviewPage, QgsDockWidget):
 
         self.tabs = QTabWidget()
         self.tabs.addTab(self._build_label_page(), "Classes && labels")
-        self.tabs.addTab(self._build_review_page(), "Review detections")
+        self.review_page = ReviewPage(self)   # owns the review under way (dock_review.py)
+        self.tabs.addTab(self.review_page, "Review detections")
         box.addWidget(self.tabs, 1)
 
         self.export_button = QPushButton("Export training data…")
@@ -375,8 +374,5 @@ class LabelsDock(ClassesPart, ObjectsPart, ReviewPage, QgsDockWidget):
             self._export_dialog.deleteLater()
             self._export_dialog = None
         self.schema.unsubscribe(self._schema_changed)
-        if self.review is not None:
-            self.review.changed.disconnect(self._show_review)
-            self.review = None
-        self._clear_review_band()
+        self.review_page.cleanup()
         self._detach()

@@ -289,7 +289,8 @@ class ObjectsPart:
                     set_review_status(layer, note["review_fids"], None if undo else ACCEPTED)
                 except LabelError as exc:
                     self._message(str(exc), Qgis.MessageLevel.Warning)
-                if self.review is not None and self.review.layer is layer:
-                    self.review.reload()
+                review = self.review_page.review
+                if review is not None and review.layer is layer:
+                    review.reload()
         self._status(("Undone: " if undo else "Redone: ") + {"add": "added label(s)", "delete": "deletion",
                                                               "class": "class change", "geometry": "outline change"}[edit.kind] + ".")
