@@ -1,5 +1,5 @@
-"""The labels dock's classes: the current class, adding, renaming, recolouring, deleting, loading and
-saving the schema, and the classes table.
+"""The labels dock's classes: their table and buttons, the current class, adding, renaming, recolouring,
+deleting, loading and saving the schema.
 
 A part of LabelsDock (dock.py); the rules live in class_schema.py.
 """
@@ -7,17 +7,60 @@ import os
 
 from qgis.core import Qgis
 from qgis.gui import QgsColorDialog
-from qgis.PyQt.QtCore import Qt
+from qgis.PyQt.QtCore import QSize, Qt
 from qgis.PyQt.QtGui import QColor
-from qgis.PyQt.QtWidgets import QTableWidgetItem
+from qgis.PyQt.QtWidgets import (QAbstractItemView, QHBoxLayout, QHeaderView, QLabel, QTableWidget, QTableWidgetItem,
+                                 QToolButton)
 
-from .dock_common import ID_ROLE, swatch
+from .dock_common import ID_ROLE, swatch, theme_icon
 from .class_schema import ClassSchema, SchemaError
 from .labels_layer import LabelError
 from .labels_style import style_layer
 
 
 class ClassesPart:
+    def _build_classes(self, box):
+        """The classes' rows of the labels page: their buttons, the classes table, the class being drawn."""
+        row = QHBoxLayout()
+        title = QLabel("<b>Classes</b>")
+        row.addWidget(title)
+        row.addStretch(1)
+        for icon, tip, slot in (("symbologyAdd.svg", "Add a class", self._add_class_clicked),
+                                ("symbologyRemove.svg", "Delete the selected class", self._delete_class_clicked),
+                                ("mIconColorSwatches.svg", "Change the colour of the selected class",
+                                 self._recolor_clicked),
+                                ("mActionFileOpen.svg", "Load a class schema (.json), or the classes of a model "
+                                 "(.emd, .dlpk) to fine-tune", self._load_clicked),
+                                ("mActionFileSave.svg", "Save the class schema as JSON", self._save_clicked)):
+            button = QToolButton()
+            button.setIcon(theme_icon(icon))
+            button.setToolTip(tip)
+            button.clicked.connect(slot)
+            row.addWidget(button)
+        box.addLayout(row)
+
+        self.class_table = QTableWidget(0, 3)
+        self.class_table.setObjectName("MaskForgeClassTable")
+        self.class_table.setHorizontalHeaderLabels(["Class", "Value", "Labels"])
+        self.class_table.verticalHeader().hide()
+        self.class_table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.class_table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        self.class_table.setEditTriggers(QAbstractItemView.EditTrigger.DoubleClicked | QAbstractItemView.EditTrigger.EditKeyPressed)
+        self.class_table.setIconSize(QSize(14, 14))
+        header = self.class_table.horizontalHeader()
+        header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        header.setSectionResizeMode(1, QHeaderView.ResizeMode.ResizeToContents)
+        header.setSectionResizeMode(2, QHeaderView.ResizeMode.ResizeToContents)
+        self.class_table.setToolTip("Click a class to draw with it (or press 1–9); double-click a name to rename it.")
+        self.class_table.itemSelectionChanged.connect(self._class_selection_changed)
+        self.class_table.itemChanged.connect(self._class_item_changed)
+        self.class_table.setMinimumHeight(100)   # three classes in view even on a 768-pixel screen
+        self.class_table.setMaximumHeight(150)
+        box.addWidget(self.class_table)
+
+        self.current_label = QLabel()
+        box.addWidget(self.current_label)
+
     # ------------------------------------------------------------ classes
     def set_current_class(self, value):
         if value not in self.schema:

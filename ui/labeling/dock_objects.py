@@ -1,11 +1,11 @@
-"""The labels dock's labeled objects: the page with the classes and objects tables, selection in step
-with the map, delete / set class, and the undo history.
+"""The labels dock's labeled objects: the page that shows them under the classes, the objects table with
+its selection in step with the map, delete / set class, and the undo history.
 
 A part of LabelsDock (dock.py); edits go through label_edits.py.
 """
 
 from qgis.core import Qgis, QgsCsException, QgsFeatureRequest, QgsProject, QgsRectangle
-from qgis.PyQt.QtCore import QSize, Qt
+from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtGui import QIcon
 from qgis.PyQt.QtWidgets import (QAbstractItemView, QComboBox, QHBoxLayout, QHeaderView, QLabel, QTableWidget,
                                  QTableWidgetItem, QToolButton, QVBoxLayout, QWidget)
@@ -22,45 +22,7 @@ class ObjectsPart:
         box = QVBoxLayout(page)
         box.setContentsMargins(4, 6, 4, 4)
 
-        row = QHBoxLayout()
-        title = QLabel("<b>Classes</b>")
-        row.addWidget(title)
-        row.addStretch(1)
-        for icon, tip, slot in (("symbologyAdd.svg", "Add a class", self._add_class_clicked),
-                                ("symbologyRemove.svg", "Delete the selected class", self._delete_class_clicked),
-                                ("mIconColorSwatches.svg", "Change the colour of the selected class",
-                                 self._recolor_clicked),
-                                ("mActionFileOpen.svg", "Load a class schema (.json), or the classes of a model "
-                                 "(.emd, .dlpk) to fine-tune", self._load_clicked),
-                                ("mActionFileSave.svg", "Save the class schema as JSON", self._save_clicked)):
-            button = QToolButton()
-            button.setIcon(theme_icon(icon))
-            button.setToolTip(tip)
-            button.clicked.connect(slot)
-            row.addWidget(button)
-        box.addLayout(row)
-
-        self.class_table = QTableWidget(0, 3)
-        self.class_table.setObjectName("MaskForgeClassTable")
-        self.class_table.setHorizontalHeaderLabels(["Class", "Value", "Labels"])
-        self.class_table.verticalHeader().hide()
-        self.class_table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
-        self.class_table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
-        self.class_table.setEditTriggers(QAbstractItemView.EditTrigger.DoubleClicked | QAbstractItemView.EditTrigger.EditKeyPressed)
-        self.class_table.setIconSize(QSize(14, 14))
-        header = self.class_table.horizontalHeader()
-        header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
-        header.setSectionResizeMode(1, QHeaderView.ResizeMode.ResizeToContents)
-        header.setSectionResizeMode(2, QHeaderView.ResizeMode.ResizeToContents)
-        self.class_table.setToolTip("Click a class to draw with it (or press 1–9); double-click a name to rename it.")
-        self.class_table.itemSelectionChanged.connect(self._class_selection_changed)
-        self.class_table.itemChanged.connect(self._class_item_changed)
-        self.class_table.setMinimumHeight(100)   # three classes in view even on a 768-pixel screen
-        self.class_table.setMaximumHeight(150)
-        box.addWidget(self.class_table)
-
-        self.current_label = QLabel()
-        box.addWidget(self.current_label)
+        self._build_classes(box)   # dock_classes.py
 
         row = QHBoxLayout()
         row.addWidget(QLabel("<b>Labeled objects</b>"))
@@ -104,7 +66,6 @@ class ObjectsPart:
         row.addWidget(self.delete_button)
         box.addLayout(row)
         return page
-
 
     # ------------------------------------------------------------ labeled objects
     def _edited(self):
