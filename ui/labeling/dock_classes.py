@@ -9,10 +9,9 @@ from qgis.core import Qgis
 from qgis.gui import QgsColorDialog
 from qgis.PyQt.QtCore import QSize, Qt
 from qgis.PyQt.QtGui import QColor
-from qgis.PyQt.QtWidgets import (QAbstractItemView, QHBoxLayout, QHeaderView, QLabel, QTableWidget, QTableWidgetItem,
-                                 QToolButton)
+from qgis.PyQt.QtWidgets import QAbstractItemView, QHBoxLayout, QLabel, QTableWidgetItem, QToolButton
 
-from .dock_common import ID_ROLE, swatch, theme_icon
+from .dock_common import ID_ROLE, swatch, table, theme_icon
 from .class_schema import ClassSchema, SchemaError
 from .labels_layer import LabelError
 from .labels_style import style_layer
@@ -39,18 +38,10 @@ class ClassesPart:
             row.addWidget(button)
         box.addLayout(row)
 
-        self.class_table = QTableWidget(0, 3)
-        self.class_table.setObjectName("MaskForgeClassTable")
-        self.class_table.setHorizontalHeaderLabels(["Class", "Value", "Labels"])
-        self.class_table.verticalHeader().hide()
-        self.class_table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
-        self.class_table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
-        self.class_table.setEditTriggers(QAbstractItemView.EditTrigger.DoubleClicked | QAbstractItemView.EditTrigger.EditKeyPressed)
+        self.class_table = table("MaskForgeClassTable", ["Class", "Value", "Labels"],
+                                 QAbstractItemView.SelectionMode.SingleSelection,
+                                 QAbstractItemView.EditTrigger.DoubleClicked | QAbstractItemView.EditTrigger.EditKeyPressed)
         self.class_table.setIconSize(QSize(14, 14))
-        header = self.class_table.horizontalHeader()
-        header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
-        header.setSectionResizeMode(1, QHeaderView.ResizeMode.ResizeToContents)
-        header.setSectionResizeMode(2, QHeaderView.ResizeMode.ResizeToContents)
         self.class_table.setToolTip("Click a class to draw with it (or press 1–9); double-click a name to rename it.")
         self.class_table.itemSelectionChanged.connect(self._class_selection_changed)
         self.class_table.itemChanged.connect(self._class_item_changed)

@@ -5,7 +5,7 @@ import os
 from qgis.core import QgsApplication
 from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtGui import QColor, QIcon, QPixmap
-from qgis.PyQt.QtWidgets import QFileDialog, QMessageBox
+from qgis.PyQt.QtWidgets import QAbstractItemView, QFileDialog, QHeaderView, QMessageBox, QTableWidget
 
 ID_ROLE = Qt.ItemDataRole.UserRole + 1
 
@@ -18,6 +18,22 @@ def swatch(color, size=14):
     pixmap = QPixmap(size, size)
     pixmap.fill(QColor(*color))
     return QIcon(pixmap)
+
+
+def table(name, headers, selection, edits):
+    """A table of whole rows: the first column takes the width, the others fit their contents."""
+    widget = QTableWidget(0, len(headers))
+    widget.setObjectName(name)
+    widget.setHorizontalHeaderLabels(headers)
+    widget.verticalHeader().hide()
+    widget.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+    widget.setSelectionMode(selection)
+    widget.setEditTriggers(edits)
+    header = widget.horizontalHeader()
+    header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+    for column in range(1, len(headers)):
+        header.setSectionResizeMode(column, QHeaderView.ResizeMode.ResizeToContents)
+    return widget
 
 
 def ask(parent, title, text):

@@ -7,10 +7,10 @@ A part of LabelsDock (dock.py); edits go through label_edits.py.
 from qgis.core import Qgis, QgsCsException, QgsFeatureRequest, QgsProject, QgsRectangle
 from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtGui import QIcon
-from qgis.PyQt.QtWidgets import (QAbstractItemView, QComboBox, QHBoxLayout, QHeaderView, QLabel, QTableWidget,
-                                 QTableWidgetItem, QToolButton, QVBoxLayout, QWidget)
+from qgis.PyQt.QtWidgets import (QAbstractItemView, QComboBox, QHBoxLayout, QLabel, QTableWidgetItem, QToolButton,
+                                 QVBoxLayout, QWidget)
 
-from .dock_common import ID_ROLE, swatch, theme_icon
+from .dock_common import ID_ROLE, swatch, table, theme_icon
 from .class_schema import SchemaError
 from .detection_review import ACCEPTED, set_review_status
 from .labels_layer import LabelError
@@ -34,17 +34,9 @@ class ObjectsPart:
         row.addWidget(self.filter_combo)
         box.addLayout(row)
 
-        self.objects_table = QTableWidget(0, 3)
-        self.objects_table.setObjectName("MaskForgeObjectsTable")
-        self.objects_table.setHorizontalHeaderLabels(["Class", "Area (m²)", "ID"])
-        self.objects_table.verticalHeader().hide()
-        self.objects_table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
-        self.objects_table.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
-        self.objects_table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
-        header = self.objects_table.horizontalHeader()
-        header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
-        header.setSectionResizeMode(1, QHeaderView.ResizeMode.ResizeToContents)
-        header.setSectionResizeMode(2, QHeaderView.ResizeMode.ResizeToContents)
+        self.objects_table = table("MaskForgeObjectsTable", ["Class", "Area (m²)", "ID"],
+                                   QAbstractItemView.SelectionMode.ExtendedSelection,
+                                   QAbstractItemView.EditTrigger.NoEditTriggers)
         self.objects_table.itemSelectionChanged.connect(self._objects_selection_changed)
         self.objects_table.setMinimumHeight(120)
         box.addWidget(self.objects_table, 1)
