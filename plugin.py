@@ -1,7 +1,7 @@
 """Wires MaskForge into QGIS: toolbar, menu and the Processing provider.
 
 Every toolbar action opens the step's dialog (ui/), which runs the step as a
-background task (tasks.py) through ``runner.run_job`` — the same code path as
+background task (bridge/tasks.py) through ``bridge/runner.run_job`` — the same code path as
 the step's Processing algorithm. A top-level *MaskForge* menu (before Help, where
 well-liked plugins put theirs) holds every action: the steps, Compute Accuracy and
 Compare Detections (their Processing dialogs), Settings… and Diagnostics….
@@ -91,8 +91,8 @@ class MaskForgePlugin:
         import processing  # QGIS's Processing plugin; loaded by the time a user clicks
         processing.execAlgorithmDialog(algorithm_id)
 
-    # -- Step dialogs (ui/*_dialog.py): made on first use, kept, so a dialog reopened while its job
-    # runs still shows the job; the jobs themselves are QgsTasks (tasks.py) and outlive the dialog.
+    # -- Step dialogs (ui/steps/*_dialog.py): made on first use, kept, so a dialog reopened while its job
+    # runs still shows the job; the jobs themselves are QgsTasks (bridge/tasks.py) and outlive the dialog.
     dialogs = None
     settings_actions = ()
 

@@ -51,6 +51,20 @@ def start(command, env=None, cwd=PLUGIN_DIR, requests=False, merge_stderr=False)
         stderr=subprocess.STDOUT if merge_stderr else subprocess.PIPE, start_new_session=True)
 
 
+def follow(stream, sink, end=None):
+    """Hand each line of a child's ``stream`` to ``sink`` from a daemon thread (so reading never blocks
+    QGIS), then ``end`` when it is given: the stream has closed, the child has gone. Returns the thread."""
+    def pump():
+        for line in iter(stream.readline, ""):
+            sink(line)
+        stream.close()
+        if end is not None:
+            sink(end)
+    thread = threading.Thread(target=pump, daemon=True)
+    thread.start()
+    return thread
+
+
 def stop(child, grace_seconds=10.0, ask="terminate", wait=True):
     """End ``child``: ask it to stop, then SIGKILL it if it still runs after ``grace_seconds``.
 

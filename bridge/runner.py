@@ -10,9 +10,8 @@ import collections
 import json
 import os
 import queue
-import threading
 
-from .child_python import engine_command, missing_runtime_message, start, stop
+from .child_python import engine_command, follow, missing_runtime_message, start, stop
 
 
 class JobError(Exception):
@@ -27,12 +26,6 @@ class JobError(Exception):
 class JobCancelled(JobError):
     def __init__(self, message="Cancelled.", stderr_tail=""):
         super().__init__(message, "cancelled", stderr_tail)
-
-
-def _pump(stream, sink):
-    for line in iter(stream.readline, ""):
-        sink(line)
-    stream.close()
 
 
 def run_job(python, step, args, on_event=None, is_cancelled=None, grace_seconds=10.0, env=None):
@@ -53,10 +46,7 @@ def run_job(python, step, args, on_event=None, is_cancelled=None, grace_seconds=
 
     lines = queue.Queue()
     stderr_tail = collections.deque(maxlen=40)
-    threads = [threading.Thread(target=_pump, args=(child.stdout, lines.put), daemon=True),
-               threading.Thread(target=_pump, args=(child.stderr, stderr_tail.append), daemon=True)]
-    for t in threads:
-        t.start()
+    threads = [follow(child.stdout, lines.put), follow(child.stderr, stderr_tail.append)]
 
     result = error = None
     cancelled = False

@@ -11,7 +11,6 @@ was asked and is started again by the next request.
 import collections
 import json
 import queue
-import threading
 import time
 
 from qgis.core import QgsApplication
@@ -59,18 +58,9 @@ class SamClient(QObject):
         self.starts += 1
         lines = self._lines = queue.Queue()   # a new queue: lines of a dead worker never mix with these
         stderr = self._stderr
-        stdout_stream, stderr_stream = self.child.stdout, self.child.stderr
-        threading.Thread(target=self._pump, args=(stdout_stream, lines.put, True), daemon=True).start()
-        threading.Thread(target=self._pump, args=(stderr_stream, stderr.append, False), daemon=True).start()
+        child_python.follow(self.child.stdout, lines.put, end=_EOF)
+        child_python.follow(self.child.stderr, stderr.append)
         self._timer.start()
-
-    @staticmethod
-    def _pump(stream, sink, mark_end):
-        for line in iter(stream.readline, ""):
-            sink(line)
-        stream.close()
-        if mark_end:
-            sink(_EOF)
 
     def stop(self, timeout=3.0):
         """Ask the worker to quit (end of its input), then kill it if it has not gone within ``timeout``."""
