@@ -47,7 +47,8 @@ def test_the_child_runs_from_the_plugin_folder_without_qgis_data_paths(tmp_path,
     monkeypatch.setenv("PYTHONPATH", "/qgis/python")
     python = _runtime(tmp_path, 'echo "{\\"event\\": \\"result\\", \\"result\\": {\\"cwd\\": \\"$PWD\\", '
                                 '\\"gdal\\": \\"${GDAL_DATA:-}\\", \\"path\\": \\"${PYTHONPATH:-}\\", '
-                                '\\"mirror\\": \\"$MASKFORGE_WEIGHTS_MIRROR\\", \\"unbuffered\\": \\"$PYTHONUNBUFFERED\\"}}"')
+                                '\\"mirror\\": \\"$MASKFORGE_WEIGHTS_MIRROR\\", '
+                                '\\"unbuffered\\": \\"$PYTHONUNBUFFERED\\"}}"')
     result = run_job(python, "detect", [], env={"MASKFORGE_WEIGHTS_MIRROR": "/mirror", "UNSET_WHEN_EMPTY": ""})
     assert result == {"cwd": child_python.PLUGIN_DIR, "gdal": "", "path": "", "mirror": "/mirror", "unbuffered": "1"}
     assert "UNSET_WHEN_EMPTY" not in child_python.child_env({"UNSET_WHEN_EMPTY": ""})

@@ -1,9 +1,10 @@
 """The Labels dock: class schema, drawing tools, the labeled objects, review of detections.
 
-Its parts live in their own modules: the classes (dock_classes.py) and the
-labeled objects with the undo history (dock_objects.py) are mixed in; the
-review page (dock_review.py) and the Smart tool (sam_labeling.py) are
-objects it owns.
+Its parts are objects it owns, each in its own module: the classes panel
+(dock_classes.py), the labeled objects with the undo history
+(dock_objects.py), the review page (dock_review.py) and the Smart tool
+(sam_labeling.py). The dock keeps what they share: the schema, the class
+being drawn, the labels' store, the map tools and the messages.
 
 The dock is the only place that ties the pieces together: the schema
 (class_schema.py, no Qt), the labels layer (labels_layer.py, its look
@@ -22,8 +23,8 @@ from qgis.PyQt.QtWidgets import (QHBoxLayout, QLabel, QPushButton, QSizePolicy, 
                                  QVBoxLayout, QWidget)
 
 from ...bridge import messages
-from .dock_classes import ClassesPart
-from .dock_objects import ObjectsPart
+from .dock_classes import ClassesPanel
+from .dock_objects import ObjectsPanel
 from .dock_review import ReviewPage
 from .dock_common import ask, ask_file, labels_folder, save_state, show_prefilled, theme_icon
 from .class_schema import ClassSchema
@@ -35,7 +36,7 @@ from .sam_labeling import SmartLabeling
 
 
 
-class LabelsDock(ClassesPart, ObjectsPart, QgsDockWidget):
+class LabelsDock(QgsDockWidget):
     def __init__(self, iface, parent=None, confirm=ask, choose_folder=None, choose_file=None,
                  sam_command=None, open_export=None):
         super().__init__("MaskForge Labels", parent)
@@ -49,11 +50,9 @@ class LabelsDock(ClassesPart, ObjectsPart, QgsDockWidget):
         self.open_export = open_export or self._open_own_export
         self.schema = ClassSchema()
         self.schema.add()
-        self.schema.subscribe(self._schema_changed)
         self.store = None
         self.current_value = self.schema.values()[0]
         self._layer_signals = []
-        self._syncing = False
         self._refresh_timer = QTimer(self)
         self._refresh_timer.setSingleShot(True)
         self._refresh_timer.setInterval(0)
@@ -64,14 +63,15 @@ class LabelsDock(ClassesPart, ObjectsPart, QgsDockWidget):
         for tool in self.tools.values():
             tool.shapeFinished.connect(self._shape_drawn)
             tool.shapeRejected.connect(self._status)
-            tool.classKeyPressed.connect(lambda n: self.set_current_by_position(n - 1))
+            tool.classKeyPressed.connect(lambda n: self.classes.set_current_by_position(n - 1))
         self.smart = SmartLabeling(self, sam_command)   # Segment Anything: sam_labeling.py
 
         self._build()
+        self.schema.subscribe(self.classes.schema_changed)
         self.closed.connect(self._unset_tools)
         QgsProject.instance().readProject.connect(self._pick_stored_layer)
         self._pick_stored_layer()
-        self._refresh_classes()
+        self.classes.refresh()
         self.refresh()
 
     # ------------------------------------------------------------ widgets
@@ -123,10 +123,10 @@ class LabelsDock(ClassesPart, ObjectsPart, QgsDockWidget):
         tools.addStretch(1)
         self.undo_action = QAction(theme_icon("mActionUndo.svg"), "Undo", self)
         self.undo_action.setToolTip("Undo the last label edit (deletes a label just drawn)")
-        self.undo_action.triggered.connect(self.undo)
+        self.undo_action.triggered.connect(lambda: self.objects.undo())
         self.redo_action = QAction(theme_icon("mActionRedo.svg"), "Redo", self)
         self.redo_action.setToolTip("Redo")
-        self.redo_action.triggered.connect(self.redo)
+        self.redo_action.triggered.connect(lambda: self.objects.redo())
         for action in (self.undo_action, self.redo_action):
             button = QToolButton()
             button.setDefaultAction(action)
@@ -134,7 +134,13 @@ class LabelsDock(ClassesPart, ObjectsPart, QgsDockWidget):
         box.addLayout(tools)
 
         self.tabs = QTabWidget()
-        self.tabs.addTab(self._build_label_page(), "Classes && labels")
+        page = QWidget()   # the classes, and under them the labeled objects
+        column = QVBoxLayout(page)
+        column.setContentsMargins(4, 6, 4, 4)
+        self.classes, self.objects = ClassesPanel(self), ObjectsPanel(self)
+        column.addWidget(self.classes)
+        column.addWidget(self.objects, 1)
+        self.tabs.addTab(page, "Classes && labels")
         self.review_page = ReviewPage(self)   # owns the review under way (dock_review.py)
         self.tabs.addTab(self.review_page, "Review detections")
         box.addWidget(self.tabs, 1)
@@ -157,7 +163,7 @@ class LabelsDock(ClassesPart, ObjectsPart, QgsDockWidget):
 
         for n in range(1, 10):   # also when the dock has the focus, not only the map
             shortcut = QShortcut(QKeySequence(str(n)), self, context=Qt.ShortcutContext.WidgetWithChildrenShortcut)
-            shortcut.activated.connect(lambda n=n: self.set_current_by_position(n - 1))
+            shortcut.activated.connect(lambda n=n: self.classes.set_current_by_position(n - 1))
 
     # ------------------------------------------------------------ messages
     def _status(self, text):
@@ -215,24 +221,24 @@ class LabelsDock(ClassesPart, ObjectsPart, QgsDockWidget):
             signal.connect(self._show_save_state)
             self._layer_signals.append(signal)
         store.edited.connect(self._edited)
-        store.undoStateChanged.connect(self._update_undo)
+        store.undoStateChanged.connect(self.objects.update_undo)
         for signal in (layer.featureAdded, layer.featuresDeleted, layer.attributeValueChanged,
                        layer.geometryChanged, layer.afterCommitChanges, layer.afterRollBack):
             signal.connect(self._schedule_refresh)
             self._layer_signals.append(signal)
-        layer.selectionChanged.connect(self._layer_selection_changed)
+        layer.selectionChanged.connect(self.objects.layer_selection_changed)
         self._layer_signals.append(layer.selectionChanged)
         layer.willBeDeleted.connect(self._layer_going)
         self._layer_signals.append(layer.willBeDeleted)
 
         stored = schema_from_layer(layer)
         if stored is not None:
-            self.schema.replace(stored)   # restyles through _schema_changed
+            self.schema.replace(stored)   # restyles through classes.schema_changed
             in_data = schema_from_data(layer, store.value_field, store.name_field)
             if in_data is not None:
                 self.schema.merge(in_data)
         else:
-            self._schema_changed()
+            self.classes.schema_changed()
         if layer.providerType() == "memory":
             self._message(f"'{layer.name()}' is a temporary layer: its labels are lost when QGIS closes. Save it "
                           "as a GeoPackage (Export > Save Features As) or create a new labels layer.", Qgis.MessageLevel.Warning)
@@ -250,13 +256,27 @@ class LabelsDock(ClassesPart, ObjectsPart, QgsDockWidget):
                 pass
         self._layer_signals = []
         self.store.edited.disconnect(self._edited)
-        self.store.undoStateChanged.disconnect(self._update_undo)
+        self.store.undoStateChanged.disconnect(self.objects.update_undo)
         self.store.deleteLater()
         self.store = None
 
     def _layer_going(self):
         self._detach()
         self.refresh()
+
+    def _edited(self):
+        self._refresh_timer.stop()   # the layer's own signals asked for the same refresh
+        self.refresh()
+
+    def _schedule_refresh(self, *_args):
+        self._refresh_timer.start()
+
+    def refresh(self):
+        self.classes.refresh()
+        self.objects.refresh()
+        self.objects.update_undo()
+        self.export_button.setEnabled(self.store is not None)
+        self._show_save_state()
 
     def _show_save_state(self, *_):
         text, where = save_state(self.labels_layer())
@@ -373,6 +393,6 @@ class LabelsDock(ClassesPart, ObjectsPart, QgsDockWidget):
             self._export_dialog.cleanup()
             self._export_dialog.deleteLater()
             self._export_dialog = None
-        self.schema.unsubscribe(self._schema_changed)
+        self.schema.unsubscribe(self.classes.schema_changed)
         self.review_page.cleanup()
         self._detach()

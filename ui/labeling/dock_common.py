@@ -2,7 +2,7 @@
 asks, where labels go and whether they are saved, the Export dialog it opens)."""
 import os
 
-from qgis.core import QgsApplication
+from qgis.core import QgsApplication, QgsCsException, QgsFeatureRequest, QgsRectangle
 from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtGui import QColor, QIcon, QPixmap
 from qgis.PyQt.QtWidgets import QAbstractItemView, QFileDialog, QHeaderView, QMessageBox, QTableWidget
@@ -88,3 +88,29 @@ def show_prefilled(dialog, **prefill):
     dialog.raise_()
     dialog.activateWindow()
     return dialog
+
+
+def focus_features(canvas, layer, fids):
+    """Pan to features, zooming out only when they do not fit; flash them so the eye finds them."""
+    box = None
+    request = QgsFeatureRequest().setFilterFids(list(fids)).setNoAttributes()
+    for feature in layer.getFeatures(request):
+        if feature.hasGeometry():
+            bounds = feature.geometry().boundingBox()
+            box = bounds if box is None else box
+            box.combineExtentWith(bounds)
+    if box is None:
+        return
+    try:
+        box = canvas.mapSettings().layerExtentToOutputExtent(layer, box)
+    except QgsCsException:
+        return
+    extent = canvas.extent()
+    if box.width() < extent.width() * 0.6 and box.height() < extent.height() * 0.6:
+        canvas.setCenter(box.center())
+    else:
+        grown = QgsRectangle(box)
+        grown.scale(1.6)
+        canvas.setExtent(grown)
+    canvas.refresh()
+    canvas.flashFeatureIds(layer, list(fids))

@@ -1,45 +1,48 @@
-"""The labels dock's labeled objects: the page that shows them under the classes, the objects table with
-its selection in step with the map, delete / set class, and the undo history.
+"""The labels dock's labeled objects: the objects table (filtered by class) with its selection in step with
+the map, delete / set class, and the undo history.
 
-A part of LabelsDock (dock.py); edits go through label_edits.py.
+A panel the dock owns (``dock.objects``) under the classes on its "Classes & labels" page; edits go
+through the dock's store (label_edits.py).
 """
 
-from qgis.core import Qgis, QgsCsException, QgsFeatureRequest, QgsProject, QgsRectangle
+from qgis.core import Qgis, QgsProject
 from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtGui import QIcon
 from qgis.PyQt.QtWidgets import (QAbstractItemView, QComboBox, QHBoxLayout, QLabel, QTableWidgetItem, QToolButton,
                                  QVBoxLayout, QWidget)
 
-from .dock_common import ID_ROLE, swatch, table, theme_icon
+from .dock_common import ID_ROLE, focus_features, swatch, table, theme_icon
 from .class_schema import SchemaError
 from .detection_review import ACCEPTED, set_review_status
 from .labels_layer import LabelError
 
 
-class ObjectsPart:
-    def _build_label_page(self):
-        page = QWidget()
-        box = QVBoxLayout(page)
-        box.setContentsMargins(4, 6, 4, 4)
+class ObjectsPanel(QWidget):
+    def __init__(self, dock):
+        super().__init__()
+        self.dock = dock
+        self._syncing = False   # a selection made here is not echoed back from the layer
+        self._build()
 
-        self._build_classes(box)   # dock_classes.py
-
+    def _build(self):
+        box = QVBoxLayout(self)
+        box.setContentsMargins(0, 0, 0, 0)
         row = QHBoxLayout()
         row.addWidget(QLabel("<b>Labeled objects</b>"))
         row.addStretch(1)
         self.filter_combo = QComboBox()
         self.filter_combo.setToolTip("Show the labels of one class only")
         self.filter_combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToContents)
-        self.filter_combo.currentIndexChanged.connect(lambda _i: self._refresh_objects())
+        self.filter_combo.currentIndexChanged.connect(lambda _i: self.refresh())
         row.addWidget(self.filter_combo)
         box.addLayout(row)
 
-        self.objects_table = table("MaskForgeObjectsTable", ["Class", "Area (m²)", "ID"],
-                                   QAbstractItemView.SelectionMode.ExtendedSelection,
-                                   QAbstractItemView.EditTrigger.NoEditTriggers)
-        self.objects_table.itemSelectionChanged.connect(self._objects_selection_changed)
-        self.objects_table.setMinimumHeight(120)
-        box.addWidget(self.objects_table, 1)
+        self.table = table("MaskForgeObjectsTable", ["Class", "Area (m²)", "ID"],
+                           QAbstractItemView.SelectionMode.ExtendedSelection,
+                           QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.table.itemSelectionChanged.connect(self._objects_selection_changed)
+        self.table.setMinimumHeight(120)
+        box.addWidget(self.table, 1)
 
         row = QHBoxLayout()
         self.count_label = QLabel()
@@ -57,34 +60,37 @@ class ObjectsPart:
         self.delete_button.clicked.connect(self.delete_selected)
         row.addWidget(self.delete_button)
         box.addLayout(row)
-        return page
 
     # ------------------------------------------------------------ labeled objects
-    def _edited(self):
-        self._refresh_timer.stop()   # the layer's own signals asked for the same refresh
+    def refresh_filter(self):
+        current = self.filter_combo.currentData()
+        self.filter_combo.blockSignals(True)
+        self.filter_combo.clear()
+        self.filter_combo.addItem("All classes", None)
+        for cls in self.dock.schema:
+            self.filter_combo.addItem(swatch(cls.color), cls.name, cls.value)
+        index = self.filter_combo.findData(current) if current is not None else 0
+        self.filter_combo.setCurrentIndex(max(index, 0))
+        self.filter_combo.blockSignals(False)
         self.refresh()
 
-    def _schedule_refresh(self, *_args):
-        self._refresh_timer.start()
+    def set_filter(self, value):
+        """Show the labels of one class in the table (None: all)."""
+        index = self.filter_combo.findData(value) if value is not None else 0
+        self.filter_combo.setCurrentIndex(max(index, 0))
 
     def refresh(self):
-        self._refresh_classes()
-        self._refresh_objects()
-        self._update_undo()
-        self.export_button.setEnabled(self.store is not None)
-        self.set_class_button.setEnabled(self.store is not None)
-        self.delete_button.setEnabled(self.store is not None)
-        self._show_save_state()
-
-    def _refresh_objects(self):
-        table = self.objects_table
+        self.set_class_button.setEnabled(self.dock.store is not None)
+        self.delete_button.setEnabled(self.dock.store is not None)
+        table = self.table
         table.blockSignals(True)
         table.setSortingEnabled(False)
-        rows = self.store.rows(self.filter_combo.currentData()) if self.store else []
+        rows = self.dock.store.rows(self.filter_combo.currentData()) if self.dock.store else []
         table.setRowCount(len(rows))
         for i, (fid, value, area) in enumerate(rows):
-            name = self.schema.name_of(value) or (f"{value} (not in the schema)" if value is not None else "(none)")
-            cls = self.schema.get(value)
+            schema = self.dock.schema
+            name = schema.name_of(value) or (f"{value} (not in the schema)" if value is not None else "(none)")
+            cls = schema.get(value)
             class_item = QTableWidgetItem(swatch(cls.color) if cls else QIcon(), name)
             area_item = QTableWidgetItem()
             area_item.setData(Qt.ItemDataRole.DisplayRole, round(area, 1) if area is not None else None)
@@ -100,17 +106,17 @@ class ObjectsPart:
         table.setSortingEnabled(True)
         table.blockSignals(False)
         shown = len(rows)
-        total = shown if self.filter_combo.currentData() is None else sum(self.store.counts().values())
+        total = shown if self.filter_combo.currentData() is None else sum(self.dock.store.counts().values())
         self.count_label.setText(f"{total} labels" if shown == total else f"{shown} of {total} labels")
-        self._layer_selection_changed()
+        self.layer_selection_changed()
 
     def table_feature_ids(self):
-        return [self.objects_table.item(r, 2).data(ID_ROLE) for r in range(self.objects_table.rowCount())]
+        return [self.table.item(r, 2).data(ID_ROLE) for r in range(self.table.rowCount())]
 
     def select_rows(self, fids):
         """Select labels in the table (as a click would): selects them on the map and pans/zooms to them."""
         wanted = set(fids)
-        table = self.objects_table
+        table = self.table
         table.clearSelection()
         table.setSelectionMode(QAbstractItemView.SelectionMode.MultiSelection)
         for row in range(table.rowCount()):
@@ -119,23 +125,23 @@ class ObjectsPart:
         table.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
 
     def _objects_selection_changed(self):
-        if self._syncing or self.store is None:
+        if self._syncing or self.dock.store is None:
             return
-        fids = sorted({self.objects_table.item(index.row(), 2).data(ID_ROLE)
-                       for index in self.objects_table.selectionModel().selectedRows()})
+        fids = sorted({self.table.item(index.row(), 2).data(ID_ROLE)
+                       for index in self.table.selectionModel().selectedRows()})
         self._syncing = True
         try:
-            self.store.layer.selectByIds(fids)
+            self.dock.store.layer.selectByIds(fids)
         finally:
             self._syncing = False
         if fids:
-            self.focus_features(self.store.layer, fids)
+            focus_features(self.dock.canvas, self.dock.store.layer, fids)
 
-    def _layer_selection_changed(self, *_args):
-        if self._syncing or self.store is None:
+    def layer_selection_changed(self, *_args):
+        if self._syncing or self.dock.store is None:
             return
-        selected = set(self.store.layer.selectedFeatureIds())
-        table = self.objects_table
+        selected = set(self.dock.store.layer.selectedFeatureIds())
+        table = self.table
         self._syncing = True
         table.blockSignals(True)
         try:
@@ -149,65 +155,40 @@ class ObjectsPart:
             table.blockSignals(False)
             self._syncing = False
 
-    def focus_features(self, layer, fids):
-        """Pan to features, zooming out only when they do not fit; flash them so the eye finds them."""
-        box = None
-        request = QgsFeatureRequest().setFilterFids(list(fids)).setNoAttributes()
-        for feature in layer.getFeatures(request):
-            if feature.hasGeometry():
-                bounds = feature.geometry().boundingBox()
-                box = bounds if box is None else box
-                box.combineExtentWith(bounds)
-        if box is None:
-            return
-        try:
-            box = self.canvas.mapSettings().layerExtentToOutputExtent(layer, box)
-        except QgsCsException:
-            return
-        extent = self.canvas.extent()
-        if box.width() < extent.width() * 0.6 and box.height() < extent.height() * 0.6:
-            self.canvas.setCenter(box.center())
-        else:
-            grown = QgsRectangle(box)
-            grown.scale(1.6)
-            self.canvas.setExtent(grown)
-        self.canvas.refresh()
-        self.canvas.flashFeatureIds(layer, list(fids))
-
     def delete_selected(self):
-        if self.store is None:
+        if self.dock.store is None:
             return 0
-        fids = self.store.layer.selectedFeatureIds()
+        fids = self.dock.store.layer.selectedFeatureIds()
         if not fids:
-            self._status("Select labels in the table or on the map first.")
+            self.dock._status("Select labels in the table or on the map first.")
             return 0
         try:
-            deleted = self.store.delete(fids)
+            deleted = self.dock.store.delete(fids)
         except LabelError as exc:
-            self._message(str(exc), Qgis.MessageLevel.Warning)
+            self.dock._message(str(exc), Qgis.MessageLevel.Warning)
             return 0
-        self._status(f"Deleted {len(deleted)} label(s); Undo brings them back.")
+        self.dock._status(f"Deleted {len(deleted)} label(s); Undo brings them back.")
         return len(deleted)
 
     def set_class_of_selected(self):
-        if self.store is None:
+        if self.dock.store is None:
             return 0
-        fids = self.store.layer.selectedFeatureIds()
+        fids = self.dock.store.layer.selectedFeatureIds()
         if not fids:
-            self._status("Select labels in the table or on the map first.")
+            self.dock._status("Select labels in the table or on the map first.")
             return 0
         try:
-            changed = self.store.set_class(fids, self.current_value)
+            changed = self.dock.store.set_class(fids, self.dock.current_value)
         except LabelError as exc:
-            self._message(str(exc), Qgis.MessageLevel.Warning)
+            self.dock._message(str(exc), Qgis.MessageLevel.Warning)
             return 0
-        self._status(f"{changed} label(s) now '{self.schema.name_of(self.current_value)}'.")
+        self.dock._status(f"{changed} label(s) now '{self.dock.schema.name_of(self.dock.current_value)}'.")
         return changed
 
     # ------------------------------------------------------------ undo / redo
-    def _update_undo(self):
-        self.undo_action.setEnabled(bool(self.store and self.store.can_undo()))
-        self.redo_action.setEnabled(bool(self.store and self.store.can_redo()))
+    def update_undo(self):
+        self.dock.undo_action.setEnabled(bool(self.dock.store and self.dock.store.can_undo()))
+        self.dock.redo_action.setEnabled(bool(self.dock.store and self.dock.store.can_redo()))
 
     def undo(self):
         self._history(undo=True)
@@ -216,34 +197,34 @@ class ObjectsPart:
         self._history(undo=False)
 
     def _history(self, undo):
-        if self.store is None:
+        if self.dock.store is None:
             return
         try:
-            edit = self.store.undo() if undo else self.store.redo()
+            edit = self.dock.store.undo() if undo else self.dock.store.redo()
         except LabelError as exc:
-            self._message(str(exc), Qgis.MessageLevel.Warning)
+            self.dock._message(str(exc), Qgis.MessageLevel.Warning)
             return
         if edit is None:
             return
         note = edit.note
         if note.get("class"):   # a class deleted with its labels comes back with them
             cls = note["class"]
-            if undo and cls["Value"] not in self.schema:
+            if undo and cls["Value"] not in self.dock.schema:
                 try:
-                    self.schema.add(cls["Name"], cls["Value"], cls["Color"])
+                    self.dock.schema.add(cls["Name"], cls["Value"], cls["Color"])
                 except SchemaError:
-                    self.schema.add(None, cls["Value"], cls["Color"])
-            elif not undo and cls["Value"] in self.schema:
-                self.schema.remove(cls["Value"])
+                    self.dock.schema.add(None, cls["Value"], cls["Color"])
+            elif not undo and cls["Value"] in self.dock.schema:
+                self.dock.schema.remove(cls["Value"])
         if note.get("review_fids"):   # accepted detections become undecided again, and back
             layer = QgsProject.instance().mapLayer(note["review_layer"])
             if layer is not None:
                 try:
                     set_review_status(layer, note["review_fids"], None if undo else ACCEPTED)
                 except LabelError as exc:
-                    self._message(str(exc), Qgis.MessageLevel.Warning)
-                review = self.review_page.review
+                    self.dock._message(str(exc), Qgis.MessageLevel.Warning)
+                review = self.dock.review_page.review
                 if review is not None and review.layer is layer:
                     review.reload()
-        self._status(("Undone: " if undo else "Redone: ") + {"add": "added label(s)", "delete": "deletion",
+        self.dock._status(("Undone: " if undo else "Redone: ") + {"add": "added label(s)", "delete": "deletion",
                                                               "class": "class change", "geometry": "outline change"}[edit.kind] + ".")

@@ -11,7 +11,7 @@ from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtGui import QColor, QKeySequence, QShortcut
 from qgis.PyQt.QtWidgets import QDoubleSpinBox, QGridLayout, QLabel, QPushButton, QWidget
 
-from .dock_common import theme_icon
+from .dock_common import focus_features, theme_icon
 from .detection_review import ACCEPTED, DetectionReview, ReviewError
 from .labels_layer import LabelError
 
@@ -128,7 +128,7 @@ class ReviewPage(QWidget):
             f"Detection {review.position + 1} of {review.remaining()}: <b>{label}</b> (class {value}), "
             f"confidence <b>{review.confidence(fid):.2f}</b><br>{done}")
         self._show_band(review.layer, fid)
-        self.dock.focus_features(review.layer, [fid])
+        focus_features(self.dock.canvas, review.layer, [fid])
 
     def _show_band(self, layer, fid):
         # An outline, not the selection: a selected polygon is filled and hides the very object to judge.

@@ -64,7 +64,7 @@ class SmartLabeling(QObject):
         self.tool.promptChanged.connect(self.ask)
         self.tool.acceptRequested.connect(self.accept)
         self.tool.dropped.connect(self._dropped)
-        self.tool.classKeyPressed.connect(lambda n: self.dock.set_current_by_position(n - 1))
+        self.tool.classKeyPressed.connect(lambda n: self.dock.classes.set_current_by_position(n - 1))
         self.tool.deactivated.connect(self.client.stop)   # leaving the tool frees the model's memory
         self.answer = None          # the newest answer: {"polygon": QgsGeometry in crs, "score", "crs", ...}
         self._latest = None
