@@ -115,12 +115,14 @@ class ObjectsPanel(QWidget):
 
     def select_rows(self, fids):
         """Select labels in the table (as a click would): selects them on the map and pans/zooms to them."""
-        wanted = set(fids)
+        self._select(set(fids))
+
+    def _select(self, fids):
         table = self.table
         table.clearSelection()
         table.setSelectionMode(QAbstractItemView.SelectionMode.MultiSelection)
         for row in range(table.rowCount()):
-            if table.item(row, 2).data(ID_ROLE) in wanted:
+            if table.item(row, 2).data(ID_ROLE) in fids:
                 table.selectRow(row)
         table.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
 
@@ -140,49 +142,43 @@ class ObjectsPanel(QWidget):
     def layer_selection_changed(self, *_args):
         if self._syncing or self.dock.store is None:
             return
-        selected = set(self.dock.store.layer.selectedFeatureIds())
-        table = self.table
         self._syncing = True
-        table.blockSignals(True)
+        self.table.blockSignals(True)   # the map's selection shown, not echoed back to the map
         try:
-            table.clearSelection()
-            table.setSelectionMode(QAbstractItemView.SelectionMode.MultiSelection)
-            for row in range(table.rowCount()):
-                if table.item(row, 2).data(ID_ROLE) in selected:
-                    table.selectRow(row)
-            table.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
+            self._select(set(self.dock.store.layer.selectedFeatureIds()))
         finally:
-            table.blockSignals(False)
+            self.table.blockSignals(False)
             self._syncing = False
 
-    def delete_selected(self):
-        if self.dock.store is None:
-            return 0
-        fids = self.dock.store.layer.selectedFeatureIds()
+    def _edit_selected(self, edit):
+        """``edit(store, fids)`` on the labels selected (in the table or on the map): its result, or None with
+        the reason said."""
+        store = self.dock.store
+        if store is None:
+            return None
+        fids = store.layer.selectedFeatureIds()
         if not fids:
             self.dock._status("Select labels in the table or on the map first.")
-            return 0
+            return None
         try:
-            deleted = self.dock.store.delete(fids)
+            return edit(store, fids)
         except LabelError as exc:
             self.dock._message(str(exc), Qgis.MessageLevel.Warning)
+            return None
+
+    def delete_selected(self):
+        deleted = self._edit_selected(lambda store, fids: store.delete(fids))
+        if deleted is None:
             return 0
         self.dock._status(f"Deleted {len(deleted)} label(s); Undo brings them back.")
         return len(deleted)
 
     def set_class_of_selected(self):
-        if self.dock.store is None:
+        value = self.dock.current_value
+        changed = self._edit_selected(lambda store, fids: store.set_class(fids, value))
+        if changed is None:
             return 0
-        fids = self.dock.store.layer.selectedFeatureIds()
-        if not fids:
-            self.dock._status("Select labels in the table or on the map first.")
-            return 0
-        try:
-            changed = self.dock.store.set_class(fids, self.dock.current_value)
-        except LabelError as exc:
-            self.dock._message(str(exc), Qgis.MessageLevel.Warning)
-            return 0
-        self.dock._status(f"{changed} label(s) now '{self.dock.schema.name_of(self.dock.current_value)}'.")
+        self.dock._status(f"{changed} label(s) now '{self.dock.schema.name_of(value)}'.")
         return changed
 
     # ------------------------------------------------------------ undo / redo
