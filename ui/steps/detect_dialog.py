@@ -150,7 +150,7 @@ class DetectDialog(JobDialog):
             messages.push(nothing_found(r), Qgis.MessageLevel.Warning)
             return
         messages.push(f"Detected {count} objects in {r.get('tiles')} tiles on {r.get('device')}"
-                   f"{' and added them to the project' if layer else ''}: {out}", Qgis.MessageLevel.Success)
+                      f"{' and added them to the project' if layer else ''}: {out}", Qgis.MessageLevel.Success)
 
 
 def nothing_found(result):

@@ -167,7 +167,7 @@ class ExportDialog(JobDialog):
         r = task.result
         out = r.get("out_dir") or task.args[task.args.index("--out") + 1]
         messages.push_with_button(f"Exported {r.get('chips')} chips with {r.get('instances')} objects.",
-                               "Open folder", out)
+                                  "Open folder", out)
         # The natural next step trains on this folder.
         settings.set_dialog_value("train", "INPUT_DATA", out)
 

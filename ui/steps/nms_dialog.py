@@ -101,4 +101,4 @@ class NmsDialog(JobDialog):
         r = task.result
         out, layer = add_result_layer(task)
         messages.push(f"Kept {r.get('kept')} of {r.get('input')} features, removed {r.get('removed')}"
-                   f"{' (added to the project)' if layer else ''}: {out}", Qgis.MessageLevel.Success)
+                      f"{' (added to the project)' if layer else ''}: {out}", Qgis.MessageLevel.Success)
