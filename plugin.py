@@ -1,7 +1,7 @@
 """Wires MaskForge into QGIS: toolbar, menu and the Processing provider.
 
 Every toolbar action opens the step's dialog (ui/), which runs the step as a
-background task (tasks.py) through ``runner.run_job`` — the same code path as
+background task (bridge/tasks.py) through ``bridge/runner.run_job`` — the same code path as
 the step's Processing algorithm. A top-level *MaskForge* menu (before Help, where
 well-liked plugins put theirs) holds every action: the steps, Compute Accuracy and
 Compare Detections (their Processing dialogs), Settings… and Diagnostics….
@@ -91,8 +91,8 @@ class MaskForgePlugin:
         import processing  # QGIS's Processing plugin; loaded by the time a user clicks
         processing.execAlgorithmDialog(algorithm_id)
 
-    # -- Step dialogs (ui/*_dialog.py): made on first use, kept, so a dialog reopened while its job
-    # runs still shows the job; the jobs themselves are QgsTasks (tasks.py) and outlive the dialog.
+    # -- Step dialogs (ui/steps/*_dialog.py): made on first use, kept, so a dialog reopened while its job
+    # runs still shows the job; the jobs themselves are QgsTasks (bridge/tasks.py) and outlive the dialog.
     dialogs = None
     settings_actions = ()
 
@@ -115,7 +115,7 @@ class MaskForgePlugin:
 
     def _open_export(self, **prefill):
         """The labels dock's Export training data…: the toolbar's own Export dialog, prefilled from the dock."""
-        from .ui.labeling.labels_dock import show_prefilled
+        from .ui.labeling.dock_common import show_prefilled
         return show_prefilled(self.open_dialog("MaskForgeExportAction"), **prefill)
 
     def open_settings(self):
@@ -184,7 +184,7 @@ class MaskForgePlugin:
             QgsApplication.processingRegistry().removeProvider(self.provider)
             self.provider = None
 
-    # -- Label Objects: a checkable action that shows the labels dock (ui/labels_dock.py).
+    # -- Label Objects: a checkable action that shows the labels dock (ui/labeling/dock.py).
     # The dock, its map tools and their imports are made the first time it is shown.
     label_action = None
     labels_dock = None
@@ -203,7 +203,7 @@ class MaskForgePlugin:
     def _toggle_labeling(self, checked):
         if checked and self.labels_dock is None:
             from qgis.PyQt.QtCore import Qt
-            from .ui.labeling.labels_dock import LabelsDock
+            from .ui.labeling.dock import LabelsDock
             self.labels_dock = LabelsDock(self.iface, self.iface.mainWindow(), open_export=self._open_export)
             self.labels_dock.closedStateChanged.connect(self._labeling_closed)
             self.iface.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, self.labels_dock)

@@ -10,7 +10,7 @@ from ..bridge import settings
 from ..bridge.runner import JobCancelled, JobError, run_job
 from ..core.contract.invalid import InvalidInput
 from ..core.contract.params import absolute
-from ..bridge.layers import engine_values, extent_of
+from ..bridge.layers import area_extent, raster_values
 
 
 class MaskForgeAlgorithm(QgsProcessingAlgorithm):
@@ -115,17 +115,11 @@ def engine_raster_values(layer, values, feedback, model=None, default_extent=Non
     """``values`` with INPUT_RASTER, EXTENT and CELL_SIZE as the engine reads ``layer`` (layers.py):
     a web layer becomes a GDAL service description, or a GeoTIFF QGIS rendered."""
     try:
-        values, note = engine_values(layer, values, model, default_extent, settings.tile_cache(), feedback)
+        return raster_values(layer, values, model, default_extent, feedback)
     except InvalidInput as exc:
         raise QgsProcessingException(str(exc)) from None
-    if note:
-        feedback.pushInfo(note)
-    return values
 
 
 def source_extent(alg, parameters, name, context, layer):
     """The extent of a feature-source parameter in ``layer``'s CRS (a web layer's default area), or None."""
-    source = alg.parameterAsSource(parameters, name, context)
-    if source is None or source.sourceExtent().isEmpty():
-        return None
-    return extent_of(source.sourceExtent(), source.sourceCrs(), layer)
+    return area_extent(alg.parameterAsSource(parameters, name, context), layer)

@@ -4,7 +4,7 @@ from qgis.core import Qgis, QgsProcessingOutputFile, QgsProcessingOutputNumber, 
 from .base import MaskForgeAlgorithm, check, job_args
 from .parameters import add_parameters, form_values
 from ..core.contract import Compare
-from ..bridge.results import load_on_completion
+from ..bridge.result_layers import load_on_completion
 
 
 class CompareDetectionsAlgorithm(MaskForgeAlgorithm):

@@ -4,7 +4,7 @@ from qgis.core import Qgis, QgsProcessingOutputFile, QgsProcessingOutputNumber, 
 from .base import MaskForgeAlgorithm, check, job_args
 from .parameters import add_parameters, form_values
 from ..core.contract import Assess
-from ..bridge.results import load_on_completion
+from ..bridge.result_layers import load_on_completion
 
 NUMBERS = [("PRECISION", "precision", "Precision"), ("RECALL", "recall", "Recall"), ("F1", "f1", "F1 score"),
            ("AP50", "ap50", "Average precision at IoU 0.5 (AP50)"),

@@ -7,7 +7,7 @@ from ..core.contract import Detect
 from ..core.contract.invalid import InvalidInput
 from ..core.contract.packages import read_emd
 from ..bridge.layers import model_cell
-from ..bridge.results import load_result_layer
+from ..bridge.result_layers import load_result_layer
 
 
 class DetectObjectsAlgorithm(MaskForgeAlgorithm):

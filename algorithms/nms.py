@@ -4,7 +4,7 @@ from qgis.core import QgsProcessingOutputNumber
 from .base import MaskForgeAlgorithm, gpkg_output, job_args
 from .parameters import add_parameters, form_values
 from ..core.contract import Nms
-from ..bridge.results import load_result_layer
+from ..bridge.result_layers import load_result_layer
 
 
 class NonMaximumSuppressionAlgorithm(MaskForgeAlgorithm):

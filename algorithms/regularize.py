@@ -7,7 +7,7 @@ from qgis.core import QgsProcessingException, QgsProcessingOutputNumber, QgsProc
 from .base import MaskForgeAlgorithm, gpkg_output, job_args
 from .parameters import add_parameters, form_values
 from ..core.contract import Regularize
-from ..bridge.results import load_result_layer
+from ..bridge.result_layers import load_result_layer
 
 class RegularizeAlgorithm(MaskForgeAlgorithm):
 

@@ -4,7 +4,7 @@ from qgis.core import QgsProcessingOutputNumber, QgsProcessingOutputVectorLayer
 from .base import MaskForgeAlgorithm, check, engine_raster_values, gpkg_output, job_args, raster_layer
 from .parameters import add_parameters, form_values
 from ..core.contract import Suggest
-from ..bridge.results import load_on_completion, load_result_layer
+from ..bridge.result_layers import load_on_completion, load_result_layer
 
 
 class SuggestAlgorithm(MaskForgeAlgorithm):

@@ -1,4 +1,7 @@
-"""Any raster layer of the project as a source the engine reads through GDAL (QGIS side, no torch).
+"""QGIS layers as the sources the engine reads, for the Processing algorithms and the dialogs alike.
+
+Vector layers: a file layer in place, anything else (memory, database, filtered) as a GeoPackage copy.
+Any raster layer of the project becomes a source the engine reads through GDAL (QGIS side, no torch):
 
 - GDAL layers (files, VRT, ``/vsicurl/`` cloud GeoTIFFs, ``/vsizip/``): their source, as before.
 - XYZ/TMS and WMS layers (QGIS's ``wms`` provider): a GDAL WMS-driver XML describing the same
@@ -16,16 +19,23 @@ import os
 import tempfile
 from dataclasses import dataclass
 
-from qgis.core import (Qgis, QgsCoordinateReferenceSystem, QgsCoordinateTransform, QgsDataSourceUri, QgsProject,
-                       QgsRasterBlockFeedback, QgsRasterFileWriter, QgsRasterPipe, QgsRectangle)
+from qgis.core import (Qgis, QgsCoordinateReferenceSystem, QgsCoordinateTransform, QgsCoordinateTransformContext,
+                       QgsDataSourceUri, QgsProject, QgsRasterBlockFeedback, QgsRasterFileWriter, QgsRasterPipe,
+                       QgsRectangle, QgsVectorFileWriter)
 
 from ..core.errors import UserError
 from ..core.sources import (MapService, TileService, mercator_cell, write_service, zoom_for_cell,
                             zoom_resolution)
 from ..core.contract.invalid import InvalidInput
 from ..core.contract.params import absolute
+from . import settings
+from .messages import log
 
 DEFAULT_ZMAX = 18      # QGIS's own default for XYZ connections without zmax
+# GDAL data types as the engine (numpy) names them, for the checks made before running.
+_NUMPY_TYPES = {Qgis.DataType.Byte: "uint8", Qgis.DataType.UInt16: "uint16", Qgis.DataType.Int16: "int16",
+                Qgis.DataType.UInt32: "uint32", Qgis.DataType.Int32: "int32", Qgis.DataType.Float32: "float32",
+                Qgis.DataType.Float64: "float64"}
 
 
 @dataclass
@@ -64,6 +74,17 @@ def extent_of(extent, crs, layer):
     if crs is not None and crs.isValid() and crs != layer.crs():
         extent = QgsCoordinateTransform(crs, layer.crs(), QgsProject.instance()).transformBoundingBox(extent)
     return (extent.xMinimum(), extent.yMinimum(), extent.xMaximum(), extent.yMaximum())
+
+
+def area_extent(area, layer):
+    """The extent of ``area`` (a vector layer or a Processing feature source) in ``layer``'s CRS, or None when
+    it has no features: the default area of a web layer (the labels for export, the processing polygons)."""
+    if area is None:
+        return None
+    if hasattr(area, "updateExtents"):   # a vector layer: its cached extent may predate the last edit
+        area.updateExtents()
+    extent = area.sourceExtent()
+    return None if extent.isEmpty() else extent_of(extent, area.sourceCrs(), layer)
 
 
 def _latitude(layer, extent):
@@ -165,6 +186,63 @@ def engine_values(layer, values, model=None, default_extent=None, cache_dir=None
     extent = values.get("EXTENT") or (default_extent if is_web(layer) else None)
     raster = engine_raster(layer, extent, values.get("CELL_SIZE") or 0.0, model, cache_dir, feedback)
     return {**values, "INPUT_RASTER": raster.source, "EXTENT": raster.extent, "CELL_SIZE": raster.cell_size}, raster.note
+
+
+def raster_values(layer, values, model=None, area=None, feedback=None):
+    """``values`` with INPUT_RASTER, EXTENT and CELL_SIZE as the engine reads ``layer``; tiles go to the tile
+    cache of the settings. A web layer's default area is ``area``: an extent in its CRS, or a vector layer or
+    feature source whose extent is used. The note for the log goes to ``feedback`` (Processing) or the log.
+    Raises InvalidInput with the fix."""
+    if layer is None:
+        return values
+    if area is not None and not isinstance(area, tuple):
+        area = area_extent(area, layer) if is_web(layer) else None
+    values, note = engine_values(layer, values, model, area, settings.tile_cache(), feedback)
+    if note:
+        feedback.pushInfo(note) if feedback is not None else log(note)
+    return values
+
+
+def raster_info(layer):
+    """What the up-front checks (core/contract) need to know of a raster layer, as plain values."""
+    if layer is None:
+        return None
+    e = layer.extent()
+    provider = layer.dataProvider()
+    if is_web(layer):   # read as RGB images over an extent; the world-sized grid says nothing
+        return {"name": layer.name(), "provider": layer.providerType(), "bands": 3, "dtype": "uint8",
+                "has_crs": layer.crs().isValid(), "web": web_kind(layer)}
+    return {"name": layer.name(), "provider": layer.providerType(), "bands": layer.bandCount(),
+            "width": layer.width(), "height": layer.height(), "has_crs": layer.crs().isValid(),
+            "dtype": _NUMPY_TYPES.get(provider.dataType(1)) if provider is not None else None,
+            "bounds": (e.xMinimum(), e.yMinimum(), e.xMaximum(), e.yMaximum())}
+
+
+def raster_source(layer):
+    """The layer's own source; ``raster_values`` turns a web layer into an engine source once the extent and
+    cell size are known."""
+    return None if layer is None else layer.source()
+
+
+def vector_source(layer):
+    """An OGR source the engine can read: the layer's file, or a temporary GeoPackage copy of a
+    memory layer, a database layer or a filtered (subset) layer."""
+    if layer is None:
+        return None
+    if layer.providerType() == "ogr" and not layer.subsetString():
+        path, *options = layer.source().split("|")
+        keep = [o for o in options if o.split("=")[0].strip().lower() in ("layername", "layerid")]
+        if os.path.exists(path):
+            return "|".join([path, *keep])
+    folder = tempfile.mkdtemp(prefix="maskforge-layer-")
+    out = os.path.join(folder, "layer.gpkg")
+    options = QgsVectorFileWriter.SaveVectorOptions()
+    options.driverName = "GPKG"
+    error, message, *_ = QgsVectorFileWriter.writeAsVectorFormatV3(
+        layer, out, QgsCoordinateTransformContext(), options)
+    if error != QgsVectorFileWriter.WriterError.NoError:
+        raise InvalidInput(f"Cannot copy the layer '{layer.name()}' to a file for the job: {message}.")
+    return out
 
 
 def render_to_geotiff(layer, extent, cell, folder, feedback=None):

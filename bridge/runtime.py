@@ -10,18 +10,18 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 import time
 
 from qgis.core import Qgis, QgsTask
-from qgis.PyQt.QtCore import QObject, QProcess, QProcessEnvironment, QTimer, pyqtSignal
+from qgis.PyQt.QtCore import QObject, QProcess, QTimer, pyqtSignal
 
-from . import settings
-from .runner import PLUGIN_DIR, _child_env, missing_runtime_message
+from . import child_python, settings
+from .child_python import missing_runtime_message
+from .messages import log, push
 from ..runtime_plan import (REQUIREMENTS, Plan, check_disk, check_setup_folder, choose, describe, explain_failure,
                             inspect_machine, install_steps, python_version, venv_python)
-from .tasks import forget, log, push
+from .tasks import forget
 from ..core.contract.devices import choose_device
 from ..core.contract.invalid import InvalidInput
 
@@ -144,16 +144,11 @@ class RuntimeProbe(QObject):
         self.stop()
         self._stdout = ""
         self.process = QProcess(self)
-        env = QProcessEnvironment()
-        for key, value in _child_env().items():
-            env.insert(key, value)
-        self.process.setProcessEnvironment(env)
-        self.process.setWorkingDirectory(PLUGIN_DIR)
         self.process.readyReadStandardOutput.connect(self._read)
         self.process.finished.connect(self._done)
         self.process.errorOccurred.connect(self._failed)
         self._started = time.monotonic()
-        self.process.start(self.python, ["-c", PROBE_SCRIPT])
+        child_python.start_qprocess(self.process, self.python, ["-c", PROBE_SCRIPT])
         # A runtime that hangs (a broken driver) must not leave the dialog waiting forever. The timer
         # is the probe's child, so it goes with the probe.
         self._timer = QTimer(self)
@@ -167,8 +162,7 @@ class RuntimeProbe(QObject):
         if self.process is not None and self.process.state() != QProcess.ProcessState.NotRunning:
             self.process.finished.disconnect(self._done)
             self.process.errorOccurred.disconnect(self._failed)
-            self.process.kill()
-            self.process.waitForFinished(2000)
+            child_python.stop_qprocess(self.process)   # a probe writes nothing: no need to wait long
         self.process = None
 
     def _read(self):
@@ -255,10 +249,8 @@ class SetupRuntimeTask(QgsTask):
 
     def _run(self, command, first, last, total=None):
         log(" ".join(command))
-        env = _child_env()
-        env["PIP_PROGRESS_BAR"] = "off"
-        child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                                 stdin=subprocess.DEVNULL, start_new_session=True)
+        # Not from the plugin folder: pip and venv must not see the plugin's modules on their sys.path.
+        child = child_python.start(command, {"PIP_PROGRESS_BAR": "off"}, cwd=None, merge_stderr=True)
         seen, output = 0, []
         for text in iter(child.stdout.readline, ""):
             text = text.rstrip()
@@ -271,13 +263,8 @@ class SetupRuntimeTask(QgsTask):
             elif text.startswith("Installing collected packages"):
                 self.setProgress(first + (last - first) * 0.85)
             if self.isCanceled():
-                child.terminate()
                 break
-        try:
-            code = child.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            code = child.wait()
+        code = child_python.stop(child, 30, ask="terminate" if self.isCanceled() else None)
         if self.isCanceled():
             raise RuntimeError("Cancelled; the runtime folder may be incomplete: set it up again.")
         if code != 0:

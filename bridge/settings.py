@@ -3,7 +3,8 @@ import os
 
 from qgis.core import QgsApplication, QgsSettings
 
-from .runner import PLUGIN_DIR
+from ..runtime_plan import venv_python
+from .child_python import PLUGIN_DIR
 
 PREFIX = "MaskForge/"
 FOLDERS = {"data": "Training data", "models": "Models", "detections": "Detections"}
@@ -33,7 +34,6 @@ def runtime_python():
     chosen = value("runtime_python", "")
     if chosen:
         return chosen
-    from .runtime import venv_python
     for candidate in (plugin_venv_python(), venv_python(default_runtime_dir())):
         if os.path.exists(candidate):
             return candidate

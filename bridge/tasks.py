@@ -6,19 +6,20 @@ bar, Cancel there or in the dialog, several jobs queued. ``run()`` is on a
 worker thread: it only emits signals and writes to the message log (both
 thread-safe). Everything that touches layers, the project or widgets happens
 in ``finished()``, on the main thread, through the ``on_finished`` callback.
+
+``start`` keeps every started task (a JobTask, the runtime setup) alive until it has ended; the user's
+messages go through messages.py.
 """
 import threading
 import traceback
 
-from qgis.core import Qgis, QgsApplication, QgsMessageLog, QgsTask
-from qgis.PyQt.QtCore import QUrl, pyqtSignal
-from qgis.PyQt.QtGui import QDesktopServices
-from qgis.PyQt.QtWidgets import QPushButton
+from qgis.core import Qgis, QgsApplication, QgsTask
+from qgis.PyQt.QtCore import pyqtSignal
 
 from . import settings
+from .messages import log, push
 from .runner import JobCancelled, JobError, run_job
 
-TAG = "MaskForge"
 # A QgsTask whose Python object is collected while the task manager still runs it
 # crashes QGIS: every started task stays here until it has finished.
 _running = set()
@@ -27,48 +28,6 @@ _running = set()
 _HEAVY_STEPS = ("train", "detect")
 DEVICE_PREFIX = "Device: "   # how the engine's device line starts (core/devices.py PREFIX)
 _heavy = threading.Lock()
-
-
-def log(message, level=Qgis.MessageLevel.Info):
-    QgsMessageLog.logMessage(str(message), TAG, level)
-
-
-def message_bar():
-    from qgis.utils import iface   # None in qgis_process and plain scripts
-    return iface.messageBar() if iface is not None else None
-
-
-def push(text, level=Qgis.MessageLevel.Info, more=None, duration=None):
-    """Message bar (when there is one) and log; a failure keeps its details under 'More'."""
-    log(text if not more else f"{text}\n{more}", level)
-    bar = message_bar()
-    if bar is None:
-        return
-    if duration is None:
-        duration = 0 if level in (Qgis.MessageLevel.Critical, Qgis.MessageLevel.Warning) else 10
-    if more:
-        bar.pushMessage(TAG, text, more, level, duration)
-    else:
-        bar.pushMessage(TAG, text, level, duration)
-
-
-def push_with_button(text, button_text, path, level=Qgis.MessageLevel.Success, duration=0):
-    """A message offering to open a file or folder (report, export) with the desktop's application."""
-    log(f"{text} ({path})", level)
-    bar = message_bar()
-    if bar is None:
-        return None
-    item = bar.createMessage(TAG, text)
-    button = QPushButton(button_text, item)
-    button.setObjectName("MaskForgeOpenButton")
-    button.clicked.connect(lambda checked=False, p=path: open_path(p))
-    item.layout().addWidget(button)
-    bar.pushWidget(item, level, duration)
-    return item
-
-
-def open_path(path):
-    return QDesktopServices.openUrl(QUrl.fromLocalFile(str(path)))
 
 
 def forget(task):

@@ -123,7 +123,7 @@ def shoot(work, log):
     os.symlink(ROOT, os.path.join(plugins, "maskforge"))
     sys.path.insert(0, plugins)
     import maskforge
-    from maskforge.ui.label_store import create_labels_geopackage
+    from maskforge.ui.labeling.labels_layer import create_labels_geopackage
 
     window = iface.mainWindow()
     window.showNormal()
@@ -140,8 +140,8 @@ def shoot(work, log):
     dock = plugin.labels_dock
     settle(0.5)
     dock.use_layer(create_labels_geopackage(os.path.join(work, "osbs_labels.gpkg"), raster.crs()))
-    dock.rename_class(1, "tree")
-    dock.add_class("dead tree")
+    dock.classes.rename_class(1, "tree")
+    dock.classes.add_class("dead tree")
     canvas.setExtent(raster.extent())
     canvas.refresh()
     settle(1.0)
@@ -163,7 +163,7 @@ def shoot(work, log):
     boxes = [f.geometry().boundingBox() for f in trees]
 
     # rectangles drawn with the rectangle tool, as a person drags them
-    dock.set_current_class(1)
+    dock.classes.set_current_class(1)
     dock.activate_tool("rectangle")
     for box in boxes[::3][:14]:
         a, b = pixel(box.xMinimum(), box.yMaximum()), pixel(box.xMaximum(), box.yMinimum())
@@ -172,7 +172,7 @@ def shoot(work, log):
         send(QEvent.MouseMove, b, Qt.NoButton, Qt.LeftButton)
         send(QEvent.MouseButtonRelease, b, Qt.LeftButton, Qt.NoButton)
     # two crowns outlined with the polygon tool, as 'dead tree'
-    dock.set_current_class(2)
+    dock.classes.set_current_class(2)
     dock.activate_tool("polygon")
     for box in boxes[1::3][:2]:
         c = box.center()
@@ -185,7 +185,7 @@ def shoot(work, log):
         send(QEvent.MouseButtonDblClick, ring[-1])
         send(QEvent.MouseButtonRelease, ring[-1], Qt.LeftButton, Qt.NoButton)
     # select one label in the table: it is selected on the map too
-    dock.select_rows([dock.table_feature_ids()[3]])
+    dock.objects.select_rows([dock.objects.table_feature_ids()[3]])
     canvas.setExtent(raster.extent())
     # and one polygon left half drawn, so the rubber band shows
     box = boxes[7]
@@ -212,13 +212,13 @@ def shoot(work, log):
     detections.renderer().setSymbol(QgsFillSymbol.createSimple(
         {"color": "0,0,0,0", "outline_color": "255,255,255", "outline_width": "0.5", "outline_style": "dash"}))
     QgsProject.instance().addMapLayer(detections)
-    dock.start_review(detections)
-    dock.review_accept()
-    dock.review_reject()
+    dock.review_page.start(detections)
+    dock.review_page.accept()
+    dock.review_page.reject()
     canvas.waitWhileRendering()
     settle(1.0)
     window.grab().save(os.path.join(SHOTS, "labeling_review.png"))
-    log.write(f"review: {dock.review.tally()}\n")
+    log.write(f"review: {dock.review_page.review.tally()}\n")
     shoot_smart(work, log, dock, canvas, window, send)
     plugin.unload()
     settle(0.3)
@@ -228,7 +228,7 @@ def shoot_smart(work, log, dock, canvas, window, send):
     """The Smart tool: click buildings of a generated scene, keep good outlines, leave one previewed."""
     from qgis.core import QgsPointXY, QgsProject, QgsRasterLayer, QgsVectorLayer
     from qgis.PyQt.QtCore import QEvent, QPoint, Qt
-    from maskforge.ui.label_store import create_labels_geopackage
+    from maskforge.ui.labeling.labels_layer import create_labels_geopackage
 
     scene = os.path.join(work, "scene")
     for layer in list(QgsProject.instance().mapLayers().values()):
@@ -239,8 +239,8 @@ def shoot_smart(work, log, dock, canvas, window, send):
     QgsProject.instance().setCrs(raster.crs())
     dock.tabs.setCurrentIndex(0)
     dock.use_layer(create_labels_geopackage(os.path.join(work, "scene_labels.gpkg"), raster.crs()))
-    dock.rename_class(1, "building")
-    dock.set_current_class(1)
+    dock.classes.rename_class(1, "building")
+    dock.classes.set_current_class(1)
     dock.smart.client.command = lambda: [VENV_PYTHON, os.path.join(ROOT, "tests", "sam_standin.py")]
     canvas.setExtent(raster.extent())
     canvas.refresh()

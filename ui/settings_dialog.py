@@ -13,8 +13,8 @@ from qgis.PyQt.QtGui import QFontDatabase
 from qgis.PyQt.QtWidgets import (QApplication, QComboBox, QDialog, QFormLayout, QGroupBox, QHBoxLayout, QLabel,
                                  QLineEdit, QMessageBox, QPlainTextEdit, QProgressBar, QPushButton, QVBoxLayout)
 
-from ..bridge import settings, tasks
-from ..bridge.runner import PLUGIN_DIR
+from ..bridge import messages, settings, tasks
+from ..bridge.child_python import PLUGIN_DIR
 from ..core.contract.devices import DEVICES
 from ..bridge.runtime import (REQUIREMENTS, RuntimeProbe, SetupRuntimeTask, check_setup_folder, describe,
                               setup_plan, venv_python)
@@ -155,7 +155,7 @@ class DiagnosticsDialog(QDialog):
 
     def copy(self):
         QApplication.clipboard().setText(self.report())
-        tasks.log(self.report())
+        messages.log(self.report())
 
 
 class SettingsDialog(QDialog):

@@ -140,7 +140,7 @@ def answers():
 
 @pytest.fixture
 def dock(maskforge, qgis_iface, canvas, tmp_path, answers):
-    from maskforge.ui.labeling.labels_dock import LabelsDock
+    from maskforge.ui.labeling.dock import LabelsDock
 
     def confirm(_parent, _title, text):
         answers["asked"].append(text)
@@ -159,7 +159,7 @@ def dock(maskforge, qgis_iface, canvas, tmp_path, answers):
 @pytest.fixture
 def labels(dock, tmp_path):
     """A labels GeoPackage in EPSG:32636, in use by the dock."""
-    from maskforge.ui.labeling.label_store import create_labels_geopackage
+    from maskforge.ui.labeling.labels_layer import create_labels_geopackage
     path = tmp_path / "labels.gpkg"
     layer = create_labels_geopackage(str(path), LAYER_CRS)
     assert dock.use_layer(layer) is not None
@@ -205,7 +205,7 @@ def test_rectangle_by_two_clicks_and_tiny_shapes_are_ignored(dock, labels, canva
 
 def test_polygon_five_clicks_then_double_click(dock, labels, canvas):
     layer, path = labels
-    dock.add_class("tent")
+    dock.classes.add_class("tent")
     dock.activate_tool("polygon")
     QTest.keyClick(canvas, Qt.Key_2)   # the second class of the schema
     assert dock.current_value == 2
@@ -291,7 +291,7 @@ def test_labels_layer_created_on_demand_beside_the_project(dock, canvas, tmp_pat
     fresh = QgsVectorLayer(f"{gpkg}|layername=labels", "fresh", "ogr")
     assert fresh.featureCount() == 1
     assert [f.name() for f in fresh.fields()][-2:] == ["classvalue", "classname"]
-    from maskforge.ui.labeling.label_store import schema_from_layer
+    from maskforge.ui.labeling.labels_style import schema_from_layer
     assert schema_from_layer(fresh).to_dict()["Classes"] == [   # opened elsewhere: classes from the data
         {"Value": 1, "Name": "Class 1", "Color": [255, 0, 0]}]
 
@@ -369,7 +369,7 @@ def test_dock_imports_emd_restyles_and_counts(dock, labels, tmp_path):
     emd = tmp_path / "tents.emd"
     emd.write_text(json.dumps({"Classes": [{"Value": 1, "Name": "1", "Color": [255, 0, 0]},
                                            {"Value": 2, "Name": "latrine", "Color": [0, 200, 80]}]}))
-    assert dock.load_schema(str(emd))
+    assert dock.classes.load_schema(str(emd))
     renderer = layer.renderer()
     assert isinstance(renderer, QgsCategorizedSymbolRenderer) and renderer.classAttribute() == "classvalue"
     assert [(c.value(), c.label()) for c in renderer.categories()][:2] == [(1, "1"), (2, "latrine")]
@@ -379,48 +379,48 @@ def test_dock_imports_emd_restyles_and_counts(dock, labels, tmp_path):
     store.add(QgsGeometry.fromRect(QgsRectangle(700000, 400000, 700005, 400005)), 2)
     store.add(QgsGeometry.fromRect(QgsRectangle(700010, 400000, 700015, 400005)), 2)
     store.add(QgsGeometry.fromRect(QgsRectangle(700020, 400000, 700030, 400005)), 1)
-    counts = {dock.class_table.item(r, 1).text(): dock.class_table.item(r, 2).text()
-              for r in range(dock.class_table.rowCount())}
+    counts = {dock.classes.table.item(r, 1).text(): dock.classes.table.item(r, 2).text()
+              for r in range(dock.classes.table.rowCount())}
     assert counts == {"1": "1", "2": "2"}
-    assert dock.objects_table.rowCount() == 3 and dock.count_label.text() == "3 labels"
-    dock.set_filter(2)
-    assert dock.objects_table.rowCount() == 2 and dock.count_label.text() == "2 of 3 labels"
-    areas = sorted(dock.objects_table.item(r, 1).data(Qt.DisplayRole) for r in range(dock.objects_table.rowCount()))
+    assert dock.objects.table.rowCount() == 3 and dock.objects.count_label.text() == "3 labels"
+    dock.objects.set_filter(2)
+    assert dock.objects.table.rowCount() == 2 and dock.objects.count_label.text() == "2 of 3 labels"
+    areas = sorted(dock.objects.table.item(r, 1).data(Qt.DisplayRole) for r in range(dock.objects.table.rowCount()))
     assert areas == [25.0, 25.0]
 
-    dock.recolor_class(2, (10, 20, 30))
+    dock.classes.recolor_class(2, (10, 20, 30))
     assert layer.renderer().categories()[1].symbol().color().name() == "#0a141e"
-    assert dock.rename_class(2, "toilet")
+    assert dock.classes.rename_class(2, "toilet")
     assert {f["classname"] for f in layer.getFeatures() if f["classvalue"] == 2} == {"toilet"}
-    dock.add_class("water point", color=(0, 0, 255))
+    dock.classes.add_class("water point", color=(0, 0, 255))
     assert [c.label() for c in layer.renderer().categories()] == ["1", "toilet", "water point",
                                                                   "not in the class schema"]
     saved = tmp_path / "saved.json"
-    assert dock.save_schema(str(saved))
+    assert dock.classes.save_schema(str(saved))
     assert [c["Name"] for c in json.loads(saved.read_text())["Classes"]] == ["1", "toilet", "water point"]
 
 
 def test_deleting_a_class_in_use_asks_first(dock, labels, answers):
     layer, path = labels
-    dock.add_class("tent")
+    dock.classes.add_class("tent")
     for i in range(3):
         dock.store.add(QgsGeometry.fromRect(QgsRectangle(700000 + 10 * i, 400000, 700005 + 10 * i, 400005)), 2)
     dock.store.add(QgsGeometry.fromRect(QgsRectangle(700100, 400000, 700105, 400005)), 1)
 
     answers["reply"] = False
-    assert not dock.delete_class(2)
+    assert not dock.classes.delete_class(2)
     assert "holds 3 labels" in answers["asked"][-1] and "'tent'" in answers["asked"][-1]
     assert 2 in dock.schema and layer.featureCount() == 4
 
     answers["reply"] = True
-    assert dock.delete_class(2)
+    assert dock.classes.delete_class(2)
     assert 2 not in dock.schema and layer.featureCount() == 1 and rows_on_disk(path) == [(1, "Class 1")]
-    dock.undo()                                   # the class and its labels come back together
+    dock.objects.undo()                                   # the class and its labels come back together
     assert dock.schema.name_of(2) == "tent" and layer.featureCount() == 4
 
     asked = len(answers["asked"])
-    dock.add_class("unused")
-    assert dock.delete_class(3)                   # holds nothing: no question
+    dock.classes.add_class("unused")
+    assert dock.classes.delete_class(3)                   # holds nothing: no question
     assert len(answers["asked"]) == asked
 
 
@@ -430,25 +430,25 @@ def test_table_selection_selects_and_pans_and_deletes(dock, labels, canvas):
     near = QgsRectangle(700000, 400000, 700010, 400008)
     dock.store.add(QgsGeometry.fromRect(near), 1)
     (far_id,) = dock.store.add(QgsGeometry.fromRect(far), 1)
-    dock.select_rows([far_id])
+    dock.objects.select_rows([far_id])
     assert layer.selectedFeatureIds() == [far_id]
     centre = QgsCoordinateTransform(CANVAS_CRS, LAYER_CRS, QgsProject.instance()).transform(canvas.center())
     assert centre.distance(far.center()) < 1.0
     assert canvas.extent().width() == pytest.approx(200, rel=0.01)   # panned, not zoomed: the scale stays
 
     layer.selectByIds([f.id() for f in layer.getFeatures()])          # selecting on the map selects rows
-    assert len(dock.objects_table.selectionModel().selectedRows()) == 2
-    dock.add_class("tent")                                            # becomes the current class
-    assert dock.set_class_of_selected() == 2
+    assert len(dock.objects.table.selectionModel().selectedRows()) == 2
+    dock.classes.add_class("tent")                                            # becomes the current class
+    assert dock.objects.set_class_of_selected() == 2
     assert sorted((f["classvalue"], f["classname"]) for f in layer.getFeatures()) == [(2, "tent")] * 2
-    dock.undo()
+    dock.objects.undo()
     assert {f["classvalue"] for f in layer.getFeatures()} == {1}
-    assert dock.delete_selected() == 2
-    assert layer.featureCount() == 0 and dock.objects_table.rowCount() == 0
+    assert dock.objects.delete_selected() == 2
+    assert layer.featureCount() == 0 and dock.objects.table.rowCount() == 0
 
 
 def test_export_button_opens_maskforges_export_dialog_prefilled(dock, osbs, tmp_path):
-    from maskforge.ui.labeling.label_store import create_labels_geopackage
+    from maskforge.ui.labeling.labels_layer import create_labels_geopackage
     raster = QgsRasterLayer(str(osbs["raster"]), "osbs")
     QgsProject.instance().addMapLayer(raster)
     layer = create_labels_geopackage(str(tmp_path / "trees.gpkg"), raster.crs())
@@ -475,21 +475,21 @@ def test_review_accept_reject_and_second_pass(dock, labels, tmp_path):
     detections = make_detections(tmp_path / "detections.gpkg", [   # in Web Mercator: accepting reprojects
         (1, "tent", 0.55), (1, "tent", 0.97), (3, "latrine", 0.80), (1, "tent", 0.30), (1, "tent", 0.91)],
         crs=CANVAS_CRS)
-    review = dock.start_review(detections)
+    review = dock.review_page.start(detections)
     assert review is not None and review.remaining() == 5
     order = [review.confidence(review.current())]
     for _ in range(4):
-        dock.next_button.click()
+        dock.review_page.next_button.click()
         order.append(review.confidence(review.current()))
     assert order == [0.97, 0.91, 0.80, 0.55, 0.30]
     for _ in range(4):
-        dock.prev_button.click()
+        dock.review_page.prev_button.click()
     assert review.confidence(review.current()) == 0.97
 
-    dock.accept_button.click()    # 0.97 tent -> labels
+    dock.review_page.accept_button.click()    # 0.97 tent -> labels
     assert review.confidence(review.current()) == 0.91
-    dock.reject_button.click()    # 0.91 rejected
-    dock.accept_button.click()    # 0.80 latrine: class 3 joins the schema with its name
+    dock.review_page.reject_button.click()    # 0.91 rejected
+    dock.review_page.accept_button.click()    # 0.80 latrine: class 3 joins the schema with its name
     assert dock.schema.name_of(3) == "latrine"
     got = sorted((f["classvalue"], f["classname"]) for f in layer.getFeatures())
     assert got == [(1, "Class 1"), (3, "latrine")]
@@ -501,13 +501,13 @@ def test_review_accept_reject_and_second_pass(dock, labels, tmp_path):
                                                                  "disk", "ogr").getFeatures()}
     assert marks[0.97] == "accepted" and marks[0.91] == "rejected" and marks[0.80] == "accepted"
     assert not marks[0.55] and not marks[0.30]
-    assert "2 accepted, 1 rejected, 2 left" in dock.review_info.text()
+    assert "2 accepted, 1 rejected, 2 left" in dock.review_page.info.text()
 
-    second = dock.start_review(detections)        # a second pass offers only the undecided
+    second = dock.review_page.start(detections)        # a second pass offers only the undecided
     assert second.remaining() == 2 and second.confidence(second.current()) == 0.55
 
-    dock.undo()                                   # undoing an accept makes the detection undecided again
-    assert layer.featureCount() == 1 and dock.review.remaining() == 3
+    dock.objects.undo()                                   # undoing an accept makes the detection undecided again
+    assert layer.featureCount() == 1 and dock.review_page.review.remaining() == 3
     assert len(rows_on_disk(path)) == 1
 
 
@@ -515,25 +515,25 @@ def test_review_accept_all_above_a_confidence(dock, labels, tmp_path):
     layer, _ = labels
     detections = make_detections(tmp_path / "detections.gpkg", [
         (1, "tent", c) for c in (0.95, 0.2, 0.85, 0.7, 0.69, 0.99, 0.4)])
-    review = dock.start_review(detections)
-    dock.next_button.click()
-    assert dock.review_accept_above(0.7) == 4
+    review = dock.review_page.start(detections)
+    dock.review_page.next_button.click()
+    assert dock.review_page.accept_above(0.7) == 4
     assert layer.featureCount() == 4 and review.remaining() == 3
     assert review.confidence(review.current()) == 0.69      # the highest one left
-    assert dock.review_accept_above(0.7) == 0
+    assert dock.review_page.accept_above(0.7) == 0
     tally = review.tally()
     assert (tally["accepted"], tally["rejected"], tally["left"]) == (4, 0, 3)
 
 
 def test_review_refuses_a_layer_that_is_not_detections(dock, labels, tmp_path):
     layer, _ = labels
-    assert dock.start_review(layer) is None                     # the labels themselves
+    assert dock.review_page.start(layer) is None                     # the labels themselves
     assert "labels layer" in dock.status_label.text()
     plain = make_detections(tmp_path / "d.gpkg", [(1, "tent", 0.5)])
     plain.startEditing()
     plain.deleteAttribute(plain.fields().indexOf("Confidence"))
     plain.commitChanges()
-    assert dock.start_review(plain) is None
+    assert dock.review_page.start(plain) is None
     assert "no 'Confidence' field" in dock.status_label.text()
 
     points = QgsVectorLayer("Point?crs=EPSG:32636&field=classvalue:integer", "points", "memory")

@@ -108,8 +108,8 @@ def canvas(qgis_canvas, qgis_parent, raster):
 
 
 def make_dock(maskforge, qgis_iface, tmp_path, command):
-    from maskforge.ui.labeling.label_store import create_labels_geopackage
-    from maskforge.ui.labeling.labels_dock import LabelsDock
+    from maskforge.ui.labeling.labels_layer import create_labels_geopackage
+    from maskforge.ui.labeling.dock import LabelsDock
     dock = LabelsDock(qgis_iface, qgis_iface.mainWindow(), confirm=lambda *a: True,
                       choose_folder=lambda: str(tmp_path), sam_command=lambda: command)
     dock.resize(380, 700)
@@ -153,7 +153,7 @@ def test_click_previews_the_outline_enter_commits_it_in_the_layer_crs_and_undo_r
     assert not in_raster_crs(stored).contains(hole_centre)                        # the hole is kept
     assert rows_on_disk(path) == [(1,)] and not layer.isEditable()               # committed at once
     assert not dock.smart.tool.has_preview()
-    dock.undo()
+    dock.objects.undo()
     assert layer.featureCount() == 0 and rows_on_disk(path) == []
 
 
@@ -196,9 +196,9 @@ def test_batch_refine_turns_rectangles_into_outlines_keeps_low_scores_and_undoes
     square, dark = (store.layer.getFeature(fid).geometry() for fid in fids)
     assert close_to(in_raster_crs(square), SQUARE, 0.01)
     assert close_to(dark, rectangles[1], 1e-9)                                   # kept as it was
-    dock.undo()
+    dock.objects.undo()
     assert close_to(store.layer.getFeature(fids[0]).geometry(), rectangles[0], 1e-9)
-    dock.redo()
+    dock.objects.redo()
     assert close_to(in_raster_crs(store.layer.getFeature(fids[0]).geometry()), SQUARE, 0.01)
 
 
@@ -233,7 +233,7 @@ def test_real_sam_with_random_weights_through_the_dock(maskforge, qgis_iface, ca
             assert in_raster_crs(geometry).boundingBox().buffered(1.0).intersects(window)
             dock.smart.accept()
             assert dock.store.layer.featureCount() == 1 and rows_on_disk(path) == [(1,)]
-            dock.undo()
+            dock.objects.undo()
             assert dock.store.layer.featureCount() == 0
         assert "torch" not in sys.modules and "segment_anything" not in sys.modules
     finally:
@@ -247,7 +247,7 @@ def test_unloading_the_plugin_stops_the_worker_and_the_setting_names_the_model(m
                                                                                qgis_processing):
     from qgis.core import QgsSettings
     from maskforge.ui.settings_dialog import SettingsDialog
-    from maskforge.ui.labeling.smart_labels import worker_command
+    from maskforge.ui.labeling.sam_labeling import worker_command
     registry = QgsApplication.processingRegistry()
     if registry.providerById("maskforge") is not None:   # left by another test module
         registry.removeProvider(registry.providerById("maskforge"))
@@ -314,7 +314,7 @@ def test_batch_refine_from_the_dock_is_a_cancellable_task_that_keeps_finished_ou
         untouched = [s for s in shapes if close_to(s, rectangle, 1e-9)]
         assert len(outlines) == outcome["refined"] and len(untouched) == 30 - outcome["refined"]
         assert "Cancelled after" in dock.status_label.text()
-        dock.undo()                                                             # one step restores them all
+        dock.objects.undo()                                                             # one step restores them all
         assert all(close_to(store.layer.getFeature(fid).geometry(), rectangle, 1e-9) for fid in fids)
         assert dock.smart.client.running()                                      # the worker goes on
     finally:

@@ -116,8 +116,8 @@ def test_labeling_over_an_xyz_layer(maskforge, service, qgis_canvas, qgis_new_pr
     """Labels drawn over the web layer go in its CRS, and the dock's Export hands the web layer on."""
     from qgis.core import QgsGeometry, QgsProject, QgsRectangle
     from maskforge.ui.labeling.class_schema import ClassSchema
-    from maskforge.ui.labeling.label_store import LabelStore, crs_for_new_labels, labels_layer_at
-    from maskforge.ui.labeling.labels_dock import raster_under
+    from maskforge.ui.labeling.label_edits import LabelStore
+    from maskforge.ui.labeling.labels_layer import crs_for_new_labels, labels_layer_at, raster_under
     layer = xyz_layer(service["server"].url)
     QgsProject.instance().addMapLayer(layer)
     qgis_canvas.setLayers([layer])
@@ -176,7 +176,7 @@ def test_smart_labeling_reads_an_xyz_layer_through_gdal(maskforge, qgis_iface, q
                                                         service, tile_cache, tmp_path):
     """The Smart tool's worker opens the XYZ layer as GDAL's service description, at the layer's finest zoom."""
     from qgis.core import QgsProject
-    from maskforge.ui.labeling.labels_dock import LabelsDock
+    from maskforge.ui.labeling.dock import LabelsDock
     layer = xyz_layer(service["server"].url)
     QgsProject.instance().addMapLayer(layer)
     qgis_canvas.setLayers([layer])

@@ -1,11 +1,11 @@
-"""Small helpers the labels dock's parts share (icons, colour swatches, the table role of ids, where labels go
-and whether they are saved, the Export dialog it opens)."""
+"""Small helpers the labels dock's parts share (icons, colour swatches, the table role of ids, the questions it
+asks, where labels go and whether they are saved, the Export dialog it opens)."""
 import os
 
-from qgis.core import QgsApplication
+from qgis.core import QgsApplication, QgsCsException, QgsFeatureRequest, QgsRectangle
 from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtGui import QColor, QIcon, QPixmap
-from qgis.PyQt.QtWidgets import QMessageBox
+from qgis.PyQt.QtWidgets import QAbstractItemView, QFileDialog, QHeaderView, QMessageBox, QTableWidget
 
 ID_ROLE = Qt.ItemDataRole.UserRole + 1
 
@@ -20,15 +20,50 @@ def swatch(color, size=14):
     return QIcon(pixmap)
 
 
+def table(name, headers, selection, edits):
+    """A table of whole rows: the first column takes the width, the others fit their contents."""
+    widget = QTableWidget(0, len(headers))
+    widget.setObjectName(name)
+    widget.setHorizontalHeaderLabels(headers)
+    widget.verticalHeader().hide()
+    widget.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+    widget.setSelectionMode(selection)
+    widget.setEditTriggers(edits)
+    header = widget.horizontalHeader()
+    header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+    for column in range(1, len(headers)):
+        header.setSectionResizeMode(column, QHeaderView.ResizeMode.ResizeToContents)
+    return widget
+
+
 def ask(parent, title, text):
     """The default ``confirm``: a Yes/No question, No by default."""
     answer = QMessageBox.question(parent, title, text, QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No, QMessageBox.StandardButton.No)
     return answer == QMessageBox.StandardButton.Yes
 
 
+def ask_file(parent, purpose, start=""):
+    """The dock's default ``choose_file``: purpose is 'new-layer', 'load-schema' or 'save-schema'."""
+    if purpose == "new-layer":
+        path, _ = QFileDialog.getSaveFileName(parent, "New labels GeoPackage", start, "GeoPackage (*.gpkg)",
+                                              options=QFileDialog.Option.DontConfirmOverwrite)
+        if path and not path.lower().endswith(".gpkg"):
+            path += ".gpkg"
+    elif purpose == "load-schema":
+        path, _ = QFileDialog.getOpenFileName(
+            parent, "Load classes", start,
+            "Class schemas and models (*.json *.emd *.dlpk);;Class schema (*.json);;"
+            "Model definition (*.emd);;Model package (*.dlpk)")
+    else:
+        path, _ = QFileDialog.getSaveFileName(parent, "Save class schema", start, "Class schema (*.json)")
+        if path and not path.lower().endswith(".json"):
+            path += ".json"
+    return path
+
+
 def labels_folder():
     """Where the first labels of an unsaved project go, without asking mid-drag: the Training data folder of
-    Settings, else ~/MaskForge (ui/output_folders.py). Saving the project later keeps the labels where they are."""
+    Settings, else ~/MaskForge (bridge/output_folders.py). Saving the project later keeps the labels where they are."""
     from ...bridge import settings
     from ...bridge.output_folders import output_folder
     return output_folder(settings.folder("data") or None)[0]
@@ -53,3 +88,29 @@ def show_prefilled(dialog, **prefill):
     dialog.raise_()
     dialog.activateWindow()
     return dialog
+
+
+def focus_features(canvas, layer, fids):
+    """Pan to features, zooming out only when they do not fit; flash them so the eye finds them."""
+    box = None
+    request = QgsFeatureRequest().setFilterFids(list(fids)).setNoAttributes()
+    for feature in layer.getFeatures(request):
+        if feature.hasGeometry():
+            bounds = feature.geometry().boundingBox()
+            box = bounds if box is None else box
+            box.combineExtentWith(bounds)
+    if box is None:
+        return
+    try:
+        box = canvas.mapSettings().layerExtentToOutputExtent(layer, box)
+    except QgsCsException:
+        return
+    extent = canvas.extent()
+    if box.width() < extent.width() * 0.6 and box.height() < extent.height() * 0.6:
+        canvas.setCenter(box.center())
+    else:
+        grown = QgsRectangle(box)
+        grown.scale(1.6)
+        canvas.setExtent(grown)
+    canvas.refresh()
+    canvas.flashFeatureIds(layer, list(fids))

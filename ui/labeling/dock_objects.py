@@ -1,91 +1,48 @@
-"""The labels dock's labeled objects: the page with the classes and objects tables, selection in step
-with the map, delete / set class, and the undo history.
+"""The labels dock's labeled objects: the objects table (filtered by class) with its selection in step with
+the map, delete / set class, and the undo history.
 
-A part of LabelsDock (ui/labels_dock.py); edits go through ui/label_store.py.
+A panel the dock owns (``dock.objects``) under the classes on its "Classes & labels" page; edits go
+through the dock's store (label_edits.py).
 """
 
-from qgis.core import Qgis, QgsCsException, QgsFeatureRequest, QgsProject, QgsRectangle
-from qgis.PyQt.QtCore import QSize, Qt
+from qgis.core import Qgis, QgsProject
+from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtGui import QIcon
-from qgis.PyQt.QtWidgets import (QAbstractItemView, QComboBox, QHBoxLayout, QHeaderView, QLabel, QTableWidget,
-                                 QTableWidgetItem, QToolButton, QVBoxLayout, QWidget)
+from qgis.PyQt.QtWidgets import (QAbstractItemView, QComboBox, QHBoxLayout, QLabel, QTableWidgetItem, QToolButton,
+                                 QVBoxLayout, QWidget)
 
-from .dock_common import ID_ROLE, swatch, theme_icon
+from .dock_common import ID_ROLE, focus_features, swatch, table, theme_icon
 from .class_schema import SchemaError
-from .label_store import LabelError
-from .review import ACCEPTED, set_review_status
+from .detection_review import ACCEPTED, set_review_status
+from .labels_layer import LabelError
 
 
-class ObjectsPart:
-    def _build_label_page(self):
-        page = QWidget()
-        box = QVBoxLayout(page)
-        box.setContentsMargins(4, 6, 4, 4)
+class ObjectsPanel(QWidget):
+    def __init__(self, dock):
+        super().__init__()
+        self.dock = dock
+        self._syncing = False   # a selection made here is not echoed back from the layer
+        self._build()
 
-        row = QHBoxLayout()
-        title = QLabel("<b>Classes</b>")
-        row.addWidget(title)
-        row.addStretch(1)
-        for icon, tip, slot in (("symbologyAdd.svg", "Add a class", self._add_class_clicked),
-                                ("symbologyRemove.svg", "Delete the selected class", self._delete_class_clicked),
-                                ("mIconColorSwatches.svg", "Change the colour of the selected class",
-                                 self._recolor_clicked),
-                                ("mActionFileOpen.svg", "Load a class schema (.json), or the classes of a model "
-                                 "(.emd, .dlpk) to fine-tune", self._load_clicked),
-                                ("mActionFileSave.svg", "Save the class schema as JSON", self._save_clicked)):
-            button = QToolButton()
-            button.setIcon(theme_icon(icon))
-            button.setToolTip(tip)
-            button.clicked.connect(slot)
-            row.addWidget(button)
-        box.addLayout(row)
-
-        self.class_table = QTableWidget(0, 3)
-        self.class_table.setObjectName("MaskForgeClassTable")
-        self.class_table.setHorizontalHeaderLabels(["Class", "Value", "Labels"])
-        self.class_table.verticalHeader().hide()
-        self.class_table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
-        self.class_table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
-        self.class_table.setEditTriggers(QAbstractItemView.EditTrigger.DoubleClicked | QAbstractItemView.EditTrigger.EditKeyPressed)
-        self.class_table.setIconSize(QSize(14, 14))
-        header = self.class_table.horizontalHeader()
-        header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
-        header.setSectionResizeMode(1, QHeaderView.ResizeMode.ResizeToContents)
-        header.setSectionResizeMode(2, QHeaderView.ResizeMode.ResizeToContents)
-        self.class_table.setToolTip("Click a class to draw with it (or press 1–9); double-click a name to rename it.")
-        self.class_table.itemSelectionChanged.connect(self._class_selection_changed)
-        self.class_table.itemChanged.connect(self._class_item_changed)
-        self.class_table.setMinimumHeight(100)   # three classes in view even on a 768-pixel screen
-        self.class_table.setMaximumHeight(150)
-        box.addWidget(self.class_table)
-
-        self.current_label = QLabel()
-        box.addWidget(self.current_label)
-
+    def _build(self):
+        box = QVBoxLayout(self)
+        box.setContentsMargins(0, 0, 0, 0)
         row = QHBoxLayout()
         row.addWidget(QLabel("<b>Labeled objects</b>"))
         row.addStretch(1)
         self.filter_combo = QComboBox()
         self.filter_combo.setToolTip("Show the labels of one class only")
         self.filter_combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToContents)
-        self.filter_combo.currentIndexChanged.connect(lambda _i: self._refresh_objects())
+        self.filter_combo.currentIndexChanged.connect(lambda _i: self.refresh())
         row.addWidget(self.filter_combo)
         box.addLayout(row)
 
-        self.objects_table = QTableWidget(0, 3)
-        self.objects_table.setObjectName("MaskForgeObjectsTable")
-        self.objects_table.setHorizontalHeaderLabels(["Class", "Area (m²)", "ID"])
-        self.objects_table.verticalHeader().hide()
-        self.objects_table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
-        self.objects_table.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
-        self.objects_table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
-        header = self.objects_table.horizontalHeader()
-        header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
-        header.setSectionResizeMode(1, QHeaderView.ResizeMode.ResizeToContents)
-        header.setSectionResizeMode(2, QHeaderView.ResizeMode.ResizeToContents)
-        self.objects_table.itemSelectionChanged.connect(self._objects_selection_changed)
-        self.objects_table.setMinimumHeight(120)
-        box.addWidget(self.objects_table, 1)
+        self.table = table("MaskForgeObjectsTable", ["Class", "Area (m²)", "ID"],
+                           QAbstractItemView.SelectionMode.ExtendedSelection,
+                           QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.table.itemSelectionChanged.connect(self._objects_selection_changed)
+        self.table.setMinimumHeight(120)
+        box.addWidget(self.table, 1)
 
         row = QHBoxLayout()
         self.count_label = QLabel()
@@ -103,35 +60,37 @@ class ObjectsPart:
         self.delete_button.clicked.connect(self.delete_selected)
         row.addWidget(self.delete_button)
         box.addLayout(row)
-        return page
-
 
     # ------------------------------------------------------------ labeled objects
-    def _edited(self):
-        self._refresh_timer.stop()   # the layer's own signals asked for the same refresh
+    def refresh_filter(self):
+        current = self.filter_combo.currentData()
+        self.filter_combo.blockSignals(True)
+        self.filter_combo.clear()
+        self.filter_combo.addItem("All classes", None)
+        for cls in self.dock.schema:
+            self.filter_combo.addItem(swatch(cls.color), cls.name, cls.value)
+        index = self.filter_combo.findData(current) if current is not None else 0
+        self.filter_combo.setCurrentIndex(max(index, 0))
+        self.filter_combo.blockSignals(False)
         self.refresh()
 
-    def _schedule_refresh(self, *_args):
-        self._refresh_timer.start()
+    def set_filter(self, value):
+        """Show the labels of one class in the table (None: all)."""
+        index = self.filter_combo.findData(value) if value is not None else 0
+        self.filter_combo.setCurrentIndex(max(index, 0))
 
     def refresh(self):
-        self._refresh_classes()
-        self._refresh_objects()
-        self._update_undo()
-        self.export_button.setEnabled(self.store is not None)
-        self.set_class_button.setEnabled(self.store is not None)
-        self.delete_button.setEnabled(self.store is not None)
-        self._show_save_state()
-
-    def _refresh_objects(self):
-        table = self.objects_table
+        self.set_class_button.setEnabled(self.dock.store is not None)
+        self.delete_button.setEnabled(self.dock.store is not None)
+        table = self.table
         table.blockSignals(True)
         table.setSortingEnabled(False)
-        rows = self.store.rows(self.filter_combo.currentData()) if self.store else []
+        rows = self.dock.store.rows(self.filter_combo.currentData()) if self.dock.store else []
         table.setRowCount(len(rows))
         for i, (fid, value, area) in enumerate(rows):
-            name = self.schema.name_of(value) or (f"{value} (not in the schema)" if value is not None else "(none)")
-            cls = self.schema.get(value)
+            schema = self.dock.schema
+            name = schema.name_of(value) or (f"{value} (not in the schema)" if value is not None else "(none)")
+            cls = schema.get(value)
             class_item = QTableWidgetItem(swatch(cls.color) if cls else QIcon(), name)
             area_item = QTableWidgetItem()
             area_item.setData(Qt.ItemDataRole.DisplayRole, round(area, 1) if area is not None else None)
@@ -147,114 +106,85 @@ class ObjectsPart:
         table.setSortingEnabled(True)
         table.blockSignals(False)
         shown = len(rows)
-        total = shown if self.filter_combo.currentData() is None else sum(self.store.counts().values())
+        total = shown if self.filter_combo.currentData() is None else sum(self.dock.store.counts().values())
         self.count_label.setText(f"{total} labels" if shown == total else f"{shown} of {total} labels")
-        self._layer_selection_changed()
+        self.layer_selection_changed()
 
     def table_feature_ids(self):
-        return [self.objects_table.item(r, 2).data(ID_ROLE) for r in range(self.objects_table.rowCount())]
+        return [self.table.item(r, 2).data(ID_ROLE) for r in range(self.table.rowCount())]
 
     def select_rows(self, fids):
         """Select labels in the table (as a click would): selects them on the map and pans/zooms to them."""
-        wanted = set(fids)
-        table = self.objects_table
+        self._select(set(fids))
+
+    def _select(self, fids):
+        table = self.table
         table.clearSelection()
         table.setSelectionMode(QAbstractItemView.SelectionMode.MultiSelection)
         for row in range(table.rowCount()):
-            if table.item(row, 2).data(ID_ROLE) in wanted:
+            if table.item(row, 2).data(ID_ROLE) in fids:
                 table.selectRow(row)
         table.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
 
     def _objects_selection_changed(self):
-        if self._syncing or self.store is None:
+        if self._syncing or self.dock.store is None:
             return
-        fids = sorted({self.objects_table.item(index.row(), 2).data(ID_ROLE)
-                       for index in self.objects_table.selectionModel().selectedRows()})
+        fids = sorted({self.table.item(index.row(), 2).data(ID_ROLE)
+                       for index in self.table.selectionModel().selectedRows()})
         self._syncing = True
         try:
-            self.store.layer.selectByIds(fids)
+            self.dock.store.layer.selectByIds(fids)
         finally:
             self._syncing = False
         if fids:
-            self.focus_features(self.store.layer, fids)
+            focus_features(self.dock.canvas, self.dock.store.layer, fids)
 
-    def _layer_selection_changed(self, *_args):
-        if self._syncing or self.store is None:
+    def layer_selection_changed(self, *_args):
+        if self._syncing or self.dock.store is None:
             return
-        selected = set(self.store.layer.selectedFeatureIds())
-        table = self.objects_table
         self._syncing = True
-        table.blockSignals(True)
+        self.table.blockSignals(True)   # the map's selection shown, not echoed back to the map
         try:
-            table.clearSelection()
-            table.setSelectionMode(QAbstractItemView.SelectionMode.MultiSelection)
-            for row in range(table.rowCount()):
-                if table.item(row, 2).data(ID_ROLE) in selected:
-                    table.selectRow(row)
-            table.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
+            self._select(set(self.dock.store.layer.selectedFeatureIds()))
         finally:
-            table.blockSignals(False)
+            self.table.blockSignals(False)
             self._syncing = False
 
-    def focus_features(self, layer, fids):
-        """Pan to features, zooming out only when they do not fit; flash them so the eye finds them."""
-        box = None
-        request = QgsFeatureRequest().setFilterFids(list(fids)).setNoAttributes()
-        for feature in layer.getFeatures(request):
-            if feature.hasGeometry():
-                bounds = feature.geometry().boundingBox()
-                box = bounds if box is None else box
-                box.combineExtentWith(bounds)
-        if box is None:
-            return
+    def _edit_selected(self, edit):
+        """``edit(store, fids)`` on the labels selected (in the table or on the map): its result, or None with
+        the reason said."""
+        store = self.dock.store
+        if store is None:
+            return None
+        fids = store.layer.selectedFeatureIds()
+        if not fids:
+            self.dock._status("Select labels in the table or on the map first.")
+            return None
         try:
-            box = self.canvas.mapSettings().layerExtentToOutputExtent(layer, box)
-        except QgsCsException:
-            return
-        extent = self.canvas.extent()
-        if box.width() < extent.width() * 0.6 and box.height() < extent.height() * 0.6:
-            self.canvas.setCenter(box.center())
-        else:
-            grown = QgsRectangle(box)
-            grown.scale(1.6)
-            self.canvas.setExtent(grown)
-        self.canvas.refresh()
-        self.canvas.flashFeatureIds(layer, list(fids))
+            return edit(store, fids)
+        except LabelError as exc:
+            self.dock._message(str(exc), Qgis.MessageLevel.Warning)
+            return None
 
     def delete_selected(self):
-        if self.store is None:
+        deleted = self._edit_selected(lambda store, fids: store.delete(fids))
+        if deleted is None:
             return 0
-        fids = self.store.layer.selectedFeatureIds()
-        if not fids:
-            self._status("Select labels in the table or on the map first.")
-            return 0
-        try:
-            deleted = self.store.delete(fids)
-        except LabelError as exc:
-            self._message(str(exc), Qgis.MessageLevel.Warning)
-            return 0
-        self._status(f"Deleted {len(deleted)} label(s); Undo brings them back.")
+        self.dock._status(f"Deleted {len(deleted)} label(s); Undo brings them back.")
         return len(deleted)
 
     def set_class_of_selected(self):
-        if self.store is None:
+        value = self.dock.current_value
+        changed = self._edit_selected(lambda store, fids: store.set_class(fids, value))
+        if changed is None:
             return 0
-        fids = self.store.layer.selectedFeatureIds()
-        if not fids:
-            self._status("Select labels in the table or on the map first.")
-            return 0
-        try:
-            changed = self.store.set_class(fids, self.current_value)
-        except LabelError as exc:
-            self._message(str(exc), Qgis.MessageLevel.Warning)
-            return 0
-        self._status(f"{changed} label(s) now '{self.schema.name_of(self.current_value)}'.")
+        self.dock._status(f"{changed} label(s) now '{self.dock.schema.name_of(value)}'.")
         return changed
 
     # ------------------------------------------------------------ undo / redo
-    def _update_undo(self):
-        self.undo_action.setEnabled(bool(self.store and self.store.can_undo()))
-        self.redo_action.setEnabled(bool(self.store and self.store.can_redo()))
+    def update_undo(self):
+        self.dock.undo_action.setEnabled(bool(self.dock.store and self.dock.store.can_undo()))
+        self.dock.redo_action.setEnabled(bool(self.dock.store and self.dock.store.can_redo()))
 
     def undo(self):
         self._history(undo=True)
@@ -263,33 +193,34 @@ class ObjectsPart:
         self._history(undo=False)
 
     def _history(self, undo):
-        if self.store is None:
+        if self.dock.store is None:
             return
         try:
-            edit = self.store.undo() if undo else self.store.redo()
+            edit = self.dock.store.undo() if undo else self.dock.store.redo()
         except LabelError as exc:
-            self._message(str(exc), Qgis.MessageLevel.Warning)
+            self.dock._message(str(exc), Qgis.MessageLevel.Warning)
             return
         if edit is None:
             return
         note = edit.note
         if note.get("class"):   # a class deleted with its labels comes back with them
             cls = note["class"]
-            if undo and cls["Value"] not in self.schema:
+            if undo and cls["Value"] not in self.dock.schema:
                 try:
-                    self.schema.add(cls["Name"], cls["Value"], cls["Color"])
+                    self.dock.schema.add(cls["Name"], cls["Value"], cls["Color"])
                 except SchemaError:
-                    self.schema.add(None, cls["Value"], cls["Color"])
-            elif not undo and cls["Value"] in self.schema:
-                self.schema.remove(cls["Value"])
+                    self.dock.schema.add(None, cls["Value"], cls["Color"])
+            elif not undo and cls["Value"] in self.dock.schema:
+                self.dock.schema.remove(cls["Value"])
         if note.get("review_fids"):   # accepted detections become undecided again, and back
             layer = QgsProject.instance().mapLayer(note["review_layer"])
             if layer is not None:
                 try:
                     set_review_status(layer, note["review_fids"], None if undo else ACCEPTED)
                 except LabelError as exc:
-                    self._message(str(exc), Qgis.MessageLevel.Warning)
-                if self.review is not None and self.review.layer is layer:
-                    self.review.reload()
-        self._status(("Undone: " if undo else "Redone: ") + {"add": "added label(s)", "delete": "deletion",
+                    self.dock._message(str(exc), Qgis.MessageLevel.Warning)
+                review = self.dock.review_page.review
+                if review is not None and review.layer is layer:
+                    review.reload()
+        self.dock._status(("Undone: " if undo else "Redone: ") + {"add": "added label(s)", "delete": "deletion",
                                                               "class": "class change", "geometry": "outline change"}[edit.kind] + ".")

@@ -1,7 +1,8 @@
 """The labels dock's 'Review detections' page: step through a detection layer, accept or reject.
 
-A part of LabelsDock (ui/labels_dock.py), split out to keep each module short;
-the decisions themselves live in ui/review.py.
+A page the dock owns (``dock.review_page``): its widgets, the review under way (``review``) and the outline
+of the detection being judged. The decisions themselves (what accepting writes where) live in
+detection_review.py; the labels go through the dock's store, messages through the dock.
 """
 
 from qgis.core import Qgis
@@ -10,15 +11,21 @@ from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtGui import QColor, QKeySequence, QShortcut
 from qgis.PyQt.QtWidgets import QDoubleSpinBox, QGridLayout, QLabel, QPushButton, QWidget
 
-from .dock_common import theme_icon
-from .label_store import LabelError
-from .review import ACCEPTED, DetectionReview, ReviewError
+from .dock_common import focus_features, theme_icon
+from .detection_review import ACCEPTED, DetectionReview, ReviewError
+from .labels_layer import LabelError
 
 
-class ReviewPage:
-    def _build_review_page(self):
-        page = QWidget()
-        self.review_page = page
+class ReviewPage(QWidget):
+    def __init__(self, dock):
+        super().__init__()
+        self.dock = dock
+        self.review = None        # the DetectionReview under way
+        self._band = None         # the outline of the detection being judged
+        self._build()
+
+    def _build(self):
+        page = self
         grid = QGridLayout(page)
         grid.setContentsMargins(4, 6, 4, 4)
         grid.addWidget(QLabel("Detections"), 0, 0)
@@ -26,16 +33,16 @@ class ReviewPage:
         self.detections_combo.setFilters(Qgis.LayerFilter.PolygonLayer)
         self.detections_combo.setToolTip("A layer made by Detect Objects (fields ClassValue, Class, Confidence)")
         grid.addWidget(self.detections_combo, 0, 1, 1, 2)
-        self.review_start_button = QPushButton("Start review")
-        self.review_start_button.setToolTip("Step through the undecided detections, highest confidence first")
-        self.review_start_button.clicked.connect(lambda: self.start_review())
-        grid.addWidget(self.review_start_button, 1, 1, 1, 2)
+        self.start_button = QPushButton("Start review")
+        self.start_button.setToolTip("Step through the undecided detections, highest confidence first")
+        self.start_button.clicked.connect(lambda: self.start())
+        grid.addWidget(self.start_button, 1, 1, 1, 2)
 
-        self.review_info = QLabel("Pick the output of Detect Objects and start.")
-        self.review_info.setWordWrap(True)
-        self.review_info.setMinimumHeight(48)
-        self.review_info.setAlignment(Qt.AlignmentFlag.AlignTop | Qt.AlignmentFlag.AlignLeft)
-        grid.addWidget(self.review_info, 2, 0, 1, 3)
+        self.info = QLabel("Pick the output of Detect Objects and start.")
+        self.info.setWordWrap(True)
+        self.info.setMinimumHeight(48)
+        self.info.setAlignment(Qt.AlignmentFlag.AlignTop | Qt.AlignmentFlag.AlignLeft)
+        grid.addWidget(self.info, 2, 0, 1, 3)
 
         self.prev_button = QPushButton(theme_icon("mActionAtlasPrev.svg"), "Previous (P)")
         self.next_button = QPushButton(theme_icon("mActionAtlasNext.svg"), "Next (N)")
@@ -47,14 +54,13 @@ class ReviewPage:
         grid.addWidget(self.next_button, 3, 1, 1, 2)
         grid.addWidget(self.accept_button, 4, 0, 1, 1)
         grid.addWidget(self.reject_button, 4, 1, 1, 2)
-        self.prev_button.clicked.connect(self.review_previous)
-        self.next_button.clicked.connect(self.review_next)
-        self.accept_button.clicked.connect(self.review_accept)
-        self.reject_button.clicked.connect(self.review_reject)
+        self.prev_button.clicked.connect(self.previous)
+        self.next_button.clicked.connect(self.next)
+        self.accept_button.clicked.connect(self.accept)
+        self.reject_button.clicked.connect(self.reject)
         # Shortcuts live on the review page: they work only while it is shown, so
         # the letters never take keys away from QGIS on the other tab.
-        for key, slot in (("A", self.review_accept), ("R", self.review_reject),
-                          ("N", self.review_next), ("P", self.review_previous)):
+        for key, slot in (("A", self.accept), ("R", self.reject), ("N", self.next), ("P", self.previous)):
             QShortcut(QKeySequence(key), page, context=Qt.ShortcutContext.WindowShortcut).activated.connect(slot)
 
         grid.addWidget(QLabel("Accept all with confidence ≥"), 5, 0, 1, 2)
@@ -65,7 +71,7 @@ class ReviewPage:
         self.threshold_spin.setValue(0.9)
         grid.addWidget(self.threshold_spin, 5, 2)
         self.accept_all_button = QPushButton("Accept all above")
-        self.accept_all_button.clicked.connect(lambda: self.review_accept_above())
+        self.accept_all_button.clicked.connect(lambda: self.accept_above())
         grid.addWidget(self.accept_all_button, 6, 1, 1, 2)
         note = QLabel("Decisions are saved in a 'review' field of the detections layer, so a second pass "
                       "offers only what is left.")
@@ -73,40 +79,39 @@ class ReviewPage:
         grid.addWidget(note, 7, 0, 1, 3)
         grid.setRowStretch(8, 1)
         grid.setColumnStretch(1, 1)
-        self._update_review_buttons()
-        return page
-
+        self._update_buttons()
 
     # ------------------------------------------------------------ review of detections
-    def start_review(self, layer=None):
+    def start(self, layer=None):
+        """Review ``layer`` (default: the one picked); returns the DetectionReview, or None with the reason said."""
         layer = layer or self.detections_combo.currentLayer()
-        if layer is not None and layer is self.labels_layer():
-            self._message("That is the labels layer; pick the detections (the output of Detect Objects).",
+        if layer is not None and layer is self.dock.labels_layer():
+            self.dock._message("That is the labels layer; pick the detections (the output of Detect Objects).",
                           Qgis.MessageLevel.Warning)
             return None
         if layer is not None and self.detections_combo.currentLayer() is not layer:
             self.detections_combo.setLayer(layer)
         try:
-            review = DetectionReview(layer, self.ensure_store, self)
+            review = DetectionReview(layer, self.dock.ensure_store, self)
         except ReviewError as exc:
-            self._message(str(exc), Qgis.MessageLevel.Warning)
+            self.dock._message(str(exc), Qgis.MessageLevel.Warning)
             return None
         if self.review is not None:
-            self.review.changed.disconnect(self._show_review)
+            self.review.changed.disconnect(self._show)
         self.review = review
-        review.changed.connect(self._show_review)
-        self.tabs.setCurrentWidget(self.review_page)
-        self._show_review()
+        review.changed.connect(self._show)
+        self.dock.tabs.setCurrentWidget(self)
+        self._show()
         return review
 
-    def _update_review_buttons(self):
+    def _update_buttons(self):
         has = self.review is not None and self.review.current() is not None
         for button in (self.prev_button, self.next_button, self.accept_button, self.reject_button,
                        self.accept_all_button):
             button.setEnabled(has)
 
-    def _show_review(self):
-        self._update_review_buttons()
+    def _show(self):
+        self._update_buttons()
         review = self.review
         if review is None:
             return
@@ -114,73 +119,80 @@ class ReviewPage:
         done = f"{tally[ACCEPTED]} accepted, {tally['rejected']} rejected, {tally['left']} left."
         fid = review.current()
         if fid is None:
-            self.review_info.setText(f"Every detection of '{review.layer.name()}' is decided. {done}")
-            self._clear_review_band()
+            self.info.setText(f"Every detection of '{review.layer.name()}' is decided. {done}")
+            self._clear_band()
             return
         value, name = review.current_class()
-        label = name or self.schema.name_of(value) or "?"
-        self.review_info.setText(
+        label = name or self.dock.schema.name_of(value) or "?"
+        self.info.setText(
             f"Detection {review.position + 1} of {review.remaining()}: <b>{label}</b> (class {value}), "
             f"confidence <b>{review.confidence(fid):.2f}</b><br>{done}")
-        self._show_review_band(review.layer, fid)
-        self.focus_features(review.layer, [fid])
+        self._show_band(review.layer, fid)
+        focus_features(self.dock.canvas, review.layer, [fid])
 
-    def _show_review_band(self, layer, fid):
+    def _show_band(self, layer, fid):
         # An outline, not the selection: a selected polygon is filled and hides the very object to judge.
-        if self._review_band is None:
-            self._review_band = QgsRubberBand(self.canvas, Qgis.GeometryType.Polygon)
-            self._review_band.setFillColor(QColor(0, 0, 0, 0))
-            self._review_band.setStrokeColor(QColor(255, 255, 0))
-            self._review_band.setWidth(3)
-        self._review_band.setToGeometry(layer.getFeature(fid).geometry(), layer)
+        if self._band is None:
+            self._band = QgsRubberBand(self.dock.canvas, Qgis.GeometryType.Polygon)
+            self._band.setFillColor(QColor(0, 0, 0, 0))
+            self._band.setStrokeColor(QColor(255, 255, 0))
+            self._band.setWidth(3)
+        self._band.setToGeometry(layer.getFeature(fid).geometry(), layer)
 
-    def _clear_review_band(self):
-        if self._review_band is not None:
-            self.canvas.scene().removeItem(self._review_band)
-            self._review_band = None
+    def _clear_band(self):
+        if self._band is not None:
+            self.dock.canvas.scene().removeItem(self._band)
+            self._band = None
 
-    def _review_action(self, action):
+    def _act(self, action):
         if self.review is None:
             return None
         try:
             return action()
         except LabelError as exc:   # ReviewError is one too
-            self._message(str(exc), Qgis.MessageLevel.Warning)
+            self.dock._message(str(exc), Qgis.MessageLevel.Warning)
             return None
 
-    def review_next(self):
-        return self._review_action(self.review.next) if self.review else None
+    def next(self):
+        return self._act(self.review.next) if self.review else None
 
-    def review_previous(self):
-        return self._review_action(self.review.previous) if self.review else None
+    def previous(self):
+        return self._act(self.review.previous) if self.review else None
 
     def _decision_text(self):
         fid = self.review.current()
         value, name = self.review.current_class()
-        return f"'{name or self.schema.name_of(value) or value}' at confidence {self.review.confidence(fid):.2f}"
+        return f"'{name or self.dock.schema.name_of(value) or value}' at confidence {self.review.confidence(fid):.2f}"
 
-    def review_accept(self):
+    def accept(self):
         if self.review is None or self.review.current() is None:
             return None
         what = self._decision_text()
-        added = self._review_action(self.review.accept)
+        added = self._act(self.review.accept)
         if added:
-            self._status(f"Accepted {what}: it is now a label.")
+            self.dock._status(f"Accepted {what}: it is now a label.")
         return added
 
-    def review_reject(self):
+    def reject(self):
         if self.review is None or self.review.current() is None:
             return None
         what = self._decision_text()
-        rejected = self._review_action(self.review.reject)
+        rejected = self._act(self.review.reject)
         if rejected:
-            self._status(f"Rejected {what}.")
+            self.dock._status(f"Rejected {what}.")
         return rejected
 
-    def review_accept_above(self, threshold=None):
+    def accept_above(self, threshold=None):
         if self.review is None:
             return 0
         threshold = self.threshold_spin.value() if threshold is None else threshold
-        count = self._review_action(lambda: self.review.accept_above(threshold)) or 0
-        self._status(f"Accepted {count} detection(s) with confidence ≥ {threshold:.2f}.")
+        count = self._act(lambda: self.review.accept_above(threshold)) or 0
+        self.dock._status(f"Accepted {count} detection(s) with confidence ≥ {threshold:.2f}.")
         return count
+
+    def cleanup(self):
+        """The dock goes: the review stops following its layer, the outline leaves the map."""
+        if self.review is not None:
+            self.review.changed.disconnect(self._show)
+            self.review = None
+        self._clear_band()

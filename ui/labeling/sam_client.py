@@ -11,14 +11,13 @@ was asked and is started again by the next request.
 import collections
 import json
 import queue
-import subprocess
-import threading
 import time
 
 from qgis.core import QgsApplication
 from qgis.PyQt.QtCore import QObject, QTimer, pyqtSignal
 
-from ...bridge.runner import PLUGIN_DIR, _child_env, missing_runtime_message
+from ...bridge import child_python
+from ...bridge.child_python import missing_runtime_message
 
 _EOF = object()
 
@@ -51,9 +50,7 @@ class SamClient(QObject):
     def start(self):
         argv = self.command()
         try:
-            self.child = subprocess.Popen(argv, cwd=PLUGIN_DIR, env=_child_env(self.env()), text=True, bufsize=1,
-                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                          start_new_session=True)
+            self.child = child_python.start(argv, self.env(), requests=True)
         except OSError as exc:
             self.child = None
             raise RuntimeError(missing_runtime_message(argv[0]) if isinstance(exc, FileNotFoundError)
@@ -61,35 +58,17 @@ class SamClient(QObject):
         self.starts += 1
         lines = self._lines = queue.Queue()   # a new queue: lines of a dead worker never mix with these
         stderr = self._stderr
-        stdout_stream, stderr_stream = self.child.stdout, self.child.stderr
-        threading.Thread(target=self._pump, args=(stdout_stream, lines.put, True), daemon=True).start()
-        threading.Thread(target=self._pump, args=(stderr_stream, stderr.append, False), daemon=True).start()
+        child_python.follow(self.child.stdout, lines.put, end=_EOF)
+        child_python.follow(self.child.stderr, stderr.append)
         self._timer.start()
-
-    @staticmethod
-    def _pump(stream, sink, mark_end):
-        for line in iter(stream.readline, ""):
-            sink(line)
-        stream.close()
-        if mark_end:
-            sink(_EOF)
 
     def stop(self, timeout=3.0):
         """Ask the worker to quit (end of its input), then kill it if it has not gone within ``timeout``."""
         child, self.child = self.child, None
         self._timer.stop()
         self._fail_pending("The Segment Anything worker was stopped.")
-        if child is None:
-            return
-        try:
-            child.stdin.close()
-        except OSError:
-            pass
-        try:
-            child.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait(timeout=5)
+        if child is not None:
+            child_python.stop(child, timeout, ask="close_input")
 
     # ------------------------------------------------------------ requests
     def request(self, op, callback=None, **fields):

@@ -2,38 +2,21 @@
 import os
 import re
 
-from qgis.core import QgsProject, QgsVectorLayer
+from qgis.core import Qgis
 from qgis.PyQt.QtWidgets import QLabel
 
-from ...bridge import settings, tasks
+from ...bridge import messages, settings
 from ...core.contract import Detect
 from ...core.contract.detect import REGULARIZE
 from ...core.contract.invalid import InvalidInput
 from ...core.contract.packages import default_padding, package_summary, read_emd
-from ...bridge.layers import model_cell
-from ...bridge.result_style import style_result_layer
+from ...bridge.layers import model_cell, raster_info, raster_values
+from ...bridge.result_layers import add_result_layer
 from .export_dialog import describe_raster
 from .extent_picker import ExtentPicker
-from .job_dialog import JobDialog, next_free, raster_info, raster_values
-from ...bridge.output_folders import file_folder, output_folder
+from .job_dialog import JobDialog
+from ...bridge.output_folders import file_folder, next_free, output_folder
 from .train_dialog import describe_package
-
-
-def add_result_layer(task):
-    """Add a finished job's result layer (a layer of its --out GeoPackage, which may hold other layers) to the
-    project, styled as every Detect and NMS result is (algorithms/result_style.py).
-
-    Returns the output path and the layer (None when it cannot be opened)."""
-    r = task.result or {}
-    path = r.get("output") or task.args[task.args.index("--out") + 1]
-    name = r.get("layer") or os.path.splitext(os.path.basename(path))[0]
-    layer = QgsVectorLayer(r.get("source") or path, name, "ogr")
-    if not layer.isValid():
-        tasks.push(f"The result '{path}' cannot be opened as a layer.", tasks.Qgis.Warning)
-        return path, None
-    tasks.log(f"Style of {name}: {style_result_layer(layer, r.get('style'))}.")
-    QgsProject.instance().addMapLayer(layer)
-    return path, layer
 
 
 class DetectDialog(JobDialog):
@@ -99,7 +82,7 @@ class DetectDialog(JobDialog):
             folder, note = (settings.folder("detections"), "") if settings.folder("detections") else \
                 output_folder(file_folder(layer.source()) if layer.providerType() == "gdal" else None)
             if note:
-                tasks.log(f"Detect Objects output: {note}.")
+                messages.log(f"Detect Objects output: {note}.")
             name = re.sub(r"[^\w.-]+", "_", layer.name()).strip("_") or "raster"
             self.output.setFilePath(next_free(os.path.join(folder, f"{name}_detections.gpkg")))
 
@@ -134,7 +117,7 @@ class DetectDialog(JobDialog):
         except InvalidInput:
             model = None   # check() names the package's problem
         polygons = self.fields["EXTENT_POLYGONS"].widget.currentLayer()
-        return raster_values(layer, values, model, labels=polygons)
+        return raster_values(layer, values, model, area=polygons)
 
     def facts(self):
         return (raster_info(self.raster.currentLayer()),)
@@ -153,10 +136,10 @@ class DetectDialog(JobDialog):
         out, layer = add_result_layer(task)
         count = r.get("kept", r.get("detections"))
         if not count:
-            tasks.push(nothing_found(r), tasks.Qgis.Warning)
+            messages.push(nothing_found(r), Qgis.MessageLevel.Warning)
             return
-        tasks.push(f"Detected {count} objects in {r.get('tiles')} tiles on {r.get('device')}"
-                   f"{' and added them to the project' if layer else ''}: {out}", tasks.Qgis.Success)
+        messages.push(f"Detected {count} objects in {r.get('tiles')} tiles on {r.get('device')}"
+                      f"{' and added them to the project' if layer else ''}: {out}", Qgis.MessageLevel.Success)
 
 
 def nothing_found(result):

@@ -6,11 +6,12 @@ from qgis.core import QgsFieldProxyModel
 from qgis.PyQt.QtCore import QMetaType
 from qgis.PyQt.QtWidgets import QHBoxLayout, QLabel, QWidget
 
-from ...bridge import settings, tasks
+from ...bridge import messages, settings
+from ...bridge.layers import raster_info, raster_values
 from ...core.contract import Export
 from .extent_picker import ExtentPicker
-from .job_dialog import JobDialog, next_free, raster_info, raster_values
-from ...bridge.output_folders import file_folder, output_folder
+from .job_dialog import JobDialog
+from ...bridge.output_folders import file_folder, next_free, output_folder
 
 # Field names the engine (value/classvalue), the labels dock (classvalue/classname) and common data use;
 # a name is taken only for a field of the right type: an integer field holds values, a text field names.
@@ -122,7 +123,7 @@ class ExportDialog(JobDialog):
             # Beside the raster when that folder is the user's; else the project's or ~/MaskForge, said in the log.
             folder, note = output_folder(file_folder(layer.source()) if layer.providerType() == "gdal" else None)
             if note:
-                tasks.log(f"Export Training Data output: {note}.")
+                messages.log(f"Export Training Data output: {note}.")
             name = re.sub(r"[^\w.-]+", "_", layer.name()).strip("_") or "raster"
             self.output.setFilePath(next_free(os.path.join(folder, f"{name}_chips")))
 
@@ -137,7 +138,7 @@ class ExportDialog(JobDialog):
         values = super().values()
         layer = self.raster.currentLayer()
         values["EXTENT"] = self.extent.value(layer.crs() if layer is not None else None)
-        return raster_values(layer, values, labels=self.labels.currentLayer())
+        return raster_values(layer, values, area=self.labels.currentLayer())
 
     def facts(self):
         return (raster_info(self.raster.currentLayer()),)
@@ -150,8 +151,8 @@ class ExportDialog(JobDialog):
             return
         r = task.result
         out = r.get("out_dir") or task.args[task.args.index("--out") + 1]
-        tasks.push_with_button(f"Exported {r.get('chips')} chips with {r.get('instances')} objects.",
-                               "Open folder", out)
+        messages.push_with_button(f"Exported {r.get('chips')} chips with {r.get('instances')} objects.",
+                                  "Open folder", out)
         # The natural next step trains on this folder.
         settings.set_dialog_value("train", "INPUT_DATA", out)
 

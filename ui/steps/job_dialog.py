@@ -6,96 +6,17 @@ Each dialog declares its fields under the Processing algorithm's parameter names
 command line, the same way the Processing algorithm does.
 """
 import os
-import re
-import tempfile
 
-from qgis.core import Qgis, QgsCoordinateTransformContext, QgsRasterLayer, QgsVectorFileWriter, QgsVectorLayer
+from qgis.core import QgsRasterLayer, QgsVectorLayer
 from qgis.PyQt import sip
 from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtWidgets import (QCheckBox, QFormLayout, QFrame, QHBoxLayout, QLabel, QProgressBar, QPushButton,
                                  QScrollArea, QSizePolicy, QTabWidget, QVBoxLayout, QWidget)
 
-from ...bridge import settings, tasks
+from ...bridge import messages, settings, tasks
 from ...core.contract.invalid import InvalidInput
-from ...bridge.layers import engine_values, extent_of, is_web, web_kind
+from ...bridge.layers import raster_source, vector_source
 from .fields import ContractForm
-
-# GDAL data types as the engine (numpy) names them, for the checks made before running.
-_NUMPY_TYPES = {Qgis.DataType.Byte: "uint8", Qgis.DataType.UInt16: "uint16", Qgis.DataType.Int16: "int16", Qgis.DataType.UInt32: "uint32",
-                Qgis.DataType.Int32: "int32", Qgis.DataType.Float32: "float32", Qgis.DataType.Float64: "float64"}
-
-
-def raster_info(layer):
-    """What the up-front checks need to know of a raster layer, as plain values."""
-    if layer is None:
-        return None
-    e = layer.extent()
-    provider = layer.dataProvider()
-    if is_web(layer):   # read as RGB images over an extent; the world-sized grid says nothing
-        return {"name": layer.name(), "provider": layer.providerType(), "bands": 3, "dtype": "uint8",
-                "has_crs": layer.crs().isValid(), "web": web_kind(layer)}
-    return {"name": layer.name(), "provider": layer.providerType(), "bands": layer.bandCount(),
-            "width": layer.width(), "height": layer.height(), "has_crs": layer.crs().isValid(),
-            "dtype": _NUMPY_TYPES.get(provider.dataType(1)) if provider is not None else None,
-            "bounds": (e.xMinimum(), e.yMinimum(), e.xMaximum(), e.yMaximum())}
-
-
-def raster_source(layer):
-    """The layer's own source; the export and detect dialogs turn web layers into engine sources
-    (raster_values) once the extent and cell size are known."""
-    return None if layer is None else layer.source()
-
-
-def raster_values(layer, values, model=None, labels=None):
-    """``values`` as the engine reads ``layer`` (algorithms/layers.py, as the Processing algorithms do);
-    a web layer's default area is the labels layer's extent."""
-    if layer is None:
-        return values
-    default = None
-    if labels is not None and is_web(layer):
-        labels.updateExtents()
-        default = extent_of(labels.extent(), labels.crs(), layer) if not labels.extent().isEmpty() else None
-    values, note = engine_values(layer, values, model, default, settings.tile_cache())
-    if note:
-        tasks.log(note)
-    return values
-
-
-def vector_source(layer):
-    """An OGR source the engine can read: the layer's file, or a temporary GeoPackage copy of a
-    memory layer, a database layer or a filtered (subset) layer."""
-    if layer is None:
-        return None
-    if layer.providerType() == "ogr" and not layer.subsetString():
-        path, *options = layer.source().split("|")
-        keep = [o for o in options if o.split("=")[0].strip().lower() in ("layername", "layerid")]
-        if os.path.exists(path):
-            return "|".join([path, *keep])
-    folder = tempfile.mkdtemp(prefix="maskforge-layer-")
-    out = os.path.join(folder, "layer.gpkg")
-    options = QgsVectorFileWriter.SaveVectorOptions()
-    options.driverName = "GPKG"
-    error, message, *_ = QgsVectorFileWriter.writeAsVectorFormatV3(
-        layer, out, QgsCoordinateTransformContext(), options)
-    if error != QgsVectorFileWriter.WriterError.NoError:
-        raise InvalidInput(f"Cannot copy the layer '{layer.name()}' to a file for the job: {message}.")
-    return out
-
-
-def next_free(path):
-    """``path``, or ``path_2``, ``path_3``... (before the extension) when it exists and is not empty:
-    a remembered output would otherwise be refused (export) or replaced (detect) on the next run."""
-    def taken(p):
-        return os.path.isfile(p) or (os.path.isdir(p) and bool(os.listdir(p)))
-    if not path or not taken(path):
-        return path
-    stem, ext = os.path.splitext(path) if os.path.splitext(path)[1].lower() == ".gpkg" else (path, "")
-    numbered = re.fullmatch(r"(.*)_(\d+)", stem)
-    stem, i = (numbered.group(1), int(numbered.group(2)) + 1) if numbered else (stem, 2)
-    while taken(f"{stem}_{i}{ext}"):
-        i += 1
-    return f"{stem}_{i}{ext}"
-
 
 class JobDialog(ContractForm):
     TITLE = ""
@@ -139,7 +60,7 @@ class JobDialog(ContractForm):
         self.result_button = QPushButton()
         self.result_button.setObjectName("MaskForgeResultButton")
         self.result_button.hide()
-        self.result_button.clicked.connect(lambda: tasks.open_path(self.result_button.property("path")))
+        self.result_button.clicked.connect(lambda: messages.open_path(self.result_button.property("path")))
         status.addWidget(self.progress)
         status.addWidget(self.status_label, 1)
         status.addWidget(self.result_button)
@@ -260,7 +181,7 @@ class JobDialog(ContractForm):
         python = settings.runtime_python()
         try:
             if not os.path.exists(python):
-                from ...bridge.runner import missing_runtime_message
+                from ...bridge.child_python import missing_runtime_message
                 raise InvalidInput(missing_runtime_message(python))
             values = self.values()
             self.check(values)
@@ -280,7 +201,7 @@ class JobDialog(ContractForm):
         task = tasks.JobTask(self.STEP, args, self.description(values), on_finished=self._finished)
         self.watch(task)
         tasks.start(task)
-        tasks.log(f"{task.description()} started.")
+        messages.log(f"{task.description()} started.")
         if self.close_when_started.isChecked():
             self.close()
         return task

@@ -1,13 +1,14 @@
 """Non Maximum Suppression: the toolbar dialog of maskforge:nonmaximumsuppression."""
 import os
 
+from qgis.core import Qgis
 
-from ...bridge import tasks
+from ...bridge import messages
 from ...core.contract import Nms
+from ...bridge.result_layers import add_result_layer
 from ...bridge.result_style import CLASS_FIELDS, CONFIDENCE_FIELDS
-from .detect_dialog import add_result_layer
-from .job_dialog import JobDialog, next_free
-from ...bridge.output_folders import file_folder, output_folder
+from .job_dialog import JobDialog
+from ...bridge.output_folders import file_folder, next_free, output_folder
 
 
 def guess_confidence(layer, wanted=None):
@@ -77,7 +78,7 @@ class NmsDialog(JobDialog):
             source = layer.source().split("|")[0]
             folder, note = output_folder(file_folder(source))
             if note:
-                tasks.log(f"Non maximum suppression output: {note}.")
+                messages.log(f"Non maximum suppression output: {note}.")
             stem = os.path.splitext(os.path.basename(source))[0] if file_folder(source) else layer.name()
             self._setting_output = True
             self.output.setFilePath(next_free(os.path.join(folder, f"{stem}_nms.gpkg")))
@@ -95,5 +96,5 @@ class NmsDialog(JobDialog):
             return
         r = task.result
         out, layer = add_result_layer(task)
-        tasks.push(f"Kept {r.get('kept')} of {r.get('input')} features, removed {r.get('removed')}"
-                   f"{' (added to the project)' if layer else ''}: {out}", tasks.Qgis.Success)
+        messages.push(f"Kept {r.get('kept')} of {r.get('input')} features, removed {r.get('removed')}"
+                      f"{' (added to the project)' if layer else ''}: {out}", Qgis.MessageLevel.Success)

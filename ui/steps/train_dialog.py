@@ -5,7 +5,7 @@ import time
 from qgis.PyQt import sip
 from qgis.PyQt.QtWidgets import QGroupBox, QLabel, QVBoxLayout
 
-from ...bridge import settings, tasks
+from ...bridge import messages, settings
 from ...core.contract import Train
 from ...core.contract.invalid import InvalidInput
 from ...core.contract.packages import (is_weights_file, kept_package, package_summary, read_emd,
@@ -176,7 +176,7 @@ class TrainDialog(JobDialog):
             best = r.get("best") or {}
             settings.set_dialog_value("detect", "MODEL", package)
             self.offer("Open report", r["report"])
-            tasks.push_with_button(
+            messages.push_with_button(
                 f"Model package {package}: best epoch {r.get('best_epoch')} of {r.get('epochs_run')} "
                 f"(mask AP {best.get('mask_ap')}) on {r.get('device')}.", "Open report", r["report"])
         elif task.cancelled:

@@ -1,6 +1,6 @@
 """Smart labeling in the labels dock: Segment Anything outlines from clicks and boxes, and batch refine.
 
-Ties the Smart map tool (ui/smart_tool.py) to the SAM worker (ui/sam_client.py)
+Ties the Smart map tool (sam_prompt_tool.py) to the SAM worker (sam_client.py)
 and the labels store: each prompt goes to the worker in the labels layer's CRS
 (the raster's, when no layer exists yet) with the raster under the map; only
 the newest prompt's answer is shown. Accepting adds the outline with the current
@@ -8,7 +8,7 @@ class through the store — committed at once, one undo step — like any drawn
 label. Batch refine sends the rectangle labels (the selected ones, else all) as
 box prompts and replaces each with SAM's outline where its score reaches the
 threshold, in one undo step; from the dock it runs as a cancellable background
-task (ui/smart_refine.py).
+task (sam_refine_task.py).
 
 The worker starts when the tool is chosen and stops when the tool is left, the
 dock goes or QGIS quits; a killed worker starts again with the next prompt.
@@ -18,14 +18,17 @@ prompt speed.
 """
 from qgis.core import (Qgis, QgsApplication, QgsCoordinateTransform, QgsCsException, QgsFeatureRequest, QgsGeometry,
                        QgsProject, QgsRasterLayer)
-from qgis.PyQt.QtCore import QObject, QTimer, pyqtSignal
-from qgis.PyQt.QtGui import QColor
+from qgis.PyQt.QtCore import QObject, Qt, QTimer, pyqtSignal
+from qgis.PyQt.QtGui import QAction, QColor
+from qgis.PyQt.QtWidgets import QToolButton
 
 from ...bridge import settings
+from ...bridge.child_python import engine_command
 from ...bridge.layers import web_kind, window_source
-from .label_store import LabelError, crs_for_new_labels
-from .smart_refine import RefineTask
-from .smart_tool import SmartTool
+from .dock_common import theme_icon
+from .labels_layer import LabelError, crs_for_new_labels
+from .sam_prompt_tool import SmartTool
+from .sam_refine_task import RefineTask
 
 REFINE_THRESHOLD = 0.7   # SAM's predicted IoU below this keeps the rectangle
 ENCODE_AHEAD_MS = 400    # after a pan or zoom, wait this long for the view to settle before encoding it
@@ -33,8 +36,8 @@ ENCODE_AHEAD_MS = 400    # after a pan or zoom, wait this long for the view to s
 
 def worker_command():
     """The worker as it runs in the user's runtime: model and device from the plugin's settings."""
-    return [settings.runtime_python(), "-m", "core", "sam-worker", "--model", settings.sam_model(),
-            "--device", settings.device(), "--json-progress"]
+    return engine_command(settings.runtime_python(), "sam-worker",
+                          ["--model", settings.sam_model(), "--device", settings.device()])
 
 
 def is_rectangle(geometry, tolerance=0.01):
@@ -61,7 +64,7 @@ class SmartLabeling(QObject):
         self.tool.promptChanged.connect(self.ask)
         self.tool.acceptRequested.connect(self.accept)
         self.tool.dropped.connect(self._dropped)
-        self.tool.classKeyPressed.connect(lambda n: self.dock.set_current_by_position(n - 1))
+        self.tool.classKeyPressed.connect(lambda n: self.dock.classes.set_current_by_position(n - 1))
         self.tool.deactivated.connect(self.client.stop)   # leaving the tool frees the model's memory
         self.answer = None          # the newest answer: {"polygon": QgsGeometry in crs, "score", "crs", ...}
         self._latest = None
@@ -203,6 +206,31 @@ class SmartLabeling(QObject):
         self.dock._status("Dropped the outline.")
 
     # ------------------------------------------------------------ batch refine
+    def add_buttons(self, row):
+        """The dock's Smart tool button and Refine button, added to ``row``; returns (the action, Refine)."""
+        dock = self.dock
+        action = QAction(theme_icon("mActionMagicWand.svg"), "Smart", dock)
+        action.setObjectName("MaskForgeSmartAction")
+        action.setCheckable(True)
+        action.setToolTip("Smart (Segment Anything): click the object, Shift-click what is not it, or drag a box "
+                          "around it;\nEnter or double-click keeps the outline, Esc drops it. Keys 1–9 pick the "
+                          "class.\nThe model runs in the MaskForge runtime, not in QGIS.")
+        action.triggered.connect(lambda checked: dock.activate_tool("smart") if checked else dock._unset_tools())
+        self.tool.setAction(action)
+        refine = QToolButton()
+        refine.setText("Refine")
+        refine.setToolTip("Turn the rectangle labels (the selected ones, else all) into the outlines "
+                          "Segment Anything finds inside them;\na rectangle stays where SAM's score is low. Undo "
+                          "restores them.")
+        refine.clicked.connect(lambda: self.refine_rectangles(background=True))
+        for widget in (action, refine):
+            button = widget if isinstance(widget, QToolButton) else QToolButton()
+            if button is not widget:
+                button.setDefaultAction(widget)
+                button.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
+            row.addWidget(button)
+        return action, refine
+
     def refine_rectangles(self, threshold=REFINE_THRESHOLD, timeout=1800.0, background=False):
         """Rectangle labels (selected ones, else all) -> SAM outlines where the score ≥ ``threshold``.
         Waits and returns the counts, or with ``background`` returns the task added to QGIS's task manager."""

@@ -11,7 +11,7 @@ from qgis.core import NULL, Qgis, QgsFeatureRequest, QgsField, QgsVectorLayer
 from qgis.PyQt.QtCore import QMetaType, QObject, pyqtSignal
 
 from .class_schema import SchemaError
-from .label_store import LabelError, commit_edit
+from .labels_layer import LabelError, commit_edit
 
 REVIEW_FIELD = "review"
 ACCEPTED, REJECTED = "accepted", "rejected"

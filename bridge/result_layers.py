@@ -1,7 +1,17 @@
-"""Result layers of the assessment algorithms: loaded into the project when the run completes, styled."""
+"""A finished job's result layer in the project, styled: the one loader of the dialogs and the algorithms.
+
+The engine writes its result into a GeoPackage (which may hold the user's other layers) and says which
+layer (``result["layer"]``, ``result["source"]``) and which ``.qml`` style it wrote beside. A dialog's
+job adds that layer at once (``add_result_layer``); a Processing algorithm hands it to Processing, which
+loads it when the run completes (``load_result_layer``, ``load_on_completion``). Detect's and NMS's
+layers get the look of result_style.py either way.
+"""
 import os
 
-from qgis.core import QgsProcessingContext, QgsProcessingLayerPostProcessorInterface
+from qgis.core import Qgis, QgsProcessingContext, QgsProcessingLayerPostProcessorInterface, QgsProject, QgsVectorLayer
+
+from .messages import log, push
+from .result_style import style_result_layer
 
 # Processing keeps only a C++ pointer to a post-processor; the Python object must outlive the algorithm
 # until its layers are loaded, maybe after later runs (batch). They are never dropped: a few bytes a run.
@@ -18,7 +28,6 @@ class _ApplyStyle(QgsProcessingLayerPostProcessorInterface):
 
     def postProcessLayer(self, layer, context, feedback):  # noqa: N802 (QGIS's name)
         if self.detections:
-            from .result_style import style_result_layer
             style_result_layer(layer, self.qml)
         elif self.qml and os.path.exists(self.qml):
             layer.loadNamedStyle(self.qml)
@@ -55,3 +64,20 @@ def load_on_completion(context, path, name, output_name):
     _STYLERS.append(styler)
     details.setPostProcessor(styler)
     context.addLayerToLoadOnCompletion(path, details)
+
+
+def add_result_layer(task):
+    """Add a finished job's result layer (a layer of its --out GeoPackage, which may hold other layers) to the
+    project, styled as every Detect and NMS result is (result_style.py).
+
+    Returns the output path and the layer (None when it cannot be opened)."""
+    r = task.result or {}
+    path = r.get("output") or task.args[task.args.index("--out") + 1]
+    name = r.get("layer") or os.path.splitext(os.path.basename(path))[0]
+    layer = QgsVectorLayer(r.get("source") or path, name, "ogr")
+    if not layer.isValid():
+        push(f"The result '{path}' cannot be opened as a layer.", Qgis.MessageLevel.Warning)
+        return path, None
+    log(f"Style of {name}: {style_result_layer(layer, r.get('style'))}.")
+    QgsProject.instance().addMapLayer(layer)
+    return path, layer

@@ -2,7 +2,7 @@
 
 Click: a point on the object (green); Shift-click: a point off it (red); drag: a
 box around it (replaces the previous box). Each change emits ``promptChanged``;
-the labels dock's Smart labeling (ui/smart_labels.py) asks the worker and shows
+the labels dock's Smart labeling (sam_labeling.py) asks the worker and shows
 the outline with ``set_preview``. Enter or a double-click accepts it, Esc drops
 the prompt, Backspace removes the last point, 1–9 pick the class.
 """

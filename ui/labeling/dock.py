@@ -1,58 +1,42 @@
 """The Labels dock: class schema, drawing tools, the labeled objects, review of detections.
 
-Its parts live in their own modules and are mixed in here: the classes
-(ui/dock_classes.py), the labeled objects and the undo history
-(ui/dock_objects.py), the review page (ui/dock_review.py) and the Smart
-tool (ui/smart_labels.py).
+Its parts are objects it owns, each in its own module: the classes panel
+(dock_classes.py), the labeled objects with the undo history
+(dock_objects.py), the review page (dock_review.py) and the Smart tool
+(sam_labeling.py). The dock keeps what they share: the schema, the class
+being drawn, the labels' store, the map tools and the messages.
 
 The dock is the only place that ties the pieces together: the schema
-(ui/class_schema.py, no Qt), the labels layer and its undo history
-(ui/label_store.py), the map tools (ui/map_tools.py) and the review
-(ui/review.py). Dialogs it opens are injectable (``confirm``,
+(class_schema.py, no Qt), the labels layer (labels_layer.py, its look
+labels_style.py), the edits and their undo history (label_edits.py), the
+map tools (map_tools.py) and the review (detection_review.py). Dialogs it opens are injectable (``confirm``,
 ``choose_folder``, ``choose_file``, ``open_export``) so tests answer them
 without a person at the screen.
 """
 import os
 
-from qgis.core import Qgis, QgsCoordinateTransform, QgsCsException, QgsMessageLog, QgsProject, QgsRasterLayer
+from qgis.core import Qgis, QgsProject
 from qgis.gui import QgsDockWidget, QgsMapLayerComboBox
 from qgis.PyQt.QtCore import Qt, QTimer
 from qgis.PyQt.QtGui import QAction, QColor, QKeySequence, QShortcut
-from qgis.PyQt.QtWidgets import (QFileDialog, QHBoxLayout, QLabel, QPushButton, QSizePolicy, QTabWidget, QToolButton,
+from qgis.PyQt.QtWidgets import (QHBoxLayout, QLabel, QPushButton, QSizePolicy, QTabWidget, QToolButton,
                                  QVBoxLayout, QWidget)
 
-from .dock_classes import ClassesPart
-from .dock_objects import ObjectsPart
+from ...bridge import messages
+from .dock_classes import ClassesPanel
+from .dock_objects import ObjectsPanel
 from .dock_review import ReviewPage
-from .dock_common import ask, labels_folder, save_state, show_prefilled, theme_icon
+from .dock_common import ask, ask_file, labels_folder, save_state, show_prefilled, theme_icon
 from .class_schema import ClassSchema
-from .label_store import (LabelError, LabelStore, crs_for_new_labels, default_labels_path, labels_layer_at,
-                          schema_from_data, schema_from_layer, SCHEMA_PROPERTY)
+from .label_edits import LabelStore
+from .labels_layer import LabelError, crs_for_new_labels, default_labels_path, labels_layer_at, raster_under
+from .labels_style import SCHEMA_PROPERTY, schema_from_data, schema_from_layer
 from .map_tools import FreehandTool, PolygonTool, RectangleTool
-from .smart_labels import SmartLabeling
-
-def raster_under(layer, canvas):
-    """The raster the labels lie on: the first visible raster covering them, else any raster of the project."""
-    candidates = [lyr for lyr in canvas.layers() if isinstance(lyr, QgsRasterLayer)]
-    candidates += [lyr for lyr in QgsProject.instance().mapLayers().values()
-                   if isinstance(lyr, QgsRasterLayer) and lyr not in candidates]
-    layer.updateExtents()
-    extent = layer.extent()
-    for raster in candidates:
-        if not raster.isValid():
-            continue
-        if extent.isEmpty():
-            return raster
-        try:
-            box = QgsCoordinateTransform(layer.crs(), raster.crs(), QgsProject.instance()).transformBoundingBox(extent)
-        except QgsCsException:
-            continue
-        if box.intersects(raster.extent()):
-            return raster
-    return None
+from .sam_labeling import SmartLabeling
 
 
-class LabelsDock(ClassesPart, ObjectsPart, ReviewPage, QgsDockWidget):
+
+class LabelsDock(QgsDockWidget):
     def __init__(self, iface, parent=None, confirm=ask, choose_folder=None, choose_file=None,
                  sam_command=None, open_export=None):
         super().__init__("MaskForge Labels", parent)
@@ -61,18 +45,14 @@ class LabelsDock(ClassesPart, ObjectsPart, ReviewPage, QgsDockWidget):
         self.canvas = iface.mapCanvas()
         self.confirm = confirm
         self.choose_folder = choose_folder or labels_folder
-        self.choose_file = choose_file or self._ask_file
+        self.choose_file = choose_file or (lambda purpose, start="": ask_file(self, purpose, start))
         # MaskForge's own Export dialog (the plugin's, shared with the toolbar); the dock's own without a plugin.
         self.open_export = open_export or self._open_own_export
         self.schema = ClassSchema()
         self.schema.add()
-        self.schema.subscribe(self._schema_changed)
         self.store = None
-        self.review = None
-        self._review_band = None
         self.current_value = self.schema.values()[0]
         self._layer_signals = []
-        self._syncing = False
         self._refresh_timer = QTimer(self)
         self._refresh_timer.setSingleShot(True)
         self._refresh_timer.setInterval(0)
@@ -83,14 +63,15 @@ class LabelsDock(ClassesPart, ObjectsPart, ReviewPage, QgsDockWidget):
         for tool in self.tools.values():
             tool.shapeFinished.connect(self._shape_drawn)
             tool.shapeRejected.connect(self._status)
-            tool.classKeyPressed.connect(lambda n: self.set_current_by_position(n - 1))
-        self.smart = SmartLabeling(self, sam_command)   # Segment Anything: ui/smart_labels.py
+            tool.classKeyPressed.connect(lambda n: self.classes.set_current_by_position(n - 1))
+        self.smart = SmartLabeling(self, sam_command)   # Segment Anything: sam_labeling.py
 
         self._build()
+        self.schema.subscribe(self.classes.schema_changed)
         self.closed.connect(self._unset_tools)
         QgsProject.instance().readProject.connect(self._pick_stored_layer)
         self._pick_stored_layer()
-        self._refresh_classes()
+        self.classes.refresh()
         self.refresh()
 
     # ------------------------------------------------------------ widgets
@@ -138,14 +119,14 @@ class LabelsDock(ClassesPart, ObjectsPart, ReviewPage, QgsDockWidget):
             button.setDefaultAction(action)
             button.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
             tools.addWidget(button)
-        self._build_smart_buttons(tools)
+        self.tool_actions["smart"], self.refine_button = self.smart.add_buttons(tools)
         tools.addStretch(1)
         self.undo_action = QAction(theme_icon("mActionUndo.svg"), "Undo", self)
         self.undo_action.setToolTip("Undo the last label edit (deletes a label just drawn)")
-        self.undo_action.triggered.connect(self.undo)
+        self.undo_action.triggered.connect(lambda: self.objects.undo())
         self.redo_action = QAction(theme_icon("mActionRedo.svg"), "Redo", self)
         self.redo_action.setToolTip("Redo")
-        self.redo_action.triggered.connect(self.redo)
+        self.redo_action.triggered.connect(lambda: self.objects.redo())
         for action in (self.undo_action, self.redo_action):
             button = QToolButton()
             button.setDefaultAction(action)
@@ -153,8 +134,15 @@ class LabelsDock(ClassesPart, ObjectsPart, ReviewPage, QgsDockWidget):
         box.addLayout(tools)
 
         self.tabs = QTabWidget()
-        self.tabs.addTab(self._build_label_page(), "Classes && labels")
-        self.tabs.addTab(self._build_review_page(), "Review detections")
+        page = QWidget()   # the classes, and under them the labeled objects
+        column = QVBoxLayout(page)
+        column.setContentsMargins(4, 6, 4, 4)
+        self.classes, self.objects = ClassesPanel(self), ObjectsPanel(self)
+        column.addWidget(self.classes)
+        column.addWidget(self.objects, 1)
+        self.tabs.addTab(page, "Classes && labels")
+        self.review_page = ReviewPage(self)   # owns the review under way (dock_review.py)
+        self.tabs.addTab(self.review_page, "Review detections")
         box.addWidget(self.tabs, 1)
 
         self.export_button = QPushButton("Export training data…")
@@ -175,7 +163,7 @@ class LabelsDock(ClassesPart, ObjectsPart, ReviewPage, QgsDockWidget):
 
         for n in range(1, 10):   # also when the dock has the focus, not only the map
             shortcut = QShortcut(QKeySequence(str(n)), self, context=Qt.ShortcutContext.WidgetWithChildrenShortcut)
-            shortcut.activated.connect(lambda n=n: self.set_current_by_position(n - 1))
+            shortcut.activated.connect(lambda n=n: self.classes.set_current_by_position(n - 1))
 
     # ------------------------------------------------------------ messages
     def _status(self, text):
@@ -183,27 +171,10 @@ class LabelsDock(ClassesPart, ObjectsPart, ReviewPage, QgsDockWidget):
 
     def _message(self, text, level=Qgis.MessageLevel.Info):
         self._status(text)
-        QgsMessageLog.logMessage(text, "MaskForge", level)
         if level >= Qgis.MessageLevel.Warning:
-            self.iface.messageBar().pushMessage("MaskForge", text, level, 8)
-
-    def _ask_file(self, purpose, start=""):
-        """Default ``choose_file``: purpose is 'new-layer', 'load-schema' or 'save-schema'."""
-        if purpose == "new-layer":
-            path, _ = QFileDialog.getSaveFileName(self, "New labels GeoPackage", start, "GeoPackage (*.gpkg)",
-                                                  options=QFileDialog.Option.DontConfirmOverwrite)
-            if path and not path.lower().endswith(".gpkg"):
-                path += ".gpkg"
-        elif purpose == "load-schema":
-            path, _ = QFileDialog.getOpenFileName(
-                self, "Load classes", start,
-                "Class schemas and models (*.json *.emd *.dlpk);;Class schema (*.json);;"
-                "Model definition (*.emd);;Model package (*.dlpk)")
+            messages.push(text, level, duration=8, iface=self.iface)
         else:
-            path, _ = QFileDialog.getSaveFileName(self, "Save class schema", start, "Class schema (*.json)")
-            if path and not path.lower().endswith(".json"):
-                path += ".json"
-        return path
+            messages.log(text, level)
 
     # ------------------------------------------------------------ the labels layer
     def labels_layer(self):
@@ -250,24 +221,24 @@ class LabelsDock(ClassesPart, ObjectsPart, ReviewPage, QgsDockWidget):
             signal.connect(self._show_save_state)
             self._layer_signals.append(signal)
         store.edited.connect(self._edited)
-        store.undoStateChanged.connect(self._update_undo)
+        store.undoStateChanged.connect(self.objects.update_undo)
         for signal in (layer.featureAdded, layer.featuresDeleted, layer.attributeValueChanged,
                        layer.geometryChanged, layer.afterCommitChanges, layer.afterRollBack):
             signal.connect(self._schedule_refresh)
             self._layer_signals.append(signal)
-        layer.selectionChanged.connect(self._layer_selection_changed)
+        layer.selectionChanged.connect(self.objects.layer_selection_changed)
         self._layer_signals.append(layer.selectionChanged)
         layer.willBeDeleted.connect(self._layer_going)
         self._layer_signals.append(layer.willBeDeleted)
 
         stored = schema_from_layer(layer)
         if stored is not None:
-            self.schema.replace(stored)   # restyles through _schema_changed
+            self.schema.replace(stored)   # restyles through classes.schema_changed
             in_data = schema_from_data(layer, store.value_field, store.name_field)
             if in_data is not None:
                 self.schema.merge(in_data)
         else:
-            self._schema_changed()
+            self.classes.schema_changed()
         if layer.providerType() == "memory":
             self._message(f"'{layer.name()}' is a temporary layer: its labels are lost when QGIS closes. Save it "
                           "as a GeoPackage (Export > Save Features As) or create a new labels layer.", Qgis.MessageLevel.Warning)
@@ -285,13 +256,27 @@ class LabelsDock(ClassesPart, ObjectsPart, ReviewPage, QgsDockWidget):
                 pass
         self._layer_signals = []
         self.store.edited.disconnect(self._edited)
-        self.store.undoStateChanged.disconnect(self._update_undo)
+        self.store.undoStateChanged.disconnect(self.objects.update_undo)
         self.store.deleteLater()
         self.store = None
 
     def _layer_going(self):
         self._detach()
         self.refresh()
+
+    def _edited(self):
+        self._refresh_timer.stop()   # the layer's own signals asked for the same refresh
+        self.refresh()
+
+    def _schedule_refresh(self, *_args):
+        self._refresh_timer.start()
+
+    def refresh(self):
+        self.classes.refresh()
+        self.objects.refresh()
+        self.objects.update_undo()
+        self.export_button.setEnabled(self.store is not None)
+        self._show_save_state()
 
     def _show_save_state(self, *_):
         text, where = save_state(self.labels_layer())
@@ -362,29 +347,6 @@ class LabelsDock(ClassesPart, ObjectsPart, ReviewPage, QgsDockWidget):
         self._status(f"Added a '{self.schema.name_of(self.current_value)}' label.")
         return fids
 
-    def _build_smart_buttons(self, row):
-        action = QAction(theme_icon("mActionMagicWand.svg"), "Smart", self)
-        action.setObjectName("MaskForgeSmartAction")
-        action.setCheckable(True)
-        action.setToolTip("Smart (Segment Anything): click the object, Shift-click what is not it, or drag a box "
-                          "around it;\nEnter or double-click keeps the outline, Esc drops it. Keys 1–9 pick the "
-                          "class.\nThe model runs in the MaskForge runtime, not in QGIS.")
-        action.triggered.connect(lambda checked: self.activate_tool("smart") if checked else self._unset_tools())
-        self.smart.tool.setAction(action)
-        self.tool_actions["smart"] = action
-        self.refine_button = QToolButton()
-        self.refine_button.setText("Refine")
-        self.refine_button.setToolTip("Turn the rectangle labels (the selected ones, else all) into the outlines "
-                                      "Segment Anything finds inside them;\na rectangle stays where SAM's score is "
-                                      "low. Undo restores them.")
-        self.refine_button.clicked.connect(lambda: self.smart.refine_rectangles(background=True))
-        for widget in (action, self.refine_button):
-            button = widget if isinstance(widget, QToolButton) else QToolButton()
-            if button is not widget:
-                button.setDefaultAction(widget)
-                button.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
-            row.addWidget(button)
-
     # ------------------------------------------------------------ export
     def export_training_data(self):
         if self.store is None:
@@ -399,7 +361,7 @@ class LabelsDock(ClassesPart, ObjectsPart, ReviewPage, QgsDockWidget):
                                     name_field=self.store.name_field)
         except Exception as exc:  # noqa: BLE001 (a slot: what escapes here is a traceback dialog for the user)
             import traceback
-            QgsMessageLog.logMessage(traceback.format_exc(), "MaskForge", Qgis.MessageLevel.Critical)
+            messages.log(traceback.format_exc(), Qgis.MessageLevel.Critical)
             self._message(f"The Export Training Data dialog could not be opened: {exc}. Run it from the "
                           "Processing toolbox (MaskForge > Export training data).", Qgis.MessageLevel.Critical)
             return None
@@ -431,9 +393,6 @@ class LabelsDock(ClassesPart, ObjectsPart, ReviewPage, QgsDockWidget):
             self._export_dialog.cleanup()
             self._export_dialog.deleteLater()
             self._export_dialog = None
-        self.schema.unsubscribe(self._schema_changed)
-        if self.review is not None:
-            self.review.changed.disconnect(self._show_review)
-            self.review = None
-        self._clear_review_band()
+        self.schema.unsubscribe(self.classes.schema_changed)
+        self.review_page.cleanup()
         self._detach()
