@@ -1,0 +1,1 @@
+"""The QGIS side both the toolbox (algorithms/) and the dialogs (ui/) use to reach the engine: the child Python (child_python, runner, tasks, runtime), settings, messages, QGIS layers as engine sources (layers) and finished results as layers (result_layers, result_style)."""
