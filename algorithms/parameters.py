@@ -61,7 +61,7 @@ def definition(p):
         d = QgsProcessingParameterExtent(p.key, p.label, optional=True)
     else:   # text, ints, folders: typed as text
         d = QgsProcessingParameterString(p.key, p.label, p.default, optional=p.default is None)
-    help_text = " ".join(t for t in (p.help, f"Empty: {p.auto}." if p.auto else "") if t)
+    help_text = " ".join(t for t in (p.help, p.empty_means()) if t)
     if help_text:
         d.setHelp(help_text[0].upper() + help_text[1:])
     if p.advanced:

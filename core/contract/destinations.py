@@ -41,12 +41,6 @@ def gpkg_destination(out, what="output"):
         raise InvalidInput(f"The {what} '{path}' is a folder: give a file path ending in .gpkg.")
 
 
-def destination_args(out, overwrite, absolute):
-    """``--out DESTINATION [--overwrite]``; ``absolute``: jobs.absolute (the worker runs in the plugin folder)."""
-    out = str(out)
-    return ["--out", out if out.startswith("ogr:") else absolute(out)] + (["--overwrite"] if overwrite else [])
-
-
 def same_layer(out, source):
     """The output may be another layer of the input's file, never the input layer itself."""
     if str(out).startswith("ogr:"):

@@ -35,7 +35,7 @@ PARAMS = (
           auto="the raster's; web layers: their finest zoom", advanced=True,
           help="resample chips to this cell size (raster CRS units)"),
     Param("ROTATION_ANGLE", "float", "Rotation angle for extra copies (degrees, 0 = none)", 0.0,
-          flag="--rotation-angle", minimum=0.0, maximum=359.99, advanced=True,
+          flag="--rotation-angle", minimum=0.0, maximum=359.99, advanced=True, suffix="°",
           help="extra copies rotated by k*angle degrees"),
     Param("MIN_POLYGON_OVERLAP_RATIO", "float", "Minimum polygon overlap ratio", 0.0, flag="--min-overlap-ratio",
           minimum=0.0, maximum=1.0, step=0.05, advanced=True,
@@ -88,10 +88,6 @@ class Export(Step):
             held = ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
             raise InvalidInput(f"The output folder '{out}' is not empty (it holds {held}). Choose a new folder, or "
                                "ask to overwrite an earlier export there (--overwrite / 'Overwrite existing output').")
-        for key in ("TILE_SIZE_X", "TILE_SIZE_Y", "STRIDE_X", "STRIDE_Y"):
-            if v[key] is not None and v[key] < 1:
-                raise InvalidInput(f"{key.lower().replace('_', ' ')} must be a positive number of pixels"
-                                   + (" (or empty to choose it from the labels)." if key.startswith("STRIDE") else "."))
         self.check_ranges()
         if raster:
             self._check_raster(raster)

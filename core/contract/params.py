@@ -1,7 +1,7 @@
 """A step's parameters, each defined once: name, kind, default, range, choices, label and help.
 
 Everything else is generated from these definitions: the engine's command-line options
-(``add_arguments``), the Processing algorithms' parameters (algorithms/generate.py), the dialogs'
+(``add_arguments``), the Processing algorithms' parameters (algorithms/parameters.py), the dialogs'
 fields (ui/steps/fields.py), and the engine argv a job is started with (``Step.to_args``).
 
 Conventions, each once:
@@ -94,15 +94,13 @@ class Param:
     def read(self, raw):
         """``raw`` as this parameter's value: the Processing/dialog form (indexes, text, legacy sentinels)
         becomes the engine's (choice values, numbers, tuples, None for the engine's choice)."""
-        if raw is None or (isinstance(raw, str) and not raw.strip() and self.kind not in ("bool",)):
+        if raw is None or (isinstance(raw, str) and not raw.strip()):
             return self.default
-        if self.legacy_auto is not None and raw == self.legacy_auto:
-            return None
         kind = self.kind
-        if kind == "int":
-            return int(float(raw))
-        if kind == "float":
-            return float(raw)
+        if kind in ("int", "float"):
+            # Remembered values come back as text ('0.0'): compare the number with the old sentinel.
+            value = int(float(raw)) if kind == "int" else float(raw)
+            return None if self.legacy_auto is not None and value == self.legacy_auto else value
         if kind == "bool":
             return raw if isinstance(raw, bool) else str(raw).strip().lower() in ("1", "true", "yes")
         if kind == "choice":
@@ -122,6 +120,15 @@ class Param:
         if kind == "extent":
             return tuple(float(v) for v in raw) if raw else None
         return raw.strip() if isinstance(raw, str) else raw
+
+    def empty_means(self):
+        """What an empty value does, in words, for help texts; 0.3's sentinel when a user may still type it."""
+        if not self.auto:
+            return ""
+        text = f"Empty: {self.auto}."
+        if self.legacy_auto is not None and self.minimum is not None and self.legacy_auto >= self.minimum:
+            text += f" {self.legacy_auto:g} means the same (as in MaskForge 0.3)."
+        return text
 
     def help_example(self):
         return {1: "1", 3: "1,2,3", 5: "8,16,32,64,128"}.get(self.count or 3, "1,2,3")
@@ -218,11 +225,6 @@ class Step:
         raise KeyError(key)
 
     @classmethod
-    def defaults(cls):
-        """{key: default} in the engine's form (None: the engine chooses)."""
-        return {p.key: p.default for p in cls.PARAMS}
-
-    @classmethod
     def of(cls, raw):
         """The job of ``raw`` (Processing names -> what a dialog or Processing holds); keys not given take the
         parameter's default; keys the step does not define are kept (INPUT_RASTER as the engine reads it...)."""
@@ -257,7 +259,7 @@ def add_arguments(parser, step, types=None):
         text = p.help or p.label
         if p.auto:
             text += f" (default: {p.auto})"
-        elif p.default not in (None, False, ()):
+        elif p.default is not None and p.default is not False and p.default != ():
             text += f" (default {p.default})"
         text = text.replace("%", "%%")
         if p.kind == "bool":

@@ -17,7 +17,7 @@ PARAMS = (
     Param("EXTENT", "extent", "Extent to rank", flag="--extent",
           help="xmin,ymin,xmax,ymax in the raster's CRS", auto="the whole raster"),
     Param("TOP", "int", "Tiles to suggest", TOP, flag="--top", minimum=1),
-    Param("TILE_SIZE", "float", "Ranking tile side (map units)", flag="--tile-size", minimum=0.0, decimals=3,
+    Param("TILE_SIZE", "float", "Ranking tile side (map units)", flag="--tile-size", minimum=0.001, decimals=3,
           auto="the package's training chip on the ground", help="ranking tile side in the raster's CRS units"),
     Param("NEAR", "float", "Near the threshold (score units)", NEAR, flag="--near", minimum=0.01, maximum=0.5,
           step=0.05, advanced=True, help="score distance from the package's threshold counted as near"),

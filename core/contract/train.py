@@ -44,7 +44,7 @@ PARAMS = (
     Param("EPOCHS", "int", "Maximum epochs", 20, flag="--epochs", minimum=1),
     Param("BATCH_SIZE", "int", "Batch size", 2, flag="--batch-size", minimum=1),
     Param("LEARNING_RATE", "float", "Learning rate", flag="--learning-rate", minimum=0.0, legacy_auto=0.0,
-          decimals=5, step=0.001, advanced=True,
+          decimals=6, step=0.001, advanced=True,
           auto="chosen from the schedule: 0.01 per 2 images up to 2,000 steps, else 0.005"),
     Param("VALIDATION_PERCENT", "float", "Validation chips (%)", 10.0, flag="--val-percent", minimum=0.0,
           maximum=99.0, step=5, decimals=1, help="objects held out in space for validation, in %"),

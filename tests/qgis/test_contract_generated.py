@@ -71,3 +71,22 @@ def test_a_dialog_as_it_opens_gives_the_contracts_defaults(qgis_iface, maskforge
     finally:
         dialog.cleanup()
         dialog.deleteLater()
+
+
+def test_a_value_remembered_by_03_shows_as_the_engines_choice(qgis_iface, maskforge):
+    """0.3 remembered 0 for 'the package's threshold' (QgsSettings gives it back as text): the field shows the
+    engine's choice and reads None, so the next remembered value is the new convention."""
+    from qgis.core import QgsSettings
+    from maskforge.ui.steps.detect_dialog import DetectDialog
+    from maskforge.ui.steps.train_dialog import TrainDialog
+    for cls, key in ((DetectDialog, "THRESHOLD"), (DetectDialog, "CELL_SIZE"), (TrainDialog, "LEARNING_RATE")):
+        QgsSettings().remove(f"MaskForge/dialogs/{cls.STEP}")
+        QgsSettings().setValue(f"MaskForge/dialogs/{cls.STEP}/{key}", "0.0")
+        dialog = cls(qgis_iface)
+        try:
+            spin = dialog.fields[key].widget
+            assert dialog.fields[key].get() is None and spin.text() == spin.specialValueText(), (key, spin.text())
+        finally:
+            dialog.cleanup()
+            dialog.deleteLater()
+            QgsSettings().remove(f"MaskForge/dialogs/{cls.STEP}")

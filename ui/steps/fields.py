@@ -45,7 +45,7 @@ class ContractForm(QDialog):
         p = self.CONTRACT.param(key)
         label = label or p.label
         tooltip = tooltip or " ".join(t for t in (p.help[:1].upper() + p.help[1:] if p.help else "",
-                                                  f"Empty: {p.auto}." if p.auto else "") if t) or None
+                                                  p.empty_means()) if t) or None
         kind = p.kind
         if kind in ("int", "float"):
             return self._add_number(form, p, label, tooltip, special, **number)

@@ -1,9 +1,9 @@
-"""What the four step dialogs share: fields bound to Processing parameter names, remembered
-values, validation before running, and the JobTask that runs the step in the background.
+"""What the four step dialogs share: the frame, validation before running, and the JobTask that runs
+the step in the background.
 
-Each dialog declares its fields under the Processing algorithm's parameter names;
-``values()`` gives the plain dict that ``algorithms/jobs.py`` turns into the engine's
-command line, the same way the Processing algorithm does.
+Each dialog builds its fields from its step's contract (fields.py), under the Processing parameter
+names; ``values()`` gives the plain dict the contract turns into the engine's command line, the same
+way the Processing algorithm does.
 """
 import os
 
@@ -105,7 +105,7 @@ class JobDialog(ContractForm):
 
     # -- values ------------------------------------------------------------------------
     def values(self):
-        """The plain values jobs.py expects; layers become the paths the engine reads."""
+        """The plain values the contract reads (``Step.of``); layers become the paths the engine reads."""
         out = {}
         for key, field in self.fields.items():
             value = field.get()

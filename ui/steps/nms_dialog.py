@@ -40,8 +40,7 @@ class NmsDialog(JobDialog):
         self.confidence.setAllowEmptyFieldName(False)
         self.class_field = self.add(form, "CLASS_FIELD",
                                     tooltip="Features are reviewed within each class first, then across classes. "
-                                            "Empty: a field named Classvalue or Value when there is one, else one "
-                                            "class.")
+                                            "Empty: all features as one class.")
         self.add(form, "MAX_OVERLAP_RATIO", "Maximum overlap ratio (IoU)",
                  tooltip="Of two polygons overlapping more than this, the less confident goes. 0: any overlap.")
         self.output = self.add(form, "OUTPUT", "Output GeoPackage")
