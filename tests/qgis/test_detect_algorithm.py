@@ -165,3 +165,26 @@ def test_save_to_geopackage_adds_a_layer_and_keeps_the_others(provider, scene_pa
     assert again["OUTPUT"] == f"{project}|layername=tents"
     assert QgsVectorLayer(again["OUTPUT"], "t", "ogr").featureCount() == again["COUNT"]
     assert _layers_and_styles(project) == (["my_labels", "roads", "tents"], ["tents"])
+
+
+def test_where_to_label_next_through_processing(provider, scene_package, tmp_path):
+    """maskforge:suggest on the scene: the ranked tiles and their proposals become two layers of the user's
+    GeoPackage, whose own layer is kept."""
+    import shutil
+    import processing
+    import pyogrio
+    project = tmp_path / "project.gpkg"
+    shutil.copy(scene_package / "scene" / "labels.gpkg", project)
+    kept = pyogrio.list_layers(project)[:, 0].tolist()
+    result = processing.run("maskforge:suggest", {
+        "INPUT_RASTER": str(scene_package / "scene" / "image.tif"),
+        "MODEL": str(scene_package / "model" / "model.dlpk"), "TOP": 3, "DEVICE": "cpu",
+        "OUTPUT": f"ogr:dbname='{project}' table=\"label_next\" (geom)"})
+    layers = pyogrio.list_layers(project)[:, 0].tolist()
+    assert set(kept) | {"label_next", "label_next_proposals"} == set(layers)
+    assert result["TILES"] >= 1
+    tiles = QgsVectorLayer(f"{project}|layername=label_next", "next", "ogr")
+    assert tiles.isValid() and 1 <= tiles.featureCount() <= 3
+    assert {"Rank", "Score", "Why"} <= {f.name() for f in tiles.fields()}
+    ranks = sorted(f["Rank"] for f in tiles.getFeatures())
+    assert ranks == list(range(1, len(ranks) + 1))
