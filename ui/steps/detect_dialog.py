@@ -53,8 +53,8 @@ class DetectDialog(JobDialog):
         self.add(advanced, "RESAMPLE")
         self.add(advanced, "NMS")
         self.add(advanced, "MAX_OVERLAP_RATIO")
-        self.add(advanced, "NMS_ACROSS_CLASSES")
-        self.add(advanced, "SIMPLIFY", special="off")
+        self.add(advanced, "NMS_ACROSS_CLASSES", "NMS across classes too")
+        self.add(advanced, "SIMPLIFY", "Simplify outlines (map units)", special="off")
         self.regularize = self.add(advanced, "REGULARIZE")
         self.add_device(advanced)
 
