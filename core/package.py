@@ -25,6 +25,11 @@ from .state_dicts import read_state_file
 FRAMEWORK = "MaskForge"
 # Backbones MaskForge builds (contract.train.BACKBONES); Esri packages only with resnet50 (torchvision's v1 keys).
 ESRI_BACKBONE_ALIASES = {"resnet50": "resnet50_fpn"}
+# Extracted .dlpk packages kept in the temporary folder: a package rewritten at every better epoch (or trained
+# again) is a new extraction, so without a bound they pile up (26 GB in one machine's /tmp). A job reads its
+# package when it starts; one used within the last hour is never removed, whatever the bound says.
+KEPT_EXTRACTIONS = 8
+IN_USE_SECONDS = 3600
 
 
 @dataclass
@@ -191,6 +196,21 @@ def _safe_extract(zip_path, dest):
             z.extract(member, dest)
 
 
+def prune_extractions(root, keep, max_kept=KEPT_EXTRACTIONS, in_use_seconds=IN_USE_SECONDS, now=None):
+    """Remove the least recently used extractions in ``root`` beyond ``max_kept``, never ``keep`` nor one used
+    within ``in_use_seconds``. Returns the folders removed."""
+    import time
+    now = time.time() if now is None else now
+    entries = sorted((e for e in Path(root).iterdir() if e.is_dir() and not e.name.startswith(".")),
+                     key=lambda e: e.stat().st_mtime, reverse=True)
+    removed = []
+    for old in entries[max_kept:]:
+        if old.resolve() != Path(keep).resolve() and now - old.stat().st_mtime > in_use_seconds:
+            shutil.rmtree(old, ignore_errors=True)
+            removed.append(old)
+    return removed
+
+
 def _extraction_dir(dlpk):
     stat = Path(dlpk).stat()
     key = hashlib.sha256(f"{Path(dlpk).resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
@@ -215,6 +235,9 @@ def load_package(path):
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise
+            prune_extractions(folder.parent, keep=folder)
+        else:
+            os.utime(folder)   # used now: the least recently used go first
         emds = sorted(folder.rglob("*.emd"))
     elif p.is_file() and p.suffix.lower() == ".emd":
         emds = [p]
