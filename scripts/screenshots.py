@@ -76,7 +76,7 @@ def main():
     iface.canvas.setLayers([labels, raster])
     iface.canvas.setExtent(raster.extent())
 
-    from maskforge import tasks
+    from maskforge.bridge import tasks
     from maskforge.ui.steps.detect_dialog import DetectDialog
     from maskforge.ui.steps.export_dialog import ExportDialog
     from maskforge.ui.steps.nms_dialog import NmsDialog

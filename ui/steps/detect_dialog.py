@@ -50,7 +50,7 @@ class DetectDialog(JobDialog):
         self.add(advanced, "RETURN_BOXES")
         self.add(advanced, "EXTENT_POLYGONS", "Keep detections inside")
         self.add(advanced, "CELL_SIZE", special="the package's")
-        self.add(advanced, "RESAMPLE")
+        self.add(advanced, "RESAMPLE", "Resample to the package's cell size")   # when the raster's differs: the tooltip
         self.add(advanced, "NMS")
         self.add(advanced, "MAX_OVERLAP_RATIO")
         self.add(advanced, "NMS_ACROSS_CLASSES", "NMS across classes too")
