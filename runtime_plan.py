@@ -24,9 +24,15 @@ from typing import List, Optional, Tuple
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REQUIREMENTS = os.path.join(HERE, "requirements.txt")
-# A mirror of PyTorch's index (e.g. an Artifactory/Nexus remote of download.pytorch.org/whl) for
-# networks that reach only their own mirror.
-TORCH_INDEX = os.environ.get("MASKFORGE_TORCH_INDEX", "https://download.pytorch.org/whl").rstrip("/")
+# PyTorch's own index. MASKFORGE_TORCH_INDEX names a mirror of it (an Artifactory/Nexus remote of
+# download.pytorch.org/whl), or is ``pip`` where only a PyPI mirror is reachable (see _from_your_index).
+TORCH_INDEX = "https://download.pytorch.org/whl"
+YOUR_INDEX_ONLY = "pip"
+
+
+def torch_index():
+    """PyTorch's index as this session configures it (read when a plan is made, not at import)."""
+    return (os.environ.get("MASKFORGE_TORCH_INDEX") or TORCH_INDEX).rstrip("/")
 
 # The CUDA builds PyTorch publishes for each pinned release (its install matrix), newest first, with
 # the CUDA version each needs from the driver; and which of them is PyPI's Linux x86_64 wheel.
@@ -143,6 +149,34 @@ def _marker_holds(marker, python):
 
 def choose(machine, requirements=REQUIREMENTS):
     """The PyTorch build for ``machine``, where it comes from, and why."""
+    plan = _choose(machine, requirements)
+    if plan.index and torch_index() == YOUR_INDEX_ONLY:
+        return _from_your_index(plan, machine, requirements)
+    return plan
+
+
+def _from_your_index(plan, machine, requirements):
+    """The plan's PyTorch taken from the user's pip index (MASKFORGE_TORCH_INDEX=pip): PyPI's build for the
+    platform. On Linux x86_64 that is a CUDA build whose libraries come along (gigabytes, and it runs on the
+    CPU too); on Windows it is the CPU build, so a GPU there goes unused, and the plan says so."""
+    torch = pinned("torch", machine.python, requirements)
+    why = (f"MASKFORGE_TORCH_INDEX=pip: PyTorch's own index is not used, PyTorch comes from {YOUR_INDEX} as "
+           "PyPI builds it for this platform.")
+    packages = [p.split("+")[0] for p in plan.packages]   # PyPI's versions carry no local build label
+    if machine.system == "Windows":
+        lost = ["Jobs run on the CPU: PyPI's Windows wheel is the CPU build. To train on the GPU, unset "
+                "MASKFORGE_TORCH_INDEX or set it to a mirror of PyTorch's index, then set up again."]
+        return Plan("cpu", packages, None, DOWNLOAD[("Windows", "cpu")], "cpu", [why] + lost * (plan.device == "cuda"))
+    pypi = PYPI_LINUX_CUDA.get(torch)
+    gpu = parse_nvidia_smi(machine.nvidia_smi)
+    runs = plan.device == "cuda" and gpu is not None and gpu.cuda is not None and \
+        dict(CUDA_BUILDS.get(torch, [])).get(pypi, (99, 0)) <= gpu.cuda
+    device_why = "The NVIDIA driver runs it." if runs else "It runs on the CPU as well; its CUDA libraries go unused."
+    return Plan(pypi or "default", packages, None, DOWNLOAD[("Linux", "cuda")], "cuda" if runs else "cpu",
+                [why, f"PyPI's Linux wheel is the {pypi} build with the NVIDIA CUDA libraries (gigabytes). {device_why}"])
+
+
+def _choose(machine, requirements):
     py = ".".join(map(str, machine.python))
     torch, vision = pinned("torch", machine.python, requirements), pinned("torchvision", machine.python, requirements)
     system, arch = machine.system, machine.arch
@@ -189,8 +223,8 @@ def choose(machine, requirements=REQUIREMENTS):
         [f"torch=={torch}+{build}", f"torchvision=={vision}+{build}"]
     pypi_wheel = "CPU-only" if system == "Windows" else PYPI_LINUX_CUDA.get(torch)
     source = ("PyPI's Linux wheel is this build: from your pip index" if from_pypi
-              else f"from PyTorch's index ({TORCH_INDEX}/{build}; PyPI's {system} wheel is {pypi_wheel})")
-    return Plan(build, packages, None if from_pypi else f"{TORCH_INDEX}/{build}", DOWNLOAD[(system, "cuda")], "cuda",
+              else f"from PyTorch's index ({torch_index()}/{build}; PyPI's {system} wheel is {pypi_wheel})")
+    return Plan(build, packages, None if from_pypi else f"{torch_index()}/{build}", DOWNLOAD[(system, "cuda")], "cuda",
                 [f"{where}: {gpus}, driver {gpu.driver} runs CUDA up to {_v(gpu.cuda)}: the {build} build (CUDA "
                  f"{_v(cuda)}, the newest the driver runs), {source}."])
 
@@ -207,9 +241,9 @@ def _cpu_plan(system, torch, vision, reasons):
     if system == "Windows":   # PyPI's Windows wheel is the CPU build
         return Plan("cpu", [f"torch=={torch}", f"torchvision=={vision}"], None, DOWNLOAD[("Windows", "cpu")], "cpu",
                     reasons + ["PyPI's Windows wheel is the CPU build: from your pip index."])
-    return Plan("cpu", [f"torch=={torch}+cpu", f"torchvision=={vision}+cpu"], f"{TORCH_INDEX}/cpu",
+    return Plan("cpu", [f"torch=={torch}+cpu", f"torchvision=={vision}+cpu"], f"{torch_index()}/cpu",
                 DOWNLOAD[("Linux", "cpu")], "cpu",
-                reasons + [f"From PyTorch's CPU index ({TORCH_INDEX}/cpu): PyPI's Linux wheel would bring 2.5 GB of "
+                reasons + [f"From PyTorch's CPU index ({torch_index()}/cpu): PyPI's Linux wheel would bring 2.5 GB of "
                            "CUDA libraries that cannot be used here."])
 
 
@@ -290,7 +324,7 @@ _FAILURES = [
     (r"Failed to establish a new connection|Temporary failure in name resolution|Name or service not known|"
      r"Network is unreachable|Connection refused|ConnectTimeout|Read timed out|Max retries exceeded|getaddrinfo failed",
      "No network: pip could not reach {index}. Check the connection and pip's proxy settings, or set "
-     "MASKFORGE_TORCH_INDEX to a mirror of PyTorch's index you can reach."),
+     "MASKFORGE_TORCH_INDEX to a mirror of PyTorch's index you can reach (or to pip: PyTorch from your pip index)."),
     (r"No matching distribution found for (\S+)|Could not find a version that satisfies the requirement (\S+)",
      "{index} has no {found} for Python {python} on this platform. If pip uses a mirror, it may lack it: ask "
      "for it there (for PyTorch's builds, MASKFORGE_TORCH_INDEX can name a mirror of PyTorch's index)."),

@@ -76,6 +76,28 @@ def test_a_driver_older_than_every_cuda_build_gets_the_cpu_build_and_the_fix():
     assert "update the NVIDIA driver to 560.28 or newer" in plan.reasons[1]
 
 
+def test_a_mirror_of_pytorchs_index_or_the_users_pip_index_alone(monkeypatch):
+    """MASKFORGE_TORCH_INDEX: a mirror of PyTorch's index replaces it; ``pip`` takes PyPI's build from the
+    user's pip index (a network that reaches only a PyPI mirror), and each plan says what that costs."""
+    monkeypatch.setenv("MASKFORGE_TORCH_INDEX", "https://nexus.example.org/pytorch/")
+    assert choose(MACHINES["Linux, no GPU"]).index == "https://nexus.example.org/pytorch/cpu"
+    monkeypatch.setenv("MASKFORGE_TORCH_INDEX", "pip")
+    plan = choose(MACHINES["Linux, no GPU"])   # PyPI's Linux wheel: the CUDA build, on the CPU
+    assert (plan.build, plan.device, plan.index, plan.kind) == ("cu130", "cpu", None, "cuda")
+    assert plan.packages == ["torch==2.14.1", "torchvision==0.29.1"] and "5.2 GB installed" in plan.download
+    assert plan.reasons[1].endswith("It runs on the CPU as well; its CUDA libraries go unused.")
+    assert "from: your pip index" in describe(plan)
+    windows = choose(MACHINES["Windows + RTX 4070, driver 572"])   # PyPI's Windows wheel: the CPU build
+    assert (windows.build, windows.device, windows.index) == ("cpu", "cpu", None)
+    assert windows.packages == ["torch==2.14.1", "torchvision==0.29.1"]
+    assert windows.reasons[-1].startswith("Jobs run on the CPU: PyPI's Windows wheel is the CPU build.")
+    old_driver = choose(Machine("Linux", "x86_64", (3, 11), LINUX_OLD_DRIVER))   # CUDA 12.4 < PyPI's 13.0
+    assert (old_driver.build, old_driver.device) == ("cu130", "cpu")
+    # Plans that need no PyTorch index are the same either way.
+    assert choose(MACHINES["Linux + 2 x H100, driver 580"]).device == "cuda"
+    assert choose(MACHINES["macOS arm64"]).build == "default"
+
+
 def test_macos_arm64_gets_pypis_build_and_says_the_cpu_is_used():
     plan = choose(MACHINES["macOS arm64"])
     assert (plan.build, plan.device, plan.index) == ("default", "cpu", None)

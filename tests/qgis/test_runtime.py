@@ -35,8 +35,7 @@ def test_set_up_runtime_makes_a_venv_in_the_background(plugin, tmp_path):
 
 def test_set_up_runtime_says_a_failure_in_words(plugin, tmp_path, monkeypatch, qgis_iface):
     """This machine's real plan, a venv made from nothing, and PyTorch's index out of reach: the task says so."""
-    from maskforge import runtime_plan
-    monkeypatch.setattr(runtime_plan, "TORCH_INDEX", "http://127.0.0.1:9/whl")   # nothing listens there
+    monkeypatch.setenv("MASKFORGE_TORCH_INDEX", "http://127.0.0.1:9/whl")   # nothing listens there
     for name, value in (("PIP_CONFIG_FILE", os.devnull), ("PIP_FIND_LINKS", ""), ("PIP_CONSTRAINT", ""),
                         ("PIP_RETRIES", "1"), ("PIP_TIMEOUT", "5"), ("PIP_INDEX_URL", "http://127.0.0.1:9/simple")):
         monkeypatch.setenv(name, value)   # the runtime's pip sees only the unreachable index
@@ -47,7 +46,8 @@ def test_set_up_runtime_says_a_failure_in_words(plugin, tmp_path, monkeypatch, q
         pytest.skip(f"this machine's plan needs no PyTorch index ({task.plan.build} from PyPI)")
     _wait_task(task, 180)
     assert task.error == (f"No network: pip could not reach {task.plan.index}. Check the connection and pip's proxy "
-                          "settings, or set MASKFORGE_TORCH_INDEX to a mirror of PyTorch's index you can reach.")
+                          "settings, or set MASKFORGE_TORCH_INDEX to a mirror of PyTorch's index you can reach (or to pip: "
+                          "PyTorch from your pip index).")
     assert (tmp_path / "runtime" / "pyvenv.cfg").exists()           # the venv was made before the download
     assert dialog.setup_line.text() == f"⚠ {task.error}"
     assert task.error in _bar_texts(qgis_iface, Qgis.MessageLevel.Critical)[-1]
