@@ -151,7 +151,8 @@ def serve(make_session, stdin=None, stdout=None):
 
 def _answer(session, op, request, reporter, inbox):
     args = dict(raster=request["raster"], crs=request.get("crs"))
-    if op == "encode":
+    if op == "encode":   # said when it starts: a client knows the view's encode is under way, not waiting
+        reporter.log(f"encoding the window around {request['point']}")
         return session.prepare(point=request["point"], **args)
     args["simplify"] = request.get("simplify") or 0.0   # checked with the prompt (sam.parse_prompt)
     if op == "prompt":

@@ -257,14 +257,26 @@ def _answers(worker, ids):
     return answers
 
 
+def _started(worker, request):
+    """Wait for the worker's word that ``request``'s encode has started (not a clock: a loaded machine may
+    start it late)."""
+    while True:
+        line = worker.child.stdout.readline()
+        assert line, f"the worker ended: {worker.child.stderr.read()[-2000:]}"
+        event = json.loads(line)
+        assert event["event"] not in ("result", "error") or event.get("id") != request, event
+        if event.get("id") == request and event["event"] == "log" and event["message"].startswith("encoding"):
+            return
+
+
 def test_encode_ahead_skips_a_view_the_user_has_left(raster):
     """The view's window is encoded ahead; an encode still waiting when a newer one comes is skipped, and a
     click inside the encoded window answers without encoding."""
-    worker = Worker([sys.executable, str(ROOT / "tests" / "sam_standin.py"), "1.0"])
+    worker = Worker([sys.executable, str(ROOT / "tests" / "sam_standin.py"), "2.0"])
     try:
         worker.ask("ping")                                  # up and idle
         first = _send(worker, "encode", raster=str(raster), crs=CRS, point=[700100.0, 400500.0])
-        time.sleep(0.5)                                     # the first encode is running (1 s)
+        _started(worker, first)                             # its encode has started (it runs 2 s)
         moved = _send(worker, "encode", raster=str(raster), crs=CRS, point=[700020.0, 400320.0])
         last = _send(worker, "encode", raster=str(raster), crs=CRS, point=INSIDE)
         answers = _answers(worker, [first, moved, last])

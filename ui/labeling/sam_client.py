@@ -11,6 +11,7 @@ was asked and is started again by the next request.
 import collections
 import json
 import queue
+import subprocess
 import time
 
 from qgis.core import QgsApplication
@@ -62,13 +63,19 @@ class SamClient(QObject):
         child_python.follow(self.child.stderr, stderr.append)
         self._timer.start()
 
-    def stop(self, timeout=3.0):
-        """Ask the worker to quit (end of its input), then kill it if it has not gone within ``timeout``."""
+    def stop(self, timeout=15.0, blocking=3.0):
+        """Ask the worker to quit (end of its input), then kill it if it has not gone within ``timeout``.
+        QGIS waits at most ``blocking`` seconds (it quits in milliseconds when idle); the rest of the grace
+        runs in the background, so a worker slow to exit on a loaded machine is not killed too early."""
         child, self.child = self.child, None
         self._timer.stop()
         self._fail_pending("The Segment Anything worker was stopped.")
         if child is not None:
-            child_python.stop(child, timeout, ask="close_input")
+            child_python.stop(child, timeout, ask="close_input", wait=False)
+            try:
+                child.wait(timeout=blocking)
+            except subprocess.TimeoutExpired:
+                pass
 
     # ------------------------------------------------------------ requests
     def request(self, op, callback=None, **fields):
