@@ -166,21 +166,21 @@ def figures(name, out, true, pixel):
             f"{name}_right_angle_share={right:.3f}")
 
 
-def quality(name, true, traced, pixel, torchvision_traced):
+def quality(name, true, traced, pixel, torchvision_traced, methods=METHODS):
     for label, outlines in (("trace", traced), ("torchvision_paste", torchvision_traced)):
         offset, right, down = bias(true, outlines, pixel)
         print(f"{name}_{label}_outward_offset={offset:.3f} {name}_{label}_shift_px_right={right:.2f} "
               f"{name}_{label}_shift_px_down={down:.2f}")
     print(f"{name}_objects={len(true)} {figures(f'{name}_truth', true, true, pixel)}")
     print(figures(f"{name}_torchvision_paste_raw_trace", torchvision_traced, true, pixel))
-    for method in METHODS:
+    for method in methods:
         label = "raw_trace" if method == "none" else method
         out, report = regularize_geometries(traced, method, RegularizeOptions(pixel=pixel))
         print(f"{figures(f'{name}_{label}', out, true, pixel)} {name}_{label}_kept_original={report['kept_original']}")
         sys.stdout.flush()
 
 
-def speed(traced, pixel, objects):
+def speed(traced, pixel, objects, methods=METHODS):
     """Seconds for ``objects`` outlines per method: the traces tiled over a grid (distinct coordinates)."""
     reps = -(-objects // len(traced))
     x0, y0, x1, y1 = shapely.total_bounds(traced)
@@ -191,7 +191,7 @@ def speed(traced, pixel, objects):
     print(f"speed_objects={len(many)} cpu_count={os.cpu_count()} load_average={os.getloadavg()[0]:.2f}")
     # CPU seconds as well as wall-clock: on a shared machine the wall clock measures the other jobs too.
     # (CPU time sums the threads of the IoU, so it is what one core would need, an upper bound for two.)
-    for method in METHODS:
+    for method in methods:
         started, cpu = time.perf_counter(), time.process_time()
         regularize_geometries(many, method, RegularizeOptions(pixel=pixel))
         seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
@@ -210,9 +210,13 @@ def main():
     parser.add_argument("--blur", type=float, nargs="*", default=[0.0, 1.0],
                         help="mask heads to measure: blur of the ideal probabilities in mask cells (default 0 and 1; "
                              "none: the speed only)")
+    parser.add_argument("--scenes", nargs="+", default=list(SCENES), choices=SCENES,
+                        help="the scenes to measure (default both); the speed uses the first")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS,
+                        help="the methods to measure (default all; 'none' is the raw trace)")
     args = parser.parse_args()
     banepa = None
-    for scene in SCENES:
+    for scene in args.scenes:
         folder = os.path.join(args.data, scene)
         if not os.path.isdir(folder):
             sys.exit(f"{folder} is missing: give --data, the folder with {', '.join(SCENES)}.")
@@ -225,12 +229,12 @@ def main():
                 keep = np.array([t is not None and r is not None for t, r in zip(traces, before)])
                 true = every[keep]
                 traced, reference = (np.array([t for t, k in zip(ts, keep) if k], dtype=object) for ts in (traces, before))
-                quality(f"{scene.split('-')[0]}_blur{sigma:g}", true, traced, pixel, reference)
+                quality(f"{scene.split('-')[0]}_blur{sigma:g}", true, traced, pixel, reference, args.methods)
             else:
                 traced = np.array([t for t in traces if t is not None], dtype=object)
             banepa = (traced, pixel) if banepa is None else banepa
     if args.objects:
-        speed(*banepa, args.objects)
+        speed(*banepa, args.objects, args.methods)
 
 
 if __name__ == "__main__":
