@@ -61,10 +61,10 @@ MAX_DEPARTURE_TOLERANCES = 2.0
 SIDES_FITTED = ("right_angles", "right_angles_45", "straight_edges")
 # ``auto``: right angles where the right-angle outline lies within this many tolerances of the straight-edge
 # outline everywhere, else straight edges. Measured (scripts/bench_regularize.py, perfect head; IoU / PoLiS /
-# vertices / share of right angles): on Banepa 0.5 tolerances 0.9837 / 0.070 m / 5.6 / 67 %, 1: 0.9803 /
-# 0.072 m / 5.2 / 82 %, 1.5: 0.9768 / 0.081 m / 5.0 / 90 %; on Atlanta 0.9681 / 0.153, 0.9674 / 0.152,
-# 0.9660 / 0.165. One tolerance squares four buildings in five on Banepa (truth: 88 % right angles) at
-# little cost, and keeps Atlanta's oblique corners.
+# vertices / share of right angles): on Banepa 0.75 tolerances 0.9822 / 0.065 m / 5.1 / 79 %, 1: 0.9803 /
+# 0.070 m / 5.1 / 85 %, 1.25: 0.9784 / 0.076 m / 5.0 / 88 %; on Atlanta 0.9677 / 0.149 m, 0.9675 / 0.150 m,
+# 0.9669 / 0.153 m. One tolerance squares four buildings in five on Banepa (truth: 88 % right angles) at
+# little cost, and keeps Atlanta's oblique corners (13 of 43 square).
 AUTO_SQUARE_TOLERANCES = 1.0
 
 

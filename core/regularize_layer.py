@@ -87,8 +87,13 @@ def _tell(report, reporter):
                          "repaired to be regularised, and kept as they were where the repair failed.")
     if report["kept_original"]:
         reporter.log(f"{report['kept_original']} outlines kept as they were: the method's shape departed too far "
-                     "from them (IoU below the guard's minimum, or a right-angle outline more than "
-                     f"{MAX_DEPARTURE_TOLERANCES:g} tolerances from the original somewhere).")
+                     "from them (IoU below the guard's minimum, or a right-angle or straight-edge outline more "
+                     f"than {MAX_DEPARTURE_TOLERANCES:g} tolerances from the original somewhere).")
+    took = report["by_method"].get("auto", {}).get("took")
+    if took:
+        reporter.log(f"Auto: {took['right_angles']} outlines took right angles (square: within "
+                     f"{AUTO_SQUARE_TOLERANCES:g} tolerance of their straight-edge outline everywhere), "
+                     f"{took['straight_edges']} straight edges (corners that are not square).")
 
 
 def _resolve(fields, method, class_field):

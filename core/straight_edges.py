@@ -3,8 +3,8 @@
 The right-angle snap (``core/right_angles.py``) without the snap: Douglas-Peucker at the tolerance finds the
 sides, each side is refitted as the total-least-squares line through the traced stair steps it stands for
 (so it runs through their middle, not along a chord between two stair corners), neighbouring lines that are
-nearly parallel become one line, sides shorter than the tolerance go, and neighbouring lines meet at their
-intersection. For buildings whose corners are not all square (half of Atlanta's) right angles would force
+nearly parallel become one line, sides shorter than the tolerance go and so do sides that cut a corner by
+less than it, and neighbouring lines meet at their intersection. For buildings whose corners are not all square (half of Atlanta's) right angles would force
 corners they do not have; these sides keep them.
 
 Written by hand for the reason right angles are (core/regularize.py): no maintained library on numpy 1.x
@@ -129,11 +129,34 @@ def straight_ring(simple, original, tolerance, least=3):
         # A side's length as drawn, along its own way: one whose neighbours' lines cross it backwards is negative.
         drawn = np.einsum("ij,ij->i", ring - np.roll(ring, 1, axis=0), np.array([s.direction for s in sides]))
         i = int(np.argmin(drawn))
-        if drawn[i] >= tolerance:
-            return np.vstack([ring, ring[:1]])
-        sides.pop(i)
+        if drawn[i] < tolerance:
+            sides.pop(i)
+        else:
+            cut = _cut_depths(sides)
+            i = int(np.argmin(cut))
+            if cut[i] >= tolerance:
+                return np.vstack([ring, ring[:1]])
+            sides.pop(i)
         sides = _join_parallel(sides, least)
     return None
+
+
+def _cut_depths(sides):
+    """How far each side lies from where its neighbours' lines meet: the corner it cuts off. A trace rounds
+    every corner by about a mask cell, and Douglas-Peucker may keep that rounding as a short side that cuts
+    the corner; within the tolerance it is one of the bumps the tolerance says go (as Douglas-Peucker drops a
+    vertex within the tolerance of its chord). Infinite where the neighbours are parallel (a step, not a cut)."""
+    u = np.array([s.direction for s in sides])
+    p = np.array([s.point for s in sides])
+    before, after = np.roll(u, 1, axis=0), np.roll(u, -1, axis=0)
+    pb, pa = np.roll(p, 1, axis=0), np.roll(p, -1, axis=0)
+    det = before[:, 0] * after[:, 1] - before[:, 1] * after[:, 0]
+    d = pa - pb
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = (d[:, 0] * after[:, 1] - d[:, 1] * after[:, 0]) / det
+        meet = pb + t[:, None] * before
+        depth = np.abs(u[:, 0] * (meet[:, 1] - p[:, 1]) - u[:, 1] * (meet[:, 0] - p[:, 0]))
+    return np.where(np.abs(det) > 1e-9, depth, np.inf)
 
 
 def straight_polygon(simple, original, tolerance):

@@ -10,10 +10,12 @@ blurred by one mask cell (``--blur``). The raw trace is also measured pasted by 
 prints name=value lines: each paste's systematic error (outward offset, shift in pixels); then per method
 mean IoU with the true polygon, PoLiS distance
 (map units; lower is better), boundary F-score at 1 m, vertices per object, the share of right angles
-(corners within 5 degrees of 90), outlines kept by the guard; then the seconds for 100,000 objects
+(corners within 5 degrees of 90), outlines kept by the guard (and for auto how many took each method); then
+the seconds for 100,000 objects
 (Banepa's traces tiled) and objects per second, per method.
 
     .venv/bin/python scripts/bench_regularize.py [--data ../shared/data] [--objects 100000]
+        [--scenes atlanta-buildings] [--methods none auto] [--blur 0]     (--objects 0: no speed)
 """
 import argparse
 import math
@@ -89,15 +91,19 @@ def torchvision_box_mask(probabilities, box, window):
     return x0, y0, pasted[y0 - wy:math.ceil(box[3]) - wy, x0 - wx:math.ceil(box[2]) - wx]
 
 
-def mask_trace(polygon, transform, shape, sigma=0.0, paste="maskforge"):
+def mask_trace(polygon, transform, shape, sigma=0.0, paste="maskforge", noise=0.0, seed=0):
     """The polygon as a detection with a perfect 28x28 mask head gives it back (None when too small);
-    ``sigma``: the head's probabilities blurred by that many mask cells first; ``paste``: read back by
-    ``core.tracing.box_mask`` (maskforge) or by torchvision's ``paste_masks_in_image`` (torchvision)."""
+    ``sigma``: the head's probabilities blurred by that many mask cells first; ``noise``: then Gaussian noise
+    of that standard deviation added to each cell (``seed``: its generator's), a head unsure along the edge;
+    ``paste``: read back by ``core.tracing.box_mask`` (maskforge) or by torchvision's ``paste_masks_in_image``
+    (torchvision)."""
     inverse = ~transform
     xs, ys = zip(*(inverse * xy for xy in polygon.exterior.coords))
     box = (min(xs), min(ys), max(xs), max(ys))
     probabilities, window = ideal_head(polygon, transform, box)
     probabilities = blur(probabilities, sigma)
+    if noise:
+        probabilities = probabilities + np.random.default_rng(seed).normal(0, noise, probabilities.shape)
     if paste == "torchvision":
         x0, y0, crop = torchvision_box_mask(probabilities, box, window)
     else:
@@ -176,7 +182,9 @@ def quality(name, true, traced, pixel, torchvision_traced, methods=METHODS):
     for method in methods:
         label = "raw_trace" if method == "none" else method
         out, report = regularize_geometries(traced, method, RegularizeOptions(pixel=pixel))
-        print(f"{figures(f'{name}_{label}', out, true, pixel)} {name}_{label}_kept_original={report['kept_original']}")
+        took = report["by_method"].get(method, {}).get("took", {})
+        print(f"{figures(f'{name}_{label}', out, true, pixel)} {name}_{label}_kept_original={report['kept_original']}"
+              + "".join(f" {name}_{label}_took_{k}={v}" for k, v in took.items()))
         sys.stdout.flush()
 
 
