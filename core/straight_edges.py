@@ -17,6 +17,9 @@ import shapely
 
 # Neighbouring sides closer in direction than this are one side: a trace's stair steps and bumps tilt a
 # side's pieces by a few degrees, and two lines that nearly run together meet far from the outline.
+# Measured (scripts/bench_regularize.py, perfect head): 6 to 12 degrees give the same outlines within
+# IoU 0.0004 and PoLiS 0.001 m on Banepa and Atlanta; 16 degrees merges real corners (Atlanta 0.9674 /
+# 0.155 m against 0.9683 / 0.149 m).
 SAME_SIDE_DEGREES = 12.0
 
 
