@@ -16,8 +16,8 @@ Methods (``METHODS``):
 
 The guard: a regularised outline whose IoU with the original is below ``min_iou`` is not used, nor a
 right-angle or straight-edge outline farther than ``MAX_DEPARTURE_TOLERANCES`` tolerances from the
-original anywhere; the original is kept and counted (``kept_original``), so a method never turns an object into
-something else (an L-shaped building into a rectangle, a courtyard block into a circle, a wing cut off).
+original anywhere; the original is kept and counted (``kept_original``), so a method never turns an object
+into something else (an L-shaped building into a rectangle, a courtyard block into a circle, a wing cut off).
 
 Why by hand: ``buildingregulariser`` (MIT, PyPI 0.2.5, the maintained open alternative to Esri's
 Regularize Building Footprint) was evaluated first. It requires numpy >= 2 and geopandas/pandas (QGIS's
@@ -52,8 +52,8 @@ METHODS = ("auto", "right_angles", "right_angles_45", "straight_edges", "rectang
 MASK_CELLS = 28
 TOLERANCE_CELLS = 1.5
 # The guard's second bound, for the methods that fit sides (SIDES_FITTED): an outline more than this many
-# tolerances from the original somewhere (Hausdorff distance) has cut off a wing or forced a right angle the object does not have,
-# though its IoU may pass. Measured (scripts/bench_regularize.py, perfect head, right angles, against the raw
+# tolerances from the original somewhere (Hausdorff distance) has cut off a wing or forced a right angle the
+# object does not have, though its IoU may pass. Measured (scripts/bench_regularize.py, perfect head, right angles, against the raw
 # trace's IoU 0.9584 / PoLiS 0.129 m on Banepa and 0.9507 / 0.203 m on Atlanta): without it 0.9697 / 0.109 m
 # and 6.2 vertices on Banepa, 0.9334 / 0.332 m on Atlanta; 3 tolerances 0.9705 / 0.105 m, 7.4 and 0.9376 /
 # 0.306 m; 2 tolerances 0.9725 / 0.094 m, 10.7 and 0.9483 / 0.245 m; 1.5: 14.5 vertices.

@@ -2,10 +2,10 @@
 
 The right-angle snap (``core/right_angles.py``) without the snap: Douglas-Peucker at the tolerance finds the
 sides, each side is refitted as the total-least-squares line through the traced stair steps it stands for
-(so it runs through their middle, not along a chord between two stair corners), neighbouring lines that are
-nearly parallel become one line, sides shorter than the tolerance go and so do sides that cut a corner by
-less than it, and neighbouring lines meet at their intersection. For buildings whose corners are not all square (half of Atlanta's) right angles would force
-corners they do not have; these sides keep them.
+(so it runs through their middle, not along a chord between two stair corners), neighbouring lines that
+are nearly parallel become one line, sides shorter than the tolerance go and so do sides that cut a corner
+by less than it, and neighbouring lines meet at their intersection. For buildings whose corners are not all
+square (half of Atlanta's) right angles would force corners they do not have; these sides keep them.
 
 Written by hand for the reason right angles are (core/regularize.py): no maintained library on numpy 1.x
 fits lines to a trace's sides; shapely gives the simplification.
