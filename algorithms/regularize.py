@@ -20,11 +20,13 @@ class RegularizeAlgorithm(MaskForgeAlgorithm):
     def shortHelpString(self):
         return (
             "Turns traced outlines into the shapes an analyst draws: right angles along each object's dominant "
-            "orientation (optionally 45° too) for buildings, the minimum rotated rectangle for tents and sheds, a "
+            "orientation (optionally 45° too) for buildings, straight edges at any angle for buildings whose "
+            "corners are not square, auto (the default: right angles where an object is square, else straight "
+            "edges; the log counts each), the minimum rotated rectangle for tents and sheds, a "
             "circle or an ellipse (same area, fitted moments) for round tents, tanks and tree crowns.\n\n"
-            "Methods per class: 'VALUE:METHOD,...' (e.g. 1:right_angles,2:rectangle; methods right_angles, "
-            "right_angles_45, rectangle, circle, ellipse, none) with the class field (default ClassValue, Value or "
-            "Class); classes not named keep their outlines.\n"
+            "Methods per class: 'VALUE:METHOD,...' (e.g. 1:auto,2:rectangle; methods auto, right_angles, "
+            "right_angles_45, straight_edges, rectangle, circle, ellipse, none) with the class field (default "
+            "ClassValue, Value or Class); classes not named keep their outlines.\n"
             "Tolerance (map units): bumps and steps smaller than this go; empty chooses it per object, 1.5 cells of a "
             "28x28 mask over it (the size of a mask trace's bumps), at least one pixel.\n"
             "Guard: where the new outline's IoU with the original is below the minimum, the original is kept "
@@ -61,5 +63,9 @@ class RegularizeAlgorithm(MaskForgeAlgorithm):
         feedback.pushInfo(f"Regularized {result['regularized']} of {result['input']} outlines ({result['method']}); "
                           f"{result['kept_original']} kept as they were by the guard, in {result['seconds']} s: "
                           f"layer '{result['layer']}' of {result['output']}")
+        took = result.get("by_method", {}).get("auto", {}).get("took")
+        if took:
+            feedback.pushInfo(f"Auto: {took['right_angles']} took right angles, {took['straight_edges']} straight "
+                              "edges.")
         return {"OUTPUT": load_result_layer(context, destination, result), "REGULARIZED": result["regularized"],
                 "KEPT_ORIGINAL": result["kept_original"]}

@@ -20,8 +20,9 @@ from .detections import existing_style, style_path
 from .errors import UserError
 from .geodata import GPKG_CREATION, split_layer_source
 from .progress import NullReporter
-from .regularize import (MAX_DEPARTURE_TOLERANCES, RegularizeOptions, check_options, parse_methods,
-                         regularize_geometries)
+from .contract.regularize import DEFAULT_METHOD
+from .regularize import (AUTO_SQUARE_TOLERANCES, MAX_DEPARTURE_TOLERANCES, RegularizeOptions, check_options,
+                         parse_methods, regularize_geometries)
 
 # Where the class values are looked for when methods are given per class (detection's field first).
 CLASS_FIELD_FALLBACKS = ("classvalue", "value", "class")
@@ -86,8 +87,13 @@ def _tell(report, reporter):
                          "repaired to be regularised, and kept as they were where the repair failed.")
     if report["kept_original"]:
         reporter.log(f"{report['kept_original']} outlines kept as they were: the method's shape departed too far "
-                     "from them (IoU below the guard's minimum, or a right-angle outline more than "
-                     f"{MAX_DEPARTURE_TOLERANCES:g} tolerances from the original somewhere).")
+                     "from them (IoU below the guard's minimum, or a right-angle or straight-edge outline more "
+                     f"than {MAX_DEPARTURE_TOLERANCES:g} tolerances from the original somewhere).")
+    took = report["by_method"].get("auto", {}).get("took")
+    if took:
+        reporter.log(f"Auto: {took['right_angles']} outlines took right angles (square: within "
+                     f"{AUTO_SQUARE_TOLERANCES:g} tolerance of their straight-edge outline everywhere), "
+                     f"{took['straight_edges']} straight edges (corners that are not square).")
 
 
 def _resolve(fields, method, class_field):
@@ -104,7 +110,7 @@ def _input_style(source, style):
     return existing_style(*split_layer_source(source))
 
 
-def regularize_file(input_source, output_path, method="right_angles", options=None, reporter=None, layer=None,
+def regularize_file(input_source, output_path, method=DEFAULT_METHOD, options=None, reporter=None, layer=None,
                     overwrite=False, class_field=None, style=None):
     """Regularize a polygon layer into a layer of a GeoPackage; returns the counts and where it went.
 

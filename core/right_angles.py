@@ -8,6 +8,7 @@ import numpy as np
 import shapely
 
 from .regularize_fit import dominant_angles, envelope_angles, iou
+from .straight_edges import span_moments
 
 # A 45-degree side must be this many tolerances long (see _drop_short).
 DIAGONAL_TOLERANCES = 3.0
@@ -57,29 +58,13 @@ def _drop_short(runs, tolerance, least, diagonal=False):
 
 def _span_means(simple, original):
     """(weight, mean edge midpoint) of the original ring's edges between consecutive vertices of its
-    simplification (Douglas-Peucker keeps a subset of the vertices, in order; GEOS may start the ring at
-    another of them, so the original is read from the simplification's first vertex on).
-    A side's line then goes through the middle of the traced stair steps, not along a chord that cuts
-    the trace's rounded corners (None when the vertices are not the original's: chords are used)."""
-    position = {}
-    for i, xy in enumerate(map(tuple, original[:-1].tolist())):
-        position.setdefault(xy, i)
-    start = position.get(tuple(simple[0].tolist()), 0)
-    if start:
-        original = np.vstack([original[start:-1], original[:start + 1]])
-        position = {xy: (i - start) % (len(original) - 1) for xy, i in position.items()}
-    index = np.array([position.get(tuple(xy), -1) for xy in simple.tolist()])
-    index[-1] = len(original) - 1
-    if np.any(index[:-1] < 0) or np.any(np.diff(index) <= 0):
+    simplification (``span_moments``): a side's line then goes through the middle of the traced stair steps,
+    not along a chord that cuts the trace's rounded corners (None when the vertices are not the original's:
+    chords are used)."""
+    sums = span_moments(simple, original)
+    if sums is None:
         return None
-    d = np.diff(original, axis=0)
-    length = np.hypot(d[:, 0], d[:, 1])
-    mid = (original[:-1] + original[1:]) / 2
-    cum_l = np.r_[0.0, np.cumsum(length)]
-    cum_m = np.vstack([[0.0, 0.0], np.cumsum(mid * length[:, None], axis=0)])
-    weight = cum_l[index[1:]] - cum_l[index[:-1]]
-    means = (cum_m[index[1:]] - cum_m[index[:-1]]) / np.maximum(weight, 1e-300)[:, None]
-    return weight, means
+    return sums[:, 0], sums[:, 1:3] / np.maximum(sums[:, 0], 1e-300)[:, None]
 
 
 def right_angle_ring(simple, original, angle, tolerance, allow_45=False):

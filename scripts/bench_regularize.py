@@ -10,10 +10,12 @@ blurred by one mask cell (``--blur``). The raw trace is also measured pasted by 
 prints name=value lines: each paste's systematic error (outward offset, shift in pixels); then per method
 mean IoU with the true polygon, PoLiS distance
 (map units; lower is better), boundary F-score at 1 m, vertices per object, the share of right angles
-(corners within 5 degrees of 90), outlines kept by the guard; then the seconds for 100,000 objects
+(corners within 5 degrees of 90), outlines kept by the guard (and for auto how many took each method); then
+the seconds for 100,000 objects
 (Banepa's traces tiled) and objects per second, per method.
 
     .venv/bin/python scripts/bench_regularize.py [--data ../shared/data] [--objects 100000]
+        [--scenes atlanta-buildings] [--methods none auto] [--blur 0]     (--objects 0: no speed)
 """
 import argparse
 import math
@@ -89,15 +91,19 @@ def torchvision_box_mask(probabilities, box, window):
     return x0, y0, pasted[y0 - wy:math.ceil(box[3]) - wy, x0 - wx:math.ceil(box[2]) - wx]
 
 
-def mask_trace(polygon, transform, shape, sigma=0.0, paste="maskforge"):
+def mask_trace(polygon, transform, shape, sigma=0.0, paste="maskforge", noise=0.0, seed=0):
     """The polygon as a detection with a perfect 28x28 mask head gives it back (None when too small);
-    ``sigma``: the head's probabilities blurred by that many mask cells first; ``paste``: read back by
-    ``core.tracing.box_mask`` (maskforge) or by torchvision's ``paste_masks_in_image`` (torchvision)."""
+    ``sigma``: the head's probabilities blurred by that many mask cells first; ``noise``: then Gaussian noise
+    of that standard deviation added to each cell (``seed``: its generator's), a head unsure along the edge;
+    ``paste``: read back by ``core.tracing.box_mask`` (maskforge) or by torchvision's ``paste_masks_in_image``
+    (torchvision)."""
     inverse = ~transform
     xs, ys = zip(*(inverse * xy for xy in polygon.exterior.coords))
     box = (min(xs), min(ys), max(xs), max(ys))
     probabilities, window = ideal_head(polygon, transform, box)
     probabilities = blur(probabilities, sigma)
+    if noise:
+        probabilities = probabilities + np.random.default_rng(seed).normal(0, noise, probabilities.shape)
     if paste == "torchvision":
         x0, y0, crop = torchvision_box_mask(probabilities, box, window)
     else:
@@ -166,21 +172,23 @@ def figures(name, out, true, pixel):
             f"{name}_right_angle_share={right:.3f}")
 
 
-def quality(name, true, traced, pixel, torchvision_traced):
+def quality(name, true, traced, pixel, torchvision_traced, methods=METHODS):
     for label, outlines in (("trace", traced), ("torchvision_paste", torchvision_traced)):
         offset, right, down = bias(true, outlines, pixel)
         print(f"{name}_{label}_outward_offset={offset:.3f} {name}_{label}_shift_px_right={right:.2f} "
               f"{name}_{label}_shift_px_down={down:.2f}")
     print(f"{name}_objects={len(true)} {figures(f'{name}_truth', true, true, pixel)}")
     print(figures(f"{name}_torchvision_paste_raw_trace", torchvision_traced, true, pixel))
-    for method in METHODS:
+    for method in methods:
         label = "raw_trace" if method == "none" else method
         out, report = regularize_geometries(traced, method, RegularizeOptions(pixel=pixel))
-        print(f"{figures(f'{name}_{label}', out, true, pixel)} {name}_{label}_kept_original={report['kept_original']}")
+        took = report["by_method"].get(method, {}).get("took", {})
+        print(f"{figures(f'{name}_{label}', out, true, pixel)} {name}_{label}_kept_original={report['kept_original']}"
+              + "".join(f" {name}_{label}_took_{k}={v}" for k, v in took.items()))
         sys.stdout.flush()
 
 
-def speed(traced, pixel, objects):
+def speed(traced, pixel, objects, methods=METHODS):
     """Seconds for ``objects`` outlines per method: the traces tiled over a grid (distinct coordinates)."""
     reps = -(-objects // len(traced))
     x0, y0, x1, y1 = shapely.total_bounds(traced)
@@ -191,7 +199,7 @@ def speed(traced, pixel, objects):
     print(f"speed_objects={len(many)} cpu_count={os.cpu_count()} load_average={os.getloadavg()[0]:.2f}")
     # CPU seconds as well as wall-clock: on a shared machine the wall clock measures the other jobs too.
     # (CPU time sums the threads of the IoU, so it is what one core would need, an upper bound for two.)
-    for method in METHODS:
+    for method in methods:
         started, cpu = time.perf_counter(), time.process_time()
         regularize_geometries(many, method, RegularizeOptions(pixel=pixel))
         seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
@@ -210,9 +218,13 @@ def main():
     parser.add_argument("--blur", type=float, nargs="*", default=[0.0, 1.0],
                         help="mask heads to measure: blur of the ideal probabilities in mask cells (default 0 and 1; "
                              "none: the speed only)")
+    parser.add_argument("--scenes", nargs="+", default=list(SCENES), choices=SCENES,
+                        help="the scenes to measure (default both); the speed uses the first")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS,
+                        help="the methods to measure (default all; 'none' is the raw trace)")
     args = parser.parse_args()
     banepa = None
-    for scene in SCENES:
+    for scene in args.scenes:
         folder = os.path.join(args.data, scene)
         if not os.path.isdir(folder):
             sys.exit(f"{folder} is missing: give --data, the folder with {', '.join(SCENES)}.")
@@ -225,12 +237,12 @@ def main():
                 keep = np.array([t is not None and r is not None for t, r in zip(traces, before)])
                 true = every[keep]
                 traced, reference = (np.array([t for t, k in zip(ts, keep) if k], dtype=object) for ts in (traces, before))
-                quality(f"{scene.split('-')[0]}_blur{sigma:g}", true, traced, pixel, reference)
+                quality(f"{scene.split('-')[0]}_blur{sigma:g}", true, traced, pixel, reference, args.methods)
             else:
                 traced = np.array([t for t in traces if t is not None], dtype=object)
             banepa = (traced, pixel) if banepa is None else banepa
     if args.objects:
-        speed(*banepa, args.objects)
+        speed(*banepa, args.objects, args.methods)
 
 
 if __name__ == "__main__":

@@ -17,9 +17,12 @@ AUTO_TILE = "about 1.5x the raster's pixels through the network, within free mem
 # of them, 0.05 (about the old analyst's rule) 73 %, 0.2 and above all; 0.3 still removes duplicates.
 NMS_OVERLAP = 0.3
 # core/regularize.py's methods; None: the package's per class (its .emd's Regularize), off when it names none.
+# New methods go at the end: Processing models and saved settings hold a choice's index.
 REGULARIZE = (Choice(None, "The package's per class (off when it has none)"), Choice("none", "Off"),
               Choice("right_angles", "Right angles"), Choice("right_angles_45", "Right angles and 45°"),
-              Choice("rectangle", "Rotated rectangle"), Choice("circle", "Circle"), Choice("ellipse", "Ellipse"))
+              Choice("rectangle", "Rotated rectangle"), Choice("circle", "Circle"), Choice("ellipse", "Ellipse"),
+              Choice("straight_edges", "Straight edges (any angle)"),
+              Choice("auto", "Auto: right angles where square, else straight edges"))
 
 PARAMS = (
     Param("INPUT_RASTER", "raster", "Input raster", flag="--raster", required=True),
@@ -57,7 +60,8 @@ PARAMS = (
     Param("SIMPLIFY", "float", "Simplify outlines (map units, 0 = off)", 0.0, flag="--simplify", minimum=0.0,
           decimals=3, advanced=True),
     Param("REGULARIZE", "choice", "Regularize outlines", None, flag="--regularize", choices=REGULARIZE, advanced=True,
-          help="right angles for buildings, rotated rectangles for tents, circles or ellipses for round objects; "
+          help="right angles for buildings (auto: where they are square, else straight edges), rotated rectangles "
+               "for tents, circles or ellipses for round objects; "
                "an outline the shape would distort is kept; a method or CLASSVALUE:METHOD,..."),
     Param("DEVICE", "text", "Device", "auto", flag="--device", help=DEVICE_HELP, advanced=True),
     Param("PROCESSES", "int", "Processes / GPUs", 1, flag="--processes", minimum=1, advanced=True,

@@ -60,7 +60,11 @@ def test_detect_objects_offers_regularization_defaulting_to_the_packages(provide
     detect = provider.algorithm("detectobjects")
     parameter = detect.parameterDefinition("REGULARIZE")
     assert parameter.defaultValue() == 0 and parameter.options()[0].startswith("The package's")
-    assert {"Right angles", "Rotated rectangle", "Circle", "Ellipse"} <= set(parameter.options())
+    assert {"Right angles", "Rotated rectangle", "Circle", "Ellipse", "Straight edges (any angle)"} <= \
+        set(parameter.options())
+    # A layer regularised without a method: auto (right angles where square, else straight edges).
+    method = provider.algorithm("regularize").parameterDefinition("METHOD")
+    assert method.options()[method.defaultValue()].startswith("Auto")
 
 
 def test_the_detect_dialog_shows_the_packages_methods_and_passes_a_choice(maskforge, qgis_iface, tmp_path):
