@@ -168,6 +168,8 @@ def test_tiles_listed_drawn_as_outlines_and_a_click_zooms_there(dock, scene, qgi
     symbol = page.tiles.renderer().symbol()
     assert symbol.symbolLayer(0).brushStyle() == Qt.BrushStyle.NoBrush, "tiles are outlines, not filled"
     assert isinstance(page.proposals.renderer(), QgsCategorizedSymbolRenderer)   # proposals look like detections
+    layers = len(QgsProject.instance().mapLayers())
+    assert page.open_file() == (page.tiles, page.proposals) and len(QgsProject.instance().mapLayers()) == layers
 
     _click_tile(page, 1)       # tile #2: the bottom-left one
     tile = next(page.tiles.getFeatures('"Rank" = 2')).geometry().boundingBox()
@@ -255,8 +257,9 @@ def test_suggest_runs_from_the_page_as_a_background_task(dock, scene):
     from tests.qgis.dialog_session import _wait_task
     dock, path = dock
     page = dock.label_next_page
-    task = page.run(package=str(scene["package"]), raster=scene["raster"])
+    task = page.run(package=str(scene["package"]), raster=scene["raster"], view_only=True)
     assert task is not None and page.run_button.text() == "Cancel" and task in tasks.running_tasks()
+    assert any(a.startswith("--extent=") for a in task.args)            # the view, in the raster's CRS
     _wait_task(task, 300)
     assert task.result is not None, task.error
     assert Path(task.result["output"]).parent == path.parent and page.tiles is not None

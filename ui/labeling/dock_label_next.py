@@ -161,8 +161,9 @@ class LabelNextPage(QWidget):
             self.open_file(r["output"], r["layer"], r["proposals_layer"])
             self.dock._status(f"{len(r['top'])} tiles to label next of {r['tiles']} ({r['labelled_tiles']} "
                               f"labelled, skipped), with {r['proposals']} proposals.")
-        elif task.cancelled:
-            self.dock._status("Where to label next was cancelled.")
+        else:
+            self.dock._status("Where to label next was cancelled." if task.cancelled else
+                              f"Where to label next failed: {task.error}")
 
     def open_file(self, path=None, tiles=None, proposals=None):
         """Show a suggest output: ``path`` (asked when None) and its layers; returns (tiles, proposals) or None."""
@@ -177,9 +178,12 @@ class LabelNextPage(QWidget):
 
     def show_output(self, tiles, proposals):
         """Add the tiles (outlines) and proposals (as detections) to the map and list the tiles."""
+        shown = {layer.source(): layer for layer in QgsProject.instance().mapLayers().values()}
+        tiles, proposals = shown.get(tiles.source(), tiles), shown.get(proposals.source(), proposals)   # opened again
         for layer, style in ((proposals, style_result_layer), (tiles, style_tiles_layer)):
-            style(layer, None, save=False)
-            QgsProject.instance().addMapLayer(layer)
+            if layer.source() not in shown:
+                style(layer, None, save=False)
+                QgsProject.instance().addMapLayer(layer)
         self.cleanup(keep_task=True)
         self.tiles, self.proposals = tiles, proposals
         self.dock.tabs.setCurrentWidget(self)
