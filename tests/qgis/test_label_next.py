@@ -11,6 +11,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -23,10 +24,12 @@ from qgis.PyQt.QtTest import QTest
 from tests.qgis.test_labeling import click, double_click, expected_points, ring, assert_same_ring
 
 ROOT = Path(__file__).resolve().parents[2]
+STANDIN = [sys.executable, str(ROOT / "tests" / "sam_standin.py")]   # Segment Anything's stand-in: the bright blob
 CRS = QgsCoordinateReferenceSystem("EPSG:32636")
 CANVAS_CRS = QgsCoordinateReferenceSystem("EPSG:3857")
 ENGINE = """
 import sys
+import time
 from pathlib import Path
 from core.suggest import SuggestOptions, suggest
 from tests.core.test_suggest import _scene, scored
@@ -108,7 +111,8 @@ def dock(maskforge, qgis_iface, scene, tmp_path):
                                                       options)
     assert error[0] == QgsVectorFileWriter.WriterError.NoError, error
     widget = LabelsDock(qgis_iface, qgis_iface.mainWindow(), confirm=lambda *a: True,
-                        choose_folder=lambda: str(tmp_path), choose_file=lambda *a: str(scene["output"]))
+                        choose_folder=lambda: str(tmp_path), choose_file=lambda *a: str(scene["output"]),
+                        sam_command=lambda: STANDIN)
     widget.resize(380, 760)
     widget.show()
     assert widget.use_layer(layer) is not None
@@ -248,6 +252,38 @@ def test_correct_keeps_the_drawn_outline_not_the_proposals(dock, scene, qgis_can
         click(qgis_canvas, x, y)
     double_click(qgis_canvas, *clicks[-1])
     assert dock.store.layer.featureCount() == 1 and page.review.remaining() == 4
+
+
+def test_correct_with_a_segment_anything_click_once_the_smart_tool_has_run(dock, scene, qgis_canvas):
+    """Segment Anything (its stand-in worker, whose outline is the bright square under the click) answers the
+    correction: its outline, not the proposal's, is the label."""
+    dock, _ = dock
+    page = _opened(dock)
+    dock.activate_tool("smart")                                    # the analyst has used the Smart tool before:
+    deadline = time.monotonic() + 60                               # it encodes the view ahead, starting the worker
+    while not dock.smart.client.starts and time.monotonic() < deadline:
+        QgsApplication.processEvents()
+        time.sleep(0.02)
+    dock._unset_tools()
+    _click_tile(page, 0)
+    fid = page.review.current()
+    answers = []
+    dock.smart.answered.connect(answers.append)
+    _key(page, Qt.Key.Key_C)
+    assert qgis_canvas.mapTool() is dock.smart.tool
+    centre = _proposal(page, fid).geometry().centroid().asPoint()
+    at = qgis_canvas.getCoordinateTransform().transform(
+        QgsCoordinateTransform(CRS, CANVAS_CRS, QgsProject.instance()).transform(centre))
+    click(qgis_canvas, round(at.x()), round(at.y()))
+    assert dock.smart.wait() and answers and answers[-1]["geometry"] is not None
+    outline = answers[-1]["geometry"]
+    QTest.keyClick(qgis_canvas, Qt.Key.Key_Return)
+    (label,) = dock.store.layer.getFeatures()
+    assert label.geometry().isGeosEqual(outline) and label["classvalue"] == 2
+    assert label.geometry().area() == pytest.approx(7 * 7, rel=0.1)    # the 14 px square at 0.5 m
+    assert _review(page, fid) == "corrected" and page.review.current() != fid
+    dock.undo_action.trigger()
+    assert dock.store.layer.featureCount() == 0 and page.review.current() == fid
 
 
 def test_suggest_runs_from_the_page_as_a_background_task(dock, scene):

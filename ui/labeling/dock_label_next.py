@@ -95,8 +95,8 @@ class LabelNextPage(QWidget):
         for column, (key, text, icon, tip, slot) in enumerate((
                 ("A", "Accept (A)", "mIconSuccess.svg", "Copy the proposal (or the ones selected) into the labels",
                  self.accept),
-                ("C", "Correct (C)", "mActionCapturePolygon.svg", "Draw its outline (a Segment Anything click "
-                 "when the Smart tool runs, else a polygon); the shape becomes the label", self.correct),
+                ("C", "Correct (C)", "mActionCapturePolygon.svg", "Draw its outline (a Segment Anything click once "
+                 "the Smart tool has been used, else a polygon); the shape becomes the label", self.correct),
                 ("R", "Reject (R)", "mActionRemove.svg", "Keep its place as a known negative (background)", self.reject),
                 ("N", "Next (N)", "mActionAtlasNext.svg", "The next proposal (P: the previous one)", self.next))):
             button = QPushButton(theme_icon(icon), text)
@@ -295,11 +295,13 @@ class LabelNextPage(QWidget):
             self.review.reload()
 
     def correct(self):
-        """Take the next shape drawn (Smart tool when its worker runs, else Polygon) as the proposal's outline."""
+        """Take the next shape drawn as the proposal's outline: with the Smart tool once Segment Anything has been
+        started in this session (its model loads), else with the Polygon tool; either may be picked meanwhile."""
         if self.review is None or self.review.current() is None:
             return None
         self.dock.shape_sink = self._corrected
-        self.dock.activate_tool("smart" if self.dock.smart.client.running() else "polygon")
+        client = self.dock.smart.client
+        self.dock.activate_tool("smart" if client.running() or client.starts else "polygon")
         self.dock._status("Draw the object's outline; it replaces the proposal's and becomes the label "
                           "(Esc, then another tool, gives up).")
         return self.dock.canvas.mapTool()
