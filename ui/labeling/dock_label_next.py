@@ -8,8 +8,8 @@ proposals, highest confidence first (detection_review.py's DetectionReview, limi
 
 - Accept (A) copies the proposal (or the proposals selected on the map) into the labels, its class matched to
   the labels' schema by name, else by value;
-- Correct (C) takes the next shape drawn instead of the proposal's outline: a Segment Anything click when its
-  worker is running, else a drawn polygon; the shape becomes the label;
+- Correct (C) takes the next shape drawn instead of the proposal's outline: a Segment Anything click once the
+  Smart tool has been used in the session, else a drawn polygon; the shape becomes the label;
 - Reject (R) keeps the proposal's outline as a known negative beside the labels (label_next.py).
 
 Each is one step of the dock's Undo, which makes the proposal pending again. The decisions are kept in the
