@@ -110,6 +110,7 @@ class LabelNextPage(QWidget):
             QShortcut(QKeySequence(key), self, context=Qt.ShortcutContext.WindowShortcut).activated.connect(slot)
         grid.setRowStretch(5, 1)
         grid.setColumnStretch(1, 1)
+        grid.setColumnStretch(3, 1)   # the two columns of buttons alike
         self.dock.canvas.mapToolSet.connect(self._tool_changed)
         self._update_buttons()
 
