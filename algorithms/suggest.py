@@ -5,6 +5,7 @@ from .base import MaskForgeAlgorithm, check, engine_raster_values, gpkg_output, 
 from .parameters import add_parameters, form_values
 from ..core.contract import Suggest
 from ..bridge.result_layers import load_on_completion, load_result_layer
+from ..bridge.result_style import style_result_layer, style_tiles_layer
 
 
 class SuggestAlgorithm(MaskForgeAlgorithm):
@@ -47,6 +48,8 @@ class SuggestAlgorithm(MaskForgeAlgorithm):
         feedback.pushInfo(f"{len(result.get('top') or [])} tiles of {result['tiles']} to label next, with "
                           f"{result['proposals']} proposals: layers '{result['layer']}' and "
                           f"'{result['proposals_layer']}' of {result['output']}.")
-        load_on_completion(context, result["proposals_source"], "Proposals", "PROPOSALS")
-        return {"OUTPUT": load_result_layer(context, destination, result), "PROPOSALS": result["proposals_source"],
+        # the proposals are detections (by class, confidence as opacity), the tiles outlines around them
+        load_on_completion(context, result["proposals_source"], "Proposals", "PROPOSALS", style_result_layer)
+        return {"OUTPUT": load_result_layer(context, destination, result, style_tiles_layer),
+                "PROPOSALS": result["proposals_source"],
                 "TILES": result["tiles"]}

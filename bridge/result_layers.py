@@ -21,25 +21,25 @@ _STYLERS = []
 class _ApplyStyle(QgsProcessingLayerPostProcessorInterface):
     """Processing loads result layers without their default style, so the .qml written beside is applied here."""
 
-    def __init__(self, qml, detections=False):
+    def __init__(self, qml, style=None):
         super().__init__()
         self.qml = qml
-        self.detections = detections   # Detect's and NMS's: the toolbar's look (result_style.py)
+        self.style = style   # style(layer, qml) of result_style.py (Detect's and NMS's look, the tiles'), else the qml
 
     def postProcessLayer(self, layer, context, feedback):  # noqa: N802 (QGIS's name)
-        if self.detections:
-            style_result_layer(layer, self.qml)
+        if self.style is not None:
+            self.style(layer, self.qml)
         elif self.qml and os.path.exists(self.qml):
             layer.loadNamedStyle(self.qml)
             layer.triggerRepaint()
 
 
-def load_result_layer(context, destination, result):
+def load_result_layer(context, destination, result, style=style_result_layer):
     """The layer the engine wrote, as OUTPUT returns it and Processing loads it (styled) on completion.
 
     Processing registered the destination as given (a path, or the 'ogr:dbname=... table=...' of "Save to
     GeoPackage"); the layer to load is the engine's: the file when it holds that layer alone, else
-    'path|layername=x' (a plain path would load the file's first layer)."""
+    'path|layername=x' (a plain path would load the file's first layer). ``style``: result_style.py's look for it."""
     alone = result.get("written") == "created" and result["layer"] == os.path.splitext(
         os.path.basename(result["output"]))[0]
     value = result["output"] if alone else result["source"]
@@ -47,7 +47,7 @@ def load_result_layer(context, destination, result):
     if destination in loading:
         details = loading.pop(destination)
         if result.get("layer"):
-            styler = _ApplyStyle(result.get("style"), detections=True)
+            styler = _ApplyStyle(result.get("style"), style)
             _STYLERS.append(styler)
             details.setPostProcessor(styler)
         loading[value] = details
@@ -55,12 +55,14 @@ def load_result_layer(context, destination, result):
     return value
 
 
-def load_on_completion(context, path, name, output_name):
-    """Ask Processing to add the GeoPackage at ``path`` to the project (as the toolbox does for destinations)."""
+def load_on_completion(context, path, name, output_name, style=None):
+    """Ask Processing to add the GeoPackage at ``path`` to the project (as the toolbox does for destinations),
+    styled by ``style`` (result_style.py), else by the ``.qml`` beside the file."""
     if not path or context.project() is None:
         return
     details = QgsProcessingContext.LayerDetails(name, context.project(), output_name)
-    styler = _ApplyStyle(os.path.splitext(path)[0] + ".qml")
+    # the style beside the file, never beside 'path|layername=x' (its splitext is the file's stem: another layer's)
+    styler = _ApplyStyle(None if style else os.path.splitext(path.split("|")[0])[0] + ".qml", style)
     _STYLERS.append(styler)
     details.setPostProcessor(styler)
     context.addLayerToLoadOnCompletion(path, details)

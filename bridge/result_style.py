@@ -9,7 +9,8 @@ so the layer looks the same wherever it is opened, and rewritten to the ``.qml``
 import os
 
 from qgis.core import (QgsCategorizedSymbolRenderer, QgsFillSymbol, QgsPalLayerSettings, QgsProperty,
-                       QgsRendererCategory, QgsSymbolLayer, QgsTextFormat, QgsVectorLayerSimpleLabeling)
+                       QgsRendererCategory, QgsSingleSymbolRenderer, QgsSymbolLayer, QgsTextFormat,
+                       QgsVectorLayerSimpleLabeling)
 from qgis.PyQt.QtGui import QColor
 
 CLASS_FIELDS = ("classvalue", "value", "class")
@@ -63,12 +64,12 @@ def _with_confidence(symbol, confidence):
                                             QgsProperty.fromExpression(WIDTH_EXPRESSION.format(f=confidence)))
 
 
-def _labels(confidence):
+def _labels(confidence, expression=None, min_scale=LABEL_MIN_SCALE):
     settings = QgsPalLayerSettings()
-    settings.fieldName = f'format_number("{confidence}", 2)'
+    settings.fieldName = expression or f'format_number("{confidence}", 2)'
     settings.isExpression = True
-    settings.scaleVisibility = True
-    settings.minimumScale = LABEL_MIN_SCALE   # QGIS: the most zoomed-out scale at which labels show
+    settings.scaleVisibility = bool(min_scale)
+    settings.minimumScale = min_scale   # QGIS: the most zoomed-out scale at which labels show
     settings.maximumScale = 0
     text = QgsTextFormat()
     text.setSize(8)
@@ -102,12 +103,30 @@ def style_result_layer(layer, qml=None, save=True):
         layer.setLabelsEnabled(True)
     layer.setRenderer(renderer)
     layer.triggerRepaint()
-    if save:
-        if layer.providerType() == "ogr" and layer.source().split("|")[0].lower().endswith(".gpkg"):
-            error = layer.saveStyleToDatabase(STYLE_NAME, "By class; Confidence as opacity, outline width and "
-                                              "label (MaskForge)", True, "")
-            if error:
-                return f"styled; not stored in the GeoPackage: {error}"
-        if qml:
-            layer.saveNamedStyle(qml)
-    return f"by {class_field}" + (f", {confidence} as opacity, outline and label" if confidence else "")
+    unsaved = _save(layer, "By class; Confidence as opacity, outline width and label (MaskForge)", qml) if save else ""
+    return f"by {class_field}" + (f", {confidence} as opacity, outline and label" if confidence else "") + unsaved
+
+
+def _save(layer, description, qml=None):
+    """Store the style in the GeoPackage as the layer's default (and in ``qml``); returns what went wrong or ''."""
+    if layer.providerType() == "ogr" and layer.source().split("|")[0].lower().endswith(".gpkg"):
+        error = layer.saveStyleToDatabase(STYLE_NAME, description, True, "")
+        if error:
+            return f"; not stored in the GeoPackage: {error}"
+    if qml:
+        layer.saveNamedStyle(qml)
+    return ""
+
+
+def style_tiles_layer(layer, qml=None, save=True):
+    """Where to label next's tiles: an outline with its rank, never a fill (the imagery inside is what the
+    analyst looks at, and the proposals are drawn over it); ``qml`` is ignored (the engine writes none)."""
+    symbol = QgsFillSymbol.createSimple({"style": "no", "outline_color": "255,140,0,255", "outline_width": "0.8",
+                                         "outline_width_unit": "MM", "outline_style": "dash"})
+    layer.setRenderer(QgsSingleSymbolRenderer(symbol))
+    if layer.fields().lookupField("Rank") >= 0:
+        layer.setLabeling(_labels(None, "'#' || \"Rank\"", min_scale=0))
+        layer.setLabelsEnabled(True)
+    layer.triggerRepaint()
+    return "orange dashed outlines, ranks as labels" + (_save(layer, "Tiles to label next: outlines and ranks "
+                                                               "(MaskForge)") if save else "")

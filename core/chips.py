@@ -55,6 +55,7 @@ class ExportOptions:
     only_tiles_with_features: bool = True
     extent: tuple = None              # (xmin, ymin, xmax, ymax) in the raster's CRS
     mask_polygons: str = None         # vector source: only chips fully inside are written
+    background: str = None            # vector source of known negatives: chips over them are written even empty
     cell_size: float = None           # resample to this cell size (raster CRS units)
     rotation_angle: float = 0.0       # extra copies rotated by k * angle degrees
     min_polygon_overlap_ratio: float = 0.0
@@ -233,6 +234,8 @@ def export_training_data(raster, labels, out_dir, options=None, reporter=None):
         mask_area = None
         if o.mask_polygons:
             mask_area = read_area(o.mask_polygons, src.crs, "mask polygons")
+        # a rejected proposal says "nothing here": its chip teaches the model that place is background
+        background = read_area(o.background, src.crs, "known negatives") if o.background else None
 
         angles = [0.0]
         if o.rotation_angle and o.rotation_angle > 0:
@@ -260,7 +263,7 @@ def export_training_data(raster, labels, out_dir, options=None, reporter=None):
         tmp = _prepare_output(out_dir, o.overwrite)
         try:
             result = _write_chips(src, bands, nodata, lab, tree, grid, rows, cols, angles, tx, ty,
-                                  mask_area, o, tmp, reporter, total)
+                                  (mask_area, background), o, tmp, reporter, total)
             result.update(repaired=lab.repaired, skipped_labels=lab.skipped, stride=[o.stride_x, o.stride_y],
                           choices={"stride": chosen.as_dict()} if chosen else {})
             if result["chips"] == 0 and result["skipped_nodata"]:
@@ -282,11 +285,14 @@ def export_training_data(raster, labels, out_dir, options=None, reporter=None):
             raise
     result["out_dir"] = str(Path(out_dir))
     result["seconds"] = round(time.monotonic() - started, 3)
-    reporter.progress(100, f"Wrote {result['chips']} chips with {result['instances']} objects.")
+    reporter.progress(100, f"Wrote {result['chips']} chips with {result['instances']} objects"
+                      + (f", {result['background_chips']} of them background over known negatives." if o.background
+                         else "."))
     return result
 
 
-def _write_chips(src, bands, nodata, lab, tree, grid, rows, cols, angles, tx, ty, mask_area, o, tmp, reporter, total):
+def _write_chips(src, bands, nodata, lab, tree, grid, rows, cols, angles, tx, ty, areas, o, tmp, reporter, total):
+    mask_area, background = areas
     driver, ext = IMAGE_FORMATS[o.image_format]
     label_driver, label_ext = ("GTiff", "tif") if o.image_format == "TIFF" else ("PNG", "png")
     class_values = sorted(lab.class_names)
@@ -300,7 +306,7 @@ def _write_chips(src, bands, nodata, lab, tree, grid, rows, cols, angles, tx, ty
     stats = BandStats(len(bands))
     per_class = {v: 0 for v in class_values}
     map_lines, chip_sizes = [], []
-    skipped_nodata = outside_mask = done = 0
+    skipped_nodata = outside_mask = done = background_chips = 0
     native = grid.native is not None and grid.transform.b == 0 and grid.transform.d == 0
 
     for row in rows:
@@ -316,7 +322,8 @@ def _write_chips(src, bands, nodata, lab, tree, grid, rows, cols, angles, tx, ty
                     outside_mask += 1
                     continue
                 found = _instances_in_chip(tree, lab, footprint, transform, tx, ty, o.min_polygon_overlap_ratio)
-                if not found and o.only_tiles_with_features:
+                negatives = not found and background is not None and background.intersects(footprint)
+                if not found and o.only_tiles_with_features and not negatives:
                     continue
                 if angle == 0 and native:
                     window = Window(grid.native[0] + col, grid.native[1] + row, tx, ty)
@@ -328,6 +335,7 @@ def _write_chips(src, bands, nodata, lab, tree, grid, rows, cols, angles, tx, ty
                     skipped_nodata += 1
                     continue
 
+                background_chips += negatives
                 chip_id = len(coco["images"])
                 name = f"{chip_id:09d}"
                 write_raster(tmp / "images" / f"{name}.{ext}", driver, image, transform, src.crs, nodata)
@@ -360,4 +368,4 @@ def _write_chips(src, bands, nodata, lab, tree, grid, rows, cols, angles, tx, ty
         write_metadata(tmp, src, bands, grid, o, lab, coco, map_lines, stats, per_class, chip_sizes,
                        skipped_nodata, outside_mask, tx, ty)
     return {"chips": n_chips, "instances": n_inst, "per_class": {str(v): per_class[v] for v in class_values},
-            "skipped_nodata": skipped_nodata, "outside_mask": outside_mask}
+            "skipped_nodata": skipped_nodata, "outside_mask": outside_mask, "background_chips": background_chips}

@@ -50,6 +50,7 @@ def export_options(args):
         stride_x=(args.stride or (None, None))[0], stride_y=(args.stride or (None, None))[1],
         image_format=args.format,
         only_tiles_with_features=not args.all_tiles, extent=args.extent, mask_polygons=args.mask_polygons,
+        background=args.background,
         cell_size=args.cell_size, rotation_angle=args.rotation_angle,
         min_polygon_overlap_ratio=args.min_overlap_ratio, bands=args.bands,
         class_value_field=args.class_value_field, class_name_field=args.class_name_field,

@@ -31,6 +31,10 @@ PARAMS = (
     Param("EXTENT", "extent", "Processing extent", flag="--extent", help="xmin,ymin,xmax,ymax in the raster's CRS"),
     Param("MASK_POLYGONS", "vector", "Mask polygons (only chips fully inside)", flag="--mask-polygons",
           geometry="polygon", help="only chips fully inside these polygons are written"),
+    Param("BACKGROUND", "vector", "Known negatives (chips over them are written, as background)",
+          flag="--background", geometry="polygon",
+          help="polygons known to hold no object (the labels dock's 'negatives' layer): chips over them are written "
+               "even without objects, so training learns those places as background"),
     Param("CELL_SIZE", "float", "Cell size", flag="--cell-size", minimum=0.0, legacy_auto=0.0, decimals=4,
           auto="the raster's; web layers: their finest zoom", advanced=True,
           help="resample chips to this cell size (raster CRS units)"),

@@ -28,11 +28,17 @@ def test_tile_offsets_cover_the_whole_length():
     assert tile_offsets(300, 100, 100) == [0, 100, 200]
 
 
-def test_only_tiles_with_features_vs_all_tiles(scene, tmp_path):
+def _few_labels(scene, tmp_path):
+    """The scene's first three labels."""
     labels = tmp_path / "few.gpkg"
     meta, _, wkb, fields = pyogrio.raw.read(scene["labels"])
     pyogrio.raw.write(labels, wkb[:3], [f[:3] for f in fields], fields=meta["fields"], geometry_type="Polygon",
                       crs=meta["crs"], driver="GPKG")
+    return labels
+
+
+def test_only_tiles_with_features_vs_all_tiles(scene, tmp_path):
+    labels = _few_labels(scene, tmp_path)
     opts = dict(tile_size_x=64, tile_size_y=64, stride_x=64, stride_y=64)
     some = export_training_data(scene["raster"], labels, tmp_path / "some", ExportOptions(**opts))
     every = export_training_data(scene["raster"], labels, tmp_path / "all",
@@ -163,3 +169,34 @@ def test_class_fields_and_names_with_values_that_are_not_1_to_n(scene, tmp_path)
     assert result["per_class"] == {"3": by_class[3], "7": by_class[7]} and by_class[3] > by_class[7] > 0
     stats = json.loads((tmp_path / "out" / "esri_accumulated_stats.json").read_text())
     assert [(c["Value"], c["Name"]) for c in stats["Classes"]] == [(3, "tent"), (7, "shelter")]
+
+
+def test_known_negatives_are_exported_as_background_chips(scene, tmp_path):
+    """The labels dock's rejected proposals ('negatives'): a chip over one is written though it holds no object,
+    its masks empty; without them the same chip is skipped."""
+    labels = _few_labels(scene, tmp_path)
+    opts = dict(tile_size_x=64, tile_size_y=64, stride_x=64, stride_y=64)
+    plain = export_training_data(scene["raster"], labels, tmp_path / "plain", ExportOptions(**opts))
+    taken = {_bounds(image) for image in _images(tmp_path / "plain")}
+    with rasterio.open(scene["raster"]) as src:
+        left, top, side = src.bounds.left, src.bounds.top, 64 * src.res[0]
+    free = [shapely.box(left + c * side, top - (r + 1) * side, left + (c + 1) * side, top - r * side)
+            for r in range(4) for c in range(4)]                           # the 16 chips of the 256 px scene
+    empty = next(b for b in free if tuple(round(v, 3) for v in b.bounds) not in taken)
+    negative = shapely.box(*empty.centroid.buffer(1.0).bounds)           # a rejected proposal inside it
+    negatives = tmp_path / "negatives.gpkg"
+    pyogrio.raw.write(negatives, shapely.to_wkb(np.array([negative])), [], fields=[], geometry_type="Polygon",
+                      crs=pyogrio.read_info(labels)["crs"], driver="GPKG")
+    result = export_training_data(scene["raster"], labels, tmp_path / "bg",
+                                  ExportOptions(background=str(negatives), **opts))
+    assert result["chips"] == plain["chips"] + 1 and result["background_chips"] == 1
+    assert result["instances"] == plain["instances"]
+    (extra,) = [image for image in _images(tmp_path / "bg") if _bounds(image) not in taken]
+    assert _bounds(extra) == tuple(round(v, 3) for v in empty.bounds)
+    masks = sorted((tmp_path / "bg" / "labels").glob(f"*/{extra.stem}.*"))
+    assert masks and all(not rasterio.open(m).read().any() for m in masks)   # background: no object there
+
+
+def _bounds(image):
+    with rasterio.open(image) as chip:
+        return tuple(round(v, 3) for v in chip.bounds)

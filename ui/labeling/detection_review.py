@@ -14,7 +14,8 @@ from .class_schema import SchemaError
 from .labels_layer import LabelError, commit_edit
 
 REVIEW_FIELD = "review"
-ACCEPTED, REJECTED = "accepted", "rejected"
+ACCEPTED, REJECTED, CORRECTED = "accepted", "rejected", "corrected"   # corrected: its outline redrawn, then kept
+DECIDED = (ACCEPTED, REJECTED, CORRECTED)
 FIELDS = ("ClassValue", "Class", "Confidence")
 
 
@@ -47,8 +48,9 @@ class DetectionReview(QObject):
 
     changed = pyqtSignal()
 
-    def __init__(self, detections, store_for_accept, parent=None):
+    def __init__(self, detections, store_for_accept, parent=None, subset=None):
         super().__init__(parent)
+        self.subset = subset    # a QGIS expression: only these detections (one tile's proposals)
         if not isinstance(detections, QgsVectorLayer) or not detections.isValid():
             raise ReviewError("Pick a detections layer (the output of Detect Objects).")
         if detections.geometryType() != Qgis.GeometryType.Polygon:
@@ -81,10 +83,12 @@ class DetectionReview(QObject):
 
     def reload(self):
         request = QgsFeatureRequest().setFlags(Qgis.FeatureRequestFlag.NoGeometry)
+        if self.subset:
+            request.setFilterExpression(self.subset)
         request.setSubsetOfAttributes([self.confidence_field, self.review_field], self.layer.fields())
         rows = []
         for feature in self.layer.getFeatures(request):
-            if feature[self.review_field] in (ACCEPTED, REJECTED):
+            if feature[self.review_field] in DECIDED:
                 continue
             confidence = feature[self.confidence_field]
             confidence = 0.0 if confidence in (None, NULL) else float(confidence)
@@ -117,7 +121,7 @@ class DetectionReview(QObject):
 
     def tally(self):
         """How many detections are accepted, rejected, left."""
-        counts = {ACCEPTED: 0, REJECTED: 0}
+        counts = dict.fromkeys(DECIDED, 0)
         request = QgsFeatureRequest().setFlags(Qgis.FeatureRequestFlag.NoGeometry)
         request.setSubsetOfAttributes([self.review_field], self.layer.fields())
         for feature in self.layer.getFeatures(request):
@@ -139,12 +143,13 @@ class DetectionReview(QObject):
         return self.current()
 
     # -- decisions
-    def accept(self):
-        """Copy the current detection into the labels and mark it accepted; returns the new label ids."""
-        fid = self.current()
-        if fid is None:
+    def accept(self, fids=None):
+        """Copy the current detection (or those of ``fids`` still undecided, when any) into the labels and mark
+        them accepted, in one undo step; returns the new label ids."""
+        fids = [fid for fid in fids or () if fid in self._queue] or [self.current()]
+        if fids == [None]:
             return []
-        return self._accept([fid])
+        return self._accept(fids)
 
     def reject(self):
         fid = self.current()
@@ -154,6 +159,13 @@ class DetectionReview(QObject):
         self._drop([fid])
         return True
 
+    def correct(self, geometry, crs):
+        """Keep the current detection with ``geometry`` (in ``crs``) as its outline; returns the new label ids."""
+        fid = self.current()
+        if fid is None:
+            return []
+        return self._accept([fid], [geometry], CORRECTED, crs)
+
     def accept_above(self, threshold):
         """Accept every undecided detection with confidence >= threshold; returns how many."""
         fids = [fid for fid in self._queue if self._confidence[fid] >= threshold]
@@ -161,28 +173,37 @@ class DetectionReview(QObject):
             self._accept(fids)
         return len(fids)
 
-    def _accept(self, fids):
+    def label_value(self, feature, schema):
+        """The labels' class of a detection: the schema's class of the same name (the package may number its
+        classes otherwise), else its ClassValue, which joins the schema with its name when new."""
+        value = feature[self.value_field]
+        if value in (None, NULL) or int(value) < 1:
+            raise ReviewError(f"Detection {feature.id()} has no class value (ClassValue is empty or below 1).")
+        value = int(value)
+        name = feature[self.name_field] if self.name_field else None
+        name = None if name in (None, NULL) else str(name)
+        same_name = [cls.value for cls in schema if name and cls.name.lower() == name.lower()]
+        if same_name:
+            return same_name[0]
+        if value not in schema:
+            try:
+                schema.add(name, value)
+            except SchemaError:
+                schema.add(None, value)   # its name is taken by another class value
+        return value
+
+    def _accept(self, fids, geometries=None, status=ACCEPTED, crs=None):
+        """Copy detections into the labels (``geometries``: corrected outlines in ``crs`` instead of theirs) in
+        one undo step, and mark them ``status``."""
         store = self._store_for_accept()
-        geometries, values = [], []
         request = QgsFeatureRequest().setFilterFids(fids)
         features = {f.id(): f for f in self.layer.getFeatures(request)}
-        for fid in fids:
-            feature = features[fid]
-            value = feature[self.value_field]
-            if value in (None, NULL) or int(value) < 1:
-                raise ReviewError(f"Detection {fid} has no class value (ClassValue is empty or below 1).")
-            value = int(value)
-            if value not in store.schema:
-                name = feature[self.name_field] if self.name_field else None
-                try:
-                    store.schema.add(None if name in (None, NULL) else str(name), value)
-                except SchemaError:
-                    store.schema.add(None, value)   # its name is taken by another class value
-            geometries.append(feature.geometry())
-            values.append(value)
-        added = store.add_many(geometries, values, self.layer.crs(),
-                               note={"review_layer": self.layer.id(), "review_fids": list(fids)})
-        self._mark(fids, ACCEPTED)
+        values = [self.label_value(features[fid], store.schema) for fid in fids]
+        geometries = geometries or [features[fid].geometry() for fid in fids]
+        added = store.add_many(geometries, values, crs or self.layer.crs(),
+                               note={"review_layer": self.layer.id(), "review_fids": list(fids),
+                                     "review_status": status})
+        self._mark(fids, status)
         self._drop(fids)
         return added
 

@@ -1,17 +1,11 @@
-"""The Labels dock: class schema, drawing tools, the labeled objects, review of detections.
+"""The Labels dock: class schema, drawing tools, the labeled objects, review of detections, where to label next.
 
-Its parts are objects it owns, each in its own module: the classes panel
-(dock_classes.py), the labeled objects with the undo history
-(dock_objects.py), the review page (dock_review.py) and the Smart tool
-(sam_labeling.py). The dock keeps what they share: the schema, the class
-being drawn, the labels' store, the map tools and the messages.
-
-The dock is the only place that ties the pieces together: the schema
-(class_schema.py, no Qt), the labels layer (labels_layer.py, its look
-labels_style.py), the edits and their undo history (label_edits.py), the
-map tools (map_tools.py) and the review (detection_review.py). Dialogs it opens are injectable (``confirm``,
-``choose_folder``, ``choose_file``, ``open_export``) so tests answer them
-without a person at the screen.
+Its parts are objects it owns, each in its own module: the classes panel (dock_classes.py), the labeled objects
+with the undo history (dock_objects.py), the review page (dock_review.py), the Label next page
+(dock_label_next.py) and the Smart tool (sam_labeling.py). The dock keeps what they share: the schema, the class
+being drawn, the labels' store (label_edits.py), the map tools and the messages. Dialogs it opens are injectable
+(``confirm``, ``choose_folder``, ``choose_file``, ``open_export``) so tests answer them without a person at the
+screen.
 """
 import os
 
@@ -26,6 +20,7 @@ from ...bridge import messages
 from .dock_classes import ClassesPanel
 from .dock_objects import ObjectsPanel
 from .dock_review import ReviewPage
+from .dock_label_next import LabelNextPage
 from .dock_common import ask, ask_file, labels_folder, save_state, show_prefilled, theme_icon
 from .class_schema import ClassSchema
 from .label_edits import LabelStore
@@ -33,7 +28,6 @@ from .labels_layer import LabelError, crs_for_new_labels, default_labels_path, l
 from .labels_style import SCHEMA_PROPERTY, schema_from_data, schema_from_layer
 from .map_tools import FreehandTool, PolygonTool, RectangleTool
 from .sam_labeling import SmartLabeling
-
 
 
 class LabelsDock(QgsDockWidget):
@@ -52,6 +46,7 @@ class LabelsDock(QgsDockWidget):
         self.schema.add()
         self.store = None
         self.current_value = self.schema.values()[0]
+        self.shape_sink = None   # what takes the next drawn shape instead of the labels (a corrected proposal)
         self._layer_signals = []
         self._refresh_timer = QTimer(self)
         self._refresh_timer.setSingleShot(True)
@@ -141,8 +136,9 @@ class LabelsDock(QgsDockWidget):
         column.addWidget(self.classes)
         column.addWidget(self.objects, 1)
         self.tabs.addTab(page, "Classes && labels")
-        self.review_page = ReviewPage(self)   # owns the review under way (dock_review.py)
-        self.tabs.addTab(self.review_page, "Review detections")
+        self.review_page, self.label_next_page = ReviewPage(self), LabelNextPage(self)   # each owns its review
+        for tab, title in ((self.review_page, "Review detections"), (self.label_next_page, "Label next")):
+            self.tabs.addTab(tab, title)
         box.addWidget(self.tabs, 1)
 
         self.export_button = QPushButton("Export training data…")
@@ -333,11 +329,14 @@ class LabelsDock(QgsDockWidget):
 
     def _shape_drawn(self, geometry, crs=None):
         """Add a drawn (or Smart) shape with the current class; ``crs`` default: the map's. Returns its ids."""
+        if self.shape_sink is not None:
+            return self.shape_sink(geometry, crs or self.canvas.mapSettings().destinationCrs())
         if not len(self.schema):
             self._message("Add a class first: the shape was not kept.", Qgis.MessageLevel.Warning)
             return []
         if self.current_value not in self.schema:
             self.current_value = self.schema.values()[0]
+        self.shape_sink = None   # what takes the next drawn shape instead of the labels (a corrected proposal)
         try:
             store = self.ensure_store()
             fids = store.add(geometry, self.current_value, crs or self.canvas.mapSettings().destinationCrs())
@@ -395,4 +394,5 @@ class LabelsDock(QgsDockWidget):
             self._export_dialog = None
         self.schema.unsubscribe(self.classes.schema_changed)
         self.review_page.cleanup()
+        self.label_next_page.cleanup()
         self._detach()

@@ -2,7 +2,8 @@
 asks, where labels go and whether they are saved, the Export dialog it opens)."""
 import os
 
-from qgis.core import QgsApplication, QgsCsException, QgsFeatureRequest, QgsRectangle
+from qgis.core import Qgis, QgsApplication, QgsCsException, QgsFeatureRequest, QgsRectangle
+from qgis.gui import QgsRubberBand
 from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtGui import QColor, QIcon, QPixmap
 from qgis.PyQt.QtWidgets import QAbstractItemView, QFileDialog, QHeaderView, QMessageBox, QTableWidget
@@ -43,8 +44,11 @@ def ask(parent, title, text):
 
 
 def ask_file(parent, purpose, start=""):
-    """The dock's default ``choose_file``: purpose is 'new-layer', 'load-schema' or 'save-schema'."""
-    if purpose == "new-layer":
+    """The dock's default ``choose_file``: purpose is 'new-layer', 'load-schema', 'save-schema' or 'label-next'."""
+    if purpose == "label-next":
+        path, _ = QFileDialog.getOpenFileName(parent, "Open the output of Where to label next", start,
+                                              "GeoPackage (*.gpkg)")
+    elif purpose == "new-layer":
         path, _ = QFileDialog.getSaveFileName(parent, "New labels GeoPackage", start, "GeoPackage (*.gpkg)",
                                               options=QFileDialog.Option.DontConfirmOverwrite)
         if path and not path.lower().endswith(".gpkg"):
@@ -114,3 +118,21 @@ def focus_features(canvas, layer, fids):
         canvas.setExtent(grown)
     canvas.refresh()
     canvas.flashFeatureIds(layer, list(fids))
+
+
+def outline(canvas, band, geometry, layer, color=(255, 255, 0)):
+    """Show ``geometry`` (in ``layer``'s CRS) as an outline on the map, in ``band`` (made when None); returns
+    the band. An outline, not the selection: a selected polygon is filled and hides the very object to judge."""
+    if band is None:
+        band = QgsRubberBand(canvas, Qgis.GeometryType.Polygon)
+        band.setFillColor(QColor(0, 0, 0, 0))
+        band.setStrokeColor(QColor(*color))
+        band.setWidth(3)
+    band.setToGeometry(geometry, layer)
+    return band
+
+
+def remove_outline(canvas, band):
+    if band is not None:
+        canvas.scene().removeItem(band)
+    return None

@@ -212,15 +212,15 @@ class ObjectsPanel(QWidget):
                     self.dock.schema.add(None, cls["Value"], cls["Color"])
             elif not undo and cls["Value"] in self.dock.schema:
                 self.dock.schema.remove(cls["Value"])
-        if note.get("review_fids"):   # accepted detections become undecided again, and back
+        if note.get("review_fids"):   # accepted detections (or proposals) become undecided again, and back
             layer = QgsProject.instance().mapLayer(note["review_layer"])
             if layer is not None:
                 try:
-                    set_review_status(layer, note["review_fids"], None if undo else ACCEPTED)
+                    set_review_status(layer, note["review_fids"], None if undo else note.get("review_status", ACCEPTED))
                 except LabelError as exc:
                     self.dock._message(str(exc), Qgis.MessageLevel.Warning)
-                review = self.dock.review_page.review
-                if review is not None and review.layer is layer:
-                    review.reload()
-        self.dock._status(("Undone: " if undo else "Redone: ") + {"add": "added label(s)", "delete": "deletion",
-                                                              "class": "class change", "geometry": "outline change"}[edit.kind] + ".")
+                for page in (self.dock.review_page, self.dock.label_next_page):
+                    page.reviewed_layer_changed(layer)
+        what = {"add": "added label(s)", "delete": "deletion", "class": "class change",
+                "geometry": "outline change"}.get(edit.kind) or edit.values.get("what", "edit")
+        self.dock._status(("Undone: " if undo else "Redone: ") + what + ".")

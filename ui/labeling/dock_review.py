@@ -6,12 +6,12 @@ detection_review.py; the labels go through the dock's store, messages through th
 """
 
 from qgis.core import Qgis
-from qgis.gui import QgsMapLayerComboBox, QgsRubberBand
+from qgis.gui import QgsMapLayerComboBox
 from qgis.PyQt.QtCore import Qt
-from qgis.PyQt.QtGui import QColor, QKeySequence, QShortcut
+from qgis.PyQt.QtGui import QKeySequence, QShortcut
 from qgis.PyQt.QtWidgets import QDoubleSpinBox, QGridLayout, QLabel, QPushButton, QWidget
 
-from .dock_common import focus_features, theme_icon
+from .dock_common import focus_features, outline, remove_outline, theme_icon
 from .detection_review import ACCEPTED, DetectionReview, ReviewError
 from .labels_layer import LabelError
 
@@ -131,18 +131,10 @@ class ReviewPage(QWidget):
         focus_features(self.dock.canvas, review.layer, [fid])
 
     def _show_band(self, layer, fid):
-        # An outline, not the selection: a selected polygon is filled and hides the very object to judge.
-        if self._band is None:
-            self._band = QgsRubberBand(self.dock.canvas, Qgis.GeometryType.Polygon)
-            self._band.setFillColor(QColor(0, 0, 0, 0))
-            self._band.setStrokeColor(QColor(255, 255, 0))
-            self._band.setWidth(3)
-        self._band.setToGeometry(layer.getFeature(fid).geometry(), layer)
+        self._band = outline(self.dock.canvas, self._band, layer.getFeature(fid).geometry(), layer)
 
     def _clear_band(self):
-        if self._band is not None:
-            self.dock.canvas.scene().removeItem(self._band)
-            self._band = None
+        self._band = remove_outline(self.dock.canvas, self._band)
 
     def _act(self, action):
         if self.review is None:
@@ -189,6 +181,11 @@ class ReviewPage(QWidget):
         count = self._act(lambda: self.review.accept_above(threshold)) or 0
         self.dock._status(f"Accepted {count} detection(s) with confidence ≥ {threshold:.2f}.")
         return count
+
+    def reviewed_layer_changed(self, layer):
+        """Decisions in ``layer`` were undone or redone: the review under way offers them again, or not."""
+        if self.review is not None and self.review.layer is layer:
+            self.review.reload()
 
     def cleanup(self):
         """The dock goes: the review stops following its layer, the outline leaves the map."""

@@ -16,7 +16,8 @@ UNDO_DEPTH = 200
 
 
 class _Edit:
-    """One undoable step: 'add' or 'delete' (feature snapshots), 'class' or 'geometry' (old/new values)."""
+    """One undoable step: 'add' or 'delete' (feature snapshots), 'class' or 'geometry' (old/new values), 'beside'
+    (an edit of another layer: its undo and redo functions in ``values``)."""
 
     def __init__(self, kind, fids, snapshots=None, values=None, note=None):
         self.kind = kind
@@ -216,6 +217,12 @@ class LabelStore(QObject):
         self._commit(lambda layer: all(layer.changeGeometry(fid, QgsGeometry(g)) for fid, g in fid_geometries.items()),
                      what)
 
+    def record_beside(self, what, undo, redo, note=None):
+        """An edit already made in another layer (a known negative recorded beside the labels) as one step of
+        this history, so the dock's one Undo takes back whatever was done last; ``undo()``/``redo()`` do it."""
+        self._push(_Edit("beside", [], values={"undo": undo, "redo": redo, "what": what}, note=note))
+        self.edited.emit()
+
     def rename_class(self, value, name):
         """Write a renamed class's name into its labels (no undo step: it follows the schema)."""
         if not self.name_field:
@@ -267,6 +274,8 @@ class LabelStore(QObject):
             existing = {f.id() for f in self.layer.getFeatures(QgsFeatureRequest().setFilterFids(list(edit.values)))}
             self._change_geometries({fid: (old if undo else new) for fid, (old, new) in edit.values.items()
                                      if fid in existing}, "the undo")
+        elif edit.kind == "beside":
+            edit.values["undo" if undo else "redo"]()
         elif edit.kind == "class":
             existing = {f.id() for f in self.layer.getFeatures(QgsFeatureRequest().setFilterFids(list(edit.values)))}
             values = {fid: (old if undo else new) for fid, (old, new) in edit.values.items() if fid in existing}

@@ -25,29 +25,35 @@ def create_labels_geopackage(path, crs, layer_name=LAYER_NAME):
     fields = QgsFields()
     fields.append(QgsField(CLASS_VALUE_FIELD, QMetaType.Type.Int))
     fields.append(QgsField(CLASS_NAME_FIELD, QMetaType.Type.QString, len=100))
+    if os.path.exists(path) and QgsVectorLayer(f"{path}|layername={layer_name}", "existing", "ogr").isValid():
+        raise LabelError(f"'{path}' already has a layer '{layer_name}'; pick it as the labels layer, or "
+                         "another file.")   # overwriting it could destroy hours of labels
+    return new_geopackage_layer(path, layer_name, fields, crs, "MaskForge labels", "the labels")
+
+
+def new_geopackage_layer(path, layer_name, fields, crs, title, what):
+    """A new multipolygon layer ``layer_name`` of ``fields`` in the GeoPackage ``path``, created when missing;
+    the file's other layers are kept. The caller has made sure no layer of that name exists."""
     options = QgsVectorFileWriter.SaveVectorOptions()
     options.driverName = "GPKG"
     options.layerName = layer_name
     options.fileEncoding = "UTF-8"
     if os.path.exists(path):
-        if QgsVectorLayer(f"{path}|layername={layer_name}", "existing", "ogr").isValid():
-            raise LabelError(f"'{path}' already has a layer '{layer_name}'; pick it as the labels layer, or "
-                             "another file.")   # overwriting it could destroy hours of labels
         options.actionOnExistingFile = QgsVectorFileWriter.ActionOnExistingFile.CreateOrOverwriteLayer   # a new layer beside the others
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
-        raise LabelError(f"Cannot create the labels file in '{folder}': the folder does not exist or is not "
+        raise LabelError(f"Cannot create {what} in '{folder}': the folder does not exist or is not "
                          "writable. Pick another folder.")
     writer = QgsVectorFileWriter.create(path, fields, Qgis.WkbType.MultiPolygon, crs,
                                         QgsProject.instance().transformContext(), options)
     if writer.hasError() != QgsVectorFileWriter.WriterError.NoError:
         message = writer.errorMessage()
         del writer
-        raise LabelError(f"Cannot create the labels file '{path}': {message}")
+        raise LabelError(f"Cannot create {what} in '{path}': {message}")
     del writer   # closes the file
-    layer = QgsVectorLayer(f"{path}|layername={layer_name}", "MaskForge labels", "ogr")
+    layer = QgsVectorLayer(f"{path}|layername={layer_name}", title, "ogr")
     if not layer.isValid():
-        raise LabelError(f"The new labels file '{path}' cannot be opened.")
+        raise LabelError(f"The new layer '{layer_name}' of '{path}' cannot be opened.")
     return layer
 
 

@@ -80,6 +80,7 @@ class ExportDialog(JobDialog):
         self.extent = ExtentPicker(self.iface.mapCanvas())
         advanced.addRow("Processing extent", self.extent)
         self.add(advanced, "MASK_POLYGONS", "Mask polygons")
+        self.add(advanced, "BACKGROUND", "Known negatives")
         self.add(advanced, "CELL_SIZE", special="the raster's")
         self.add(advanced, "ROTATION_ANGLE", "Rotation angle (extra copies)", special="none", step=15)
         self.add(advanced, "MIN_POLYGON_OVERLAP_RATIO")
