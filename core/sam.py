@@ -252,7 +252,9 @@ class SamSession:
                                                         np.array([rows.min(), rows.max() + 1.0]))
             extra_x, extra_y = list(extra_x), list(extra_y)
             fresh = True
-        polygon = self._outline(mask, coords, labels, pixel_box, simplify)
+        box_xy = (min(xs[len(points):]), min(ys[len(points):]), max(xs[len(points):]), max(ys[len(points):])) \
+            if box is not None else None
+        polygon = self._outline(mask, coords, labels, pixel_box, box_xy, simplify)
         if polygon is not None and back is not None:
             polygon = shapely.transform(polygon, lambda xy: np.column_stack(back.transform(xy[:, 0], xy[:, 1])))
         return {"polygon": polygon.wkt if polygon is not None else None, "score": score,
@@ -270,7 +272,7 @@ class SamSession:
         best = int(np.argmax(scores))
         return np.asarray(masks[best]).astype(bool), float(scores[best]), coords, pixel_box
 
-    def _outline(self, mask, coords, labels, pixel_box, simplify):
+    def _outline(self, mask, coords, labels, pixel_box, box_xy, simplify):
         """The mask's part under the positive points (or the largest part in the box), in raster coordinates."""
         if pixel_box is not None:   # SAM may spill out of the box it was given; the box is the user's bound
             keep = np.zeros_like(mask, bool)
@@ -290,9 +292,10 @@ class SamSession:
         hit = [p for p in parts if any(p.covers(shapely.Point(xy)) for xy in positives)]
         chosen = hit or [max(parts, key=lambda p: p.area)]
         polygon = chosen[0] if len(chosen) == 1 else shapely.MultiPolygon(chosen)
-        if pixel_box is not None:   # exactly the box, also when the window's cells are coarser than the box edge
-            (x0, x1), (y0, y1) = self.window.transform * (pixel_box[[0, 2]], pixel_box[[1, 3]])
-            polygon = shapely.box(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)).intersection(polygon)
+        if box_xy is not None:   # exactly the box, also when the window's cells are coarser than the box edge
+            # (the box as given, not its pixel coordinates transformed back: that round trip's float error could
+            # put a vertex a hair outside it)
+            polygon = shapely.box(*box_xy).intersection(polygon)
             polygon = shapely.union_all([g for g in getattr(polygon, "geoms", [polygon])
                                          if g.geom_type in ("Polygon", "MultiPolygon")])
             if polygon.is_empty:

@@ -171,7 +171,8 @@ def test_random_weight_sam_behind_the_worker_protocol(raster):
         box = [700140.0, 400460.0, 700200.0, 400510.0]
         boxed = worker.ask("prompt", raster=str(raster), crs=CRS, box=box)["result"]
         if boxed["polygon"]:
-            assert shapely.box(*box).covers(shapely.from_wkt(boxed["polygon"]))
+            # within the box up to float rounding (GEOS cuts a random mask's edges at the box: 1e-10 m)
+            assert shapely.box(*box).buffer(1e-6, join_style="mitre").covers(shapely.from_wkt(boxed["polygon"]))
         negative = worker.ask("prompt", raster=str(raster), crs=CRS, points=[INSIDE, (700180.0, 400490.0)],
                               labels=[1, 0])
         assert negative["event"] == "result"
