@@ -27,7 +27,7 @@ and mask alone 0.72 on the camp, the crowding signal added 0.80 (all proposals d
 training held out, never the test area): of the weightings tried they told false from true best there
 (0.65 kept, 0.83 all; the former score 2, mask 1: 0.40, 0.40). The price: on whether the model's decision
 at its threshold was right (a kept false detection or a true object just below it) the score alone is
-better (0.70 against 0.50), and the ranking of ``core.suggest`` sums Uncertainty. The variants did not
+better (0.70 against 0.49 on the camp), and the ranking of ``core.suggest`` sums Uncertainty. The variants did not
 help (0.40-0.49) and keep weight 1.
 
 ``UncertainTracer`` traces a tile's detections as ``core.tracing`` does and appends to each row its

@@ -185,6 +185,8 @@ def run_scene(name, args, out):
             row["f1"][s], row["f1_best"][s] = figures["f1_chosen"], figures["f1_best"]
         rows.append(row)
         report_round(name, row, blocks)
+        if r < local.rounds:
+            table(name, rows, blocks, final=False)     # a run cut short still has its table so far
     line(f"{name}_test_truth", first["truth"])
     line(f"{name}_suggest_filled", filled)
     table(name, rows, blocks)
@@ -204,7 +206,7 @@ def report_round(name, row, blocks):
         line(f"{prefix}_f1_best", row["f1_best"][s])
 
 
-def table(name, rows, blocks):
+def table(name, rows, blocks, final=True):
     total, objects = len(blocks.boxes), int(blocks.objects.sum())
     print(f"\n{name}: held-out F1 (IoU 0.5) per round; labelled blocks of {total} (objects of {objects})")
     print("| round | blocks | % of all | objects suggested / random | F1 suggested | F1 random |"
@@ -216,8 +218,10 @@ def table(name, rows, blocks):
         print(f"| {row['round']} | {n} | {100 * n / total:.0f} % | {obj[0]} / {obj[1]} | {row['f1']['suggested']:.3f} |"
               f" {row['f1']['random']:.3f} | {row['f1_best']['suggested']:.3f} / {row['f1_best']['random']:.3f} |")
     print(flush=True)
-    final = rows[-1]
-    target = final["f1"]["random"]
+    if not final:
+        return
+    end = rows[-1]
+    target = end["f1"]["random"]
     if target <= 0:
         line(f"{name}_reach_percent", "n/a")
         print("labels for suggested to reach random's final F1: n/a, random's final F1 is 0: the budget taught "
@@ -228,8 +232,8 @@ def table(name, rows, blocks):
         line(f"{name}_reach_percent", "not reached")
         print("labels for suggested to reach random's final F1: not reached (goal <= 60 %)", flush=True)
         return
-    percent = 100.0 * len(reach["blocks"]["suggested"]) / len(final["blocks"]["random"])
-    random_objects = int(blocks.objects[final["blocks"]["random"]].sum())
+    percent = 100.0 * len(reach["blocks"]["suggested"]) / len(end["blocks"]["random"])
+    random_objects = int(blocks.objects[end["blocks"]["random"]].sum())
     line(f"{name}_reach_round", reach["round"])
     line(f"{name}_reach_percent", round(percent, 1))
     line(f"{name}_reach_objects_percent",
