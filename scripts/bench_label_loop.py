@@ -69,6 +69,7 @@ class Blocks:
             cell, crs = abs(src.transform.a), src.crs.to_wkt()
         xmin, _, xmax, ymax = split.train
         self.side = tile * cell
+        self.slack = cell / 4    # export keeps chips its mask *covers*: a block's own chip must not fail by a rounding
         self.cols, self.rows = int((xmax - xmin) / self.side + 1e-9), int((ymax - split.train[1]) / self.side + 1e-9)
         self.area = (xmin, ymax - self.rows * self.side, xmin + self.cols * self.side, ymax)
         self.crs = crs
@@ -88,9 +89,11 @@ class Blocks:
         return row * self.cols + col
 
     def write(self, chosen, path):
-        """The labelled blocks as a polygon layer (export's mask, suggest's labels)."""
-        pyogrio.raw.write(str(path), shapely.to_wkb(self.boxes[sorted(chosen)]), [], [], driver="GPKG",
-                          geometry_type="Polygon", crs=self.crs)
+        """The labelled blocks as a polygon layer (export's mask, suggest's labels), each grown by a quarter
+        of a cell: chips lie on the pixel grid, so that admits no chip reaching a pixel outside the blocks."""
+        grown = shapely.buffer(self.boxes[sorted(chosen)], self.slack, join_style="mitre")
+        pyogrio.raw.write(str(path), shapely.to_wkb(grown), [], [], driver="GPKG", geometry_type="Polygon",
+                          crs=self.crs)
         return str(path)
 
 
