@@ -10,9 +10,9 @@ probability that a false detection is more uncertain than a true one (Mann-Whitn
 The same is measured on the package's validation area (``val``: the blocks its training held out, recorded
 in its .emd as ValidationAreas; one pass): that is where ``core.uncertainty.WEIGHTS`` is chosen, never on
 the test area. Printed per run (tta / plain / val) and per set (kept: at or above the package's threshold,
-what Detect Objects keeps by default, false against true; all: down to the floor, false against true; decisions: down to the
-floor, the model's decision at its threshold wrong (a kept false detection, or a true object below the
-threshold) against right): the AUC of Uncertainty, of each of its signals, of
+what Detect Objects keeps by default, false against true; all: down to the floor, false against true;
+decisions: down to the floor, the model's decision at its threshold wrong (a kept false detection, or a true
+object below the threshold) against right): the AUC of Uncertainty, of each of its signals, of
 1 - Confidence (the baseline any score gives), and of a few other weightings of the signals (the
 choice of ``core.uncertainty.WEIGHTS``; ``weights_former`` is the formula before the crowding signal:
 score 2, mask 1, variants 1). Goal (issue 25): uncertainty AUC >= 0.75.
