@@ -43,7 +43,7 @@ bench-quality: setup
 
 # The labelling loop's value (issue 25): labels added where `suggest` ranks against labels added at random,
 # retrained each round for the same budget, held-out F1 per round (README, Where to label next). CPU-sized:
-# the camp ~30 min on 2 cores, Banepa hours; QUICK=1 a smoke run; SCENES=camp a subset; ROUNDS=N; BUDGET=N.
+# about 20 min per round for the camp on 2 shared cores, Banepa hours; QUICK=1 a smoke run; SCENES=camp; ROUNDS=N; BUDGET=N.
 bench-label-loop: setup
 	$(PY) scripts/bench_label_loop.py $(if $(QUICK),--quick) $(if $(SCENES),--scenes $(SCENES)) \
 		$(if $(ROUNDS),--rounds $(ROUNDS)) $(if $(BUDGET),--budget $(BUDGET))
