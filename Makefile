@@ -4,7 +4,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 QGIS_ENV := QT_QPA_PLATFORM=offscreen
 
-.PHONY: setup test test-core test-qgis demo qgis bench bench-quality bench-regularize gpu-check package clean
+.PHONY: setup test test-core test-qgis demo qgis bench bench-quality bench-label-loop bench-regularize gpu-check package clean
 
 setup:
 	@./scripts/setup.sh
@@ -40,6 +40,13 @@ bench: setup
 bench-quality: setup
 	$(PY) scripts/bench_quality.py $(if $(GPU),--gpu) $(if $(QUICK),--quick) $(if $(BUDGET),--budget $(BUDGET)) \
 		$(if $(SCENES),--scenes $(SCENES))
+
+# The labelling loop's value (issue 25): labels added where `suggest` ranks against labels added at random,
+# retrained each round for the same budget, held-out F1 per round (README, Where to label next). CPU-sized:
+# about 20 min per round for the camp on 2 shared cores, Banepa hours; QUICK=1 a smoke run; SCENES=camp; ROUNDS=N; BUDGET=N.
+bench-label-loop: setup
+	$(PY) scripts/bench_label_loop.py $(if $(QUICK),--quick) $(if $(SCENES),--scenes $(SCENES)) \
+		$(if $(ROUNDS),--rounds $(ROUNDS)) $(if $(BUDGET),--budget $(BUDGET))
 
 # Regularize's methods against Banepa's and Atlanta's true outlines traced as 28x28 masks, and their speed
 # on 100,000 outlines, as name=value lines (README, Regularize). CPU only; a few minutes on 2 cores.

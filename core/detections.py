@@ -35,7 +35,7 @@ class Collector:
         self.rows = {k: [] for k in ["geometry", "ClassValue", "Class", "Confidence", *_EXTRA, *UNCERTAINTY_NAMES]}
 
     def add(self, polygon, value, name, score, tile, seam, margin, uncertainty=_NO_SIGNALS):
-        """``uncertainty``: (Uncertainty, its score, mask and variants signals), see ``core.uncertainty``."""
+        """``uncertainty``: (Uncertainty, its score, mask, variants and crowding signals), see ``core.uncertainty``."""
         values = (polygon, int(value), name, float(score), int(tile), bool(seam), float(margin),
                   *(float(v) for v in uncertainty))
         for key, v in zip(self.rows, values):
@@ -118,7 +118,7 @@ def finish(collector, o, footprint, steps=STEPS):
 
 def write(path, layer, crs, cols, signals=False):
     """The detections as a new GeoPackage layer (ClassValue, Class, Confidence, Area, Uncertainty; with
-    ``signals`` also the uncertainty's three signals, empty where absent: variants without TTA)."""
+    ``signals`` also the uncertainty's four signals, empty where absent: variants without TTA)."""
     geoms = cols["geometry"]
     names = list(UNCERTAINTY_NAMES if signals else UNCERTAINTY_NAMES[:1])
     extra = [np.round(np.asarray(cols[k], np.float64), 4) for k in names]

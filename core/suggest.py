@@ -11,7 +11,8 @@ detection carries its ``Uncertainty`` (``core.uncertainty``).
 A tile's score is the sum of its detections' uncertainties: a tile of many unsure objects teaches the
 next training most. Its ``Why`` counts what makes it unsure: objects whose score lies within ``near``
 of the threshold, objects the dihedral variants disagree on (variants signal >= 0.5: at least a
-quarter of the variants miss an object the others see surely), and unsure outlines (mask signal >= 0.5).
+quarter of the variants miss an object the others see surely), unsure outlines (mask signal >= 0.5),
+and boxes over a surer one (crowding signal >= 0.5: overlapping a higher-scored box by IoU 0.25 or more).
 
 Output (``core.gpkg``'s rules: a new file, or new layers of the user's GeoPackage whose other layers are
 kept): the top tiles as polygons (``Rank``, ``Score``, ``Why``, the counts) and, as a second layer, the
@@ -41,6 +42,7 @@ from .uncertainty import reference_threshold
 
 DISAGREE = 0.5        # variants signal from which "the variants disagree" on an object
 UNSURE_MASK = 0.5     # mask signal from which an outline is "unsure"
+CROWDED = 0.5         # crowding signal from which a box lies "over a surer one" (its IoU with it >= 0.25)
 LABELLED_COVER = 0.5  # a tile at least this much covered by the labels layer counts as labelled
 DEFAULT_LAYER = "label_next"
 TILE_FIELDS = ["Rank", "Score", "Why", "Objects", "NearThreshold", "VariantsDisagree", "UnsureOutlines",
@@ -177,6 +179,7 @@ def rank_tiles(tiles, cols, origin, side, geoms, fields, threshold, near):
     conf = np.asarray(fields["Confidence"], np.float64)
     variants = np.asarray(fields["UncertaintyVariants"], np.float64)
     mask = np.asarray(fields["UncertaintyMask"], np.float64)
+    crowding = np.asarray(fields["UncertaintyCrowding"], np.float64)
 
     def per_tile(values):
         return np.bincount(tile_of, weights=np.asarray(values, np.float64), minlength=n_tiles)
@@ -184,7 +187,8 @@ def rank_tiles(tiles, cols, origin, side, geoms, fields, threshold, near):
     stats = {"Score": per_tile(u), "Objects": per_tile(np.ones(len(u))).astype(np.int64),
              "NearThreshold": per_tile(np.abs(conf - threshold) <= near).astype(np.int64),
              "VariantsDisagree": per_tile(np.nan_to_num(variants) >= DISAGREE).astype(np.int64),
-             "UnsureOutlines": per_tile(np.nan_to_num(mask) >= UNSURE_MASK).astype(np.int64)}
+             "UnsureOutlines": per_tile(np.nan_to_num(mask) >= UNSURE_MASK).astype(np.int64),
+             "Crowded": per_tile(np.nan_to_num(crowding) >= CROWDED).astype(np.int64)}     # said in Why only
     stats["MeanUncertainty"] = stats["Score"] / np.maximum(stats["Objects"], 1)
     stats["tta"] = bool(len(variants)) and not np.isnan(variants).all()
     return stats, tile_of
@@ -192,10 +196,12 @@ def rank_tiles(tiles, cols, origin, side, geoms, fields, threshold, near):
 
 def why(stats, i):
     """The reasons a tile ranks where it does, largest first, in words."""
-    near, disagree, unsure = (int(stats[k][i]) for k in ("NearThreshold", "VariantsDisagree", "UnsureOutlines"))
+    near, disagree, unsure, crowded = (int(stats[k][i]) for k in ("NearThreshold", "VariantsDisagree",
+                                                                    "UnsureOutlines", "Crowded"))
     reasons = [(near, _plural(near, "object", "objects") + " near the threshold"),
                (disagree, "variants disagree on " + _plural(disagree, "object", "objects")),
-               (unsure, _plural(unsure, "unsure outline", "unsure outlines"))]
+               (unsure, _plural(unsure, "unsure outline", "unsure outlines")),
+               (crowded, _plural(crowded, "box", "boxes") + " over a surer one")]
     said = [text for n, text in sorted(reasons, key=lambda r: -r[0]) if n > 0]
     said.append(f"mean uncertainty {stats['MeanUncertainty'][i]:.2f} over "
                 f"{_plural(stats['Objects'][i], 'object', 'objects')}")

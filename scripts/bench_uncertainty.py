@@ -7,14 +7,19 @@ threshold, as ``python -m core suggest`` does, with and without test-time augmen
 centroid lies in the test area are matched to the truth at IoU 0.5 (Compute Accuracy); the AUC is the
 probability that a false detection is more uncertain than a true one (Mann-Whitney U / (n_FP n_TP), scipy).
 
-Printed per run (tta / plain) and per set (kept: at or above the package's threshold, what Detect Objects
-keeps by default, false against true; all: down to the floor, false against true; decisions: down to the
-floor, the model's decision at its threshold wrong (a kept false detection, or a true object below the
-threshold) against right): the AUC of Uncertainty, of each of its signals, of
+The same is measured on the package's validation area (``val``: the blocks its training held out, recorded
+in its .emd as ValidationAreas; one pass): that is where ``core.uncertainty.WEIGHTS`` is chosen, never on
+the test area. Printed per run (tta / plain / val) and per set (kept: at or above the package's threshold,
+what Detect Objects keeps by default, false against true; all: down to the floor, false against true;
+decisions: down to the floor, the model's decision at its threshold wrong (a kept false detection, or a true
+object below the threshold) against right): the AUC of Uncertainty, of each of its signals, of
 1 - Confidence (the baseline any score gives), and of a few other weightings of the signals (the
-choice of ``core.uncertainty.WEIGHTS``). Goal (issue 25): uncertainty AUC >= 0.75.
+choice of ``core.uncertainty.WEIGHTS``; ``weights_former`` is the formula before the crowding signal:
+score 2, mask 1, variants 1). Goal (issue 25): uncertainty AUC >= 0.75.
 
 Usage: nice -n 15 python scripts/bench_uncertainty.py [--budget 300] [--tile 128] [--out bench_output/uncertainty]
+       [--no-tta] [--model PACKAGE --raster R --labels L]   (an existing package, e.g. one of bench_label_loop's,
+                                                             on its scene split as bench_scenes splits it)
 Prints name=value lines on stdout, progress on stderr; reuses a trained package in --out unless --retrain.
 """
 import argparse
@@ -34,11 +39,14 @@ from bench_measure import IOU, engine, extent_arg, line, package_threshold, say 
 from bench_scenes import DEFAULT_SHARE, GENERATED, split_scene  # noqa: E402
 from core.detect import DetectOptions, detect  # noqa: E402
 from core.matching import read_polygons  # noqa: E402
+from core.package import load_package  # noqa: E402
 from core.suggest import NEAR  # noqa: E402
 from core.uncertainty import WEIGHTS  # noqa: E402
 
-OTHER_WEIGHTS = {"equal": (1, 1, 1), "score_only": (1, 0, 0), "mask_only": (0, 1, 0), "variants_only": (0, 0, 1),
-                 "score_mask": (1, 1, 0), "score2_mask1_var2": (2, 1, 2)}
+SIGNALS = ("UncertaintyScore", "UncertaintyMask", "UncertaintyVariants", "UncertaintyCrowding")
+OTHER_WEIGHTS = {"former": (2, 1, 1, 0), "equal": (1, 1, 1, 1), "score_mask": (1, 1, 0, 0),
+                 "score_crowding": (1, 0, 0, 1), "score2_mask1_crowding1": (2, 1, 1, 1),
+                 "score2_mask1_crowding2": (2, 1, 1, 2), "score1_mask1_crowding2": (1, 1, 1, 2)}
 
 
 def auc(false_values, true_values):
@@ -50,7 +58,7 @@ def auc(false_values, true_values):
 
 
 def weighted(fields, w):
-    parts = [fields["UncertaintyScore"], fields["UncertaintyMask"], fields["UncertaintyVariants"]]
+    parts = [fields[k] for k in SIGNALS]
     total, weight = np.zeros(len(parts[0])), np.zeros(len(parts[0]))
     for wi, p in zip(w, parts):
         present = ~np.isnan(p)
@@ -60,8 +68,9 @@ def weighted(fields, w):
 
 
 def measure(tag, assessed, threshold):
-    layer = read_polygons(str(assessed), "assessed detections")
-    fields = {f: np.asarray(layer.column(f)) for f in layer.fields}
+    """``assessed``: evaluated detection layers (their fields 'match' and the signals), taken together."""
+    layers = [read_polygons(str(a), "assessed detections") for a in assessed]
+    fields = {f: np.concatenate([np.asarray(layer.column(f)) for layer in layers]) for f in layers[0].fields}
     tp = fields["match"] == "TP"
     conf = fields["Confidence"].astype(float)
     kept = conf >= threshold
@@ -73,6 +82,7 @@ def measure(tag, assessed, threshold):
         line(f"{name}_{'right' if subset == 'decisions' else 'tp'}", int((~bad & keep).sum()))
         values = {"uncertainty": fields["Uncertainty"].astype(float), "score_signal": fields["UncertaintyScore"],
                   "mask_signal": fields["UncertaintyMask"], "variants_signal": fields["UncertaintyVariants"],
+                  "crowding_signal": fields["UncertaintyCrowding"],
                   "one_minus_confidence": 1 - conf}
         values.update({f"weights_{k}": weighted(fields, w) for k, w in OTHER_WEIGHTS.items()})
         for key, v in values.items():
@@ -88,16 +98,25 @@ def main():
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", default=str(ROOT / "bench_output" / "uncertainty"))
     parser.add_argument("--retrain", action="store_true")
+    parser.add_argument("--no-tta", action="store_true", help="skip the TTA run (8x the detection time)")
+    parser.add_argument("--model", help="measure this package instead of training one (with --raster, --labels)")
+    parser.add_argument("--raster")
+    parser.add_argument("--labels")
     args = parser.parse_args()
+    if args.model and not (args.raster and args.labels):
+        parser.error("--model needs --raster and --labels (its scene)")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     line("load_start", round(os.getloadavg()[0], 2))
     camp = GENERATED["camp"]
-    scene = engine("sample", "--out", out / "scene", "--size", camp["size"], "--seed", camp["seed"])
+    if args.model:
+        scene, package = {"raster": args.raster, "labels": args.labels}, Path(args.model)
+    else:
+        scene = engine("sample", "--out", out / "scene", "--size", camp["size"], "--seed", camp["seed"])
+        package = out / "model"
     split = split_scene(scene["raster"], DEFAULT_SHARE)
-    package = out / "model"
-    if args.retrain or not list(package.glob("*.emd")):
+    if not args.model and (args.retrain or not list(package.glob("*.emd"))):
         chips = engine("export", "--raster", scene["raster"], "--labels", scene["labels"], "--out", out / "chips",
                        "--tile-size", args.tile, extent_arg(split.train), "--overwrite")
         epochs = max(1, round(args.budget / max(chips["chips"], 1)))
@@ -112,18 +131,29 @@ def main():
     line("threshold", threshold)
     line("floor", round(floor, 4))
     line("weights", ":".join(f"{k}={v:g}" for k, v in WEIGHTS.items()))
-    for tag, tta in (("tta", "mean"), ("plain", None)):
+    runs = [("plain", None, [(split.detect, split.test)])]
+    if not args.no_tta:
+        runs.insert(0, ("tta", "mean", [(split.detect, split.test)]))
+    areas = (load_package(package).emd.get("ValidationSplit") or {}).get("ValidationAreas") or []
+    line("validation_areas", len(areas))
+    if areas:
+        runs.append(("val", None, [(tuple(a), tuple(a)) for a in areas]))
+    for tag, tta, extents in runs:
         t = time.monotonic()
-        detections = out / f"detections_{tag}.gpkg"
-        detect(scene["raster"], package, detections,
-               DetectOptions(threshold=floor, tta=tta, extent=split.detect, device=args.device, overwrite=True,
-                             layer="detections"), uncertainty_signals=True)
+        assessed = []
+        for k, (detect_extent, assess_extent) in enumerate(extents):
+            detections = out / f"detections_{tag}{k}.gpkg"
+            detect(scene["raster"], package, detections,
+                   DetectOptions(threshold=floor, tta=tta, extent=detect_extent, device=args.device, overwrite=True,
+                                 layer="detections"), uncertainty_signals=True)
+            evaluated = engine("evaluate", "--detections", f"{detections}|layername=detections", "--truth",
+                               scene["labels"], "--out-dir", out / f"accuracy_{tag}{k}", "--iou", IOU,
+                               extent_arg(assess_extent), "--overwrite")
+            assessed.append(evaluated["outputs"]["detections"])
         line(f"{tag}_detect_seconds", round(time.monotonic() - t, 1))
-        assessed = engine("evaluate", "--detections", f"{detections}|layername=detections", "--truth",
-                          scene["labels"], "--out-dir", out / f"accuracy_{tag}", "--iou", IOU,
-                          extent_arg(split.test), "--overwrite")
-        line(f"{tag}_f1_all", assessed["overall"]["f1"])
-        measure(tag, assessed["outputs"]["detections"], threshold)
+        if len(extents) == 1:
+            line(f"{tag}_f1_all", evaluated["overall"]["f1"])
+        measure(tag, assessed, threshold)
     line("seconds", round(time.monotonic() - started, 1))
     line("load_end", round(os.getloadavg()[0], 2))
 

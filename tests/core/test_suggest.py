@@ -75,7 +75,8 @@ def test_a_tile_of_objects_near_the_threshold_ranks_above_a_sure_one(tmp_path):
     assert fields["Why"][0] == result["top"][0]["why"] and fields["NearThreshold"][0] == 4
     assert np.isnan(fields["VariantsDisagree"]).all(), "without TTA the variants' count is unknown, not 0"
     proposals, p = _layer(tmp_path / "next.gpkg", "label_next_proposals")
-    assert {"ClassValue", "Class", "Confidence", "Area", "Uncertainty", "TileRank", "AboveThreshold"} <= set(p)
+    assert {"ClassValue", "Class", "Confidence", "Area", "Uncertainty", "UncertaintyCrowding", "TileRank",
+            "AboveThreshold"} <= set(p)
     first = p["TileRank"] == 1
     assert first.sum() == 4 and all(tiles[0].contains(g.centroid) for g in proposals[first])
     assert sorted(np.round(p["Confidence"][first], 2)) == [0.47, 0.5, 0.52, 0.55]
@@ -94,6 +95,29 @@ def test_with_tta_the_variants_disagreement_is_counted_and_said(tmp_path):
     assert any("variants disagree on" in t["why"] for t in result["top"])
     _, p = _layer(tmp_path / "next.gpkg", "label_next_proposals")
     assert (p["UncertaintyVariants"] >= 0.5).sum() == fields["VariantsDisagree"].sum()
+
+
+def test_a_box_over_a_surer_one_is_said(tmp_path):
+    """Each square found twice: whole, and its top 2/7 at a lower score (part of a found object): box IoU 2/7,
+    under Detect Objects' NMS (0.3) so both are kept; crowding 4/7 for the part, 0 for the whole."""
+    raster, pkg = _scene(tmp_path)
+
+    def doubled(images):
+        outputs = scored(images)
+        for o in outputs:
+            part = o["boxes"].clone()
+            part[:, 3] = part[:, 1] + (part[:, 3] - part[:, 1]) * 2 / 7
+            o["boxes"] = torch.cat([o["boxes"], part])
+            o["scores"] = torch.cat([o["scores"], o["scores"] * 0.9])
+            o["labels"] = torch.cat([o["labels"], o["labels"]])
+            o["masks"] = torch.cat([o["masks"], o["masks"]])
+        return outputs
+    result = suggest(raster, pkg, tmp_path / "next.gpkg", SuggestOptions(top=4, tta=None), predictor=doubled)
+    _, p = _layer(tmp_path / "next.gpkg", "label_next_proposals")
+    crowded = p["UncertaintyCrowding"] >= 0.5
+    assert crowded.any() and np.allclose(p["UncertaintyCrowding"][crowded], 4 / 7, atol=1e-3)
+    assert np.allclose(p["UncertaintyCrowding"][~crowded], 0) and (p["Area"][crowded] < p["Area"][~crowded].min()).all()
+    assert any("over a surer one" in t["why"] for t in result["top"])
 
 
 def test_labelled_tiles_are_skipped(tmp_path):

@@ -8,7 +8,7 @@ import torch
 from core import inference
 from core.detect import DetectOptions, detect
 from core.detections import Collector
-from core.uncertainty import combine, mask_term, score_term
+from core.uncertainty import NAMES, combine, crowding_term, mask_term, of_result, score_term
 from tests.core.test_detect import _package, _read, _squares_raster, bright_parts
 
 
@@ -20,10 +20,31 @@ def test_the_signals_known_values():
     ramp = torch.linspace(0, 1, 28).repeat(28, 1)[None, None]
     u = mask_term(torch.cat([crisp, blurred, ramp, torch.zeros((1, 1, 28, 28))]))
     assert u[0] == 0.0 and u[1] == 1.0 and 0.4 < u[2] < 0.7 and u[3] == 1.0
-    # The weighted mean over the signals present: the same scale with and without the variants.
-    assert np.allclose(combine([1.0], [0.0]), [2 / 3]) and np.allclose(combine([1.0], [0.0], [np.nan]), [2 / 3])
-    assert np.allclose(combine([1.0], [0.0], [1.0]), [3 / 4]) and np.allclose(combine([0, 0], [0, 0], [0, 1]),
-                                                                              [0, 1 / 4])
+    # The weighted mean over the signals present (equal weights): the same scale with and without the variants.
+    assert np.allclose(combine([1.0], [0.0], [0.5]), [1 / 2]) and np.allclose(combine([1.0], [0.0], [0.5], [np.nan]),
+                                                                              [1 / 2])
+    assert np.allclose(combine([1.0], [0.0], [0.0], [1.0]), [2 / 4])
+    assert np.allclose(combine([0, 0], [0, 0], [0, 0], [0, 1]), [0, 1 / 4])
+
+
+def test_crowding_counts_only_surer_neighbours():
+    """A box half over a surer one is as crowded as torchvision's NMS lets it be (1); the surer one and a box
+    alone are not (0); a third-over neighbour is two thirds crowded; ties do not crowd each other."""
+    boxes = torch.tensor([[0, 0, 10, 10], [0, 0, 10, 5], [40, 40, 50, 50], [5, 0, 15, 10],
+                          [60, 0, 70, 10], [60, 0, 70, 10]], dtype=torch.float32)
+    scores = torch.tensor([0.9, 0.5, 0.7, 0.6, 0.4, 0.4])
+    assert np.allclose(crowding_term(boxes, scores), [0.0, 1.0, 0.0, 2 / 3, 0.0, 0.0])
+    assert crowding_term(boxes[:1], scores[:1]).tolist() == [0.0] and len(crowding_term(boxes[:0], scores[:0])) == 0
+    # Through of_result: one row per detection in the order of NAMES, the crowded box the most uncertain.
+    crisp = torch.zeros((6, 1, 28, 28))
+    crisp[..., 7:21, 7:21] = 1.0
+    rows = of_result({"boxes": boxes, "scores": scores, "labels": torch.ones(6), "masks": crisp}, 0.5)
+    assert rows.shape == (6, len(NAMES)) and np.isnan(rows[:, NAMES.index("UncertaintyVariants")]).all()
+    assert np.allclose(rows[:, NAMES.index("UncertaintyCrowding")], [0.0, 1.0, 0.0, 2 / 3, 0.0, 0.0])
+    u = rows[:, 0]
+    assert u[1] > u[3] > u[0] and u[1] > u[4]      # at the threshold but alone (0.4 - 0.5) is surer than crowded
+    assert of_result({"boxes": boxes[:0], "scores": scores[:0], "labels": torch.ones(0), "masks": crisp[:0]},
+                     0.5).shape == (0, len(NAMES))
 
 
 def flips(images):
@@ -79,7 +100,8 @@ def test_the_field_from_a_real_tiny_network(tmp_path):
     _, _, signals = _read(tmp_path / "signals.gpkg")
     assert np.isnan(signals["UncertaintyVariants"]).all(), "no variants without TTA: the field is empty"
     assert np.allclose(signals["Uncertainty"], fields["Uncertainty"])
-    expected = combine(signals["UncertaintyScore"], signals["UncertaintyMask"])
+    expected = combine(signals["UncertaintyScore"], signals["UncertaintyMask"], signals["UncertaintyCrowding"])
+    assert ((signals["UncertaintyCrowding"] >= 0) & (signals["UncertaintyCrowding"] <= 1)).all()
     assert np.allclose(signals["Uncertainty"], expected, atol=2e-4)
     assert np.allclose(signals["UncertaintyScore"], score_term(signals["Confidence"], 0.3), atol=2e-4)
 
@@ -87,9 +109,10 @@ def test_the_field_from_a_real_tiny_network(tmp_path):
 def test_a_distributed_runs_parts_carry_the_uncertainty(tmp_path):
     import shapely
     collector = Collector()
-    collector.add(shapely.box(0, 0, 1, 1), 1, "a", 0.7, 0, False, 3.0, (0.4, 0.5, 0.2, float("nan")))
+    collector.add(shapely.box(0, 0, 1, 1), 1, "a", 0.7, 0, False, 3.0, (0.4, 0.5, 0.2, float("nan"), 0.3))
     collector.add(shapely.box(2, 0, 3, 1), 1, "a", 0.9, 1, True, 2.0)
     collector.write_part(tmp_path / "part-0.gpkg", "EPSG:32636")
     back = Collector.from_parts([tmp_path / "part-0.gpkg"]).columns()
     assert np.allclose(back["Uncertainty"], [0.4, np.nan], equal_nan=True)
     assert np.allclose(back["UncertaintyScore"], [0.5, np.nan], equal_nan=True)
+    assert np.allclose(back["UncertaintyCrowding"], [0.3, np.nan], equal_nan=True)
