@@ -20,12 +20,13 @@ class SuggestAlgorithm(MaskForgeAlgorithm):
         return (
             "Runs a model package over the unlabelled part of a raster (an extent, or all of it; tiles holding the "
             "given labels are skipped) and ranks tiles by the model's uncertainty: the sum of its detections' "
-            "Uncertainty (a score near the package's threshold, an unstable mask, test-time variants that "
-            "disagree). Writes the top tiles (rank, score, and why in words, e.g. '12 objects near the threshold') "
+            "Uncertainty (a score near the package's threshold, an unstable mask, a box over a surer detection, "
+            "test-time variants that disagree). Writes the top tiles (rank, score, and why in words, e.g. '12 objects near the threshold') "
             "and their detections as proposals to accept, correct or reject, as two layers of a GeoPackage: a new "
             "file, or new layers of an existing one whose other layers are kept.\n\n"
             "Label the top tiles, export, fine-tune, and run it again: the model asks for the labels it learns "
-            "most from. Jobs run in the MaskForge runtime Python, on the GPU when there is one."
+            "most from (in the labels dock, the Label next page runs this and steps through the proposals). Jobs run "
+            "in the MaskForge runtime Python, on the GPU when there is one."
         )
 
     def initAlgorithm(self, config=None):
