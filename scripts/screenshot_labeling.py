@@ -9,6 +9,7 @@ labels with the dock's own map tools (mouse events on the canvas), and saves
 
     screenshots/labeling.png          drawing: classes, labeled objects, a polygon in progress
     screenshots/labeling_review.png   reviewing detections
+    screenshots/labeling_next.png     the Label next page's form
     screenshots/labeling_smart.png    the Smart tool on a generated scene (python -m core sample --kind
                                       buildings): points, a preview outline, kept outlines. The worker there
                                       is the test stand-in predictor (tests/sam_standin.py): the build machine
@@ -32,7 +33,7 @@ IMAGE = os.environ.get("MASKFORGE_SCREENSHOT_IMAGE",
                        os.path.join(os.path.dirname(ROOT), "shared", "data", "osbs-trees", "image.tif"))
 TREES = os.path.join(os.path.dirname(IMAGE), "trees.geojson")
 SIZE = (1366, 768)
-SHOT_NAMES = ("labeling.png", "labeling_review.png", "labeling_smart.png")
+SHOT_NAMES = ("labeling.png", "labeling_review.png", "labeling_next.png", "labeling_smart.png")
 VENV_PYTHON = os.path.join(ROOT, ".venv", "bin", "python")
 
 
@@ -219,6 +220,9 @@ def shoot(work, log):
     settle(1.0)
     window.grab().save(os.path.join(SHOTS, "labeling_review.png"))
     log.write(f"review: {dock.review_page.review.tally()}\n")
+    dock.tabs.setCurrentWidget(dock.label_next_page)   # its form, before a package is chosen
+    settle(0.5)
+    window.grab().save(os.path.join(SHOTS, "labeling_next.png"))
     shoot_smart(work, log, dock, canvas, window, send)
     plugin.unload()
     settle(0.3)

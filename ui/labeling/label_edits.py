@@ -243,21 +243,17 @@ class LabelStore(QObject):
 
     def undo(self):
         """Undo the last edit made here; returns it (its ``note`` says what else to restore) or None."""
-        if not self._undo:
-            return None
-        edit = self._undo.pop()
-        self._apply(edit, undo=True)
-        self._redo.append(edit)
-        self.undoStateChanged.emit()
-        self.edited.emit()
-        return edit
+        return self._step(self._undo, self._redo, undo=True)
 
     def redo(self):
-        if not self._redo:
+        return self._step(self._redo, self._undo, undo=False)
+
+    def _step(self, source, target, undo):
+        if not source:
             return None
-        edit = self._redo.pop()
-        self._apply(edit, undo=False)
-        self._undo.append(edit)
+        edit = source.pop()
+        self._apply(edit, undo=undo)
+        target.append(edit)
         self.undoStateChanged.emit()
         self.edited.emit()
         return edit
