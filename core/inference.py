@@ -17,6 +17,7 @@ import math
 import torch
 from torchvision.models.detection.transform import resize_boxes
 
+from .bounds import CPU_BYTES_PER_NETWORK_PIXEL, free_memory
 from .errors import UserError
 
 MASK = 28                      # torchvision's mask head resolution
@@ -208,19 +209,28 @@ def free_gpu_bytes(device):
 
 
 def max_tile_for_memory(device, network_scale=1.0, amp=True, cpu_limit=1024):
-    """The largest tile side one image of which takes at most a quarter of the free GPU memory
-    (``cpu_limit`` on the CPU, where memory is rarely the bound but time per tile grows)."""
+    """The largest tile side one image of which takes at most a quarter of the free GPU memory; on the CPU,
+    where time per tile grows before memory binds, ``cpu_limit`` px, less where a package that enlarges
+    its input (``network_scale``: arcgis.learn 1.5x, torchvision's recipe 800 px) would take more than a
+    quarter of the free RAM (core.bounds refuses tiles that cannot run alone)."""
     free = free_gpu_bytes(device)
     if free is None:
-        return cpu_limit
+        ram = free_memory()
+        if ram is None:
+            return cpu_limit
+        side = math.sqrt(0.25 * ram / CPU_BYTES_PER_NETWORK_PIXEL) / network_scale
+        return max(64, min(cpu_limit, int(side) // 32 * 32))
     side = math.sqrt(0.25 * free / BYTES_PER_NETWORK_PIXEL[amp]) / network_scale
     return max(256, int(side) // 32 * 32)
 
 
 def batch_for_memory(device, size, network_scale=1.0, amp=True, default=4, limit=16):
-    """Tiles per batch: what fits in 60 % of the free GPU memory (``default`` on the CPU)."""
+    """Tiles per batch: what fits in 60 % of the free GPU memory; on the CPU ``default``, fewer where the
+    tiles through the network would take more than 60 % of the free RAM."""
     free = free_gpu_bytes(device)
     if free is None:
-        return default
+        ram = free_memory()
+        per_tile = (size * network_scale) ** 2 * CPU_BYTES_PER_NETWORK_PIXEL
+        return default if ram is None else int(max(1, min(default, 0.6 * ram // per_tile)))
     per_tile = (size * network_scale) ** 2 * BYTES_PER_NETWORK_PIXEL[amp]
     return int(max(1, min(limit, 0.6 * free // per_tile)))

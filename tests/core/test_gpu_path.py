@@ -210,8 +210,17 @@ def test_scaled_caps_keep_every_object_of_a_dense_tile():
 
 def test_batch_and_tile_limits_on_the_cpu():
     cpu = torch.device("cpu")
-    assert inference.batch_for_memory(cpu, 1024) == 4
-    assert inference.max_tile_for_memory(cpu) == 1024
+    assert inference.batch_for_memory(cpu, 256) == 4           # 0.13 GB a tile: the default
+    assert inference.max_tile_for_memory(cpu, cpu_limit=512) == 512
+    assert inference.max_tile_for_memory(cpu) <= 1024
+    # torchvision's recipe feeds 128 px chips to the network at 800 px (x6.25): the tile chosen for it must
+    # still fit the free RAM, as core.bounds checks (it refused 864 px tiles: 54 GB)
+    from core.bounds import CPU_BYTES_PER_NETWORK_PIXEL, free_memory
+    tile = inference.max_tile_for_memory(cpu, 6.25)
+    assert tile % 32 == 0 and (tile * 6.25) ** 2 * CPU_BYTES_PER_NETWORK_PIXEL <= 0.25 * free_memory() or tile == 64
+    batch = inference.batch_for_memory(cpu, tile, 6.25)
+    assert 1 <= batch <= 4 and (batch == 1 or batch * (tile * 6.25) ** 2 * CPU_BYTES_PER_NETWORK_PIXEL
+                                <= 0.6 * free_memory())
     assert inference.detection_caps(400, 400) == (300, 1000)
     assert inference.detection_caps(800, 400)[0] == 1200
 
