@@ -3,14 +3,14 @@
 Three bodies: ``resnet50_fpn`` (torchvision v1 — what arcgis.learn's resnet50
 Mask R-CNN is, so Esri packages load key for key), ``resnet50_fpn_v2`` and
 ``resnet18_fpn`` (small, for CPU work and tests: GroupNorm so it trains from
-scratch with batches of 2, and 128-channel FPN and heads, about 4x cheaper). Inputs are 3-band images scaled to 0..1; the
+scratch with batches of 2 — at detection over a chip-sized window, core/chip_norm.py — and 128-channel
+FPN and heads, about 4x cheaper). Inputs are 3-band images scaled to 0..1; the
 network's own transform applies ImageNet mean/std and keeps the tile size
 (no resizing to 800 px: min_size = max_size = tile).
 """
 
 import torch
 import torchvision
-from torch import nn
 from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.backbone_utils import BackboneWithFPN, resnet_fpn_backbone
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
@@ -20,6 +20,7 @@ from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastL
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from .chip_norm import ChipGroupNorm, set_chip_window
 from .contract.devices import choose_device
 from .errors import UserError
 from .package import read_weights
@@ -30,7 +31,7 @@ COCO_NUM_CLASSES = 91
 
 
 def _group_norm(channels):
-    return nn.GroupNorm(32, channels)
+    return ChipGroupNorm(32, channels)
 
 
 def build_model(backbone, num_classes, tile_size, anchor_sizes=DEFAULT_ANCHORS, trainable_layers=5,
@@ -62,6 +63,7 @@ def build_model(backbone, num_classes, tile_size, anchor_sizes=DEFAULT_ANCHORS, 
                          box_head=TwoMLPHead(width * 7 * 7, 512), box_predictor=FastRCNNPredictor(512, num_classes),
                          mask_head=MaskRCNNHeads(width, [width] * 4, 1),
                          mask_predictor=MaskRCNNPredictor(width, width, num_classes), **common)
+        set_chip_window(body.body, common["min_size"])   # a chip's statistics at any tile (core/chip_norm.py)
     else:
         raise UserError(f"Unknown backbone '{backbone}': choose resnet50_fpn, resnet50_fpn_v2 or resnet18_fpn.")
     return model

@@ -51,7 +51,9 @@ RECIPE_THRESHOLD = 0.5
 # machine (about 2 s per 128 px image with its validation; 2-3 hours for the whole run), some 5x the two
 # epochs that left every real scene at F1 0 (README). GPU: the whole default run (5 scenes, ours + recipe
 # + fine-tuning: 11 trainings of about a minute, plus detection) in about 15 minutes on one GPU.
-CPU = dict(tile=128, budget=300, crop=384, device="cpu", stride=None)     # None: the engine's stride
+# The tiling crop must outgrow the default tile, or the default tiling is one tile and measures nothing:
+# at 384 px it was one tile on every real scene (their 128 px chips and 64 px paddings get 384-448 px tiles).
+CPU = dict(tile=128, budget=300, crop=768, device="cpu", stride=None)     # None: the engine's stride
 GPU = dict(tile=256, budget=1500, crop=768, device="cuda", stride=None)
 QUICK = dict(tile=64, budget=1, crop=96, device="cpu", stride=64, camp_size=192)   # a smoke run: nothing learns
 
