@@ -12,8 +12,7 @@ it was trained to; on a larger tile, a position's normalisation depends on its n
 tile's core sees what one tile over the whole raster sees there. (A window pulled inside the input, as
 export pulls its last chip, was tried: it shares fewer pixels with the centred window one tile over the
 raster uses near a seam, and agreed less: 0.86 against 0.92.) Training runs plain GroupNorm (its inputs
-are chips). The window's sums come from an integral image (cumulative sums, in float64 against
-cancellation): linear in the pixels whatever the window's size.
+are chips). The window's sums come from cumulative sums: linear in the pixels whatever the window's size.
 
 The module's parameters are GroupNorm's (``weight``, ``bias``): packages trained before load unchanged.
 """
@@ -40,30 +39,40 @@ class ChipGroupNorm(nn.GroupNorm):
             return super().forward(x)
         g = self.num_groups
         grouped = x.reshape(n, g, c // g, h, w)
-        first = window_mean(grouped.mean(2, dtype=torch.float64), k)
-        second = window_mean((grouped.double() ** 2).mean(2), k)
-        std = torch.sqrt((second - first * first).clamp_min(0) + self.eps)
-        out = ((grouped - first.unsqueeze(2).to(x.dtype)) / std.unsqueeze(2).to(x.dtype)).reshape(n, c, h, w)
+        # Window sums in the input's precision, of values centred on the group's mean over the input (a
+        # shift that cancels out, and keeps E[x^2] - E[x]^2 from cancelling): float64 doubled the time.
+        centred = grouped - grouped.mean((2, 3, 4), keepdim=True)
+        moments = window_mean(torch.cat((centred.mean(2), (centred * centred).mean(2)), 1), k)
+        first, second = moments[:, :g], moments[:, g:]
+        scale = torch.rsqrt((second - first * first).clamp_min(0) + self.eps)
+        out = ((centred - first.unsqueeze(2)) * scale.unsqueeze(2)).reshape(n, c, h, w)
         if self.affine:
             out = out * self.weight.view(1, c, 1, 1) + self.bias.view(1, c, 1, 1)
         return out
 
 
-def _window_bounds(length, k, device):
-    """[start, end) of the k-wide window centred on each of ``length`` positions, cut to [0, length)."""
-    start = torch.arange(length, device=device) - k // 2
-    return start.clamp(0, length), (start + k).clamp(0, length)
+def _window_sums(t, k, dim):
+    """Sums of ``t`` along ``dim`` over the k-wide window centred on each position, cut by the edges: the
+    cumulative sum, led by k // 2 zeros and trailed by k copies of its last value, minus itself k later
+    (slices only: a gather along the last dimension took 40x GroupNorm's time)."""
+    length = t.shape[dim]
+    running = t.cumsum(dim)
+    lead = torch.zeros_like(running.narrow(dim, 0, 1)).expand_as(running.narrow(dim, 0, 1))
+    last = running.narrow(dim, length - 1, 1)
+    padded = torch.cat([lead] * (k // 2 + 1) + [running] + [last] * k, dim)
+    return padded.narrow(dim, k, length) - padded.narrow(dim, 0, length)
+
+
+def _window_counts(length, k):
+    start = torch.arange(length) - k // 2
+    return (start + k).clamp(0, length) - start.clamp(0, length)
 
 
 def window_mean(t, k):
     """The mean of (N, G, H, W) ``t`` over the k x k window centred on each position (cut by the edges)."""
     _, _, h, w = t.shape
-    integral = F.pad(t, (1, 0, 1, 0)).cumsum(2).cumsum(3)
-    y0, y1 = _window_bounds(h, k, t.device)
-    x0, x1 = _window_bounds(w, k, t.device)
-    rows_hi, rows_lo = integral[:, :, y1], integral[:, :, y0]
-    total = rows_hi[..., x1] - rows_lo[..., x1] - rows_hi[..., x0] + rows_lo[..., x0]
-    count = ((y1 - y0)[:, None] * (x1 - x0)[None, :]).to(t.dtype)
+    total = _window_sums(_window_sums(t, k, 2), k, 3)
+    count = (_window_counts(h, k)[:, None] * _window_counts(w, k)[None, :]).to(t.dtype).to(t.device)
     return total / count
 
 

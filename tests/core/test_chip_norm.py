@@ -29,7 +29,8 @@ def test_on_one_chip_it_is_groupnorm_and_on_a_tile_each_position_sees_its_chip_w
         torch.testing.assert_close(out[..., y, xx], expected, rtol=1e-4, atol=1e-4)
     far = x.clone()
     far[..., :, 40:] = 100.0                                        # change what lies beyond the window
-    torch.testing.assert_close(chip(far)[..., :, :32], out[..., :, :32])
+    # up to float32 rounding: the window sums are of values centred on the whole input's mean
+    torch.testing.assert_close(chip(far)[..., :, :32], out[..., :, :32], rtol=1e-3, atol=1e-3)
     assert not torch.allclose(plain(far)[..., :, :32], plain(x)[..., :, :32])   # plain GroupNorm: the whole tile
     chip.train()
     torch.testing.assert_close(chip(x), plain.train()(x))          # training: plain GroupNorm on its chips
