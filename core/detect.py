@@ -39,7 +39,7 @@ TTA_MERGES = ("mean", "max", "min")
 
 @dataclass
 class DetectOptions:
-    padding: int = None              # pixels; None: half the largest training object, else chip/4
+    padding: int = None              # pixels; None: half the largest training object + half a chip (contract.packages.default_padding)
     batch_size: int = None           # None: from free GPU memory on CUDA, 4 on the CPU
     threshold: float = None          # None: the package's DetectionThreshold (chosen in training), else 0.5
     tile_size: int = None            # None: automatic (overlap factor near 1.5, within memory)
@@ -76,19 +76,26 @@ def _threshold(pkg, given, reporter):
     return float(chosen)
 
 
+def _network_scale(pkg):
+    """A package may feed the network resized chips (arcgis.learn: min_size 1.5 x chip): that pixel scale is
+    kept at any tile size (the objects then look as in training)."""
+    return float(pkg.input_size[0] or pkg.tile_size[0]) / int(pkg.tile_size[0])
+
+
+def _largest_tile(pkg, device):
+    return inference.max_tile_for_memory(device, _network_scale(pkg), device.type == "cuda")
+
+
 def _plan(pkg, o, grid, padding, device, pixel_ratio):
     """(tile size, batch size, network input scale): as given, else from the raster, padding and memory.
     Sizes count grid pixels, the pixels the network sees (``pixel_ratio``: one training pixel in them)."""
     chip = max(1, int(round(int(pkg.tile_size[0]) * pixel_ratio)))
-    # A package may feed the network resized chips (arcgis.learn: min_size 1.5 x chip): keep that
-    # pixel scale at any tile size (the objects then look as in training).
-    scale = float(pkg.input_size[0] or pkg.tile_size[0]) / int(pkg.tile_size[0])
+    scale = _network_scale(pkg)
     amp = device.type == "cuda"
     if o.tile_size:
         size = int(o.tile_size)
     else:
-        limit = inference.max_tile_for_memory(device, scale, amp)
-        size = auto_tile_size(chip, padding, grid.width, grid.height, max(limit, chip))
+        size = auto_tile_size(chip, padding, grid.width, grid.height, max(_largest_tile(pkg, device), chip))
     side = max(min(size, grid.width), min(size, grid.height))
     batch = o.batch_size or inference.batch_for_memory(device, side, scale, amp)
     return size, batch, scale
@@ -153,7 +160,8 @@ def detect(raster, model, out, options=None, reporter=None, predictor=None, unce
         if grid.width < 1 or grid.height < 1:
             raise UserError("The processing extent holds no whole pixel of the raster.")
         padding = int(o.padding) if o.padding is not None else \
-            default_padding(pkg.tile_size[0], pkg.emd.get("MaxObjectSizePixels"), res.pixel_ratio)
+            default_padding(pkg.tile_size[0], pkg.emd.get("MaxObjectSizePixels"), res.pixel_ratio,
+                            o.tile_size or _largest_tile(pkg, device))
         size, batch_size, scale = _plan(pkg, o, grid, padding, device, res.pixel_ratio)
         check_tile_padding(size, padding)
         square = bool(o.tta)          # turned by 90 degrees, a tile must keep its shape
@@ -214,7 +222,8 @@ def detect(raster, model, out, options=None, reporter=None, predictor=None, unce
             if n_mine and not reader.with_data and parts_dir is None:
                 raise UserError(
                     f"The raster{' within the processing extent' if extent is not None else ''} holds only nodata "
-                    f"(value {src.nodata:g}): none of its {n_tiles} tiles has a pixel to look at, so nothing was "
+                    f"(value {src.nodata:g}): " + ("its tile has no" if n_tiles == 1 else f"none of its {n_tiles} tiles has a") +
+                    " pixel to look at, so nothing was "
                     "written. Check the extent and the raster's nodata value (gdalinfo).")
             post.finish()
             reporter.check_cancelled()

@@ -11,19 +11,29 @@ it in its own. Instead:
    notes how far its box is from the tile's inner edges (its *margin*: how
    much context the tile had around it) and whether another tile can see it
    at all (a *seam* candidate);
-2. ``merge_seams`` treats two seam candidates of different tiles as one
-   object when they overlap by at least half of the smaller one's area, and
-   keeps the one its tile saw with the largest margin (the most context, the
-   nearest to what one tile over the whole raster sees). A piece cut by a
-   tile's edge (margin 0) loses to the whole outline of the neighbour.
+2. ``merge_seams`` pairs each seam candidate with its *twin* in another
+   tile: the same detection seen twice overlaps it at IoU >= 0.5, and pairs
+   are taken best IoU first, one twin per detection and tile, so a weak
+   fragment the network also predicts over part of an object (it does so in
+   one tile over the whole raster too) pairs with the fragment's twin and
+   never replaces the confident outline. A piece cut by a tile's inner edge
+   (margin 0) is the same object as any outline of another tile holding at
+   least half of it. Of each pair the one its tile saw with the largest
+   margin is kept (the most context, the nearest to what one tile over the
+   whole raster sees), margins counted up to the padding: beyond it both
+   tiles saw all the context the tiling gives, and the higher score wins, as
+   in one tile's own NMS.
 
 Touching neighbours share an edge, not half an area, so they are never
-merged; duplicates within one tile are left to Non Maximum Suppression.
+merged; duplicates within one tile (and the fragments) are left to Non
+Maximum Suppression, as in one tile over the whole raster.
 """
 import numpy as np
 import shapely
 
-SEAM_OVERLAP = 0.5      # intersection / smaller area: the same object seen by two tiles
+TWIN_IOU = 0.5          # IoU of one detection seen by two tiles (twins match at 0.9 and more)
+CUT_OVERLAP = 0.5       # intersection / the cut piece's area: the piece belongs to the other's outline
+CUT_MARGIN = 1.0        # pixels from a tile's inner edge: a box this close was cut by it
 NO_EDGE = 1e9           # the margin of a detection in a tile without inner edges
 
 
@@ -37,7 +47,8 @@ def candidate(box, tile, grid_shape, slack, keep_padding=False):
     keep = keep_padding or ((ox0 - slack * left <= gx < ox1 + slack * right)
                             and (oy0 - slack * top <= gy < oy1 + slack * bottom))
     edges = [d for d, inner in ((x0, left), (tile.width - x1, right), (y0, top), (tile.height - y1, bottom)) if inner]
-    margin = max(0.0, min(edges)) if edges else NO_EDGE
+    # Up to the padding (twice the slack), more margin is more context; past it, all tiles saw enough.
+    margin = min(max(0.0, min(edges)), 2.0 * slack) if edges else NO_EDGE
     # Neighbours reach into this tile up to twice the owned boundary's distance from the tile's edge.
     before_x, after_x = 2 * ox0 - tile.x, 2 * ox1 - tile.x - tile.width
     before_y, after_y = 2 * oy0 - tile.y, 2 * oy1 - tile.y - tile.height
@@ -47,7 +58,7 @@ def candidate(box, tile, grid_shape, slack, keep_padding=False):
 
 
 def merge_seams(geoms, tiles, margins, scores, seam):
-    """Indices (ascending) of the detections kept: every non-seam one, and of each object seen by
+    """Indices (ascending) of the detections kept: every non-seam one, and of each detection seen by
     several tiles the outline with the largest margin (then the highest score)."""
     geoms = np.asarray(geoms, dtype=object)
     n = len(geoms)
@@ -55,33 +66,31 @@ def merge_seams(geoms, tiles, margins, scores, seam):
     idx = np.flatnonzero(np.asarray(seam, bool))
     if len(idx) < 2:
         return np.arange(n)
-    sub = geoms[idx]
-    areas = shapely.area(sub)
+    sub, tiles = geoms[idx], np.asarray(tiles)[idx]
+    margin, score = np.asarray(margins, float)[idx], np.asarray(scores, float)[idx]
     left, right = shapely.STRtree(sub).query(sub, predicate="intersects")
-    tiles = np.asarray(tiles)[idx]
     pairs = (left < right) & (tiles[left] != tiles[right])
     left, right = left[pairs], right[pairs]
     inter = shapely.area(shapely.intersection(sub[left], sub[right]))
-    smaller = np.minimum(areas[left], areas[right])
-    same = inter >= SEAM_OVERLAP * np.where(smaller > 0, smaller, np.inf)
-    left, right = left[same], right[same]
-    if not len(left):
-        return np.arange(n)
+    union = shapely.area(shapely.union(sub[left], sub[right]))
+    iou = inter / np.where(union > 0, union, np.inf)
+    areas = shapely.area(sub)
+    cut = (((margin[left] < CUT_MARGIN) & (inter >= CUT_OVERLAP * areas[left]))
+           | ((margin[right] < CUT_MARGIN) & (inter >= CUT_OVERLAP * areas[right])))
+    twin = iou >= TWIN_IOU
     # best first: largest margin, then highest score, then detection order
-    order = np.lexsort((np.arange(len(idx)), -np.asarray(scores, float)[idx], -np.asarray(margins, float)[idx]))
+    order = np.lexsort((np.arange(len(idx)), -score, -margin))
     rank = np.empty(len(idx), np.int64)
     rank[order] = np.arange(len(idx))
-    partners = {}
-    for a, b in zip(left.tolist(), right.tolist()):
-        partners.setdefault(a, []).append(b)
-        partners.setdefault(b, []).append(a)
     gone = np.zeros(len(idx), bool)
-    for i in order.tolist():
-        if gone[i]:
-            continue
-        for j in partners.get(i, ()):
-            if rank[j] > rank[i]:
-                gone[j] = True
+    paired = set()                      # (detection, other tile): one twin each
+    for k in np.lexsort((-iou, ~cut)):  # cut pieces first, then twins by IoU
+        a, b = int(left[k]), int(right[k])
+        if not cut[k]:
+            if not twin[k] or (a, tiles[b]) in paired or (b, tiles[a]) in paired:
+                continue
+            paired.update(((a, tiles[b]), (b, tiles[a])))
+        gone[max(a, b, key=lambda i: rank[i])] = True
     keep[idx[gone]] = False
     return np.flatnonzero(keep)
 

@@ -16,6 +16,7 @@ core.agreement where it exists, else the same through the command line (one run 
 other: TP / (TP + FP + FN)). 'n/a' when neither run finds anything or the default tiling is one tile:
 then it measures nothing.
 """
+import math
 import json
 import subprocess
 import sys
@@ -170,21 +171,41 @@ def assess(raster, labels, package, split, out, device, fixed_threshold=None):
 def tiling_agreement(raster, side, package, out, device):
     """Agreement of the default tiling with one single tile on ``raster`` (``side`` px square): the engine's
     own measure (core.agreement: matched / the larger run's objects) where it has one, else the same runs
-    through the command line (matched / the objects of either run)."""
+    through the command line (matched / the objects of either run). Where the default tile holds the whole
+    crop (no seam: agreement by construction), the seams are measured at tiles of about 0.6 the crop's side
+    (2 x 2 and more; at least four paddings, so the padding keeps its context), the tiling a larger raster
+    gets; 'n/a' where no such tile is smaller than the crop."""
     try:
         from core.agreement import tiling_agreement as engine_agreement
         from core.detect import DetectOptions
     except ImportError:
         return _tiling_agreement_cli(raster, side, package, out, device)
     found = engine_agreement(raster, str(package), out, DetectOptions(device=device))
-    return _measured({"default_tiles": found["tiles"], "single_tiles": found["single_tiles"],
-                      "objects_default": found["tiled"], "objects_single": found["single"], "matched": found["matched"],
-                      "agreement": found["agreement"]})
+    figures = {"default_tiles": found["tiles"], "single_tiles": found["single_tiles"],
+               "objects_default": found["tiled"], "objects_single": found["single"], "matched": found["matched"],
+               "agreement": found["agreement"]}
+    tile = _split_tile(package, side)
+    if found["tiles"] <= 1 and tile < side:
+        split = engine_agreement(raster, str(package), out / "split", DetectOptions(device=device, tile_size=tile))
+        figures.update(split_tile=tile, split_tiles=split["tiles"], objects_split=split["tiled"],
+                       matched=split["matched"], agreement=split["agreement"])
+    return _measured(figures)
+
+
+def _split_tile(package, side):
+    """About 0.6 the crop's side, at least four default paddings (the core half the tile: the whole context)."""
+    from core.contract.packages import default_padding
+    from core.package import load_package
+    pkg = load_package(package)
+    padding = default_padding(pkg.tile_size[0], pkg.emd.get("MaxObjectSizePixels"))
+    return max(int(0.6 * side) // 32 * 32, int(math.ceil(4 * padding / 32)) * 32)
 
 
 def _measured(figures):
-    """'n/a' where the agreement measures nothing: no object found, or a default tiling of one tile."""
-    if figures["default_tiles"] <= 1 or not (figures["objects_default"] or figures["objects_single"]):
+    """'n/a' where the agreement measures nothing: no object found, or a tiling of one tile."""
+    tiles = figures.get("split_tiles", figures["default_tiles"])
+    tiled = figures.get("objects_split", figures["objects_default"])
+    if tiles <= 1 or not (tiled or figures["objects_single"]):
         return {**figures, "agreement": "n/a"}
     return figures
 

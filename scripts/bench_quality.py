@@ -17,8 +17,10 @@ is assessed on the test area only (Compute Accuracy, IoU 0.5, objects whose cent
              against ours of TARGET (from scratch on the same chips, the same epochs), all on TARGET's
              test area (goal: fine-tuned >= base + 0.10 F1 and > scratch).
   tiling     per scene, ours on a square of the test area that fits one tile: the default tiling against one
-             single tile, objects matched at IoU >= 0.9 (scripts/bench_measure.py); tiling_agreement is
-             the lowest over the scenes where either run found objects (goal >= 0.99).
+             single tile, objects matched at IoU >= 0.9 (scripts/bench_measure.py); where the default tile
+             holds the whole square (its padding holds half a chip of context, so the default tile grew),
+             tiles of 0.6 the square's side (split_tile) against one; tiling_agreement is the lowest over
+             the scenes where either run found objects (goal >= 0.99).
 
 The budget is training images (chip passes) per scene: E = budget / chips, at least 1 epoch. Each phase
 is announced on stderr with its expected seconds (rates learnt as the run goes). Training seconds depend
@@ -51,8 +53,8 @@ RECIPE_THRESHOLD = 0.5
 # machine (about 2 s per 128 px image with its validation; 2-3 hours for the whole run), some 5x the two
 # epochs that left every real scene at F1 0 (README). GPU: the whole default run (5 scenes, ours + recipe
 # + fine-tuning: 11 trainings of about a minute, plus detection) in about 15 minutes on one GPU.
-# The tiling crop must outgrow the default tile, or the default tiling is one tile and measures nothing:
-# at 384 px it was one tile on every real scene (their 128 px chips and 64 px paddings get 384-448 px tiles).
+# The tiling crop: where the default tiling is one tile (at 768 px, since the padding holds half a chip of
+# context), scripts/bench_measure.tiling_agreement splits it into tiles of 0.6 its side.
 CPU = dict(tile=128, budget=300, crop=768, device="cpu", stride=None)     # None: the engine's stride
 GPU = dict(tile=256, budget=1500, crop=768, device="cuda", stride=None)
 QUICK = dict(tile=64, budget=1, crop=96, device="cpu", stride=64, camp_size=192)   # a smoke run: nothing learns

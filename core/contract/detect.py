@@ -9,7 +9,8 @@ from .packages import check_tile_padding, default_padding, package_summary, read
 from .params import Choice, Param, Step, layer_output
 
 AUTO_THRESHOLD = "the package's, chosen in training for the best F1 (0.5 for packages without one)"
-AUTO_PADDING = "half the largest training object (from the package), else a quarter of the training chip"
+AUTO_PADDING = ("half the largest training object (from the package; else a quarter of the training chip) plus half a "
+                "training chip of context, less context where the tile would keep a core under half its side")
 AUTO_TILE = "about 1.5x the raster's pixels through the network, within free memory"
 # Detect Objects' NMS: a pair of outlines is one object seen twice above this IoU. Measured on the Dhaka
 # scene's 557 roofs (tests/core/test_nms.py), traced as pixel masks and grown by a pixel as a network's
@@ -95,7 +96,7 @@ class Detect(Step):
         emd = read_emd(v["MODEL"])
         summary = package_summary(emd)
         padding = v["PADDING"] if v["PADDING"] is not None else \
-            default_padding(summary["tile_size"][0], summary["max_object_size"])
+            default_padding(summary["tile_size"][0], summary["max_object_size"], tile_size=v["TILE_SIZE"])
         check_tile_padding(v["TILE_SIZE"], padding)
         check_device(v["DEVICE"])
         if raster:

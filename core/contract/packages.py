@@ -117,12 +117,19 @@ def package_summary(emd):
             "epochs_trained": len([r for r in emd.get("TrainingHistory") or [] if r.get("epoch")])}
 
 
-def default_padding(chip_size, max_object_size=None, pixel_ratio=1.0):
-    """Padding in pixels of the grid read: half the largest training object, else a quarter of the training
-    chip (``pixel_ratio``: grid pixels per training pixel). Then every object lies whole inside the tile that
-    owns its centre."""
-    training = float(max_object_size) / 2 if max_object_size else int(chip_size) / 4.0
-    return int(math.ceil(training * pixel_ratio))
+def default_padding(chip_size, max_object_size=None, pixel_ratio=1.0, tile_size=None):
+    """Padding in pixels of the grid read (``pixel_ratio``: grid pixels per training pixel): half the largest
+    training object (else a quarter of the training chip), so every object lies whole inside the tile that
+    owns its centre, plus half a training chip of context, so the network sees around each object what a
+    training chip showed it and predicts it as one tile over the whole raster would (with 64 px less,
+    Banepa's confident roofs on the seams lost 0.03 of score and 3 % of them crossed the threshold).
+    Context, not the object, gives way where ``tile_size`` (the user's, or the largest memory allows) would
+    keep a core of less than half the tile."""
+    objects = float(max_object_size) / 2 if max_object_size else int(chip_size) / 4.0
+    padding = (objects + int(chip_size) / 2.0) * pixel_ratio
+    if tile_size:
+        padding = min(padding, max(objects * pixel_ratio, int(tile_size) / 4.0))
+    return int(math.ceil(padding))
 
 
 def check_tile_padding(tile_size, padding):

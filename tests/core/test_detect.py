@@ -22,7 +22,7 @@ from core.model import build_model
 from core.package import load_package, write_package
 from core.progress import NullReporter
 
-SQUARE = 14     # object size in pixels; the package says so, so the default padding is 7
+SQUARE = 14     # object size in pixels; the package says so: the default padding is 7 + half the chip
 
 
 def _package(folder, tile=64, classes=None, bands=(0, 1, 2), normalization=None, dtype="uint8", **emd_keys):
@@ -75,15 +75,16 @@ def _read(path):
     return meta, shapely.from_wkb(wkb), dict(zip(meta["fields"], fields))
 
 
-# Tile 64 px, padding 7 -> core 50 px: core borders at 50, 100, 150, 200, 250.
+# Tile 64 px, padding 7 (the objects' half: the seams, not the context, are tested here) -> core 50 px: core
+# borders at 50, 100, 150, 200, 250.
 ON_BORDERS = [(50, 30), (100, 100), (150, 51), (30, 200), (200, 150), (250, 250), (123, 177), (20, 20)]
 
 
 def test_objects_across_tile_borders_and_corners_are_found_once(tmp_path):
     truth = _squares_raster(tmp_path / "r.tif", ON_BORDERS)
     pkg = _package(tmp_path / "pkg")
-    result = detect(tmp_path / "r.tif", pkg, tmp_path / "d.gpkg", DetectOptions(nms=False, tile_size=64),
-                    NullReporter(), predictor=bright_parts)
+    result = detect(tmp_path / "r.tif", pkg, tmp_path / "d.gpkg", DetectOptions(nms=False, tile_size=64,
+                    padding=7), NullReporter(), predictor=bright_parts)
     assert result["padding"] == 7 and result["tiles"] == 36
     meta, found, fields = _read(tmp_path / "d.gpkg")
     assert len(found) == len(truth)
@@ -100,10 +101,11 @@ def test_without_the_core_rule_duplicates_appear_and_nms_removes_them(tmp_path):
     truth = _squares_raster(tmp_path / "r.tif", ON_BORDERS)
     pkg = _package(tmp_path / "pkg")
     raw = detect(tmp_path / "r.tif", pkg, tmp_path / "raw.gpkg",
-                 DetectOptions(nms=False, keep_padding_detections=True, tile_size=64), predictor=bright_parts)
+                 DetectOptions(nms=False, keep_padding_detections=True, tile_size=64, padding=7), predictor=bright_parts)
     assert raw["detections"] > len(truth)          # the same squares seen by several tiles, and cut pieces
     cleaned = detect(tmp_path / "r.tif", pkg, tmp_path / "nms.gpkg",
-                     DetectOptions(nms=True, nms_overlap_ratio=0.0, keep_padding_detections=True, tile_size=64),
+                     DetectOptions(nms=True, nms_overlap_ratio=0.0, keep_padding_detections=True, tile_size=64,
+                                   padding=7),
                      predictor=bright_parts)
     _, found, _ = _read(tmp_path / "nms.gpkg")
     assert cleaned["kept"] == len(found) == len(truth)
@@ -289,6 +291,8 @@ def test_all_nodata_raster_or_extent_is_said(tmp_path):
         dst.write(np.zeros((3, profile["height"], profile["width"]), np.uint8))
     pkg = _package(tmp_path / "pkg")
     with pytest.raises(UserError, match="The raster holds only nodata \\(value 0\\): none of its 4 tiles"):
+        detect(tmp_path / "blank.tif", pkg, tmp_path / "d.gpkg", DetectOptions(tile_size=192), predictor=bright_parts)
+    with pytest.raises(UserError, match="The raster holds only nodata \\(value 0\\): its tile has no"):
         detect(tmp_path / "blank.tif", pkg, tmp_path / "d.gpkg", predictor=bright_parts)
     assert not list(tmp_path.glob("*.gpkg")) and not list(tmp_path.glob(".*partial*"))
 
