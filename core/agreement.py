@@ -42,7 +42,8 @@ def _outlines(path):
 def tiling_agreement(raster, model, work_dir, options=None, reporter=None, iou=SAME_OBJECT_IOU):
     """Detect ``raster`` with ``model`` twice into ``work_dir``: with ``options`` (default tiling unless they
     set one) and as one tile over the whole raster. Returns {'agreement', 'matched', 'single', 'tiled',
-    'tiles', 'tile_size'}: the share of objects found alike (see the module's docstring)."""
+    'tiles', 'tile_size', 'padding', 'single_tiles'}: the share of objects found alike (see the module's
+    docstring)."""
     o = options or DetectOptions()
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
@@ -53,5 +54,5 @@ def tiling_agreement(raster, model, work_dir, options=None, reporter=None, iou=S
     found = object_agreement(_outlines(work / "single.gpkg"), _outlines(work / "tiled.gpkg"), iou)
     return {"agreement": found["agreement"], "matched": found["matched"], "single": found["a"],
             "tiled": found["b"], "tiles": tiled["tiles"], "tile_size": tiled["tile_size"],
-            "single_tiles": single["tiles"]}
+            "padding": tiled["padding"], "single_tiles": single["tiles"]}
 

@@ -93,6 +93,11 @@ def extent_arg(extent):
     return "--extent=" + ",".join(repr(float(v)) for v in extent)   # '=': the extent may start with a minus
 
 
+# Below this best F1 on the test area the network learnt nothing: which threshold it chose measures nothing
+# (Atlanta at 300 images: best 0.029, one true detection of 14), so its threshold ratio is 'n/a', not 0.
+LEARNT_F1 = 0.05
+
+
 def ratio(a, b):
     if a is None or b is None:
         return "n/a"
@@ -164,7 +169,7 @@ def assess(raster, labels, package, split, out, device, fixed_threshold=None):
         best_threshold, best = threshold, chosen
     figures.update(f1_chosen=round(chosen, 4), f1_best=round(best, 4), threshold=threshold,
                    best_threshold=None if best_threshold is None else round(best_threshold, 4),
-                   threshold_ratio=ratio(chosen, best), truth=truth)
+                   threshold_ratio=ratio(chosen, best) if best >= LEARNT_F1 else "n/a", truth=truth)
     return figures
 
 

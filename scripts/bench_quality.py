@@ -8,7 +8,8 @@ is assessed on the test area only (Compute Accuracy, IoU 0.5, objects whose cent
              train (--base none --epochs E --device D: the engine splits off its own validation inside the
              training area and chooses the detection threshold there), detect, evaluate.
              <scene>_f1_chosen: F1 at the threshold the package chose; <scene>_f1_best: the best F1 over all
-             thresholds on the test area; <scene>_threshold_ratio = chosen / best (goal >= 0.95).
+             thresholds on the test area; <scene>_threshold_ratio = chosen / best (goal >= 0.95; n/a where
+             the best F1 is under 0.05: nothing was learnt).
   recipe     torchvision's detection tutorial recipe (scripts/bench_recipe.py) on the same chips, split, start
              and backbone for the wall-clock seconds ours trained; its F1 at 0.5. <scene>_f1_ratio = ours' F1
              at its chosen threshold / the recipe's (goal >= 1.2).
