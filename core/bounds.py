@@ -24,7 +24,7 @@ import shutil
 from pathlib import Path
 
 from .errors import UserError
-from .tile_layout import count_tiles, overlap_factor
+from .tile_layout import count_tiles, overlap_factor, stride_align
 
 MAX_TILES = 1_000_000
 MIN_TILE = 32
@@ -145,7 +145,8 @@ def check_detect_work(src, grid, size, padding, batch, extent, device="cpu", sca
             f"{src.crs.to_string() if src.crs else 'its CRS'}, or extent polygons) around the area to look at.")
     if grid.native is None:
         check_cell_size(grid.cell_size[0], abs(src.transform.a))
-    tiles = count_tiles(grid.width, grid.height, size, padding, square)
+    align = stride_align(scale)
+    tiles = count_tiles(grid.width, grid.height, size, padding, square, align)
     where = "the processing extent" if extent is not None else "the raster"
     if tiles > max_tiles:
         raise UserError(
@@ -153,7 +154,7 @@ def check_detect_work(src, grid, size, padding, batch, extent, device="cpu", sca
             f"({where} at cell size {grid.cell_size[0]:g}), above the limit of {max_tiles:,} (days of work). "
             "Give a processing extent (--extent or extent polygons) around the area to look at, a coarser cell "
             "size, or a larger tile size.")
-    overlap = overlap_factor(grid.width, grid.height, size, padding, square)
+    overlap = overlap_factor(grid.width, grid.height, size, padding, square, align)
     if overlap > MAX_OVERLAP and tiles > 1:
         raise UserError(
             f"With tiles of {size} px and a padding of {padding} px each tile's core is {size - 2 * padding} px, so "

@@ -31,7 +31,7 @@ from .model import network_for_package, select_device
 from .package import load_package
 from .progress import NullReporter
 from .pixel_grid import DETECT_ROTATED_FIX, Grid
-from .tile_layout import overlap_factor, tile_grid, tile_shape
+from .tile_layout import overlap_factor, stride_align, tile_grid, tile_shape
 from .tiling import TileReader, _input_spec, auto_tile_size
 
 TTA_MERGES = ("mean", "max", "min")
@@ -39,7 +39,7 @@ TTA_MERGES = ("mean", "max", "min")
 
 @dataclass
 class DetectOptions:
-    padding: int = None              # pixels; None: half the largest training object + half a chip (contract.packages.default_padding)
+    padding: int = None              # pixels; None: contract.packages.default_padding (objects + context)
     batch_size: int = None           # None: from free GPU memory on CUDA, 4 on the CPU
     threshold: float = None          # None: the package's DetectionThreshold (chosen in training), else 0.5
     tile_size: int = None            # None: automatic (overlap factor near 1.5, within memory)
@@ -165,9 +165,10 @@ def detect(raster, model, out, options=None, reporter=None, predictor=None, unce
         size, batch_size, scale = _plan(pkg, o, grid, padding, device, res.pixel_ratio)
         check_tile_padding(size, padding)
         square = bool(o.tta)          # turned by 90 degrees, a tile must keep its shape
+        align = stride_align(scale)   # tiles on the network's stride lattice: the single tile's features
         n_tiles = bounds.check_detect_work(src, grid, size, padding, batch_size, extent, device.type, scale, square)
-        overlap = overlap_factor(grid.width, grid.height, size, padding, square)
-        tile_w, tile_h = tile_shape(grid.width, grid.height, size, square)
+        overlap = overlap_factor(grid.width, grid.height, size, padding, square, align)
+        tile_w, tile_h = tile_shape(grid.width, grid.height, size, square, padding, align)
         if predictor is None:
             net, _ = network_for_package(pkg)
             net.roi_heads.score_thresh = min(o.threshold, 0.05) if o.tta else o.threshold
@@ -202,7 +203,7 @@ def detect(raster, model, out, options=None, reporter=None, predictor=None, unce
             parts_dir = out.parent / f".{out.stem}.parts-{run_id}"
             parts_dir.mkdir(exist_ok=True)
         rank, world = distributed.rank(), distributed.world_size()
-        mine = (t for t in tile_grid(grid.width, grid.height, size, padding, square) if t.index % world == rank)
+        mine = (t for t in tile_grid(grid.width, grid.height, size, padding, square, align) if t.index % world == rank)
         n_mine = len(range(rank, n_tiles, world))
         reader = TileReader(src, bands, norm, grid, mine, batch_size, src.nodata, pin=device.type == "cuda")
         collector = detections.Collector()
