@@ -86,16 +86,17 @@ def _largest_tile(pkg, device):
     return inference.max_tile_for_memory(device, _network_scale(pkg), device.type == "cuda")
 
 
-def _plan(pkg, o, grid, padding, device, pixel_ratio):
-    """(tile size, batch size, network input scale): as given, else from the raster, padding and memory.
-    Sizes count grid pixels, the pixels the network sees (``pixel_ratio``: one training pixel in them)."""
+def _plan(pkg, o, grid, padding, device, pixel_ratio, largest):
+    """(tile size, batch size, network input scale): as given, else from the raster, padding and memory
+    (``largest``: the largest tile it allows). Sizes count grid pixels, the pixels the network sees
+    (``pixel_ratio``: one training pixel in them)."""
     chip = max(1, int(round(int(pkg.tile_size[0]) * pixel_ratio)))
     scale = _network_scale(pkg)
     amp = device.type == "cuda"
     if o.tile_size:
         size = int(o.tile_size)
     else:
-        size = auto_tile_size(chip, padding, grid.width, grid.height, max(_largest_tile(pkg, device), chip))
+        size = auto_tile_size(chip, padding, grid.width, grid.height, max(largest, chip))
     side = max(min(size, grid.width), min(size, grid.height))
     batch = o.batch_size or inference.batch_for_memory(device, side, scale, amp)
     return size, batch, scale
@@ -159,10 +160,11 @@ def detect(raster, model, out, options=None, reporter=None, predictor=None, unce
         grid = Grid(src, extent, res.cell, DETECT_ROTATED_FIX)
         if grid.width < 1 or grid.height < 1:
             raise UserError("The processing extent holds no whole pixel of the raster.")
+        largest = None if o.tile_size else _largest_tile(pkg, device)
         padding = int(o.padding) if o.padding is not None else \
             default_padding(pkg.tile_size[0], pkg.emd.get("MaxObjectSizePixels"), res.pixel_ratio,
-                            o.tile_size or _largest_tile(pkg, device))
-        size, batch_size, scale = _plan(pkg, o, grid, padding, device, res.pixel_ratio)
+                            o.tile_size or largest)
+        size, batch_size, scale = _plan(pkg, o, grid, padding, device, res.pixel_ratio, largest)
         check_tile_padding(size, padding)
         square = bool(o.tta)          # turned by 90 degrees, a tile must keep its shape
         align = stride_align(scale)   # tiles on the network's stride lattice: the single tile's features
@@ -223,9 +225,10 @@ def detect(raster, model, out, options=None, reporter=None, predictor=None, unce
             if n_mine and not reader.with_data and parts_dir is None:
                 raise UserError(
                     f"The raster{' within the processing extent' if extent is not None else ''} holds only nodata "
-                    f"(value {src.nodata:g}): " + ("its tile has no" if n_tiles == 1 else f"none of its {n_tiles} tiles has a") +
-                    " pixel to look at, so nothing was "
-                    "written. Check the extent and the raster's nodata value (gdalinfo).")
+                    f"(value {src.nodata:g}): "
+                    + ("its tile has no" if n_tiles == 1 else f"none of its {n_tiles} tiles has a")
+                    + " pixel to look at, so nothing was written. Check the extent and the raster's nodata value "
+                    "(gdalinfo).")
             post.finish()
             reporter.check_cancelled()
             max_score = box_net.max_score if box_net is not None else None

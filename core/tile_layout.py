@@ -14,8 +14,8 @@ counted from the grid's origin, where one tile over the whole grid starts: a
 convolution network is translation-equivariant only for shifts by its stride,
 and a tile shifted by 16 px saw a tree crown of OSBS at 0.943 with another
 outline where one tile over the crop saw 0.926 (shifted by 32 px: 0.926 and
-the same box). A tile keeps its side less up to ``align`` - 1 px so that the
-last one, pulled back to the edge, starts on the lattice too; the step between
+the same box). A tile is up to ``align`` - 1 px smaller so that the last
+one, pulled back to the edge, starts on the lattice too; the step between
 tiles is the core rounded down to it. Where the core is under ``align`` (tiny
 tiles) tiles are laid unaligned.
 

@@ -16,8 +16,8 @@ core.agreement where it exists, else the same through the command line (one run 
 other: TP / (TP + FP + FN)). 'n/a' when neither run finds anything or the default tiling is one tile:
 then it measures nothing.
 """
-import math
 import json
+import math
 import subprocess
 import sys
 import time

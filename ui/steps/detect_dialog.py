@@ -105,7 +105,7 @@ class DetectDialog(JobDialog):
             f"{names.get(v, v)}: {m.replace('_', ' ')}" for v, m in sorted(methods.items()))
             if methods else REGULARIZE[0].label)
         padding = default_padding(summary["tile_size"][0], summary["max_object_size"])
-        self.padding.setSpecialValueText(f"from the package ({padding} px at its cell size)")
+        self.padding.setSpecialValueText(f"from the package ({padding} px)")
         self.tile.setSpecialValueText(f"automatic (trained on {summary['tile_size'][0]} px chips)")
 
     def values(self):
