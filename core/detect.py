@@ -200,8 +200,8 @@ def detect(raster, model, out, options=None, reporter=None, predictor=None, unce
         processes = o.tracer_processes if o.tracer_processes is not None else device.type == "cuda"
         caps_said = "" if caps[0] is None else (
             f"; up to {caps[0]:,} detections and {caps[1]:,} RPN proposals per tile "
-            f"({caps[1] / (max(tile_w, tile_h) / chip) ** 2:,.0f} per training chip's area: a chip keeps 1,000 at "
-            "evaluation, where training chose the threshold)")
+            f"({caps[1] / (max(tile_w, tile_h) / chip) ** 2:,.0f} per training chip's area, as the validation chips "
+            "kept where the threshold was chosen)")
         reporter.log(f"{n_tiles} tiles of {tile_w}x{tile_h} px inside the raster (padding {padding} px) over "
                      f"{grid.width}x{grid.height} px: overlap factor {overlap:.2f} (pixels through the network / "
                      f"raster pixels); batch {batch_size} on {device}, {tracer_threads} tracing "
