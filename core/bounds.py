@@ -134,11 +134,10 @@ def check_detect_options(o):
 
 
 def check_detect_work(src, grid, size, padding, batch, extent, device="cpu", scale=1.0, square=False,
-                      max_tiles=MAX_TILES, roi_bytes=0.0):
+                      max_tiles=MAX_TILES):
     """Refuse a detection whose tiles, overlap or memory are far beyond sense, before any tile is listed;
     else the number of tiles it runs. Tiles and overlap are counted as detection lays them out
-    (core.tile_layout: edge tiles pulled back inside the raster; ``square`` for test-time augmentation;
-    ``roi_bytes``: the RPN proposals' features per network pixel, core.inference)."""
+    (core.tile_layout: edge tiles pulled back inside the raster; ``square`` for test-time augmentation)."""
     if src.driver in WEB_DRIVERS and extent is None:
         raise UserError(
             f"The raster is a web service ({src.driver}) of {src.width:,}x{src.height:,} px: detecting over all of it "
@@ -165,7 +164,7 @@ def check_detect_work(src, grid, size, padding, batch, extent, device="cpu", sca
     held = BATCHES_IN_FLIGHT * batch * per_tile_input
     # the network's share for one tile only: a batch's estimate (fp32 resnet50 on a GPU) would refuse
     # CPU runs that work, and a tile that cannot run even alone is the mistake to catch
-    network = (size * scale) ** 2 * (CPU_BYTES_PER_NETWORK_PIXEL + roi_bytes) if device == "cpu" else 0
+    network = (size * scale) ** 2 * CPU_BYTES_PER_NETWORK_PIXEL if device == "cpu" else 0
     free = free_memory()
     if free is not None and held + network > free:
         raise UserError(

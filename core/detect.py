@@ -27,7 +27,7 @@ from .detections import style_path, write_style  # noqa: F401  (the output's sty
 from .devices import announce_device
 from .errors import UserError
 from .geodata import open_raster, read_area
-from .model import fpn_width, network_for_package, select_device
+from .model import network_for_package, select_device
 from .package import load_package
 from .progress import NullReporter
 from .pixel_grid import DETECT_ROTATED_FIX, Grid
@@ -82,26 +82,15 @@ def _network_scale(pkg):
     return float(pkg.input_size[0] or pkg.tile_size[0]) / int(pkg.tile_size[0])
 
 
-def _chip(pkg, pixel_ratio):
-    """The training chip in the pixels detection reads (``pixel_ratio``: one training pixel in them)."""
-    return max(1, int(round(int(pkg.tile_size[0]) * pixel_ratio)))
+def _largest_tile(pkg, device):
+    return inference.max_tile_for_memory(device, _network_scale(pkg), device.type == "cuda")
 
 
-def _roi_bytes(pkg, chip):
-    """Memory per network pixel of the proposals' RoI features at the detection caps (core.inference)."""
-    return inference.proposal_bytes_per_pixel(chip, _network_scale(pkg), fpn_width(pkg.backbone),
-                                              pkg.emd.get("MaxObjectsPerChip"))
-
-
-def _largest_tile(pkg, device, chip):
-    return inference.max_tile_for_memory(device, _network_scale(pkg), device.type == "cuda",
-                                         roi_bytes=_roi_bytes(pkg, chip))
-
-
-def _plan(pkg, o, grid, padding, device, chip, largest):
+def _plan(pkg, o, grid, padding, device, pixel_ratio, largest):
     """(tile size, batch size, network input scale): as given, else from the raster, padding and memory
     (``largest``: the largest tile it allows). Sizes count grid pixels, the pixels the network sees
-    (``chip``: the training chip in them)."""
+    (``pixel_ratio``: one training pixel in them)."""
+    chip = max(1, int(round(int(pkg.tile_size[0]) * pixel_ratio)))
     scale = _network_scale(pkg)
     amp = device.type == "cuda"
     if o.tile_size:
@@ -109,7 +98,7 @@ def _plan(pkg, o, grid, padding, device, chip, largest):
     else:
         size = auto_tile_size(chip, padding, grid.width, grid.height, max(largest, chip))
     side = max(min(size, grid.width), min(size, grid.height))
-    batch = o.batch_size or inference.batch_for_memory(device, side, scale, amp, roi_bytes=_roi_bytes(pkg, chip))
+    batch = o.batch_size or inference.batch_for_memory(device, side, scale, amp)
     return size, batch, scale
 
 
@@ -150,6 +139,7 @@ def detect(raster, model, out, options=None, reporter=None, predictor=None, unce
     reference = uncertainty.reference_threshold(pkg)
     reporter.log(uncertainty.describe(reference, o.tta))
     classes = pkg.classes
+    chip = int(pkg.tile_size[0])
     # The network's labels are ranks of the class values (see ModelPackage.value_to_label).
     by_label = {label: (value, classes[value]) for value, label in pkg.value_to_label.items()}
 
@@ -170,17 +160,15 @@ def detect(raster, model, out, options=None, reporter=None, predictor=None, unce
         grid = Grid(src, extent, res.cell, DETECT_ROTATED_FIX)
         if grid.width < 1 or grid.height < 1:
             raise UserError("The processing extent holds no whole pixel of the raster.")
-        chip = _chip(pkg, res.pixel_ratio)
-        largest = None if o.tile_size else _largest_tile(pkg, device, chip)
+        largest = None if o.tile_size else _largest_tile(pkg, device)
         padding = int(o.padding) if o.padding is not None else \
             default_padding(pkg.tile_size[0], pkg.emd.get("MaxObjectSizePixels"), res.pixel_ratio,
                             o.tile_size or largest)
-        size, batch_size, scale = _plan(pkg, o, grid, padding, device, chip, largest)
+        size, batch_size, scale = _plan(pkg, o, grid, padding, device, res.pixel_ratio, largest)
         check_tile_padding(size, padding)
         square = bool(o.tta)          # turned by 90 degrees, a tile must keep its shape
         align = stride_align(scale)   # tiles on the network's stride lattice: the single tile's features
-        n_tiles = bounds.check_detect_work(src, grid, size, padding, batch_size, extent, device.type, scale, square,
-                                           roi_bytes=_roi_bytes(pkg, chip))
+        n_tiles = bounds.check_detect_work(src, grid, size, padding, batch_size, extent, device.type, scale, square)
         overlap = overlap_factor(grid.width, grid.height, size, padding, square, align)
         tile_w, tile_h = tile_shape(grid.width, grid.height, size, square, padding, align)
         if predictor is None:
@@ -198,14 +186,10 @@ def detect(raster, model, out, options=None, reporter=None, predictor=None, unce
             caps, box_net = (None, None), None
         tracer_threads = o.tracers or pipeline.default_tracers()
         processes = o.tracer_processes if o.tracer_processes is not None else device.type == "cuda"
-        caps_said = "" if caps[0] is None else (
-            f"; up to {caps[0]:,} detections and {caps[1]:,} RPN proposals per tile "
-            f"({caps[1] / (max(tile_w, tile_h) / chip) ** 2:,.0f} per training chip's area, as the validation chips "
-            "kept where the threshold was chosen)")
         reporter.log(f"{n_tiles} tiles of {tile_w}x{tile_h} px inside the raster (padding {padding} px) over "
                      f"{grid.width}x{grid.height} px: overlap factor {overlap:.2f} (pixels through the network / "
                      f"raster pixels); batch {batch_size} on {device}, {tracer_threads} tracing "
-                     f"{'process' if processes else 'thread'}(s){caps_said}.")
+                     f"{'process' if processes else 'thread'}(s)" + (f"; up to {caps[0]} detections per tile" if caps[0] else "") + ".")
         if size - 2 * padding < size / 2 and n_tiles > 1:
             reporter.warning(f"The padding ({padding} px, for objects up to {2 * padding} px) leaves a core of only "
                              f"{size - 2 * padding} px per {size} px tile, so tiles overlap heavily. A larger tile size "

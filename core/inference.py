@@ -22,10 +22,6 @@ from .errors import UserError
 
 MASK = 28                      # torchvision's mask head resolution
 TODAY_CAP = 300                # box_detections_per_img before detection tiles grew
-PROPOSALS_PER_CHIP = 1000      # torchvision's RPN keeps 1,000 proposals an image at evaluation: a package's
-                               # validation chips ran so, and its detection threshold was chosen there
-BYTES_PER_PROPOSAL_CHANNEL = 400   # the box head's RoI features (7x7 per FPN channel, fp32, pooled and
-                                   # gathered): 47 kB a proposal measured at 128 channels on the CPU
 BYTES_PER_NETWORK_PIXEL = {True: 1200, False: 2000}   # AMP / fp32 inference, resnet50 FPN; scripts/gpu_check.py
                                                       # prints the measured peak so this estimate can be checked
 
@@ -180,35 +176,17 @@ def predict_with_retry(net, batch, device, o, size, reporter, amp=None):
 
 # --- sizes: caps, memory ---------------------------------------------------------------
 
-def proposals_per_chip(objects_per_chip=None):
-    """RPN proposals kept per training chip's area: the density the package's validation chips had (its
-    threshold was chosen there: a weakly trained RPN ranks background above real objects, so a tile that
-    keeps fewer per chip loses objects the chips found), more where the densest chip needs it."""
-    detections = 2.0 * float(objects_per_chip) if objects_per_chip else TODAY_CAP
-    return max(PROPOSALS_PER_CHIP, 3.0 * detections)
-
-
 def detection_caps(tile, chip, objects_per_chip=None):
     """(detections per image, RPN proposals kept) for a detection tile of ``tile`` px when the
     package was trained on ``chip`` px chips holding at most ``objects_per_chip`` objects.
 
     Today's 300 detections / 1000 proposals were sized for the training chip; a larger tile
-    holds proportionally more objects, so both grow with the tile's area (detections: twice the
-    densest training chip's count when the package records it; proposals: as on the validation
-    chips, ``proposals_per_chip``), never below today's."""
+    holds proportionally more objects, so both grow with the tile's area (twice the densest
+    training chip's count when the package records it), never below today's."""
     area = (float(tile) / float(chip)) ** 2
     wanted = TODAY_CAP * area if not objects_per_chip else 2.0 * float(objects_per_chip) * area
     detections = max(TODAY_CAP, int(math.ceil(wanted)))
-    proposals = max(PROPOSALS_PER_CHIP, int(math.ceil(proposals_per_chip(objects_per_chip) * area)))
-    return detections, proposals
-
-
-def proposal_bytes_per_pixel(chip, network_scale=1.0, width=256, objects_per_chip=None):
-    """Memory the box head's RoI features add per network pixel at ``detection_caps``' proposals
-    (``chip``: the training chip in the raster pixels detection reads; ``width``: the FPN's channels).
-    With 128 px chips they outweigh the pixels' own share, so tile and batch sizes count them."""
-    chip_network = float(chip) * float(network_scale)
-    return proposals_per_chip(objects_per_chip) / chip_network ** 2 * BYTES_PER_PROPOSAL_CHANNEL * width
+    return detections, max(1000, 3 * detections)
 
 
 def configure_network(net, size, chip, network_scale=1.0, objects_per_chip=None):
@@ -230,30 +208,29 @@ def free_gpu_bytes(device):
     return int(free)
 
 
-def max_tile_for_memory(device, network_scale=1.0, amp=True, cpu_limit=1024, roi_bytes=0.0):
+def max_tile_for_memory(device, network_scale=1.0, amp=True, cpu_limit=1024):
     """The largest tile side one image of which takes at most a quarter of the free GPU memory; on the CPU,
     where time per tile grows before memory binds, ``cpu_limit`` px, less where a package that enlarges
     its input (``network_scale``: arcgis.learn 1.5x, torchvision's recipe 800 px) would take more than a
-    quarter of the free RAM (core.bounds refuses tiles that cannot run alone). ``roi_bytes``: the
-    proposals' share per network pixel (``proposal_bytes_per_pixel``)."""
+    quarter of the free RAM (core.bounds refuses tiles that cannot run alone)."""
     free = free_gpu_bytes(device)
     if free is None:
         ram = free_memory()
         if ram is None:
             return cpu_limit
-        side = math.sqrt(0.25 * ram / (CPU_BYTES_PER_NETWORK_PIXEL + roi_bytes)) / network_scale
+        side = math.sqrt(0.25 * ram / CPU_BYTES_PER_NETWORK_PIXEL) / network_scale
         return max(64, min(cpu_limit, int(side) // 32 * 32))
-    side = math.sqrt(0.25 * free / (BYTES_PER_NETWORK_PIXEL[amp] + roi_bytes)) / network_scale
+    side = math.sqrt(0.25 * free / BYTES_PER_NETWORK_PIXEL[amp]) / network_scale
     return max(256, int(side) // 32 * 32)
 
 
-def batch_for_memory(device, size, network_scale=1.0, amp=True, default=4, limit=16, roi_bytes=0.0):
+def batch_for_memory(device, size, network_scale=1.0, amp=True, default=4, limit=16):
     """Tiles per batch: what fits in 60 % of the free GPU memory; on the CPU ``default``, fewer where the
-    tiles through the network would take more than 60 % of the free RAM (``roi_bytes`` as above)."""
+    tiles through the network would take more than 60 % of the free RAM."""
     free = free_gpu_bytes(device)
     if free is None:
         ram = free_memory()
-        per_tile = (size * network_scale) ** 2 * (CPU_BYTES_PER_NETWORK_PIXEL + roi_bytes)
+        per_tile = (size * network_scale) ** 2 * CPU_BYTES_PER_NETWORK_PIXEL
         return default if ram is None else int(max(1, min(default, 0.6 * ram // per_tile)))
-    per_tile = (size * network_scale) ** 2 * (BYTES_PER_NETWORK_PIXEL[amp] + roi_bytes)
+    per_tile = (size * network_scale) ** 2 * BYTES_PER_NETWORK_PIXEL[amp]
     return int(max(1, min(limit, 0.6 * free // per_tile)))

@@ -27,7 +27,6 @@ from .package import read_weights
 from .state_dicts import read_state_file
 
 DEFAULT_ANCHORS = (32, 64, 128, 256, 512)
-FPN_WIDTH = {"resnet18_fpn": 128}      # channels of the FPN and heads; torchvision's resnet50 bodies: 256
 COCO_NUM_CLASSES = 91
 
 
@@ -56,7 +55,7 @@ def build_model(backbone, num_classes, tile_size, anchor_sizes=DEFAULT_ANCHORS, 
             weights=None, weights_backbone=None, num_classes=num_classes, **common)
         model.rpn.anchor_generator = anchors     # v2 sets its own; 3 anchors per place either way
     elif backbone == "resnet18_fpn":
-        width = fpn_width(backbone)
+        width = 128
         resnet = torchvision.models.resnet18(weights=None, norm_layer=_group_norm)
         body = BackboneWithFPN(resnet, {f"layer{i}": str(i - 1) for i in range(1, 5)}, [64, 128, 256, 512],
                                width, extra_blocks=LastLevelMaxPool())
@@ -68,11 +67,6 @@ def build_model(backbone, num_classes, tile_size, anchor_sizes=DEFAULT_ANCHORS, 
     else:
         raise UserError(f"Unknown backbone '{backbone}': choose resnet50_fpn, resnet50_fpn_v2 or resnet18_fpn.")
     return model
-
-
-def fpn_width(backbone):
-    """Channels of a body's feature pyramid (and so of each proposal's RoI features)."""
-    return FPN_WIDTH.get(backbone, 256)
 
 
 def anchor_generator(anchor_sizes):

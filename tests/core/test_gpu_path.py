@@ -1,12 +1,10 @@
 """The GPU path, checked on the CPU: box-local masks, the reader/tracer pipeline, auto tile, caps."""
-import math
 import queue
 import random
 import threading
 import time
 
 import numpy as np
-import pytest
 import pyogrio.raw
 import shapely
 import torch
@@ -208,55 +206,6 @@ def test_scaled_caps_keep_every_object_of_a_dense_tile():
     detections, proposals = inference.configure_network(net, tile, chip, objects_per_chip=per_chip)
     assert net.roi_heads.detections_per_img == detections >= 2 * per_chip * (tile / chip) ** 2
     assert count(scene, detections, proposals) == uncapped
-
-
-def test_a_tile_keeps_the_proposals_per_chip_area_its_validation_chips_kept():
-    """A package's threshold is chosen on validation chips whose RPN kept 1,000 proposals each (torchvision's
-    evaluation default). A tile of 3 x 3 chips must keep as many per chip's area, or a weakly trained RPN's
-    real objects ranked below background fall off the list (Banepa: 290 -> 416 objects kept on the test
-    area); the caps sized from the objects alone (300 detections, 3x that in proposals) kept far fewer."""
-    torch.manual_seed(0)
-    chip, tile = 64, 192
-    net = build_model("resnet18_fpn", 2, (chip, chip), ANCHORS).eval()
-    scene = _scene(tile, seed=1)
-
-    def proposals(image, cap):
-        side = image.shape[-1]
-        net.transform.min_size, net.transform.max_size = (side,), side
-        net.rpn._pre_nms_top_n["testing"] = net.rpn._post_nms_top_n["testing"] = cap
-        with torch.inference_mode():
-            images, _ = net.transform([image])
-            kept, _ = net.rpn(images, net.backbone(images.tensors))
-        return len(kept[0])
-
-    on_chips = sum(proposals(scene[:, y:y + chip, x:x + chip], inference.PROPOSALS_PER_CHIP)
-                   for y in range(0, tile, chip) for x in range(0, tile, chip))
-    detections, cap = inference.configure_network(net, tile, chip, objects_per_chip=5)
-    assert cap == 9 * inference.PROPOSALS_PER_CHIP and detections == 300
-    assert proposals(scene, cap) >= 0.9 * on_chips
-    assert proposals(scene, 3 * detections) < 0.5 * on_chips
-
-
-def test_the_plan_counts_the_proposals_features():
-    """1,000 proposals per 128 px chip's area cost more memory per pixel than the pixels themselves
-    (47 kB a proposal at 128 channels): the largest tile and the batch shrink for them, less for larger chips."""
-    cpu = torch.device("cpu")
-    small = inference.proposal_bytes_per_pixel(128, 1.0, 128)
-    assert small == pytest.approx(1000 / 128 ** 2 * 400 * 128)
-    assert inference.proposal_bytes_per_pixel(256, 1.0, 128) == pytest.approx(small / 4)
-    assert inference.proposal_bytes_per_pixel(128, 1.0, 256) == pytest.approx(2 * small)
-    assert inference.proposal_bytes_per_pixel(128, 1.0, 128, objects_per_chip=500) == pytest.approx(3 * small)
-    # the machine's own free memory, read around the calls (memory binds: no CPU limit on the tile)
-    from core.bounds import CPU_BYTES_PER_NETWORK_PIXEL, free_memory
-    ram = free_memory()
-    plain = inference.max_tile_for_memory(cpu, cpu_limit=10 ** 6)
-    counted = inference.max_tile_for_memory(cpu, cpu_limit=10 ** 6, roi_bytes=small)
-    size = int(math.sqrt(0.6 * ram / 8 / CPU_BYTES_PER_NETWORK_PIXEL))    # 8 tiles a batch without them
-    batches = inference.batch_for_memory(cpu, size, default=16), inference.batch_for_memory(cpu, size, default=16,
-                                                                                            roi_bytes=small)
-    ram = max(ram, free_memory())
-    assert counted < plain and counted ** 2 * (CPU_BYTES_PER_NETWORK_PIXEL + small) <= 0.25 * ram
-    assert batches[1] < batches[0] and batches[1] * size ** 2 * (CPU_BYTES_PER_NETWORK_PIXEL + small) <= 0.6 * ram
 
 
 def test_batch_and_tile_limits_on_the_cpu():
