@@ -24,7 +24,7 @@ import shutil
 from pathlib import Path
 
 from .errors import UserError
-from .tile_layout import count_tiles, overlap_factor, stride_align
+from .tile_layout import count_tiles, overlap_factor
 
 MAX_TILES = 1_000_000
 MIN_TILE = 32
@@ -134,10 +134,11 @@ def check_detect_options(o):
 
 
 def check_detect_work(src, grid, size, padding, batch, extent, device="cpu", scale=1.0, square=False,
-                      max_tiles=MAX_TILES):
+                      max_tiles=MAX_TILES, align=1):
     """Refuse a detection whose tiles, overlap or memory are far beyond sense, before any tile is listed;
     else the number of tiles it runs. Tiles and overlap are counted as detection lays them out
-    (core.tile_layout: edge tiles pulled back inside the raster; ``square`` for test-time augmentation)."""
+    (core.tile_layout: edge tiles pulled back inside the raster; ``square`` for test-time augmentation;
+    ``align``: tiles on the network's stride lattice, core.tile_layout.stride_align)."""
     if src.driver in WEB_DRIVERS and extent is None:
         raise UserError(
             f"The raster is a web service ({src.driver}) of {src.width:,}x{src.height:,} px: detecting over all of it "
@@ -145,7 +146,6 @@ def check_detect_work(src, grid, size, padding, batch, extent, device="cpu", sca
             f"{src.crs.to_string() if src.crs else 'its CRS'}, or extent polygons) around the area to look at.")
     if grid.native is None:
         check_cell_size(grid.cell_size[0], abs(src.transform.a))
-    align = stride_align(scale)
     tiles = count_tiles(grid.width, grid.height, size, padding, square, align)
     where = "the processing extent" if extent is not None else "the raster"
     if tiles > max_tiles:

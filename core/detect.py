@@ -168,7 +168,8 @@ def detect(raster, model, out, options=None, reporter=None, predictor=None, unce
         check_tile_padding(size, padding)
         square = bool(o.tta)          # turned by 90 degrees, a tile must keep its shape
         align = stride_align(scale)   # tiles on the network's stride lattice: the single tile's features
-        n_tiles = bounds.check_detect_work(src, grid, size, padding, batch_size, extent, device.type, scale, square)
+        n_tiles = bounds.check_detect_work(src, grid, size, padding, batch_size, extent, device.type, scale, square,
+                                           align=align)
         overlap = overlap_factor(grid.width, grid.height, size, padding, square, align)
         tile_w, tile_h = tile_shape(grid.width, grid.height, size, square, padding, align)
         if predictor is None:
