@@ -34,6 +34,21 @@ MAX_OVERLAP = 16.0
 WEB_DRIVERS = ("WMS", "WMTS")           # GDAL drivers that fetch tiles from a service
 BATCHES_IN_FLIGHT = 4                   # the reader's queue of 2, the one in the network, the one being read
 CPU_BYTES_PER_NETWORK_PIXEL = 2000      # fp32, as core.inference's estimate for the GPU
+# RoI features per RPN proposal a tile keeps and per channel of the network's heads (7x7 in fp32, pooled,
+# then the box head's flattened copy): 47 kB a proposal measured by peak RSS at resnet18_fpn's 128 channels.
+# Two 1,024 px tiles of an untrained network kept 64,000 proposals and peaked at 7.4 GB, where the pixels
+# alone were estimated at 4.2 GB.
+BYTES_PER_PROPOSAL_CHANNEL = 370
+HEAD_CHANNELS = {"resnet18_fpn": 128}     # else 256, torchvision's FPN width
+
+
+def tile_network_bytes(size, scale=1.0, proposals=0, backbone=None, per_pixel=CPU_BYTES_PER_NETWORK_PIXEL):
+    """Memory one tile of ``size`` px takes in the network: its pixels (at the package's input ``scale``)
+    and the RoI features of the ``proposals`` the RPN keeps for it (core.inference.detection_caps), at most
+    one per anchor (3 a place at strides 4 to 64: about a quarter of the pixels)."""
+    pixels = (size * scale) ** 2
+    kept = min(proposals, pixels / 4)
+    return pixels * per_pixel + kept * BYTES_PER_PROPOSAL_CHANNEL * HEAD_CHANNELS.get(backbone, 256)
 
 
 def _mb(n):
@@ -134,11 +149,12 @@ def check_detect_options(o):
 
 
 def check_detect_work(src, grid, size, padding, batch, extent, device="cpu", scale=1.0, square=False,
-                      max_tiles=MAX_TILES, align=1):
+                      max_tiles=MAX_TILES, align=1, proposals=0, backbone=None):
     """Refuse a detection whose tiles, overlap or memory are far beyond sense, before any tile is listed;
     else the number of tiles it runs. Tiles and overlap are counted as detection lays them out
     (core.tile_layout: edge tiles pulled back inside the raster; ``square`` for test-time augmentation;
-    ``align``: tiles on the network's stride lattice, core.tile_layout.stride_align)."""
+    ``align``: tiles on the network's stride lattice, core.tile_layout.stride_align; ``proposals``: the
+    RPN's proposals a tile keeps, with the package's ``backbone``)."""
     if src.driver in WEB_DRIVERS and extent is None:
         raise UserError(
             f"The raster is a web service ({src.driver}) of {src.width:,}x{src.height:,} px: detecting over all of it "
@@ -164,7 +180,7 @@ def check_detect_work(src, grid, size, padding, batch, extent, device="cpu", sca
     held = BATCHES_IN_FLIGHT * batch * per_tile_input
     # the network's share for one tile only: a batch's estimate (fp32 resnet50 on a GPU) would refuse
     # CPU runs that work, and a tile that cannot run even alone is the mistake to catch
-    network = (size * scale) ** 2 * CPU_BYTES_PER_NETWORK_PIXEL if device == "cpu" else 0
+    network = tile_network_bytes(size, scale, proposals, backbone) if device == "cpu" else 0
     free = free_memory()
     if free is not None and held + network > free:
         raise UserError(

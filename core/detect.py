@@ -87,9 +87,9 @@ def _largest_tile(pkg, device):
 
 
 def _plan(pkg, o, grid, padding, device, pixel_ratio, largest):
-    """(tile size, batch size, network input scale): as given, else from the raster, padding and memory
-    (``largest``: the largest tile it allows). Sizes count grid pixels, the pixels the network sees
-    (``pixel_ratio``: one training pixel in them)."""
+    """(tile size, batch size, network input scale, RPN proposals a tile keeps): as given, else from the
+    raster, padding and memory (``largest``: the largest tile it allows). Sizes count grid pixels, the
+    pixels the network sees (``pixel_ratio``: one training pixel in them)."""
     chip = max(1, int(round(int(pkg.tile_size[0]) * pixel_ratio)))
     scale = _network_scale(pkg)
     amp = device.type == "cuda"
@@ -98,8 +98,10 @@ def _plan(pkg, o, grid, padding, device, pixel_ratio, largest):
     else:
         size = auto_tile_size(chip, padding, grid.width, grid.height, max(largest, chip))
     side = max(min(size, grid.width), min(size, grid.height))
-    batch = o.batch_size or inference.batch_for_memory(device, side, scale, amp)
-    return size, batch, scale
+    proposals = inference.detection_caps(side, int(pkg.tile_size[0]), pkg.emd.get("MaxObjectsPerChip"))[1]
+    batch = o.batch_size or inference.batch_for_memory(device, side, scale, amp, proposals=proposals,
+                                                       backbone=pkg.backbone)
+    return size, batch, scale, proposals
 
 
 def check_options(o):
@@ -164,12 +166,12 @@ def detect(raster, model, out, options=None, reporter=None, predictor=None, unce
         padding = int(o.padding) if o.padding is not None else \
             default_padding(pkg.tile_size[0], pkg.emd.get("MaxObjectSizePixels"), res.pixel_ratio,
                             o.tile_size or largest)
-        size, batch_size, scale = _plan(pkg, o, grid, padding, device, res.pixel_ratio, largest)
+        size, batch_size, scale, proposals = _plan(pkg, o, grid, padding, device, res.pixel_ratio, largest)
         check_tile_padding(size, padding)
         square = bool(o.tta)          # turned by 90 degrees, a tile must keep its shape
         align = stride_align(scale)   # tiles on the network's stride lattice: the single tile's features
         n_tiles = bounds.check_detect_work(src, grid, size, padding, batch_size, extent, device.type, scale, square,
-                                           align=align)
+                                           align=align, proposals=proposals, backbone=pkg.backbone)
         overlap = overlap_factor(grid.width, grid.height, size, padding, square, align)
         tile_w, tile_h = tile_shape(grid.width, grid.height, size, square, padding, align)
         if predictor is None:

@@ -17,7 +17,7 @@ import math
 import torch
 from torchvision.models.detection.transform import resize_boxes
 
-from .bounds import CPU_BYTES_PER_NETWORK_PIXEL, free_memory
+from .bounds import CPU_BYTES_PER_NETWORK_PIXEL, free_memory, tile_network_bytes
 from .errors import UserError
 
 MASK = 28                      # torchvision's mask head resolution
@@ -224,13 +224,14 @@ def max_tile_for_memory(device, network_scale=1.0, amp=True, cpu_limit=1024):
     return max(256, int(side) // 32 * 32)
 
 
-def batch_for_memory(device, size, network_scale=1.0, amp=True, default=4, limit=16):
+def batch_for_memory(device, size, network_scale=1.0, amp=True, default=4, limit=16, proposals=0, backbone=None):
     """Tiles per batch: what fits in 60 % of the free GPU memory; on the CPU ``default``, fewer where the
-    tiles through the network would take more than 60 % of the free RAM."""
+    tiles through the network would take more than 60 % of the free RAM. Each tile counts its pixels and
+    the RoI features of its ``proposals`` (detection_caps) at the ``backbone``'s head width."""
     free = free_gpu_bytes(device)
     if free is None:
         ram = free_memory()
-        per_tile = (size * network_scale) ** 2 * CPU_BYTES_PER_NETWORK_PIXEL
+        per_tile = tile_network_bytes(size, network_scale, proposals, backbone)
         return default if ram is None else int(max(1, min(default, 0.6 * ram // per_tile)))
-    per_tile = (size * network_scale) ** 2 * BYTES_PER_NETWORK_PIXEL[amp]
+    per_tile = tile_network_bytes(size, network_scale, proposals, backbone, BYTES_PER_NETWORK_PIXEL[amp])
     return int(max(1, min(limit, 0.6 * free // per_tile)))

@@ -1,4 +1,5 @@
 """The GPU path, checked on the CPU: box-local masks, the reader/tracer pipeline, auto tile, caps."""
+import math
 import queue
 import random
 import threading
@@ -224,6 +225,23 @@ def test_batch_and_tile_limits_on_the_cpu():
     assert 1 <= batch <= 4 and (batch == 1 or batch * (tile * 6.25) ** 2 * CPU_BYTES_PER_NETWORK_PIXEL <= 0.6 * ram)
     assert inference.detection_caps(400, 400) == (300, 1000)
     assert inference.detection_caps(800, 400)[0] == 1200
+
+
+def test_the_rpn_proposals_a_tile_keeps_count_in_its_memory():
+    """Their RoI features (47 kB a proposal at resnet18_fpn's 128 channels): two untrained 1,024 px tiles kept
+    64,000 proposals and peaked at 7.4 GB where their pixels were counted at 4.2 GB."""
+    from core.bounds import BYTES_PER_PROPOSAL_CHANNEL, free_memory, tile_network_bytes
+    assert tile_network_bytes(1024, proposals=32_000, backbone="resnet18_fpn") == 1024 ** 2 * 2000 + 32_000 * 47_360
+    assert tile_network_bytes(1024, proposals=32_000) == 1024 ** 2 * 2000 + 32_000 * 94_720   # resnet50 FPN's 256
+    assert tile_network_bytes(256, proposals=10 ** 6) == tile_network_bytes(256, proposals=256 ** 2 // 4)  # per anchor
+    assert tile_network_bytes(512, 1.5, 0) == (512 * 1.5) ** 2 * 2000
+    # proposals whose features take half the free RAM: one tile a batch, where the pixels alone allow four
+    cpu = torch.device("cpu")
+    many = int(0.5 * free_memory() / (BYTES_PER_PROPOSAL_CHANNEL * 256))
+    side = int(math.ceil(math.sqrt(4 * many) / 32) * 32)
+    assert inference.batch_for_memory(cpu, side) == 4
+    assert inference.batch_for_memory(cpu, side, proposals=many) == 1
+    assert inference.batch_for_memory(cpu, side, proposals=many, backbone="resnet18_fpn") in (1, 2)
 
 
 def test_chip_loader_workers_give_the_batches_the_main_thread_gives():
