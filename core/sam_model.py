@@ -110,6 +110,8 @@ def build_predictor(options, reporter=None):
         raise UserError(f"Unknown SAM variant '{variant}': choose one of {', '.join(VARIANTS)}.")
     if variant == "tiny" and path is not None:
         raise UserError("The 'tiny' SAM exists only with random weights (for tests): use vit_t, vit_b, vit_l or vit_h.")
+    if path is None:
+        torch.manual_seed(0)   # random weights (tests, timings): the same network, so the same outline, every run
     sam, predictor_class = _architecture(variant)
     if path is not None:
         try:
