@@ -341,3 +341,26 @@ def test_outlines_never_spill_past_the_raster(tmp_path):
     with rasterio.open(tmp_path / "r.tif") as src:
         footprint = shapely.box(*src.bounds).buffer(1e-6)
     assert len(found) == len(centres) and all(footprint.contains(f) for f in found)
+
+
+@pytest.mark.parametrize("cell_size, extent", [(None, None), (0.37, None), (0.37, (400100, 2999880, 400150, 3000010))],
+                         ids=["native", "resampled", "resampled-extent-past-the-edge"])
+def test_every_tile_detection_reads_holds_only_raster_pixels(tmp_path, cell_size, extent):
+    """No pixel of any tile the network gets is filled past the raster's edge: a raster without one dark pixel
+    gives tiles without one, at its own cell size and resampled (300 px at 0.5 m are 405 px at 0.37, not a
+    multiple of the tile), and with an extent reaching past the raster's top."""
+    path = tmp_path / "r.tif"
+    _squares_raster(path, [(150, 150)])
+    with rasterio.open(path, "r+") as dst:
+        data = dst.read()
+        dst.write(np.maximum(data, 90))          # the background is 90, never 0
+    seen = []
+
+    def recording(images):
+        seen.extend((tuple(i.shape[-2:]), float(i.min())) for i in images)
+        return bright_parts(images)
+
+    detect(path, _package(tmp_path / "pkg"), tmp_path / "d.gpkg",
+           DetectOptions(tile_size=64, cell_size=cell_size, extent=extent), predictor=recording)
+    assert len(seen) > 4 and all(low >= 89 / 255 for _, low in seen), [s for s in seen if s[1] < 89 / 255][:3]
+    assert {shape for shape, _ in seen} == {(64, 64)}
