@@ -104,8 +104,8 @@ class DetectDialog(JobDialog):
         self.regularize.setItemText(0, "The package's: " + ", ".join(
             f"{names.get(v, v)}: {m.replace('_', ' ')}" for v, m in sorted(methods.items()))
             if methods else REGULARIZE[0].label)
-        tile = self.tile.value() if self.tile.value() != self.tile.minimum() else None   # else "automatic"
-        padding = default_padding(summary["tile_size"][0], summary["max_object_size"], tile_size=tile)
+        padding = default_padding(summary["tile_size"][0], summary["max_object_size"],
+                                  tile_size=self.raw("TILE_SIZE"))   # None: "automatic"
         self.padding.setSpecialValueText(f"from the package ({padding} px)")
         self.tile.setSpecialValueText(f"automatic (trained on {summary['tile_size'][0]} px chips)")
 
