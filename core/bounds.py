@@ -44,7 +44,7 @@ HEAD_CHANNELS = {"resnet18_fpn": 128}     # else 256, torchvision's FPN width
 
 def tile_network_bytes(size, scale=1.0, proposals=0, backbone=None, per_pixel=CPU_BYTES_PER_NETWORK_PIXEL):
     """Memory one tile of ``size`` px takes in the network: its pixels (at the package's input ``scale``)
-    and the RoI features of the ``proposals`` the RPN keeps for it (core.inference.detection_caps), at most
+    and the RoI features of the ``proposals`` the RPN keeps for it (core.proposal_cut.kept_per_tile), at most
     one per anchor (3 a place at strides 4 to 64: about a quarter of the pixels)."""
     pixels = (size * scale) ** 2
     kept = min(proposals, pixels / 4)

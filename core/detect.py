@@ -20,7 +20,8 @@ from dataclasses import dataclass, replace
 import shapely
 import torch
 
-from . import bounds, contract, detections, distributed, gpkg, inference, pipeline, resolution, uncertainty
+from . import (bounds, contract, detections, distributed, gpkg, inference, pipeline, proposal_cut, resolution,
+               uncertainty)
 from .contract.detect import NMS_OVERLAP
 from .contract.packages import check_tile_padding, default_padding
 from .detections import style_path, write_style  # noqa: F401  (the output's style, as before)
@@ -98,10 +99,17 @@ def _plan(pkg, o, grid, padding, device, pixel_ratio, largest):
     else:
         size = auto_tile_size(chip, padding, grid.width, grid.height, max(largest, chip))
     side = max(min(size, grid.width), min(size, grid.height))
-    proposals = inference.detection_caps(side, int(pkg.tile_size[0]), pkg.emd.get("MaxObjectsPerChip"))[1]
+    cell, per_cell = _proposal_cell(pkg, pixel_ratio)
+    proposals = proposal_cut.kept_per_tile(side, cell, per_cell)
     batch = o.batch_size or inference.batch_for_memory(device, side, scale, amp, proposals=proposals,
                                                        backbone=pkg.backbone)
     return size, batch, scale, proposals
+
+
+def _proposal_cell(pkg, pixel_ratio):
+    """(cell side in grid pixels, proposals kept per cell) of the RPN's cut fixed to the raster
+    (``core.proposal_cut``): the cell holds ``CELL_TRAINING_PX`` training pixels."""
+    return proposal_cut.cell_size(pixel_ratio), proposal_cut.per_cell(int(pkg.tile_size[0]), pkg.emd.get("MaxObjectsPerChip"))
 
 
 def check_options(o):
@@ -181,12 +189,18 @@ def detect(raster, model, out, options=None, reporter=None, predictor=None, unce
             net.to(device).eval()
             if device.type == "cuda":
                 torch.backends.cudnn.benchmark = True      # one tile size all run long: tuned kernels pay off
-            box_net = inference.BoxMaskNet(net)
+            cell, per_cell = _proposal_cell(pkg, res.pixel_ratio)
+            box_net = inference.BoxMaskNet(net, proposal_cut.LocalProposals(net.rpn, cell, per_cell))
+            column, row = proposal_cut.lattice_origin(grid.transform, cell)
 
-            def predictor(batch):
-                return inference.predict_with_retry(box_net, batch, device, o, tile_w, reporter)
+            def network(batch, tiles):
+                origins = [(column + t.x, row + t.y) for t in tiles]   # the cut's cells are fixed to the map
+                return inference.predict_with_retry(box_net, batch, device, o, tile_w, reporter, origins=origins)
         else:
             caps, box_net = (None, None), None
+
+            def network(batch, tiles):
+                return predictor(batch)
         tracer_threads = o.tracers or pipeline.default_tracers()
         processes = o.tracer_processes if o.tracer_processes is not None else device.type == "cuda"
         reporter.log(f"{n_tiles} tiles of {tile_w}x{tile_h} px inside the raster (padding {padding} px) over "
@@ -223,7 +237,7 @@ def detect(raster, model, out, options=None, reporter=None, predictor=None, unce
         post = pipeline.Tracers(trace, collect, tracer_threads, processes=processes)
         reader.start()
         try:
-            pipeline.run(reader, predictor, post, check_cancelled=reporter.check_cancelled,
+            pipeline.run(reader, network, post, check_cancelled=reporter.check_cancelled,
                          on_batch=lambda done: reporter.progress(95.0 * done / max(n_mine, 1), f"{done}/{n_mine} tiles"))
             if n_mine and not reader.with_data and parts_dir is None:
                 raise UserError(

@@ -28,10 +28,12 @@ BYTES_PER_NETWORK_PIXEL = {True: 1200, False: 2000}   # AMP / fp32 inference, re
 
 class BoxMaskNet:
     """``net(batch) -> outputs`` like torchvision's eval forward, but ``masks`` are (N, 1, 28, 28)
-    probabilities in each detection's box (not pasted into the tile)."""
+    probabilities in each detection's box (not pasted into the tile). With ``cut`` (a
+    ``proposal_cut.LocalProposals``) the RPN's proposals are cut per raster cell: ``net(batch, tiles)``
+    then takes per image its tile's origin and turn (``predict`` gives them)."""
 
-    def __init__(self, net):
-        self.net = net
+    def __init__(self, net, cut=None):
+        self.net, self.cut = net, cut
         self.max_score = 0.0     # the highest object score the box head gave, below the threshold too
         net.roi_heads.box_predictor.register_forward_hook(self._note_scores)
 
@@ -43,12 +45,15 @@ class BoxMaskNet:
             best = float(torch.softmax(logits.float(), -1)[:, 1:].max())
             self.max_score = max(self.max_score, best)
 
-    def __call__(self, images):
+    def __call__(self, images, tiles=None):
         net = self.net
         sizes = [tuple(i.shape[-2:]) for i in images]
         image_list, _ = net.transform(list(images))
         features = net.backbone(image_list.tensors)
-        proposals, _ = net.rpn(image_list, features)
+        if self.cut is None:
+            proposals, _ = net.rpn(image_list, features)
+        else:
+            proposals = self.cut(image_list, features, sizes, tiles or [(0, 0, None)] * len(sizes))
         detections, _ = net.roi_heads(features, proposals, image_list.image_sizes)
         for d, resized, original in zip(detections, image_list.image_sizes, sizes):
             d["boxes"] = resize_boxes(d["boxes"], resized, original)
@@ -136,16 +141,22 @@ def _merge_variants(found, merge, n_variants, iou=0.55):
 
 
 @torch.inference_mode()
-def predict(model, batch, device, tta, size, amp=None):
+def predict(model, batch, device, tta, size, amp=None, origins=None):
     """Detections of a (B, 3, H, W) batch, on the CPU: one copy back per batch (per variant with TTA).
-    ``amp``: mixed precision (default: on CUDA)."""
+    ``amp``: mixed precision (default: on CUDA). ``origins``: each tile's (x, y) in the read grid, for a
+    ``BoxMaskNet`` whose proposal cut is fixed to the raster."""
     amp = device.type == "cuda" if amp is None else amp
     batch = batch.to(device, non_blocking=True)
     variants = [(k, f) for f in (False, True) for k in range(4)] if tta else [(0, False)]
     per_variant = []
     for k, flip in variants:
+        images = list(_dihedral(batch, k, flip))
         with torch.autocast(device.type, enabled=amp):
-            outputs = model(list(_dihedral(batch, k, flip)))
+            if isinstance(model, BoxMaskNet):
+                to_tile = (lambda boxes, k=k, flip=flip: _undo_boxes(boxes, k, flip, size)) if (k or flip) else None
+                outputs = model(images, [(x, y, to_tile) for x, y in origins or [(0, 0)] * len(images)])
+            else:
+                outputs = model(images)
         for o in outputs:
             o["boxes"] = _undo_boxes(o["boxes"].float(), k, flip, size)
             o["masks"] = _undo_masks(o["masks"].float(), k, flip)
@@ -157,12 +168,13 @@ def predict(model, batch, device, tta, size, amp=None):
             for i in range(len(batch))]
 
 
-def predict_with_retry(net, batch, device, o, size, reporter, amp=None):
+def predict_with_retry(net, batch, device, o, size, reporter, amp=None, origins=None):
     """``predict``, halving the batch on CUDA out-of-memory (and remembering the smaller size)."""
     if len(batch) == 0:
         return []
+    origins = origins or [(0, 0)] * len(batch)
     try:
-        return predict(net, batch, device, o.tta, size, amp)
+        return predict(net, batch, device, o.tta, size, amp, origins)
     except torch.cuda.OutOfMemoryError:
         torch.cuda.empty_cache()
         if len(batch) == 1:
@@ -170,8 +182,8 @@ def predict_with_retry(net, batch, device, o, size, reporter, amp=None):
         half = len(batch) // 2
         o.batch_size = max(1, half)
         reporter.warning(f"CUDA ran out of memory: batch size lowered to {o.batch_size}.")
-        return (predict_with_retry(net, batch[:half], device, o, size, reporter, amp)
-                + predict_with_retry(net, batch[half:], device, o, size, reporter, amp))
+        return (predict_with_retry(net, batch[:half], device, o, size, reporter, amp, origins[:half])
+                + predict_with_retry(net, batch[half:], device, o, size, reporter, amp, origins[half:]))
 
 
 # --- sizes: caps, memory ---------------------------------------------------------------

@@ -114,7 +114,8 @@ class Tracers:
 
 def run(reader, predictor, tracers, on_batch=None, check_cancelled=None):
     """Drive batches from ``reader.queue`` ([(tile, transform, holds data)], tensor) through
-    ``predictor(tensor) -> outputs`` into ``tracers.put(output, transform, tile)``; returns tiles done."""
+    ``predictor(tensor, tiles) -> outputs`` (``tiles``: those in the tensor) into
+    ``tracers.put(output, transform, tile)``; returns tiles done."""
     done = 0
     while True:
         batch = reader.queue.get()
@@ -124,7 +125,7 @@ def run(reader, predictor, tracers, on_batch=None, check_cancelled=None):
             check_cancelled()
         tracers.check()
         items, tensor = batch
-        outputs = iter(predictor(tensor) if len(tensor) else [])
+        outputs = iter(predictor(tensor, [tile for tile, _, holds in items if holds]) if len(tensor) else [])
         for tile, transform, holds in items:
             if holds:
                 tracers.put(next(outputs), transform, tile)

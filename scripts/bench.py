@@ -26,7 +26,7 @@ import torch  # noqa: E402
 
 from core.chips import ExportOptions, export_training_data  # noqa: E402
 from core.data import ChipDataset, collate, load_training_data  # noqa: E402
-from core import inference  # noqa: E402
+from core import inference, proposal_cut  # noqa: E402
 from core.detect import DetectOptions, detect  # noqa: E402
 from core.pixel_grid import Grid  # noqa: E402
 from core.tile_layout import tile_origins  # noqa: E402
@@ -107,7 +107,8 @@ def raw_model_seconds(raster, package, device, batch, tile, padding, amp):
     net.roi_heads.score_thresh = 0.5
     inference.configure_network(net, tile, pkg.tile_size[0], 1.0, pkg.emd.get("MaxObjectsPerChip"))
     net.to(device).eval()
-    box_net = inference.BoxMaskNet(net)
+    box_net = inference.BoxMaskNet(net, proposal_cut.LocalProposals(       # the cut detection makes
+        net.rpn, proposal_cut.cell_size(), proposal_cut.per_cell(pkg.tile_size[0], pkg.emd.get("MaxObjectsPerChip"))))
     norm = pkg.emd["Normalization"]
     from core.bands import to_network_input
     with rasterio.open(raster) as src:

@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from core import inference, pipeline  # noqa: E402
+from core import inference, pipeline, proposal_cut  # noqa: E402
 from core.data import Chip, ChipDataset, EpochBatches, chip_loader, collate  # noqa: E402
 from core.model import build_model  # noqa: E402
 from core.train_step import bare_step, train_step  # noqa: E402
@@ -111,12 +111,13 @@ def bench_detect(device, backbone, chip, padding, args, amp):
     batch = args.batch or inference.batch_for_memory(device, size, amp=amp)
     tiles = [scene(size, s, 60)[0] for s in range(args.tiles)]
     o = Options(batch)
-    box_net = inference.BoxMaskNet(net)
+    box_net = inference.BoxMaskNet(net, proposal_cut.LocalProposals(net.rpn, proposal_cut.cell_size(),
+                                                                     proposal_cut.per_cell(chip)))
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         torch.cuda.reset_peak_memory_stats(device)
 
-    def predictor(tensor):
+    def predictor(tensor, tiles=None):
         return inference.predict_with_retry(box_net, tensor, device, o, size, Warn(), amp)
 
     stack = torch.from_numpy(np.stack(tiles))

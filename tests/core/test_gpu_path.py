@@ -76,7 +76,7 @@ class _MemoryReader:
 def test_pipeline_keeps_order_and_loses_nothing_with_slow_tracers():
     n_tiles, per_tile = 60, 7
 
-    def network(batch):          # instant; tile i holds objects i*100 .. i*100 + per_tile - 1
+    def network(batch, tiles):   # instant; tile i holds objects i*100 .. i*100 + per_tile - 1
         return [{"ids": [int(t) * 100 + k for k in range(per_tile)]} for t in batch[:, 0]]
 
     def slow_trace(output, transform, tile):
@@ -104,7 +104,7 @@ def test_pipeline_surfaces_a_tracer_error():
         return tile
     tracers = pipeline.Tracers(bad_trace, lambda r: None, threads=2)
     try:
-        pipeline.run(_MemoryReader(40, 4), lambda b: [{}] * len(b), tracers)
+        pipeline.run(_MemoryReader(40, 4), lambda b, tiles: [{}] * len(b), tracers)
         tracers.finish()
     except ValueError as exc:
         assert "tile 7" in str(exc)
