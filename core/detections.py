@@ -36,7 +36,7 @@ class Collector:
 
     def add(self, polygon, value, name, score, tile, seam, margin, uncertainty=_NO_SIGNALS):
         """``uncertainty``: (Uncertainty, its score, mask, variants and crowding signals), see ``core.uncertainty``."""
-        values = (polygon, int(value), name, float(score), int(tile), bool(seam), float(margin),
+        values = (polygon, int(value), name, float(score), int(tile), int(seam), float(margin),
                   *(float(v) for v in uncertainty))
         for key, v in zip(self.rows, values):
             self.rows[key].append(v)

@@ -8,7 +8,7 @@ import numpy as np
 import shapely
 
 from core.contract.packages import default_padding
-from core.seams import candidate, merge_seams
+from core.seams import ALONE, BORROWED, SEAM, candidate, merge_seams
 from core.tile_layout import tile_grid
 
 
@@ -50,6 +50,26 @@ def test_touching_neighbours_in_two_tiles_both_stay():
     assert merge_seams([left, right], [0, 1], [30, 30], [0.9, 0.8], [True, True]).tolist() == [0, 1]
     overlapping = _box(99, 0, 130, 30)                         # masks spill by a pixel: still two roofs
     assert merge_seams([left, overlapping], [0, 1], [30, 30], [0.9, 0.8], [True, True]).tolist() == [0, 1]
+
+
+def test_a_borrowed_outline_stays_only_with_a_twin_in_the_tile_that_owns_it():
+    """Banepa's crop, 4 tiles of 512 px against one: the tiled run alone had three roofs scored 0.646-0.656
+    (threshold 0.643), each kept by a tile through the slack, 65-112 px from its edge; the tile owning them,
+    with 128 px more context, scored them under the threshold, as one tile over the whole raster did."""
+    tiles = list(tile_grid(768, 768, 512, 128))
+    right = next(t for t in tiles if t.x > 0 and t.y == 0)            # owns x >= 384; sees from x = 256
+    keep, kind, _ = candidate((305 - right.x, 178, 337 - right.x, 207), right, (768, 768), slack=64)
+    assert keep and kind == BORROWED                                   # centre x 321: the left tile's part
+    _, owned, _ = candidate((400 - right.x, 178, 430 - right.x, 207), right, (768, 768), slack=64)
+    assert owned == SEAM
+    _, alone, _ = candidate((600 - right.x, 40, 630 - right.x, 70), right, (768, 768), slack=64)
+    assert alone == ALONE
+    roof, twin = _box(305, 178, 337, 207), _box(306, 178, 337, 208)
+    assert merge_seams([roof], [1], [49], [0.646], [BORROWED]).tolist() == []          # no twin: the owner's call
+    assert merge_seams([roof, twin], [1, 0], [49, 64], [0.66, 0.65], [BORROWED, SEAM]).tolist() == [1]
+    assert merge_seams([roof], [1], [49], [0.646], [SEAM]).tolist() == [0]             # owned: it stays
+    # two tiles each borrowing the other's object: twins, one stays
+    assert merge_seams([roof, twin], [1, 0], [49, 50], [0.66, 0.65], [BORROWED, BORROWED]).tolist() == [1]
 
 
 def test_margins_count_up_to_the_padding():
