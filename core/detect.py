@@ -109,7 +109,8 @@ def _plan(pkg, o, grid, padding, device, pixel_ratio, largest):
 def _proposal_cell(pkg, pixel_ratio):
     """(cell side in grid pixels, proposals kept per cell) of the RPN's cut fixed to the raster
     (``core.proposal_cut``): the cell holds ``CELL_TRAINING_PX`` training pixels."""
-    return proposal_cut.cell_size(pixel_ratio), proposal_cut.per_cell(int(pkg.tile_size[0]), pkg.emd.get("MaxObjectsPerChip"))
+    per_cell = proposal_cut.per_cell(int(pkg.tile_size[0]), pkg.emd.get("MaxObjectsPerChip"))
+    return proposal_cut.cell_size(pixel_ratio), per_cell
 
 
 def check_options(o):
@@ -192,6 +193,8 @@ def detect(raster, model, out, options=None, reporter=None, predictor=None, unce
             cell, per_cell = _proposal_cell(pkg, res.pixel_ratio)
             box_net = inference.BoxMaskNet(net, proposal_cut.LocalProposals(net.rpn, cell, per_cell))
             column, row = proposal_cut.lattice_origin(grid.transform, cell)
+            reporter.log(f"RPN proposals: the top {per_cell} per {cell} px cell of a lattice fixed to the map (sized from "
+                         "the objects per training chip), so no tile's edge decides which an object keeps.")
 
             def network(batch, tiles):
                 origins = [(column + t.x, row + t.y) for t in tiles]   # the cut's cells are fixed to the map
