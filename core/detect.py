@@ -107,10 +107,8 @@ def _plan(pkg, o, grid, padding, device, pixel_ratio, largest):
 
 
 def _proposal_cell(pkg, pixel_ratio):
-    """(cell side in grid pixels, proposals kept per cell) of the RPN's cut fixed to the raster
-    (``core.proposal_cut``): the cell holds ``CELL_TRAINING_PX`` training pixels."""
-    per_cell = proposal_cut.per_cell(int(pkg.tile_size[0]), pkg.emd.get("MaxObjectsPerChip"))
-    return proposal_cut.cell_size(pixel_ratio), per_cell
+    """(cell side in grid pixels, proposals kept per cell) of the RPN's cut fixed to the map."""
+    return proposal_cut.cell_and_k(int(pkg.tile_size[0]), pkg.emd.get("MaxObjectsPerChip"), pixel_ratio)
 
 
 def check_options(o):

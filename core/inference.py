@@ -19,9 +19,10 @@ from torchvision.models.detection.transform import resize_boxes
 
 from .bounds import CPU_BYTES_PER_NETWORK_PIXEL, free_memory, tile_network_bytes
 from .errors import UserError
+from .proposal_cut import DEFAULT_DETECTIONS_PER_CHIP, DETECTIONS_PER_OBJECT, PROPOSALS_PER_DETECTION
 
 MASK = 28                      # torchvision's mask head resolution
-TODAY_CAP = 300                # box_detections_per_img before detection tiles grew
+TODAY_CAP = DEFAULT_DETECTIONS_PER_CHIP   # box_detections_per_img before detection tiles grew
 BYTES_PER_NETWORK_PIXEL = {True: 1200, False: 2000}   # AMP / fp32 inference, resnet50 FPN; scripts/gpu_check.py
                                                       # prints the measured peak so this estimate can be checked
 
@@ -196,9 +197,9 @@ def detection_caps(tile, chip, objects_per_chip=None):
     holds proportionally more objects, so both grow with the tile's area (twice the densest
     training chip's count when the package records it), never below today's."""
     area = (float(tile) / float(chip)) ** 2
-    wanted = TODAY_CAP * area if not objects_per_chip else 2.0 * float(objects_per_chip) * area
+    wanted = TODAY_CAP * area if not objects_per_chip else DETECTIONS_PER_OBJECT * float(objects_per_chip) * area
     detections = max(TODAY_CAP, int(math.ceil(wanted)))
-    return detections, max(1000, 3 * detections)
+    return detections, max(1000, PROPOSALS_PER_DETECTION * detections)
 
 
 def configure_network(net, size, chip, network_scale=1.0, objects_per_chip=None):

@@ -34,30 +34,30 @@ from torchvision.models.detection.transform import resize_boxes
 from torchvision.ops import boxes as box_ops
 
 CELL_TRAINING_PX = 64          # the cell's side in training pixels: half a 128 px chip, a few objects
-PROPOSALS_PER_DETECTION = 3    # inference.detection_caps' ratio
-DETECTIONS_PER_OBJECT = 2
+PROPOSALS_PER_DETECTION = 3    # RPN proposals per detection (inference.detection_caps too)
+DETECTIONS_PER_OBJECT = 2      # detections per object of the densest training chip (inference.detection_caps too)
 DEFAULT_DETECTIONS_PER_CHIP = 300   # torchvision's box_detections_per_img, for packages that record no count
 CELL_SHARE = 2.0   # a cell may keep twice the average: objects cluster, and a global cut gave dense cells more.
                    # Measured (bench packages): 1x vs 2x, F1 at the package's threshold, Banepa 0.186 / 0.205,
                    # Dhaka 0.289 / 0.320, OSBS 0.756 / 0.756; 4x: Dhaka 0.310
 
 
-def per_cell(chip, objects_per_chip=None):
-    """Proposals kept per cell of ``CELL_TRAINING_PX`` training pixels, for a package trained on ``chip`` px
-    chips holding at most ``objects_per_chip`` objects."""
+def cell_and_k(chip, objects_per_chip=None, pixel_ratio=1.0):
+    """(cell side in grid pixels, proposals kept per cell) for a package trained on ``chip`` px chips holding
+    at most ``objects_per_chip`` objects, when one training pixel is ``pixel_ratio`` grid pixels: the cell
+    holds ``CELL_TRAINING_PX`` training pixels."""
     detections = DETECTIONS_PER_OBJECT * float(objects_per_chip) if objects_per_chip else DEFAULT_DETECTIONS_PER_CHIP
     share = (CELL_TRAINING_PX / float(chip)) ** 2
-    return max(1, int(math.ceil(CELL_SHARE * PROPOSALS_PER_DETECTION * detections * share)))
-
-
-def cell_size(pixel_ratio=1.0):
-    """The cell's side in grid pixels, when one training pixel is ``pixel_ratio`` grid pixels."""
-    return max(8, int(round(CELL_TRAINING_PX * pixel_ratio)))
+    k = max(1, int(math.ceil(CELL_SHARE * PROPOSALS_PER_DETECTION * detections * share)))
+    return max(8, int(round(CELL_TRAINING_PX * pixel_ratio))), k
 
 
 def lattice_origin(transform, cell):
     """The grid's top-left pixel on a lattice of ``cell`` px fixed to the map's origin: crops of one image
-    (and tiles of one crop) share their cells. Taken modulo the cell, so the numbers stay small."""
+    (and tiles of one crop) share their cells. Taken modulo the cell, so the numbers stay small. A rotated
+    grid keeps its own origin (its pixels have no lattice on the map's axes)."""
+    if transform.b or transform.d or not transform.a or not transform.e:
+        return 0, 0
     return (int(round(transform.c / transform.a)) % cell, int(round(transform.f / transform.e)) % cell)
 
 
@@ -91,6 +91,10 @@ class LocalProposals:
 
     def __init__(self, rpn, cell, k):
         self.rpn, self.cell, self.k = rpn, int(cell), int(k)
+
+    @classmethod
+    def for_package(cls, rpn, chip, objects_per_chip=None, pixel_ratio=1.0):
+        return cls(rpn, *cell_and_k(chip, objects_per_chip, pixel_ratio))
 
     def __call__(self, image_list, features, original_sizes, tiles):
         rpn = self.rpn

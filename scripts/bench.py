@@ -107,8 +107,8 @@ def raw_model_seconds(raster, package, device, batch, tile, padding, amp):
     net.roi_heads.score_thresh = 0.5
     inference.configure_network(net, tile, pkg.tile_size[0], 1.0, pkg.emd.get("MaxObjectsPerChip"))
     net.to(device).eval()
-    box_net = inference.BoxMaskNet(net, proposal_cut.LocalProposals(       # the cut detection makes
-        net.rpn, proposal_cut.cell_size(), proposal_cut.per_cell(pkg.tile_size[0], pkg.emd.get("MaxObjectsPerChip"))))
+    box_net = inference.BoxMaskNet(net, proposal_cut.LocalProposals.for_package(    # the cut detection makes
+        net.rpn, pkg.tile_size[0], pkg.emd.get("MaxObjectsPerChip")))
     norm = pkg.emd["Normalization"]
     from core.bands import to_network_input
     with rasterio.open(raster) as src:

@@ -111,8 +111,7 @@ def bench_detect(device, backbone, chip, padding, args, amp):
     batch = args.batch or inference.batch_for_memory(device, size, amp=amp)
     tiles = [scene(size, s, 60)[0] for s in range(args.tiles)]
     o = Options(batch)
-    box_net = inference.BoxMaskNet(net, proposal_cut.LocalProposals(net.rpn, proposal_cut.cell_size(),
-                                                                     proposal_cut.per_cell(chip)))
+    box_net = inference.BoxMaskNet(net, proposal_cut.LocalProposals.for_package(net.rpn, chip))
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         torch.cuda.reset_peak_memory_stats(device)

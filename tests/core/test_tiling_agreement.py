@@ -151,7 +151,7 @@ def test_an_objects_proposals_do_not_depend_on_the_rest_of_its_tile(dhaka_packag
         bands = [b + 1 for b in (pkg.emd.get("ExtractBands") or [0, 1, 2])]
         whole = torch.from_numpy(to_network_input(src.read(bands), pkg.normalization))
     assert whole.shape[-2:] == (512, 256)
-    cut = proposal_cut.LocalProposals(net.rpn, proposal_cut.cell_size(), proposal_cut.per_cell(chip, per_chip))
+    cut = proposal_cut.LocalProposals.for_package(net.rpn, chip, per_chip)
 
     def top_rows(image, local):
         side = max(image.shape[-2:])
@@ -173,3 +173,15 @@ def test_an_objects_proposals_do_not_depend_on_the_rest_of_its_tile(dhaka_packag
     assert n >= 50 and matched >= 0.98 * n, (matched, n)
     matched, n = twins(top_rows(whole[:, :256], False), top_rows(whole, False))
     assert matched < 0.95 * n, (matched, n)     # the global cut: other proposals survive in the taller tile
+
+
+def test_crops_of_one_image_share_the_proposal_cells():
+    """The cut's lattice is fixed to the map: a crop 10 px right and 70 px down of another starts 10 and 6 px
+    further along its cells (70 = 64 + 6); a rotated grid, without a lattice on the map's axes, keeps its own."""
+    image = Affine(0.3, 0, 500000.0, 0, -0.3, 4000000.0)
+    x, y = proposal_cut.lattice_origin(image, 64)
+    crop = image * Affine.translation(10, 70)
+    assert proposal_cut.lattice_origin(crop, 64) == ((x + 10) % 64, (y + 70) % 64)
+    assert proposal_cut.lattice_origin(Affine(0, 0.3, 500000.0, 0.3, 0, 4000000.0), 64) == (0, 0)
+    assert proposal_cut.cell_and_k(128, 31) == (64, 93)                 # Banepa's package: 2 x 3 x 62 / 4
+    assert proposal_cut.cell_and_k(128, 31, pixel_ratio=0.5) == (32, 93)
