@@ -97,7 +97,8 @@ def _plan(pkg, o, grid, padding, device, pixel_ratio, largest):
     if o.tile_size:
         size = int(o.tile_size)
     else:
-        size = auto_tile_size(chip, padding, grid.width, grid.height, max(largest, chip))
+        size = auto_tile_size(chip, padding, grid.width, grid.height, max(largest, chip), bool(o.tta),
+                              stride_align(scale))
     side = max(min(size, grid.width), min(size, grid.height))
     cell, per_cell = _proposal_cell(pkg, pixel_ratio)
     proposals = proposal_cut.kept_per_tile(side, cell, per_cell)

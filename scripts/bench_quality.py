@@ -17,11 +17,13 @@ is assessed on the test area only (Compute Accuracy, IoU 0.5, objects whose cent
              package) fine-tuned on TARGET's training blocks for TARGET's epochs, against the base alone and
              against ours of TARGET (from scratch on the same chips, the same epochs), all on TARGET's
              test area (goal: fine-tuned >= base + 0.10 F1 and > scratch).
-  tiling     per scene, ours on a square of the test area that fits one tile: the default tiling against one
-             single tile, objects matched at IoU >= 0.9 (scripts/bench_measure.py); where the default tile
-             holds the whole square (its padding holds half a chip of context, so the default tile grew),
-             tiles of 0.6 the square's side (split_tile) against one; tiling_agreement is the lowest over
-             the scenes where either run found objects (goal >= 0.99).
+  tiling     per scene, ours on a square of the test area that fits one tile (a generated scene: a scene of
+             its own, another seed, of the crop's side): the default tiling against one single tile, objects
+             matched at IoU >= 0.9 (scripts/bench_measure.py); where the default tile holds the whole square
+             (its padding holds half a chip of context, at least 128 px, so the default tile grew), tiles of
+             0.6 the square's side (split_tile) against one, where such tiles keep a core of two paddings
+             ('n/a' where the square is too small for that); tiling_agreement is the lowest over the scenes
+             where either run found objects (goal >= 0.99).
 
 The budget is training images (chip passes) per scene: E = budget / chips, at least 1 epoch. Each phase
 is announced on stderr with its expected seconds (rates learnt as the run goes). Training seconds depend
@@ -109,6 +111,18 @@ def assess_phase(scene, title, package, out, args, phases, fixed=None):
     return figures
 
 
+def tiling_crop(scene, args):
+    """(raster, side): a square of the test area that fits one tile; for a generated scene, whose test area
+    is too narrow to hold two tiles with their context (the camp's: 154 x 384 px), a scene of its own of
+    ``args.crop`` px (another seed: no chip of it was trained on)."""
+    if scene.name not in GENERATED:
+        return crop_test_area(scene.raster, scene.split, args.crop, scene.out / "tiling.tif")
+    g = GENERATED[scene.name]
+    made = engine("sample", "--out", scene.out / "tiling_scene", "--size", args.crop, "--seed", g["seed"] + 1,
+                  "--kind", g["kind"])
+    return made["raster"], args.crop
+
+
 def run_scene(scene, args, phases):
     name, started = scene.name, time.monotonic()
     scene.out.mkdir(parents=True)
@@ -134,7 +148,7 @@ def run_scene(scene, args, phases):
                   stopped=record["stopped"])
     scene.results["recipe"] = recipe
 
-    crop, side = crop_test_area(scene.raster, scene.split, args.crop, scene.out / "tiling.tif")
+    crop, side = tiling_crop(scene, args)
     scene.tiling = phases.run(f"{name}: tiling agreement on {side} px", phases.expect(mpix=3 * side * side / 1e6,
                                                                                       calls=3),
                               lambda: tiling_agreement(crop, side, scene.ours, scene.out / "tiling", args.device))

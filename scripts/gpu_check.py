@@ -36,6 +36,7 @@ from core.data import Chip, ChipDataset, EpochBatches, chip_loader, collate  # n
 from core.model import build_model  # noqa: E402
 from core.train_step import bare_step, train_step  # noqa: E402
 from core.tile_layout import Tile, overlap_factor  # noqa: E402
+from core.tile_layout import NETWORK_STRIDE  # noqa: E402
 from core.tiling import auto_tile_size  # noqa: E402
 from progress_console import Console, about, machine  # scripts/ holds this file  # noqa: E402
 
@@ -103,7 +104,8 @@ def bench_detect(device, backbone, chip, padding, args, amp):
     net = build_model(backbone, 2, (chip, chip)).to(device).eval()
     net.roi_heads.score_thresh = 0.5
     size = args.tile or auto_tile_size(chip, padding, 10000, 10000,
-                                       inference.max_tile_for_memory(device, amp=amp, cpu_limit=args.cpu_tile))
+                                       inference.max_tile_for_memory(device, amp=amp, cpu_limit=args.cpu_tile),
+                                       align=NETWORK_STRIDE)
     caps = inference.configure_network(net, size, chip)
     # An untrained box head scores about half of all proposals above 0.5; a realistic tile holds
     # far fewer objects, so the count is set (and printed) rather than left to chance.

@@ -290,7 +290,7 @@ def test_all_nodata_raster_or_extent_is_said(tmp_path):
     with rasterio.open(tmp_path / "blank.tif", "w", **profile) as dst:
         dst.write(np.zeros((3, profile["height"], profile["width"]), np.uint8))
     pkg = _package(tmp_path / "pkg")
-    with pytest.raises(UserError, match="The raster holds only nodata \\(value 0\\): none of its 4 tiles"):
+    with pytest.raises(UserError, match="The raster holds only nodata \\(value 0\\): none of its 9 tiles"):
         detect(tmp_path / "blank.tif", pkg, tmp_path / "d.gpkg", DetectOptions(tile_size=224), predictor=bright_parts)
     with pytest.raises(UserError, match="The raster holds only nodata \\(value 0\\): its tile has no"):
         detect(tmp_path / "blank.tif", pkg, tmp_path / "d.gpkg", predictor=bright_parts)

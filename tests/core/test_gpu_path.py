@@ -156,6 +156,15 @@ def test_auto_tile_overlap_factor():
     assert auto_tile_size(256, 4, 10000, 10000, max_tile=4096) == 256
 
 
+def test_auto_tile_counts_the_overlap_of_the_tiles_as_laid_out_on_the_stride_lattice():
+    # A 1,536 px camp at 72 px padding: 608 px tiles overlap 1.41 on paper, 2.5 as laid out (16 tiles)
+    assert overlap_factor(1536, 1536, 608, 72) <= 1.5 < overlap_factor(1536, 1536, 608, 72, align=32)
+    size = auto_tile_size(128, 72, 1536, 1536, max_tile=1024, align=32)
+    assert overlap_factor(1536, 1536, size, 72, align=32) <= 1.5 and size % 32 == 0
+    size = auto_tile_size(128, 72, 1536, 1536, max_tile=1024, square=True, align=32)
+    assert overlap_factor(1536, 1536, size, 72, square=True, align=32) <= 1.5
+
+
 def test_auto_tile_finds_the_same_objects_with_fewer_tiles(tmp_path):
     # objects large relative to the 64 px chips (padding 7 for 14 px squares): cores of 50 px
     rng = np.random.default_rng(11)     # apart from each other: one square, one object

@@ -7,7 +7,7 @@ sees it and in one tile over the whole raster alike.
 import numpy as np
 import shapely
 
-from core.contract.packages import default_padding
+from core.contract.packages import EDGE_REACH, default_padding
 from core.seams import ALONE, BORROWED, SEAM, candidate, merge_seams
 from core.tile_layout import tile_grid
 
@@ -83,8 +83,10 @@ def test_margins_count_up_to_the_padding():
 
 def test_default_padding_holds_the_object_and_half_a_chip_of_context():
     assert default_padding(128, 128) == 128                  # Banepa's package: 64 + 64
-    assert default_padding(64) == 48                          # no recorded object size: a quarter chip + half
-    assert default_padding(64, 14, pixel_ratio=2.0) == 78     # counted in the pixels the network sees
+    assert default_padding(512) == 384                        # no recorded object size: a quarter chip + half
+    assert default_padding(256, 14, pixel_ratio=2.0) == 270   # counted in the pixels the network sees
+    assert default_padding(128, 15) == EDGE_REACH             # the camp's 9 px tents: beyond the edge's reach
+    assert default_padding(64, 14, pixel_ratio=2.0) == 2 * EDGE_REACH
     assert default_padding(128, 128, tile_size=448) == 112    # context gives way to keep half the tile as core
     assert default_padding(128, 128, tile_size=128) == 64     # never below the objects' half
     assert np.isclose(default_padding(128, 128, tile_size=2048), 128)

@@ -177,12 +177,13 @@ def test_detect_dialog_on_a_drawn_rectangle_adds_the_styled_layer(plugin, qgis_i
     dialog = _open(plugin, "MaskForgeDetectAction")
     assert dialog.raw("MODEL") == str(package)
     assert "resnet18_fpn · 64×64 px tiles · bands 1,2,3 · classes: 1" in dialog.package_label.text()
-    assert dialog.padding.specialValueText() == "from the package (39 px)"    # objects up to 14 px: 7 + 32 of context
+    # objects up to 14 px: 7 + 32 of context, raised to the reach of a tile's edge (128 px)
+    assert dialog.padding.specialValueText() == "from the package (128 px)"
     dialog.tile.lineEdit().selectAll()
     QTest.keyClicks(dialog.tile.lineEdit(), "96")   # a small tile of the user's: context gives way to the core
     assert dialog.tile.value() == 96 and dialog.padding.specialValueText() == "from the package (24 px)"
     dialog.tile.setValue(dialog.tile.minimum())
-    assert dialog.padding.specialValueText() == "from the package (39 px)"
+    assert dialog.padding.specialValueText() == "from the package (128 px)"
     assert dialog.raw("OUTPUT") == str(scene / "scene" / "image_detections.gpkg")
 
     # A rectangle drawn on the map (in EPSG:3857), used in the raster's CRS (UTM 36N).
