@@ -93,3 +93,11 @@ def test_no_import_circle_and_no_module_over_400_lines():
     report = structure_report.report()
     assert report["circles"] == [], report["circles"]
     assert report["long"] == [], report["long"]
+
+
+def test_the_engine_writes_the_plugins_version_into_its_packages():
+    # MaskForgeVersion in a package's .emd is core.__version__: it said 0.5.1 through 0.5.4
+    sys.path.insert(0, str(ROOT))
+    import core
+    line = next(v for v in (ROOT / "metadata.txt").read_text().splitlines() if v.startswith("version="))
+    assert core.__version__ == line.split("=", 1)[1].strip()
