@@ -10,7 +10,8 @@ from .params import Choice, Param, Step, layer_output
 
 AUTO_THRESHOLD = "the package's, chosen in training for the best F1 (0.5 for packages without one)"
 AUTO_PADDING = ("half the largest training object (from the package; else a quarter of the training chip) plus half a "
-                "training chip of context, less context where the tile would keep a core under half its side")
+                "training chip of context, at least 128 px in all, less context where the tile would keep a core "
+                "under half its side")
 AUTO_TILE = "about 1.5x the raster's pixels through the network, within free memory"
 # Detect Objects' NMS: a pair of outlines is one object seen twice above this IoU. Measured on the Dhaka
 # scene's 557 roofs (tests/core/test_nms.py), traced as pixel masks and grown by a pixel as a network's
