@@ -57,7 +57,7 @@ RECIPE_THRESHOLD = 0.5
 # epochs that left every real scene at F1 0 (README). GPU: the whole default run (5 scenes, ours + recipe
 # + fine-tuning: 11 trainings of about a minute, plus detection) in about 15 minutes on one GPU.
 # The tiling crop: where the default tiling is one tile (at 768 px, since the padding holds half a chip of
-# context), scripts/bench_measure.tiling_agreement splits it into tiles of 0.6 its side.
+# context and at least 128 px), scripts/bench_measure.tiling_agreement splits it into tiles of 0.6 its side.
 CPU = dict(tile=128, budget=300, crop=768, device="cpu", stride=None)     # None: the engine's stride
 GPU = dict(tile=256, budget=1500, crop=768, device="cuda", stride=None)
 QUICK = dict(tile=64, budget=1, crop=96, device="cpu", stride=64, camp_size=192)   # a smoke run: nothing learns

@@ -117,7 +117,8 @@ def package_summary(emd):
             "epochs_trained": len([r for r in emd.get("TrainingHistory") or [] if r.get("epoch")])}
 
 
-# How far a tile's edge reaches into the outlines of a ResNet-FPN (network pixels): the generated camp's
+# How far a tile's edge reaches into the outlines of a ResNet-FPN, in the pixels it reads (its convolutions'
+# reach, whatever the ground size of those pixels, so not scaled by the pixel ratio): the generated camp's
 # 9 px tents, seen 80-112 px from a tile's edge, kept an outline of IoU 0.86-0.94 with one tile over the
 # raster's; from 128 px on, 0.96-1.0 (README, Tiling).
 EDGE_REACH = 128
@@ -134,7 +135,7 @@ def default_padding(chip_size, max_object_size=None, pixel_ratio=1.0, tile_size=
     tents had 72 px). Context, not the object, gives way where ``tile_size`` (the user's, or the largest
     memory allows) would keep a core of less than half the tile."""
     objects = float(max_object_size) / 2 if max_object_size else int(chip_size) / 4.0
-    padding = max(objects + int(chip_size) / 2.0, EDGE_REACH) * pixel_ratio
+    padding = max((objects + int(chip_size) / 2.0) * pixel_ratio, EDGE_REACH)   # the reach: in the pixels read
     if tile_size:
         padding = min(padding, max(objects * pixel_ratio, int(tile_size) / 4.0))
     return int(math.ceil(padding))

@@ -111,9 +111,9 @@ def test_resampling_off_or_another_cell_size(tmp_path):
     off = detect(raster, pkg, tmp_path / "off.gpkg", DetectOptions(resample=False), log, predictor=bright_parts)
     assert not off["resampled"] and off["cell_size"] == [0.25, 0.25]
     assert any("Resampling is off" in line for line in log.lines)
-    # padding counts the pixels the network sees: objects and the 64 px chip's context (at least the edge's
-    # reach) are twice as many pixels at 0.25 m
-    assert off["padding"] == 2 * max(SQUARE // 2 + 64 // 2, EDGE_REACH) and off["kept"] == len(CENTRES)
+    # padding counts the pixels the network sees: objects and the 64 px chip's context are twice as many
+    # pixels at 0.25 m (78), raised to the reach of a tile's edge, which is the network's own (128 px)
+    assert off["padding"] == max(2 * (SQUARE // 2 + 64 // 2), EDGE_REACH) and off["kept"] == len(CENTRES)
     given = detect(raster, pkg, tmp_path / "given.gpkg", DetectOptions(cell_size=1.0), NullReporter(),
                    predictor=bright_parts)
     assert given["cell_size"] == [1.0, 1.0] and given["grid_shape"] == [150, 150]

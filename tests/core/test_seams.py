@@ -86,7 +86,7 @@ def test_default_padding_holds_the_object_and_half_a_chip_of_context():
     assert default_padding(512) == 384                        # no recorded object size: a quarter chip + half
     assert default_padding(256, 14, pixel_ratio=2.0) == 270   # counted in the pixels the network sees
     assert default_padding(128, 15) == EDGE_REACH             # the camp's 9 px tents: beyond the edge's reach
-    assert default_padding(64, 14, pixel_ratio=2.0) == 2 * EDGE_REACH
+    assert default_padding(64, 14, pixel_ratio=2.0) == EDGE_REACH    # the network's reach: not scaled
     assert default_padding(128, 128, tile_size=448) == 112    # context gives way to keep half the tile as core
     assert default_padding(128, 128, tile_size=128) == 64     # never below the objects' half
     assert np.isclose(default_padding(128, 128, tile_size=2048), 128)

@@ -2,8 +2,8 @@
 
 A tiny Mask R-CNN is trained for two epochs (32 steps over its thirty-two 64 px chips, once per test
 session) on the Dhaka scene's dense roofs at the scene's own cells, then the whole 256 x 512 px scene is
-detected in 256 px tiles with the default padding (the default tile now holds the whole scene: one tile,
-no seams) and as one single tile. ``core.agreement.tiling_agreement`` pairs
+detected in 320 px tiles with the default padding at that tile (the default tile holds the whole scene: one
+tile, no seams) and as one single tile. ``core.agreement.tiling_agreement`` pairs
 the two runs' outlines at IoU >= 0.9: at least 99 % of the objects must be found alike.
 """
 import numpy as np
