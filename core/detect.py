@@ -210,8 +210,9 @@ def detect(raster, model, out, options=None, reporter=None, predictor=None, unce
                      f"raster pixels); batch {batch_size} on {device}, {tracer_threads} tracing "
                      f"{'process' if processes else 'thread'}(s)" + (f"; up to {caps[0]} detections per tile" if caps[0] else "") + ".")
         if size - 2 * padding < size / 2 and n_tiles > 1:
-            reporter.warning(f"The padding ({padding} px, for objects up to {2 * padding} px) leaves a core of only "
-                             f"{size - 2 * padding} px per {size} px tile, so tiles overlap heavily. A larger tile size "
+            reporter.warning(f"The padding ({padding} px: half the largest object and context around it) leaves a "
+                             f"core of only {size - 2 * padding} px per {size} px tile, so tiles overlap heavily. A "
+                             f"larger tile size "
                              f"(e.g. {4 * padding} px) needs far fewer tiles.")
 
         out.parent.mkdir(parents=True, exist_ok=True)
