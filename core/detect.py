@@ -209,11 +209,11 @@ def detect(raster, model, out, options=None, reporter=None, predictor=None, unce
                      f"{grid.width}x{grid.height} px: overlap factor {overlap:.2f} (pixels through the network / "
                      f"raster pixels); batch {batch_size} on {device}, {tracer_threads} tracing "
                      f"{'process' if processes else 'thread'}(s)" + (f"; up to {caps[0]} detections per tile" if caps[0] else "") + ".")
-        if size - 2 * padding < size / 2 and n_tiles > 1:
+        # only for the user's tile or padding: the automatic pair is chosen for its overlap factor, logged above
+        if (o.tile_size or o.padding is not None) and size - 2 * padding < size / 2 and n_tiles > 1:
             reporter.warning(f"The padding ({padding} px: half the largest object and context around it) leaves a "
                              f"core of only {size - 2 * padding} px per {size} px tile, so tiles overlap heavily. A "
-                             f"larger tile size "
-                             f"(e.g. {4 * padding} px) needs far fewer tiles.")
+                             f"larger tile size (e.g. {4 * padding} px) needs far fewer tiles.")
 
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = gpkg.partial_path(out)
