@@ -27,10 +27,16 @@ name=value lines, a table per scene (round, labelled blocks and objects, F1 sugg
 suggested round whose F1 reaches the random strategy's final F1, as a share of random's final blocks
 (the same with labelled objects as <scene>_reach_objects_percent: suggested blocks may hold more objects).
 
+With ``--seeds 0,1,2`` the loop runs once per seed (its start blocks, random draws and training seed;
+lines ``<scene>_seedN_...``) and a table of the means follows: per round each strategy's mean F1, the mean
+of suggested minus random with its standard error, the rounds where suggested leads, and the reach read
+from the mean curves (``<scene>_mean_reach_percent``). One loop is one training per round: its F1 moves by
+several hundredths from seed to seed, which is as large as the difference measured, so a claim rests on
+the means.
+
 Usage: nice -n 10 python scripts/bench_label_loop.py [--scenes camp,banepa] [--rounds 4] [--budget 120]
-       [--tile 64] [--start 3] [--step 3] [--quick]
-Outputs under bench_output/label_loop (git-ignored); one run, one training seed: differences of a few
-hundredths of F1 are noise.
+       [--tile 64] [--start 3] [--step 3] [--seeds 0,1,2] [--quick]
+Outputs under bench_output/label_loop (git-ignored).
 """
 import argparse
 import os
@@ -107,7 +113,7 @@ def train_round(scene, blocks, chosen, folder, base, args):
     chips = exported["chips"]
     epochs = max(1, round(args.budget / max(chips, 1)))
     trained = engine("train", "--data", folder / "chips", "--out", folder / "model", "--base", base or "none",
-                     "--epochs", epochs, "--device", args.device, "--overwrite")
+                     "--epochs", epochs, "--device", args.device, "--seed", args.seed, "--overwrite")
     return folder / "model", {"chips": chips, "epochs": epochs, "train_seconds": trained["seconds"]}
 
 
@@ -145,8 +151,8 @@ def scene_inputs(name, args, out):
     return {"raster": raster, "labels": labels}
 
 
-def run_scene(name, args, out):
-    started = time.monotonic()
+def scene_setup(name, args, out):
+    """(the scene's inputs, its split, its blocks, the run's sizes) and the sizes' lines."""
     sizes = {**SIZES.get(name, SIZES["camp"]), **{k: getattr(args, k) for k in ("tile", "budget", "start", "step")
                                                  if getattr(args, k) is not None}}
     local = argparse.Namespace(**{**vars(args), **sizes})
@@ -156,9 +162,17 @@ def run_scene(name, args, out):
     total, total_objects = len(blocks.boxes), int(blocks.objects.sum())
     for key, value in (("tile", local.tile), ("blocks", total), ("block_objects", total_objects),
                        ("budget_images", local.budget), ("start_blocks", local.start), ("step_blocks", local.step),
-                       ("rounds", local.rounds)):
+                       ("rounds", local.rounds), ("seeds", ",".join(map(str, args.seeds)))):
         line(f"{name}_{key}", value)
-    rng = np.random.default_rng(local.seed)
+    return scene, split, blocks, local
+
+
+def run_loop(name, scene, split, blocks, local, seed, out):
+    """One loop (both strategies) with ``seed`` for the start blocks, the random draws and the trainings;
+    its rows. ``name`` prefixes its lines."""
+    started = time.monotonic()
+    local = argparse.Namespace(**{**vars(local), "seed": seed})
+    rng = np.random.default_rng(seed)
     with_objects = np.flatnonzero(blocks.objects > 0)
     start = [int(i) for i in rng.choice(with_objects, size=min(local.start, len(with_objects)), replace=False)]
     say(f"{name}: round 0, {len(start)} blocks, training from random weights")
@@ -195,6 +209,18 @@ def run_scene(name, args, out):
     table(name, rows, blocks)
     line(f"{name}_seconds", round(time.monotonic() - started, 1))
     line(f"{name}_load_average", round(os.getloadavg()[0], 2))
+    return rows
+
+
+def run_scene(name, args, out):
+    """The loop once per seed (``name_seedN`` lines when there are several) and, over several, the mean."""
+    scene, split, blocks, local = scene_setup(name, args, out)
+    runs = []
+    for seed in args.seeds:
+        prefix = name if len(args.seeds) == 1 else f"{name}_seed{seed}"
+        runs.append(run_loop(prefix, scene, split, blocks, local, seed, out / f"seed{seed}"))
+    if len(runs) > 1:
+        mean_table(name, runs, blocks)
 
 
 def report_round(name, row, blocks):
@@ -224,24 +250,65 @@ def table(name, rows, blocks, final=True):
     if not final:
         return
     end = rows[-1]
-    target = end["f1"]["random"]
+    reached = say_reach(name, [row["f1"]["suggested"] for row in rows], end["f1"]["random"],
+                        [len(row["blocks"]["suggested"]) for row in rows], len(end["blocks"]["random"]))
+    if reached is not None:
+        random_objects = int(blocks.objects[end["blocks"]["random"]].sum())
+        line(f"{name}_reach_objects_percent",
+             round(100.0 * blocks.objects[rows[reached]["blocks"]["suggested"]].sum() / max(random_objects, 1), 1))
+
+
+def say_reach(name, suggested, target, counts, final_count, of=""):
+    """The round whose suggested F1 first reaches ``target`` (random's final), or None; its labelled blocks
+    as a share of random's final ``final_count`` in a line and in words."""
     if target <= 0:
         line(f"{name}_reach_percent", "n/a")
-        print("labels for suggested to reach random's final F1: n/a, random's final F1 is 0: the budget taught "
+        print(f"labels for suggested to reach random's final F1{of}: n/a, random's final F1 is 0: the budget taught "
               "nothing, so this measures nothing (goal <= 60 %)", flush=True)
-        return
-    reach = next((row for row in rows if row["f1"]["suggested"] >= target), None)
-    if reach is None:
+        return None
+    reached = next((k for k, f1 in enumerate(suggested) if f1 >= target), None)
+    if reached is None:
         line(f"{name}_reach_percent", "not reached")
-        print("labels for suggested to reach random's final F1: not reached (goal <= 60 %)", flush=True)
-        return
-    percent = 100.0 * len(reach["blocks"]["suggested"]) / len(end["blocks"]["random"])
-    random_objects = int(blocks.objects[end["blocks"]["random"]].sum())
-    line(f"{name}_reach_round", reach["round"])
+        print(f"labels for suggested to reach random's final F1{of}: not reached (goal <= 60 %)", flush=True)
+        return None
+    percent = 100.0 * counts[reached] / final_count
+    line(f"{name}_reach_round", reached)
     line(f"{name}_reach_percent", round(percent, 1))
-    line(f"{name}_reach_objects_percent",
-         round(100.0 * blocks.objects[reach["blocks"]["suggested"]].sum() / max(random_objects, 1), 1))
-    print(f"labels for suggested to reach random's final F1: {percent:.0f} % (goal <= 60 %)", flush=True)
+    print(f"labels for suggested to reach random's final F1{of}: {percent:.0f} % (goal <= 60 %)", flush=True)
+    return reached
+
+
+def mean_table(name, runs, blocks):
+    """Over several seeds' loops: per round each strategy's mean F1 and the mean of suggested minus random with
+    its standard error (one training per round and seed moves F1 by several hundredths; the mean of n seeds
+    is about sqrt(n) times steadier), the rounds where suggested leads, and the reach read from the means."""
+    n, rounds, total = len(runs), min(len(run) for run in runs), len(blocks.boxes)
+    means, printed = [], []
+    for k in range(rounds):
+        rows = [run[k] for run in runs]
+        f1 = {s: float(np.mean([r["f1"][s] for r in rows])) for s in STRATEGIES}
+        best = {s: float(np.mean([r["f1_best"][s] for r in rows])) for s in STRATEGIES}
+        objects = {s: float(np.mean([blocks.objects[r["blocks"][s]].sum() for r in rows])) for s in STRATEGIES}
+        diff = np.asarray([r["f1"]["suggested"] - r["f1"]["random"] for r in rows])
+        error = float(diff.std(ddof=1) / np.sqrt(n))
+        count = len(rows[0]["blocks"]["random"])
+        means.append(dict(f1=f1, count=count))
+        for s in STRATEGIES:
+            line(f"{name}_mean_round{k}_{s}_f1", round(f1[s], 4))
+        line(f"{name}_mean_round{k}_difference", round(float(diff.mean()), 4))
+        line(f"{name}_mean_round{k}_difference_se", round(error, 4))
+        printed.append(f"| {k} | {count} | {objects['suggested']:.0f} / {objects['random']:.0f} |"
+                       f" {f1['suggested']:.3f} | {f1['random']:.3f} | {diff.mean():+.3f} +- {error:.3f} |"
+                       f" {best['suggested']:.3f} / {best['random']:.3f} |")
+    print(f"\n{name}: mean held-out F1 (IoU 0.5) over {n} seeds per round; labelled blocks of {total}")
+    print("| round | blocks | objects suggested / random | F1 suggested | F1 random | suggested - random (+- s.e.) |"
+          " best F1 suggested / random |")
+    print("|---|---|---|---|---|---|---|")
+    print("\n".join(printed) + "\n", flush=True)
+    leads = sum(run[k]["f1"]["suggested"] > run[k]["f1"]["random"] for run in runs for k in range(1, rounds))
+    line(f"{name}_rounds_suggested_leads", f"{leads}/{n * (rounds - 1)}")
+    say_reach(f"{name}_mean", [m["f1"]["suggested"] for m in means], means[-1]["f1"]["random"],
+              [m["count"] for m in means], means[-1]["count"], of=f" (means of {n} seeds)")
 
 
 def parse_args(argv=None):
@@ -252,7 +319,9 @@ def parse_args(argv=None):
     ap.add_argument("--tile", type=int, help="block and chip side in pixels (default: camp 64, banepa 128)")
     ap.add_argument("--start", type=int, help="labelled blocks at the start (default: camp 3, banepa 4)")
     ap.add_argument("--step", type=int, help="blocks added per round (default: camp 3, banepa 4)")
-    ap.add_argument("--seed", type=int, default=0, help="the random draws' seed (start blocks, random strategy)")
+    ap.add_argument("--seeds", "--seed", default="0",
+                    help="comma-separated seeds, one loop each (start blocks, random draws, trainings); with "
+                         "several, the mean table over them follows (default 0)")
     ap.add_argument("--quick", action="store_true", help=f"a smoke run: {QUICK}")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data"), help="the real scenes' folder")
@@ -264,6 +333,12 @@ def parse_args(argv=None):
             if key in ("rounds", "camp_size") or getattr(args, key) is None:
                 setattr(args, key, value)
     args.scenes = [s.strip() for s in args.scenes.split(",") if s.strip()]
+    try:
+        args.seeds = list(dict.fromkeys(int(v) for v in str(args.seeds).split(",") if v.strip()))
+    except ValueError:
+        ap.error(f"--seeds takes whole numbers separated by commas, not '{args.seeds}'")
+    if not args.seeds or min(args.seeds) < 0:
+        ap.error("--seeds needs at least one seed, each 0 or more")
     unknown = [s for s in args.scenes if s not in GENERATED and s not in REAL]
     if unknown or not args.scenes:
         ap.error(f"unknown scene(s) {', '.join(unknown) or '(none)'}: choose from camp, {', '.join(REAL)}")

@@ -1,6 +1,7 @@
 """scripts/bench_label_loop.py without training: its blocks lie in the training area and are whole chips that
 export keeps (a rounding once dropped some blocks' own chips), a suggested tile maps back to its block, and
-the table's last line reads the labels suggested needed from the rounds."""
+the table's last line reads the labels suggested needed from the rounds, on one seed and on the means of
+several."""
 import contextlib
 import io
 import sys
@@ -12,7 +13,7 @@ import shapely
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from bench_label_loop import Blocks, table  # noqa: E402
+from bench_label_loop import Blocks, mean_table, parse_args, table  # noqa: E402
 from bench_scenes import DEFAULT_SHARE, split_scene  # noqa: E402
 
 from core.chips import ExportOptions, export_training_data  # noqa: E402
@@ -58,3 +59,32 @@ def test_the_last_line_reads_the_labels_suggested_needed():
     with contextlib.redirect_stdout(said):
         table("t", rows([0.0, 0.0], [0.0, 0.0]), blocks)
     assert "t_reach_percent=n/a" in said.getvalue()
+
+
+def _rows(suggested, random):
+    return [dict(round=r, blocks={"suggested": list(range(2 + 2 * r)), "random": list(range(2 + 2 * r))},
+                 f1={"suggested": s, "random": f}, f1_best={"suggested": s, "random": f})
+            for r, (s, f) in enumerate(zip(suggested, random))]
+
+
+def test_the_mean_table_reads_the_reach_from_the_means_of_the_seeds():
+    blocks = type("B", (), {"boxes": np.empty(20, dtype=object), "objects": np.ones(20, np.int64)})()
+    runs = [_rows([0.2, 0.6, 0.9, 0.9, 0.9], [0.2, 0.5, 0.6, 0.7, 0.8]),     # alone: reaches 0.8 at round 2
+            _rows([0.1, 0.5, 0.95, 0.9, 0.9], [0.1, 0.6, 0.7, 0.9, 1.0])]    # alone: never reaches 1.0
+    said = io.StringIO()
+    with contextlib.redirect_stdout(said):
+        mean_table("t", runs, blocks)
+    out = said.getvalue()
+    # means: suggested 0.15 0.55 0.925 0.9 0.9, random 0.15 0.55 0.65 0.8 0.9: reached at round 2, 6 of 10 blocks
+    assert "t_mean_round2_suggested_f1=0.925" in out and "t_mean_round4_random_f1=0.9" in out
+    assert "t_mean_reach_round=2" in out and "t_mean_reach_percent=60.0" in out
+    assert "(means of 2 seeds): 60 %" in out
+    assert "t_rounds_suggested_leads=5/8" in out     # rounds 1-4: seed 0 leads in all four, seed 1 in one
+    assert "t_mean_round1_difference=0.0" in out and "t_mean_round1_difference_se=0.1" in out
+    assert "| 2 | 6 | 6 / 6 | 0.925 | 0.650 | +0.275 +- 0.025 |" in out
+
+
+def test_seeds_are_read_once_each_and_checked():
+    assert parse_args(["--seeds", "2,0,2"]).seeds == [2, 0]
+    assert parse_args(["--seed", "3"]).seeds == [3]
+    assert parse_args([]).seeds == [0]
