@@ -21,11 +21,12 @@ from dataclasses import dataclass
 
 from qgis.core import (Qgis, QgsCoordinateReferenceSystem, QgsCoordinateTransform, QgsCoordinateTransformContext,
                        QgsDataSourceUri, QgsProject, QgsRasterBlockFeedback, QgsRasterFileWriter, QgsRasterPipe,
-                       QgsRectangle, QgsVectorFileWriter)
+                       QgsRectangle, QgsUnitTypes, QgsVectorFileWriter)
 
 from ..core.errors import UserError
 from ..core.sources import (MapService, TileService, mercator_cell, write_service, zoom_for_cell,
                             zoom_resolution)
+from ..core.contract.detect import RESAMPLE_TOLERANCE
 from ..core.contract.invalid import InvalidInput
 from ..core.contract.params import absolute
 from . import settings
@@ -91,6 +92,44 @@ def _latitude(layer, extent):
     centre = QgsRectangle(*extent).center()
     to_wgs84 = QgsCoordinateTransform(layer.crs(), QgsCoordinateReferenceSystem("EPSG:4326"), QgsProject.instance())
     return to_wgs84.transform(centre).y()
+
+
+# core.geodata's (the engine's, which QGIS cannot import: rasterio), for the dialog's hints
+METRES_PER_DEGREE_LAT, METRES_PER_DEGREE_LON = 110574.0, 111320.0
+
+
+def _ground_metres(crs, cell, latitude):
+    """The mean side in metres on the ground of a square ``cell`` of ``crs`` units at ``latitude``, as
+    core.geodata.ground_cell_size counts it (degrees shrink with the latitude, Mercator metres grow)."""
+    lat = math.radians(max(-85.0, min(85.0, latitude)))
+    if crs is None or not crs.isValid():
+        return cell
+    if crs.isGeographic():
+        return cell * math.sqrt(METRES_PER_DEGREE_LON * math.cos(lat) * METRES_PER_DEGREE_LAT)
+    unit = QgsUnitTypes.fromUnitToUnitFactor(crs.mapUnits(), Qgis.DistanceUnit.Meters)
+    return cell * unit * (math.cos(lat) if crs.projectionAcronym() == "merc" else 1.0)
+
+
+def grid_pixel_ratio(layer, model, cell_size=None, resample=True):
+    """Grid pixels per training pixel as the engine will read ``layer`` with a package of ``model_cell``
+    (core.resolution.choose, whose padding and tile count grid pixels): 1 where it resamples to the
+    package's cells or they match within RESAMPLE_TOLERANCE; else the package's cell on the ground over
+    the cells read (``cell_size`` in the layer's units, or its own). 1 for a web layer (fetched at the
+    package's cells) and wherever a side is unknown."""
+    if layer is None or not model or is_web(layer) or not layer.crs().isValid() or layer.width() < 1:
+        return 1.0
+    cell, wkt = model
+    e = layer.extent()
+    latitude = _latitude(layer, (e.xMinimum(), e.yMinimum(), e.xMaximum(), e.yMaximum()))
+    package_crs = QgsCoordinateReferenceSystem.fromWkt(wkt) if wkt else None
+    package_m = _ground_metres(package_crs, float(cell), latitude)
+    own = math.sqrt(layer.rasterUnitsPerPixelX() * layer.rasterUnitsPerPixelY())
+    raster_m = _ground_metres(layer.crs(), own, latitude)
+    if cell_size and cell_size > 0:
+        return package_m / (raster_m * float(cell_size) / own)
+    if resample or abs(package_m / raster_m - 1.0) <= RESAMPLE_TOLERANCE:
+        return 1.0
+    return package_m / raster_m
 
 
 def model_cell(emd):

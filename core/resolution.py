@@ -16,9 +16,8 @@ raster's latitude (said in the log).
 import math
 from dataclasses import dataclass
 
+from .contract.detect import RESAMPLE_TOLERANCE as TOLERANCE
 from .geodata import crs_of, ground_cell_size, is_mercator, raster_latitude
-
-TOLERANCE = 0.10     # cells within 10 % of the package's are read as they are (resampling would only blur)
 
 
 @dataclass

@@ -13,6 +13,9 @@ AUTO_PADDING = ("half the largest training object (from the package; else a quar
                 "training chip of context, at least 128 px in all, less context where the tile would keep a core "
                 "under half its side")
 AUTO_TILE = "about 1.5x the raster's pixels through the network, within free memory"
+# Cells within this share of the package's (on the ground) are read as they are: resampling would only blur
+# (core/resolution.py decides; the Detect dialog's padding hint follows it).
+RESAMPLE_TOLERANCE = 0.10
 # Detect Objects' NMS: a pair of outlines is one object seen twice above this IoU. Measured on the Dhaka
 # scene's 557 roofs (tests/core/test_nms.py), traced as pixel masks and grown by a pixel as a network's
 # masks spill: touching neighbours overlap by IoU 0.135 at most (99 % below 0.09); 0 (Esri's) keeps 28 %

@@ -184,6 +184,12 @@ def test_detect_dialog_on_a_drawn_rectangle_adds_the_styled_layer(plugin, qgis_i
     assert dialog.tile.value() == 96 and dialog.padding.specialValueText() == "from the package (24 px)"
     dialog.tile.setValue(dialog.tile.minimum())
     assert dialog.padding.specialValueText() == "from the package (128 px)"
+    cell = dialog.fields["CELL_SIZE"].widget    # a quarter of the raster's 0.3 m: objects read 4x their training size
+    cell.lineEdit().selectAll()
+    QTest.keyClicks(cell.lineEdit(), "0.075")
+    assert dialog.padding.specialValueText() == "from the package (156 px; 4 px read per training px)"   # 39 x 4
+    cell.setValue(cell.minimum())
+    assert dialog.padding.specialValueText() == "from the package (128 px)"
     assert dialog.raw("OUTPUT") == str(scene / "scene" / "image_detections.gpkg")
 
     # A rectangle drawn on the map (in EPSG:3857), used in the raster's CRS (UTM 36N).

@@ -10,7 +10,7 @@ from ...core.contract import Detect
 from ...core.contract.detect import REGULARIZE
 from ...core.contract.invalid import InvalidInput
 from ...core.contract.packages import default_padding, package_summary, read_emd
-from ...bridge.layers import model_cell, raster_info, raster_values
+from ...bridge.layers import grid_pixel_ratio, model_cell, raster_info, raster_values
 from ...bridge.result_layers import add_result_layer
 from .export_dialog import describe_raster
 from .extent_picker import ExtentPicker
@@ -60,7 +60,11 @@ class DetectDialog(JobDialog):
 
         self.raster.layerChanged.connect(self._raster_changed)
         self.model.fileChanged.connect(self._model_changed)
-        self.tile.valueChanged.connect(lambda _: self._model_changed(self.model.filePath()))
+        refresh = lambda *_: self._model_changed(self.model.filePath())   # noqa: E731 (the padding hint)
+        self.tile.valueChanged.connect(refresh)
+        self.raster.layerChanged.connect(refresh)
+        self.fields["RESAMPLE"].widget.toggled.connect(refresh)
+        self.fields["CELL_SIZE"].widget.valueChanged.connect(refresh)
         self.resize(640, 600)
 
     def default(self, key):
@@ -94,7 +98,8 @@ class DetectDialog(JobDialog):
             self.package_label.setText("")
             return
         try:
-            summary = package_summary(read_emd(path))
+            emd = read_emd(path)
+            summary = package_summary(emd)
         except InvalidInput as exc:
             self.package_label.setText(f"⚠ {exc}")
             return
@@ -104,9 +109,13 @@ class DetectDialog(JobDialog):
         self.regularize.setItemText(0, "The package's: " + ", ".join(
             f"{names.get(v, v)}: {m.replace('_', ' ')}" for v, m in sorted(methods.items()))
             if methods else REGULARIZE[0].label)
-        padding = default_padding(summary["tile_size"][0], summary["max_object_size"],
+        # counted in the pixels read, as the engine counts it: more where the raster is read finer than trained
+        ratio = grid_pixel_ratio(self.raster.currentLayer(), model_cell(emd), self.raw("CELL_SIZE"),
+                                 bool(self.raw("RESAMPLE")))
+        padding = default_padding(summary["tile_size"][0], summary["max_object_size"], pixel_ratio=ratio,
                                   tile_size=self.raw("TILE_SIZE"))   # None: "automatic"
-        self.padding.setSpecialValueText(f"from the package ({padding} px)")
+        finer = "" if ratio == 1.0 else f"; {ratio:.3g} px read per training px"
+        self.padding.setSpecialValueText(f"from the package ({padding} px{finer})")
         self.tile.setSpecialValueText(f"automatic (trained on {summary['tile_size'][0]} px chips)")
 
     def values(self):

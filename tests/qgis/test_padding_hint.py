@@ -1,0 +1,59 @@
+"""The Detect dialog's padding hint counts the pixels the engine will read: ``bridge.layers.grid_pixel_ratio``
+gives core.resolution.choose's pixel ratio for rasters in UTM, EPSG:4326, EPSG:3857 and US feet at half the
+package's cells, with resampling off, a cell size given, and the default (resampled: ratio 1)."""
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import rasterio
+from affine import Affine
+from pyproj import CRS, Transformer
+from qgis.core import QgsRasterLayer
+
+from core import resolution
+from core.progress import NullReporter
+
+LAT = 24.0
+PACKAGE_CELL = 0.5     # metres, UTM 46N
+
+
+def _write(path, crs, transform, size=80):
+    with rasterio.open(path, "w", driver="GTiff", width=size, height=size, count=3, dtype="uint8", crs=crs,
+                       transform=transform) as dst:
+        dst.write(np.zeros((3, size, size), np.uint8))
+    return str(path)
+
+
+def _rasters(tmp_path):
+    """{name: path}: 0.25 m on the ground in UTM, degrees, Mercator metres and US feet; one at the package's."""
+    utm = CRS.from_epsg(32646)
+    x0, y0 = Transformer.from_crs(4326, utm, always_xy=True).transform(90.4, LAT)
+    centre = LAT - 10.0 / 110574.0
+    dx, dy = 0.25 / (111320.0 * math.cos(math.radians(centre))), 0.25 / 110574.0
+    mx, my = Transformer.from_crs(4326, 3857, always_xy=True).transform(90.4, LAT)
+    mercator = 0.25 / math.cos(math.radians(centre))
+    return {"utm": _write(tmp_path / "utm.tif", "EPSG:32646", Affine(0.25, 0, x0, 0, -0.25, y0)),
+            "wgs84": _write(tmp_path / "wgs84.tif", "EPSG:4326", Affine(dx, 0, 90.4, 0, -dy, LAT)),
+            "mercator": _write(tmp_path / "mercator.tif", "EPSG:3857", Affine(mercator, 0, mx, 0, -mercator, my)),
+            "feet": _write(tmp_path / "feet.tif", "EPSG:2263", Affine(0.25 / 0.3048006096, 0, 980000, 0,
+                                                                     -0.25 / 0.3048006096, 200000)),   # US feet
+            "same": _write(tmp_path / "same.tif", "EPSG:32646", Affine(0.52, 0, x0, 0, -0.52, y0))}
+
+
+@pytest.mark.parametrize("name", ["utm", "wgs84", "mercator", "feet", "same"])
+@pytest.mark.parametrize("resample, cell_factor", [(False, None), (True, None), (True, 0.5), (False, 3.0)])
+def test_the_hint_reads_the_pixels_the_engine_reads(maskforge, qgis_app, tmp_path, name, resample, cell_factor):
+    from maskforge.bridge.layers import grid_pixel_ratio
+    path = _rasters(tmp_path)[name]
+    wkt = CRS.from_epsg(32646).to_wkt()
+    layer = QgsRasterLayer(path, name)
+    assert layer.isValid()
+    with rasterio.open(path) as src:
+        cell_size = abs(src.transform.a) * cell_factor if cell_factor else None
+        engine = resolution.choose(SimpleNamespace(emd={"CellSize": PACKAGE_CELL, "SpatialReference": wkt}), src,
+                                   cell_size, resample, NullReporter()).pixel_ratio
+    hint = grid_pixel_ratio(layer, (PACKAGE_CELL, wkt), cell_size, resample)
+    assert hint == pytest.approx(engine, rel=0.01)
+    if name != "same" and not resample and cell_factor is None:
+        assert hint == pytest.approx(2.0, rel=0.01)      # 0.5 m cells over 0.25 m: two pixels read per trained one
