@@ -189,7 +189,8 @@ def _run_compare(args, reporter):
 def _run_suggest(args, reporter):
     from .suggest import SuggestOptions, suggest
     options = SuggestOptions(
-        extent=args.extent, labels=args.labels, tile_size=args.tile_size, top=args.top, near=args.near, tta=args.tta,
+        extent=args.extent, labels=args.labels, tile_size=args.tile_size, top=args.top, spread=not args.no_spread,
+        near=args.near, tta=args.tta,
         batch_size=args.batch_size, device=args.device, layer=args.layer, proposals_layer=args.proposals_layer,
         overwrite=args.overwrite)
     return suggest(args.raster, args.model, args.out, options, reporter)

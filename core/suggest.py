@@ -9,7 +9,13 @@ package's threshold, since the objects just below it are the ones the model near
 detection carries its ``Uncertainty`` (``core.uncertainty``).
 
 A tile's score is the sum of its detections' uncertainties: a tile of many unsure objects teaches the
-next training most. Its ``Why`` counts what makes it unsure: objects whose score lies within ``near``
+next training most. The list is *spread*: a tile next to (or corner to corner with) a higher-ranked one
+waits until no tile elsewhere remains. Uncertainty clusters (a patch of one ground, an area's edge), and a
+round of neighbouring tiles shows the network one kind of place several times (top-k uncertainty's
+known redundancy in batch active learning); on the generated camp three neighbouring blocks along the
+raster's edge topped one round's list. ``spread=False`` keeps the plain order.
+
+A tile's ``Why`` counts what makes it unsure: objects whose score lies within ``near``
 of the threshold, objects the dihedral variants disagree on (variants signal >= 0.5: at least a
 quarter of the variants miss an object the others see surely), unsure outlines (mask signal >= 0.5),
 and boxes over a surer one (crowding signal >= 0.5: overlapping a higher-scored box by IoU 0.25 or more).
@@ -55,6 +61,7 @@ class SuggestOptions:
     labels: str = None            # labels (or labelled blocks), any OGR layer: their tiles are skipped
     tile_size: float = None       # ranking tile side in the raster's CRS units; None: the package's chip
     top: int = TOP                # tiles written
+    spread: bool = True           # no two listed tiles side by side while tiles elsewhere remain (module docstring)
     near: float = NEAR            # see NEAR
     tta: str = None               # test-time augmentation merge (mean, max, min: adds the variants signal, 8x the
                                   # time); None: one pass. Measured on the camp (README): the variants signal did not
@@ -194,6 +201,19 @@ def rank_tiles(tiles, cols, origin, side, geoms, fields, threshold, near):
     return stats, tile_of
 
 
+def spread(order, cols, top):
+    """The first ``top`` tiles of ``order`` (indices row * cols + col), none touching an earlier-listed one
+    (sides or corners), then the held-back tiles in their order where too few remain apart."""
+    listed, held = [], []
+    for i in (int(i) for i in order):
+        row, col = divmod(i, cols)
+        near = any(abs(row - r) <= 1 and abs(col - c) <= 1 for r, c in (divmod(j, cols) for j in listed))
+        (held if near else listed).append(i)
+        if len(listed) == top:
+            break
+    return np.asarray((listed + held)[:top], dtype=np.int64)
+
+
 def why(stats, i):
     """The reasons a tile ranks where it does, largest first, in words."""
     near, disagree, unsure, crowded = (int(stats[k][i]) for k in ("NearThreshold", "VariantsDisagree",
@@ -286,7 +306,7 @@ def suggest(raster, model, out, options=None, reporter=None, predictor=None):
         stats["Score"][labelled] = 0.0
         candidates = np.flatnonzero((stats["Score"] > 0) & ~labelled)
         order = candidates[np.lexsort((candidates, -stats["Score"][candidates]))]
-        top = order[:int(o.top)]
+        top = spread(order, cols, int(o.top)) if o.spread else order[:int(o.top)]
         rank_of = np.zeros(len(tiles), np.int64)
         rank_of[top] = np.arange(1, len(top) + 1)
         chosen = rank_of[tile_of] > 0 if len(geoms) else np.zeros(0, bool)
@@ -307,7 +327,7 @@ def suggest(raster, model, out, options=None, reporter=None, predictor=None):
                "bounds": [round(v, 6) for v in tiles[i].bounds]} for k, i in enumerate(top)]
     reporter.progress(100, f"{len(top)} tiles suggested.")
     return {"tiles": len(tiles), "labelled_tiles": int(labelled.sum()), "tiles_with_detections": int(len(candidates)),
-            "tile_size": side, "threshold": threshold, "near": float(o.near), "tta": o.tta,
+            "tile_size": side, "spread": bool(o.spread), "threshold": threshold, "near": float(o.near), "tta": o.tta,
             "detections": int(len(geoms)), "proposals": int(chosen.sum()), "top": listed,
             "output": str(out), "layer": layer, "source": f"{out}|layername={layer}",
             "proposals_layer": proposals_layer, "proposals_source": f"{out}|layername={proposals_layer}",

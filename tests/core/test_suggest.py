@@ -17,7 +17,7 @@ from affine import Affine
 from core import inference
 from core.errors import Cancelled, UserError
 from core.progress import NullReporter
-from core.suggest import SuggestOptions, suggest
+from core.suggest import SuggestOptions, spread, suggest
 from tests.core.test_detect import SQUARE, _package, bright_parts
 from tests.core.test_uncertainty import flips
 
@@ -118,6 +118,37 @@ def test_a_box_over_a_surer_one_is_said(tmp_path):
     assert crowded.any() and np.allclose(p["UncertaintyCrowding"][crowded], 4 / 7, atol=1e-3)
     assert np.allclose(p["UncertaintyCrowding"][~crowded], 0) and (p["Area"][crowded] < p["Area"][~crowded].min()).all()
     assert any("over a surer one" in t["why"] for t in result["top"])
+
+
+def test_spread_lists_no_two_neighbours_while_tiles_elsewhere_remain():
+    # a 4 x 3 grid (index = row * 4 + col) ranked 5, 6, 9, 0, 11, 3: 6 and 9 touch 5 by a side, 0 by a corner
+    assert list(spread([5, 6, 9, 0, 11, 3], 4, 3)) == [5, 11, 3]
+    assert list(spread([5, 6, 9, 0, 11, 3], 4, 5)) == [5, 11, 3, 6, 9]    # then the held ones, in their order
+    assert list(spread([5, 6], 4, 3)) == [5, 6]                           # too few apart: neighbours fill in
+
+
+def test_a_tile_apart_is_listed_before_the_neighbour_of_a_higher_one(tmp_path):
+    """Three tiles in a row: the two on the left unsure (4 and 3 objects near the threshold), the right one less
+    (1): spread lists left, right, then middle; the plain order left, middle, right."""
+    data = np.zeros((3, 64, 192), np.uint8)
+    for x, y, score in [(12, 12, 0.52), (40, 12, 0.47), (12, 44, 0.55), (44, 44, 0.5),
+                        (76, 12, 0.52), (108, 12, 0.48), (76, 44, 0.53), (140, 30, 0.51)]:
+        data[0, y - SQUARE // 2:y + SQUARE // 2, x - SQUARE // 2:x + SQUARE // 2] = 255
+        data[1, y - SQUARE // 2:y + SQUARE // 2, x - SQUARE // 2:x + SQUARE // 2] = round(score * 255)
+    with rasterio.open(tmp_path / "row.tif", "w", driver="GTiff", width=192, height=64, count=3, dtype="uint8",
+                       crs="EPSG:32636", transform=TRANSFORM) as dst:
+        dst.write(data)
+    pkg = _package(tmp_path / "pkg", DetectionThreshold=0.5)
+
+    def columns(result):
+        return [int(round((t["bounds"][0] - 400000) / 32)) for t in result["top"]]
+    result = suggest(tmp_path / "row.tif", pkg, tmp_path / "next.gpkg", SuggestOptions(top=3), predictor=scored)
+    assert columns(result) == [0, 2, 1] and result["spread"]
+    _, fields = _layer(tmp_path / "next.gpkg", "label_next")
+    assert list(fields["Rank"]) == [1, 2, 3] and list(fields["NearThreshold"]) == [4, 1, 3]
+    plain = suggest(tmp_path / "row.tif", pkg, tmp_path / "plain.gpkg", SuggestOptions(top=3, spread=False),
+                    predictor=scored)
+    assert columns(plain) == [0, 1, 2]
 
 
 def test_labelled_tiles_are_skipped(tmp_path):
