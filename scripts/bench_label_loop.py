@@ -39,6 +39,7 @@ Usage: nice -n 10 python scripts/bench_label_loop.py [--scenes camp,banepa] [--r
 Outputs under bench_output/label_loop (git-ignored).
 """
 import argparse
+import math
 import os
 import shutil
 import sys
@@ -122,7 +123,8 @@ def suggest_blocks(scene, blocks, chosen, package, folder, args, rng):
     mask = blocks.write(chosen, folder / "labelled_for_suggest.gpkg")
     ranked = engine("suggest", "--raster", scene["raster"], "--model", package, "--out", folder / "suggest.gpkg",
                     "--labels", mask, extent_arg(blocks.area), "--tile-size", repr(blocks.side),
-                    "--top", args.step + len(chosen), "--device", args.device, "--overwrite")
+                    "--top", args.step + len(chosen), "--device", args.device, "--overwrite",
+                    *(["--no-spread"] if args.no_spread else []))
     picked = []
     for tile in ranked["top"]:
         i = blocks.index_of(tile["bounds"])
@@ -162,7 +164,8 @@ def scene_setup(name, args, out):
     total, total_objects = len(blocks.boxes), int(blocks.objects.sum())
     for key, value in (("tile", local.tile), ("blocks", total), ("block_objects", total_objects),
                        ("budget_images", local.budget), ("start_blocks", local.start), ("step_blocks", local.step),
-                       ("rounds", local.rounds), ("seeds", ",".join(map(str, args.seeds)))):
+                       ("rounds", local.rounds), ("seeds", ",".join(map(str, args.seeds))),
+                       ("strategies", ",".join(args.strategies)), ("spread", int(not args.no_spread))):
         line(f"{name}_{key}", value)
     return scene, split, blocks, local
 
@@ -187,6 +190,10 @@ def run_loop(name, scene, split, blocks, local, seed, out):
     for r in range(1, local.rounds + 1):
         row = dict(round=r, blocks={}, f1={}, f1_best={}, info={})
         for s in STRATEGIES:
+            if s not in local.strategies:     # not run: its labels stay, its figures are unknown
+                row["blocks"][s], row["f1"][s], row["f1_best"][s] = rows[-1]["blocks"][s], math.nan, math.nan
+                row["info"][s] = None
+                continue
             folder = out / f"round{r}_{s}"
             folder.mkdir(parents=True, exist_ok=True)
             chosen = rows[-1]["blocks"][s]
@@ -206,7 +213,7 @@ def run_loop(name, scene, split, blocks, local, seed, out):
             table(name, rows, blocks, final=False)     # a run cut short still has its table so far
     line(f"{name}_test_truth", first["truth"])
     line(f"{name}_suggest_filled", filled)
-    table(name, rows, blocks)
+    table(name, rows, blocks, final=len(local.strategies) == len(STRATEGIES))
     line(f"{name}_seconds", round(time.monotonic() - started, 1))
     line(f"{name}_load_average", round(os.getloadavg()[0], 2))
     return rows
@@ -220,11 +227,11 @@ def run_scene(name, args, out):
         prefix = name if len(args.seeds) == 1 else f"{name}_seed{seed}"
         runs.append(run_loop(prefix, scene, split, blocks, local, seed, out / f"seed{seed}"))
     if len(runs) > 1:
-        mean_table(name, runs, blocks)
+        mean_table(name, runs, blocks, compare=len(args.strategies) == len(STRATEGIES))
 
 
 def report_round(name, row, blocks):
-    for s in STRATEGIES:
+    for s in (s for s in STRATEGIES if row["info"][s] is not None):
         prefix = f"{name}_round{row['round']}_{s}"
         chosen = row["blocks"][s]
         line(f"{prefix}_blocks", len(chosen))
@@ -235,6 +242,11 @@ def report_round(name, row, blocks):
         line(f"{prefix}_f1_best", row["f1_best"][s])
 
 
+def _run_strategy(row):
+    """A strategy that ran in ``row`` (random where both did): its labelled blocks are the round's count."""
+    return "random" if not math.isnan(row["f1"]["random"]) else "suggested"
+
+
 def table(name, rows, blocks, final=True):
     total, objects = len(blocks.boxes), int(blocks.objects.sum())
     print(f"\n{name}: held-out F1 (IoU 0.5) per round; labelled blocks of {total} (objects of {objects})")
@@ -242,7 +254,7 @@ def table(name, rows, blocks, final=True):
           " best F1 suggested / random |")
     print("|---|---|---|---|---|---|---|")
     for row in rows:
-        n = len(row["blocks"]["random"])
+        n = len(row["blocks"][_run_strategy(row)])
         obj = [int(blocks.objects[row["blocks"][s]].sum()) for s in STRATEGIES]
         print(f"| {row['round']} | {n} | {100 * n / total:.0f} % | {obj[0]} / {obj[1]} | {row['f1']['suggested']:.3f} |"
               f" {row['f1']['random']:.3f} | {row['f1_best']['suggested']:.3f} / {row['f1_best']['random']:.3f} |")
@@ -278,7 +290,7 @@ def say_reach(name, suggested, target, counts, final_count, of=""):
     return reached
 
 
-def mean_table(name, runs, blocks):
+def mean_table(name, runs, blocks, compare=True):
     """Over several seeds' loops: per round each strategy's mean F1 and the mean of suggested minus random with
     its standard error (one training per round and seed moves F1 by several hundredths; the mean of n seeds
     is about sqrt(n) times steadier), the rounds where suggested leads, and the reach read from the means."""
@@ -291,7 +303,7 @@ def mean_table(name, runs, blocks):
         objects = {s: float(np.mean([blocks.objects[r["blocks"][s]].sum() for r in rows])) for s in STRATEGIES}
         diff = np.asarray([r["f1"]["suggested"] - r["f1"]["random"] for r in rows])
         error = float(diff.std(ddof=1) / np.sqrt(n))
-        count = len(rows[0]["blocks"]["random"])
+        count = len(rows[0]["blocks"][_run_strategy(rows[0])])
         means.append(dict(f1=f1, count=count))
         for s in STRATEGIES:
             line(f"{name}_mean_round{k}_{s}_f1", round(f1[s], 4))
@@ -305,6 +317,8 @@ def mean_table(name, runs, blocks):
           " best F1 suggested / random |")
     print("|---|---|---|---|---|---|---|")
     print("\n".join(printed) + "\n", flush=True)
+    if not compare:     # one strategy run: its means only
+        return
     leads = sum(run[k]["f1"]["suggested"] > run[k]["f1"]["random"] for run in runs for k in range(1, rounds))
     line(f"{name}_rounds_suggested_leads", f"{leads}/{n * (rounds - 1)}")
     say_reach(f"{name}_mean", [m["f1"]["suggested"] for m in means], means[-1]["f1"]["random"],
@@ -322,6 +336,11 @@ def parse_args(argv=None):
     ap.add_argument("--seeds", "--seed", default="0",
                     help="comma-separated seeds, one loop each (start blocks, random draws, trainings); with "
                          "several, the mean table over them follows (default 0)")
+    ap.add_argument("--strategies", default=",".join(STRATEGIES),
+                    help="comma-separated, of suggested, random (default both; one alone: its figures, no comparison, "
+                         "e.g. to set a changed ranking against an earlier run's random rounds with the same seeds)")
+    ap.add_argument("--no-spread", action="store_true",
+                    help="suggest's plain order (python -m core suggest --no-spread): neighbouring tiles may be listed")
     ap.add_argument("--quick", action="store_true", help=f"a smoke run: {QUICK}")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data"), help="the real scenes' folder")
@@ -339,6 +358,9 @@ def parse_args(argv=None):
         ap.error(f"--seeds takes whole numbers separated by commas, not '{args.seeds}'")
     if not args.seeds or min(args.seeds) < 0:
         ap.error("--seeds needs at least one seed, each 0 or more")
+    args.strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
+    if not args.strategies or set(args.strategies) - set(STRATEGIES):
+        ap.error(f"--strategies takes suggested, random or both, not '{','.join(args.strategies)}'")
     unknown = [s for s in args.scenes if s not in GENERATED and s not in REAL]
     if unknown or not args.scenes:
         ap.error(f"unknown scene(s) {', '.join(unknown) or '(none)'}: choose from camp, {', '.join(REAL)}")
