@@ -20,8 +20,8 @@ import tempfile
 from dataclasses import dataclass
 
 from qgis.core import (Qgis, QgsCoordinateReferenceSystem, QgsCoordinateTransform, QgsCoordinateTransformContext,
-                       QgsDataSourceUri, QgsProject, QgsRasterBlockFeedback, QgsRasterFileWriter, QgsRasterPipe,
-                       QgsRectangle, QgsUnitTypes, QgsVectorFileWriter)
+                       QgsCsException, QgsDataSourceUri, QgsProject, QgsRasterBlockFeedback, QgsRasterFileWriter,
+                       QgsRasterPipe, QgsRectangle, QgsUnitTypes, QgsVectorFileWriter)
 
 from ..core.errors import UserError
 from ..core.sources import (MapService, TileService, mercator_cell, write_service, zoom_for_cell,
@@ -110,24 +110,53 @@ def _ground_metres(crs, cell, latitude):
     return cell * unit * (math.cos(lat) if crs.projectionAcronym() == "merc" else 1.0)
 
 
+def _rotated(layer):
+    """Whether the layer's file has a rotated geotransform (the engine reads it at its own cells)."""
+    try:
+        from osgeo import gdal
+        dataset = gdal.Open(layer.source())
+        transform = dataset.GetGeoTransform() if dataset is not None else None
+    except Exception:   # noqa: BLE001 (a hint: any failure reads as not rotated)
+        return False
+    return bool(transform and (transform[2] or transform[4]))
+
+
+def _package_crs(reference):
+    """The package's SpatialReference (WKT, or EPSG:n / PROJ text) as a CRS; None when it says none or
+    something else."""
+    if not isinstance(reference, str) or not reference.strip():
+        return None
+    crs = QgsCoordinateReferenceSystem()
+    return crs if crs.createFromUserInput(reference) and crs.isValid() else None
+
+
 def grid_pixel_ratio(layer, model, cell_size=None, resample=True):
     """Grid pixels per training pixel as the engine will read ``layer`` with a package of ``model_cell``
     (core.resolution.choose, whose padding and tile count grid pixels): 1 where it resamples to the
     package's cells or they match within RESAMPLE_TOLERANCE; else the package's cell on the ground over
-    the cells read (``cell_size`` in the layer's units, or its own). 1 for a web layer (fetched at the
-    package's cells) and wherever a side is unknown."""
-    if layer is None or not model or is_web(layer) or not layer.crs().isValid() or layer.width() < 1:
+    the cells read (``cell_size`` in the layer's units, or its own; a rotated raster is never resampled).
+    A web layer is fetched at ``cell_size`` when given, else at the package's cells (1). A layer
+    without CRS counts its units as metres, as the engine does; 1 wherever a side is unknown."""
+    if layer is None or not model or layer.width() < 1:
         return 1.0
-    cell, wkt = model
+    cell, reference = model
     e = layer.extent()
-    latitude = _latitude(layer, (e.xMinimum(), e.yMinimum(), e.xMaximum(), e.yMaximum()))
-    package_crs = QgsCoordinateReferenceSystem.fromWkt(wkt) if wkt else None
-    package_m = _ground_metres(package_crs, float(cell), latitude)
+    try:
+        latitude = _latitude(layer, (e.xMinimum(), e.yMinimum(), e.xMaximum(), e.yMaximum())) \
+            if layer.crs().isValid() else 0.0
+    except QgsCsException:     # a centre outside the CRS's domain: the hint is not worth an error
+        latitude = 0.0
+    package_m = _ground_metres(_package_crs(reference), float(cell), latitude)
+    if is_web(layer):
+        read_m = _ground_metres(layer.crs(), float(cell_size), latitude) if cell_size and cell_size > 0 else 0.0
+        return package_m / read_m if read_m > 0 else 1.0
     own = math.sqrt(layer.rasterUnitsPerPixelX() * layer.rasterUnitsPerPixelY())
     raster_m = _ground_metres(layer.crs(), own, latitude)
+    if not raster_m > 0 or not package_m > 0:
+        return 1.0
     if cell_size and cell_size > 0:
         return package_m / (raster_m * float(cell_size) / own)
-    if resample or abs(package_m / raster_m - 1.0) <= RESAMPLE_TOLERANCE:
+    if (resample and not _rotated(layer)) or abs(package_m / raster_m - 1.0) <= RESAMPLE_TOLERANCE:
         return 1.0
     return package_m / raster_m
 

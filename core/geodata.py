@@ -245,9 +245,10 @@ METRES_PER_DEGREE_LON = 111320.0     # along the equator; times cos(latitude) el
 
 
 def is_mercator(crs):
-    """Web (Pseudo-)Mercator and other (non-transverse) Mercators: lengths grow by 1/cos(latitude)."""
-    method = (crs.coordinate_operation.method_name if crs.coordinate_operation else "") or ""
-    return "mercator" in method.lower() and "transverse" not in method.lower()
+    """Web (Pseudo-)Mercator and the other normal-aspect Mercators: lengths grow by 1/cos(latitude). Transverse
+    (UTM) and oblique ones (Swiss LV95's Hotine, Malaysia's RSO) are true to scale near their line."""
+    method = ((crs.coordinate_operation.method_name if crs.coordinate_operation else "") or "").lower()
+    return "mercator" in method and "transverse" not in method and "oblique" not in method
 
 
 def ground_cell_size(crs, cell, latitude):

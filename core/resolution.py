@@ -47,7 +47,8 @@ def choose(pkg, src, cell_size=None, resample=True, reporter=None, extent=None):
     """The ``Resolution`` to detect at: ``cell_size`` (raster CRS units) when given, else the package's
     cell size when it differs from the raster's by more than ``TOLERANCE`` and ``resample`` is on."""
     latitude = raster_latitude(src, extent)
-    native = (abs(src.transform.a), abs(src.transform.e))
+    t = src.transform     # a pixel's sides, rotated or not (a 90° turn has a = e = 0)
+    native = (math.hypot(t.a, t.d), math.hypot(t.b, t.e))
     raster_m = _mean(ground_cell_size(src.crs.to_wkt() if src.crs else None, native, latitude))
     package_m, note = _package_metres(pkg, latitude)
     if cell_size is not None:

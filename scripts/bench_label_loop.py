@@ -35,7 +35,8 @@ several hundredths from seed to seed, which is as large as the difference measur
 the means.
 
 Usage: nice -n 10 python scripts/bench_label_loop.py [--scenes camp,banepa] [--rounds 4] [--budget 120]
-       [--tile 64] [--start 3] [--step 3] [--seeds 0,1,2] [--quick]
+       [--tile 64] [--start 3] [--step 3] [--seeds 0,1,2] [--strategies suggested,random] [--no-spread]
+       [--quick]
 Outputs under bench_output/label_loop (git-ignored).
 """
 import argparse
@@ -213,7 +214,7 @@ def run_loop(name, scene, split, blocks, local, seed, out):
             table(name, rows, blocks, final=False)     # a run cut short still has its table so far
     line(f"{name}_test_truth", first["truth"])
     line(f"{name}_suggest_filled", filled)
-    table(name, rows, blocks, final=len(local.strategies) == len(STRATEGIES))
+    table(name, rows, blocks, final=set(local.strategies) == set(STRATEGIES))
     line(f"{name}_seconds", round(time.monotonic() - started, 1))
     line(f"{name}_load_average", round(os.getloadavg()[0], 2))
     return rows
@@ -227,7 +228,7 @@ def run_scene(name, args, out):
         prefix = name if len(args.seeds) == 1 else f"{name}_seed{seed}"
         runs.append(run_loop(prefix, scene, split, blocks, local, seed, out / f"seed{seed}"))
     if len(runs) > 1:
-        mean_table(name, runs, blocks, compare=len(args.strategies) == len(STRATEGIES))
+        mean_table(name, runs, blocks, [s for s in STRATEGIES if s in args.strategies])
 
 
 def report_round(name, row, blocks):
@@ -290,34 +291,42 @@ def say_reach(name, suggested, target, counts, final_count, of=""):
     return reached
 
 
-def mean_table(name, runs, blocks, compare=True):
-    """Over several seeds' loops: per round each strategy's mean F1 and the mean of suggested minus random with
-    its standard error (one training per round and seed moves F1 by several hundredths; the mean of n seeds
-    is about sqrt(n) times steadier), the rounds where suggested leads, and the reach read from the means."""
+def mean_table(name, runs, blocks, ran=STRATEGIES):
+    """Over several seeds' loops: per round each strategy's mean F1 and, where both ``ran``, the mean of
+    suggested minus random with its standard error (one training per round and seed moves F1 by several
+    hundredths; the mean of n seeds is about sqrt(n) times steadier), the rounds where suggested leads, and
+    the reach read from the means. A strategy that did not run shows as a dash."""
     n, rounds, total = len(runs), min(len(run) for run in runs), len(blocks.boxes)
+    compare = set(ran) == set(STRATEGIES)
     means, printed = [], []
+
+    def cell(values, s, form="{:.3f}"):
+        return form.format(values[s]) if s in ran else "—"
     for k in range(rounds):
         rows = [run[k] for run in runs]
-        f1 = {s: float(np.mean([r["f1"][s] for r in rows])) for s in STRATEGIES}
-        best = {s: float(np.mean([r["f1_best"][s] for r in rows])) for s in STRATEGIES}
-        objects = {s: float(np.mean([blocks.objects[r["blocks"][s]].sum() for r in rows])) for s in STRATEGIES}
-        diff = np.asarray([r["f1"]["suggested"] - r["f1"]["random"] for r in rows])
-        error = float(diff.std(ddof=1) / np.sqrt(n))
-        count = len(rows[0]["blocks"][_run_strategy(rows[0])])
+        f1 = {s: float(np.mean([r["f1"][s] for r in rows])) for s in ran}
+        best = {s: float(np.mean([r["f1_best"][s] for r in rows])) for s in ran}
+        objects = {s: float(np.mean([blocks.objects[r["blocks"][s]].sum() for r in rows])) for s in ran}
+        count = len(rows[0]["blocks"][ran[0]])
         means.append(dict(f1=f1, count=count))
-        for s in STRATEGIES:
+        for s in ran:
             line(f"{name}_mean_round{k}_{s}_f1", round(f1[s], 4))
-        line(f"{name}_mean_round{k}_difference", round(float(diff.mean()), 4))
-        line(f"{name}_mean_round{k}_difference_se", round(error, 4))
-        printed.append(f"| {k} | {count} | {objects['suggested']:.0f} / {objects['random']:.0f} |"
-                       f" {f1['suggested']:.3f} | {f1['random']:.3f} | {diff.mean():+.3f} +- {error:.3f} |"
-                       f" {best['suggested']:.3f} / {best['random']:.3f} |")
+        difference = "—"
+        if compare:
+            diff = np.asarray([r["f1"]["suggested"] - r["f1"]["random"] for r in rows])
+            error = float(diff.std(ddof=1) / np.sqrt(n))
+            line(f"{name}_mean_round{k}_difference", round(float(diff.mean()), 4))
+            line(f"{name}_mean_round{k}_difference_se", round(error, 4))
+            difference = f"{diff.mean():+.3f} +- {error:.3f}"
+        printed.append(f"| {k} | {count} | {cell(objects, 'suggested', '{:.0f}')} / {cell(objects, 'random', '{:.0f}')} |"
+                       f" {cell(f1, 'suggested')} | {cell(f1, 'random')} | {difference} |"
+                       f" {cell(best, 'suggested')} / {cell(best, 'random')} |")
     print(f"\n{name}: mean held-out F1 (IoU 0.5) over {n} seeds per round; labelled blocks of {total}")
     print("| round | blocks | objects suggested / random | F1 suggested | F1 random | suggested - random (+- s.e.) |"
           " best F1 suggested / random |")
     print("|---|---|---|---|---|---|---|")
     print("\n".join(printed) + "\n", flush=True)
-    if not compare:     # one strategy run: its means only
+    if not compare:
         return
     leads = sum(run[k]["f1"]["suggested"] > run[k]["f1"]["random"] for run in runs for k in range(1, rounds))
     line(f"{name}_rounds_suggested_leads", f"{leads}/{n * (rounds - 1)}")
@@ -358,7 +367,7 @@ def parse_args(argv=None):
         ap.error(f"--seeds takes whole numbers separated by commas, not '{args.seeds}'")
     if not args.seeds or min(args.seeds) < 0:
         ap.error("--seeds needs at least one seed, each 0 or more")
-    args.strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
+    args.strategies = list(dict.fromkeys(s.strip() for s in args.strategies.split(",") if s.strip()))
     if not args.strategies or set(args.strategies) - set(STRATEGIES):
         ap.error(f"--strategies takes suggested, random or both, not '{','.join(args.strategies)}'")
     unknown = [s for s in args.scenes if s not in GENERATED and s not in REAL]

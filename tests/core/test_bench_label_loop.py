@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import shapely
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -84,7 +85,29 @@ def test_the_mean_table_reads_the_reach_from_the_means_of_the_seeds():
     assert "| 2 | 6 | 6 / 6 | 0.925 | 0.650 | +0.275 +- 0.025 |" in out
 
 
-def test_seeds_are_read_once_each_and_checked():
+def test_one_strategy_alone_gives_its_means_and_no_comparison():
+    blocks = type("B", (), {"boxes": np.empty(20, dtype=object), "objects": np.ones(20, np.int64)})()
+    runs = []
+    for first in (0.2, 0.4):
+        rows = _rows([first, 0.6], [first, 0.0])
+        rows[1]["f1"]["random"] = rows[1]["f1_best"]["random"] = float("nan")     # random not run
+        rows[1]["blocks"]["random"] = rows[0]["blocks"]["random"]
+        runs.append(rows)
+    said = io.StringIO()
+    with contextlib.redirect_stdout(said):
+        mean_table("t", runs, blocks, ["suggested"])
+    out = said.getvalue()
+    assert "t_mean_round1_suggested_f1=0.6" in out and "| 1 | 4 | 4 / — | 0.600 | — | — | 0.600 / — |" in out
+    assert "random_f1" not in out and "difference" not in out and "reach" not in out and "nan" not in out
+
+
+def test_seeds_and_strategies_are_read_once_each_and_checked(capsys):
     assert parse_args(["--seeds", "2,0,2"]).seeds == [2, 0]
     assert parse_args(["--seed", "3"]).seeds == [3]
-    assert parse_args([]).seeds == [0]
+    assert parse_args([]).seeds == [0] and parse_args([]).strategies == ["suggested", "random"]
+    assert parse_args(["--strategies", "suggested,suggested"]).strategies == ["suggested"]
+    for wrong in (["--seeds", "a"], ["--seeds", "-1"], ["--seeds", ","], ["--strategies", "ranked"],
+                  ["--strategies", ""]):
+        with pytest.raises(SystemExit):
+            parse_args(wrong)
+    assert "--seeds" in capsys.readouterr().err

@@ -6,6 +6,7 @@ finer raster is resampled to 0.5 m and gives the same objects as the raster alre
 detector is one whose answers are known (``bright_parts``), so any difference is the resampling's.
 """
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ import shapely
 from affine import Affine
 from pyproj import CRS, Transformer
 
+from core import resolution
 from core.contract.packages import EDGE_REACH
 from core.detect import DetectOptions, detect
 from core.geodata import ground_cell_size
@@ -79,6 +81,24 @@ def test_ground_cell_sizes_of_utm_degrees_and_mercator():
     x, y = ground_cell_size("EPSG:4326", 1e-5, 60.0)
     assert x == pytest.approx(0.5566, rel=1e-3) and y == pytest.approx(1.1057, rel=1e-3)
     assert ground_cell_size("EPSG:3857", 0.2986, 27.6)[0] == pytest.approx(0.2646, rel=1e-3)   # Banepa's README
+    # oblique Mercators (Swiss LV95, Malaysia's RSO) are true to scale: no Mercator stretch
+    assert ground_cell_size("EPSG:2056", 0.1, 46.8) == (0.1, 0.1)
+    assert ground_cell_size("EPSG:3375", 0.1, 4.0) == (0.1, 0.1)
+
+
+@pytest.mark.parametrize("degrees", [30, 90])
+def test_a_rotated_rasters_cells_are_its_pixels_sides(tmp_path, degrees):
+    """A rotated raster is read at its own cells (it cannot be resampled here); they are its pixels' sides,
+    not the transform's a and e (cos of the angle; 0 at a quarter turn)."""
+    path = tmp_path / "turned.tif"
+    _write(path, _scene(1)[:, :64, :64], "EPSG:32646",
+           Affine.translation(300000, 2600000) * Affine.rotation(degrees) * Affine.scale(0.25, -0.25))
+    pkg = SimpleNamespace(emd={"CellSize": 0.5, "SpatialReference": CRS.from_epsg(32646).to_wkt()})
+    log = Log()
+    with rasterio.open(path) as src:
+        chosen = resolution.choose(pkg, src, None, True, log)
+    assert chosen.cell is None and chosen.raster_metres == pytest.approx(0.25)
+    assert chosen.pixel_ratio == pytest.approx(2.0) and any("rotated raster" in line for line in log.lines)
 
 
 def test_resampling_to_the_package_cell_size_finds_what_the_native_raster_gives(tmp_path):
