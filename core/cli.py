@@ -189,7 +189,7 @@ def _run_compare(args, reporter):
 def _run_suggest(args, reporter):
     from .suggest import SuggestOptions, suggest
     options = SuggestOptions(
-        extent=args.extent, labels=args.labels, tile_size=args.tile_size, top=args.top, spread=not args.no_spread,
+        extent=args.extent, labels=args.labels, tile_size=args.tile_size, top=args.top, spread=args.spread,
         near=args.near, tta=args.tta,
         batch_size=args.batch_size, device=args.device, layer=args.layer, proposals_layer=args.proposals_layer,
         overwrite=args.overwrite)

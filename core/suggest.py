@@ -9,11 +9,12 @@ package's threshold, since the objects just below it are the ones the model near
 detection carries its ``Uncertainty`` (``core.uncertainty``).
 
 A tile's score is the sum of its detections' uncertainties: a tile of many unsure objects teaches the
-next training most. The list is *spread*: a tile next to (or corner to corner with) a higher-ranked one
-waits until no tile elsewhere remains. Uncertainty clusters (a patch of one ground, an area's edge), and a
-round of neighbouring tiles shows the network one kind of place several times (top-k uncertainty's
-known redundancy in batch active learning); on the generated camp three neighbouring blocks along the
-raster's edge topped one round's list. ``spread=False`` keeps the plain order.
+next training most. With ``spread`` the list is spread: a tile next to (or corner to corner with) a
+higher-ranked one waits until no tile elsewhere remains. Uncertainty clusters (a patch of one ground, an
+area's edge: on the generated camp three neighbouring blocks along the raster's edge topped one round's
+list), and a round of neighbouring tiles may show the network one kind of place several times (top-k
+uncertainty's known redundancy in batch active learning). It is not the default: measured on the camp's
+label loop over three seeds (README), the spread list did not label better than the plain ranking.
 
 A tile's ``Why`` counts what makes it unsure: objects whose score lies within ``near``
 of the threshold, objects the dihedral variants disagree on (variants signal >= 0.5: at least a
@@ -61,7 +62,7 @@ class SuggestOptions:
     labels: str = None            # labels (or labelled blocks), any OGR layer: their tiles are skipped
     tile_size: float = None       # ranking tile side in the raster's CRS units; None: the package's chip
     top: int = TOP                # tiles written
-    spread: bool = True           # no two listed tiles side by side while tiles elsewhere remain (module docstring)
+    spread: bool = False          # no two listed tiles side by side while tiles elsewhere remain (module docstring)
     near: float = NEAR            # see NEAR
     tta: str = None               # test-time augmentation merge (mean, max, min: adds the variants signal, 8x the
                                   # time); None: one pass. Measured on the camp (README): the variants signal did not

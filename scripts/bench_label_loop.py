@@ -35,7 +35,7 @@ several hundredths from seed to seed, which is as large as the difference measur
 the means.
 
 Usage: nice -n 10 python scripts/bench_label_loop.py [--scenes camp,banepa] [--rounds 4] [--budget 120]
-       [--tile 64] [--start 3] [--step 3] [--seeds 0,1,2] [--strategies suggested,random] [--no-spread]
+       [--tile 64] [--start 3] [--step 3] [--seeds 0,1,2] [--strategies suggested,random] [--spread]
        [--quick]
 Outputs under bench_output/label_loop (git-ignored).
 """
@@ -125,7 +125,7 @@ def suggest_blocks(scene, blocks, chosen, package, folder, args, rng):
     ranked = engine("suggest", "--raster", scene["raster"], "--model", package, "--out", folder / "suggest.gpkg",
                     "--labels", mask, extent_arg(blocks.area), "--tile-size", repr(blocks.side),
                     "--top", args.step + len(chosen), "--device", args.device, "--overwrite",
-                    *(["--no-spread"] if args.no_spread else []))
+                    *(["--spread"] if args.spread else []))
     picked = []
     for tile in ranked["top"]:
         i = blocks.index_of(tile["bounds"])
@@ -166,7 +166,7 @@ def scene_setup(name, args, out):
     for key, value in (("tile", local.tile), ("blocks", total), ("block_objects", total_objects),
                        ("budget_images", local.budget), ("start_blocks", local.start), ("step_blocks", local.step),
                        ("rounds", local.rounds), ("seeds", ",".join(map(str, args.seeds))),
-                       ("strategies", ",".join(args.strategies)), ("spread", int(not args.no_spread))):
+                       ("strategies", ",".join(args.strategies)), ("spread", int(args.spread))):
         line(f"{name}_{key}", value)
     return scene, split, blocks, local
 
@@ -348,8 +348,9 @@ def parse_args(argv=None):
     ap.add_argument("--strategies", default=",".join(STRATEGIES),
                     help="comma-separated, of suggested, random (default both; one alone: its figures, no comparison, "
                          "e.g. to set a changed ranking against an earlier run's random rounds with the same seeds)")
-    ap.add_argument("--no-spread", action="store_true",
-                    help="suggest's plain order (python -m core suggest --no-spread): neighbouring tiles may be listed")
+    ap.add_argument("--spread", action="store_true",
+                    help="suggest's spread list (python -m core suggest --spread): no two neighbouring tiles while "
+                         "others remain")
     ap.add_argument("--quick", action="store_true", help=f"a smoke run: {QUICK}")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data"), help="the real scenes' folder")

@@ -19,10 +19,10 @@ PARAMS = (
     Param("TOP", "int", "Tiles to suggest", TOP, flag="--top", minimum=1),
     Param("TILE_SIZE", "float", "Ranking tile side (map units)", flag="--tile-size", minimum=0.001, decimals=3,
           auto="the package's training chip on the ground", help="ranking tile side in the raster's CRS units"),
-    Param("SPREAD", "bool", "Spread the tiles (no two side by side while others remain)", True, flag="--no-spread",
-          when=False, advanced=True,
-          help="rank tiles by uncertainty alone, even side by side (by default a tile next to a higher-ranked one "
-               "waits until the tiles elsewhere are listed)"),
+    Param("SPREAD", "bool", "Spread the tiles (no two side by side while others remain)", False, flag="--spread",
+          advanced=True,
+          help="a tile next to a higher-ranked one waits until the tiles elsewhere are listed (a to-do list spread "
+               "over the area; off by default: on the camp's label loop it did not beat the plain ranking)"),
     Param("NEAR", "float", "Near the threshold (score units)", NEAR, flag="--near", minimum=0.01, maximum=0.5,
           step=0.05, advanced=True, help="score distance from the package's threshold counted as near"),
     Param("TTA", "choice", "Test-time augmentation (adds the 8 variants' disagreement; 8x the time)", None,

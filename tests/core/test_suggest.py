@@ -142,13 +142,13 @@ def test_a_tile_apart_is_listed_before_the_neighbour_of_a_higher_one(tmp_path):
 
     def columns(result):
         return [int(round((t["bounds"][0] - 400000) / 32)) for t in result["top"]]
-    result = suggest(tmp_path / "row.tif", pkg, tmp_path / "next.gpkg", SuggestOptions(top=3), predictor=scored)
+    result = suggest(tmp_path / "row.tif", pkg, tmp_path / "next.gpkg", SuggestOptions(top=3, spread=True),
+                     predictor=scored)
     assert columns(result) == [0, 2, 1] and result["spread"]
     _, fields = _layer(tmp_path / "next.gpkg", "label_next")
     assert list(fields["Rank"]) == [1, 2, 3] and list(fields["NearThreshold"]) == [4, 1, 3]
-    plain = suggest(tmp_path / "row.tif", pkg, tmp_path / "plain.gpkg", SuggestOptions(top=3, spread=False),
-                    predictor=scored)
-    assert columns(plain) == [0, 1, 2]
+    plain = suggest(tmp_path / "row.tif", pkg, tmp_path / "plain.gpkg", SuggestOptions(top=3), predictor=scored)
+    assert columns(plain) == [0, 1, 2] and not plain["spread"]     # the default: the scores' order
 
 
 def test_labelled_tiles_are_skipped(tmp_path):
