@@ -43,7 +43,7 @@ bench-quality: setup
 
 # The labelling loop's value (issue 25): labels added where `suggest` ranks against labels added at random,
 # retrained each round for the same budget, held-out F1 per round (README, Where to label next). CPU-sized:
-# about 20 min per round for the camp on 2 shared cores, Banepa hours; QUICK=1 a smoke run; SCENES=camp; ROUNDS=N; BUDGET=N; SEEDS=0,1,2 (the means over seeds).
+# the camp's four rounds about 16-19 min per seed on 2 cores (both strategies), Banepa hours; QUICK=1 a smoke run; SCENES=camp; ROUNDS=N; BUDGET=N; SEEDS=0,1,2 (the means over seeds).
 bench-label-loop: setup
 	$(PY) scripts/bench_label_loop.py $(if $(QUICK),--quick) $(if $(SCENES),--scenes $(SCENES)) \
 		$(if $(ROUNDS),--rounds $(ROUNDS)) $(if $(BUDGET),--budget $(BUDGET)) $(if $(SEEDS),--seeds $(SEEDS))
