@@ -14,6 +14,7 @@ A web layer covers the whole world, so it needs an extent (the labels' for expor
 extent for detection) and a cell size: by default the zoom level matching the model's CellSize
 (detection) or the layer's finest zoom (export).
 """
+import functools
 import math
 import os
 import tempfile
@@ -110,11 +111,13 @@ def _ground_metres(crs, cell, latitude):
     return cell * unit * (math.cos(lat) if crs.projectionAcronym() == "merc" else 1.0)
 
 
-def _rotated(layer):
-    """Whether the layer's file has a rotated geotransform (the engine reads it at its own cells)."""
+@functools.lru_cache(maxsize=64)
+def _rotated(source):
+    """Whether the raster ``source`` has a rotated geotransform (the engine reads it at its own cells).
+    Remembered per source: the hint asks at every keystroke, and opening a remote raster is a request."""
     try:
         from osgeo import gdal
-        dataset = gdal.Open(layer.source())
+        dataset = gdal.Open(source)
         transform = dataset.GetGeoTransform() if dataset is not None else None
     except Exception:   # noqa: BLE001 (a hint: any failure reads as not rotated)
         return False
@@ -156,7 +159,7 @@ def grid_pixel_ratio(layer, model, cell_size=None, resample=True):
         return 1.0
     if cell_size and cell_size > 0:
         return package_m / (raster_m * float(cell_size) / own)
-    if (resample and not _rotated(layer)) or abs(package_m / raster_m - 1.0) <= RESAMPLE_TOLERANCE:
+    if abs(package_m / raster_m - 1.0) <= RESAMPLE_TOLERANCE or (resample and not _rotated(layer.source())):
         return 1.0
     return package_m / raster_m
 
