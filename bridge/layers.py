@@ -25,7 +25,7 @@ from qgis.core import (Qgis, QgsCoordinateReferenceSystem, QgsCoordinateTransfor
                        QgsRasterPipe, QgsRectangle, QgsUnitTypes, QgsVectorFileWriter)
 
 from ..core.errors import UserError
-from ..core.sources import (MapService, TileService, mercator_cell, write_service, zoom_for_cell,
+from ..core.sources import (MapService, TileService, ground_scale, mercator_cell, write_service, zoom_for_cell,
                             zoom_resolution)
 from ..core.contract.detect import RESAMPLE_TOLERANCE
 from ..core.contract.invalid import InvalidInput
@@ -95,20 +95,15 @@ def _latitude(layer, extent):
     return to_wgs84.transform(centre).y()
 
 
-# core.geodata's (the engine's, which QGIS cannot import: rasterio), for the dialog's hints
-METRES_PER_DEGREE_LAT, METRES_PER_DEGREE_LON = 110574.0, 111320.0
-
-
 def _ground_metres(crs, cell, latitude):
-    """The mean side in metres on the ground of a square ``cell`` of ``crs`` units at ``latitude``, as
-    core.geodata.ground_cell_size counts it (degrees shrink with the latitude, Mercator metres grow)."""
-    lat = math.radians(max(-85.0, min(85.0, latitude)))
+    """The mean side in metres on the ground of a square ``cell`` of ``crs`` units at ``latitude``, by the
+    engine's own arithmetic (core.sources.ground_scale; core.geodata reads the CRS with pyproj, which QGIS's
+    Python may lack, so the CRS is read here with QGIS: 'merc' is PROJ's normal-aspect Mercator)."""
     if crs is None or not crs.isValid():
         return cell
-    if crs.isGeographic():
-        return cell * math.sqrt(METRES_PER_DEGREE_LON * math.cos(lat) * METRES_PER_DEGREE_LAT)
-    unit = QgsUnitTypes.fromUnitToUnitFactor(crs.mapUnits(), Qgis.DistanceUnit.Meters)
-    return cell * unit * (math.cos(lat) if crs.projectionAcronym() == "merc" else 1.0)
+    sx, sy = ground_scale(crs.isGeographic(), crs.projectionAcronym() == "merc", latitude)
+    unit = 1.0 if crs.isGeographic() else QgsUnitTypes.fromUnitToUnitFactor(crs.mapUnits(), Qgis.DistanceUnit.Meters)
+    return cell * unit * math.sqrt(sx * sy)
 
 
 @functools.lru_cache(maxsize=64)

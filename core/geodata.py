@@ -5,7 +5,6 @@ GeoJSON, ...), repaired, reprojected to the raster's CRS and turned into
 plain Python records. A QGIS-style ``path|layername=NAME`` source is
 accepted so the plugin can pass a layer's source as it is.
 """
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -16,6 +15,7 @@ from pyproj import CRS, Transformer
 from rasterio.errors import RasterioIOError
 
 from .errors import UserError
+from .sources import ground_scale
 
 # GeoPackages we write are read by QGIS 3.22's GDAL 3.6, which warns on the 1.4 files newer GDAL makes.
 GPKG_CREATION = {"VERSION": "1.2"}
@@ -240,8 +240,6 @@ def read_labels(source, raster_crs, class_value_field=None, class_name_field=Non
 
 # --- cell sizes on the ground -------------------------------------------------------------
 
-METRES_PER_DEGREE_LAT = 110574.0     # along a meridian, near the equator (110.57 km; 111.69 km at the poles)
-METRES_PER_DEGREE_LON = 111320.0     # along the equator; times cos(latitude) elsewhere
 
 
 def is_mercator(crs):
@@ -252,22 +250,15 @@ def is_mercator(crs):
 
 
 def ground_cell_size(crs, cell, latitude):
-    """(x, y) metres on the ground of a cell of ``cell`` (x, y) CRS units at ``latitude`` degrees.
-
-    Geographic CRSs: a degree of latitude is ~110.6 km, of longitude 111.3 km x cos(latitude).
-    Mercator projections: map metres are stretched by 1/cos(latitude) (0.2986 EPSG:3857 units at
-    27.6 N are 0.265 m). Other projected CRSs (UTM, national grids): their unit, as it is (their
-    scale error is a fraction of a percent)."""
+    """(x, y) metres on the ground of a cell of ``cell`` (x, y) CRS units at ``latitude`` degrees
+    (``core.sources.ground_scale`` times the CRS's unit in metres)."""
     crs = crs_of(crs)
     cx, cy = (float(cell), float(cell)) if np.isscalar(cell) else (float(cell[0]), float(cell[1]))
     if crs is None:
         return cx, cy
-    lat = math.radians(max(-85.0, min(85.0, float(latitude))))
-    if crs.is_geographic:
-        return cx * METRES_PER_DEGREE_LON * math.cos(lat), cy * METRES_PER_DEGREE_LAT
-    unit = crs.axis_info[0].unit_conversion_factor if crs.axis_info else 1.0
-    stretch = math.cos(lat) if is_mercator(crs) else 1.0
-    return cx * unit * stretch, cy * unit * stretch
+    sx, sy = ground_scale(crs.is_geographic, is_mercator(crs), latitude)
+    unit = 1.0 if crs.is_geographic or not crs.axis_info else crs.axis_info[0].unit_conversion_factor
+    return cx * unit * sx, cy * unit * sy
 
 
 def raster_latitude(src, extent=None):

@@ -39,10 +39,28 @@ def zoom_for_cell(cell, zmin=0, zmax=MAX_ZOOM, tile=TILE):
     return max(zmin, min(zmax, zoom))
 
 
+METRES_PER_DEGREE_LAT = 110574.0     # along a meridian, near the equator (110.57 km; 111.69 km at the poles)
+METRES_PER_DEGREE_LON = 111320.0     # along the equator; times cos(latitude) elsewhere
+
+
+def ground_scale(geographic, mercator, latitude):
+    """(x, y) metres on the ground per CRS unit at ``latitude`` degrees (a projected CRS's unit counted as
+    a metre: the caller multiplies by its unit). Geographic CRSs: a degree of latitude is ~110.6 km, of
+    longitude 111.3 km x cos(latitude); Mercator projections stretch map metres by 1/cos(latitude) (0.2986
+    EPSG:3857 units at 27.6 N are 0.265 m); other projected CRSs (UTM, national grids) are taken as true
+    (their scale error is a fraction of a percent). Pure arithmetic, so QGIS's side (the Detect dialog's
+    hint) and the engine (core.geodata.ground_cell_size) count alike."""
+    lat = math.radians(max(-85.0, min(85.0, float(latitude))))
+    if geographic:
+        return METRES_PER_DEGREE_LON * math.cos(lat), METRES_PER_DEGREE_LAT
+    stretch = math.cos(lat) if mercator else 1.0
+    return stretch, stretch
+
+
 def mercator_cell(ground_cell, latitude):
     """EPSG:3857 cell size for ``ground_cell`` metres on the ground at ``latitude``: Mercator stretches
     distances by 1/cos(latitude), so a model trained at 0.1 m needs 0.1/cos(lat) 'Mercator metres'."""
-    return ground_cell / math.cos(math.radians(max(-85.0, min(85.0, latitude))))
+    return ground_cell / ground_scale(False, True, latitude)[0]
 
 
 @dataclass
