@@ -60,11 +60,10 @@ class DetectDialog(JobDialog):
 
         self.raster.layerChanged.connect(self._raster_changed)
         self.model.fileChanged.connect(self._model_changed)
-        refresh = lambda *_: self._model_changed(self.model.filePath())   # noqa: E731 (the padding hint)
-        self.tile.valueChanged.connect(refresh)
-        self.raster.layerChanged.connect(refresh)
-        self.fields["RESAMPLE"].widget.toggled.connect(refresh)
-        self.fields["CELL_SIZE"].widget.valueChanged.connect(refresh)
+        self.package = None     # (summary, model_cell) of the chosen package, read once per file
+        for signal in (self.tile.valueChanged, self.raster.layerChanged, self.fields["RESAMPLE"].widget.toggled,
+                       self.fields["CELL_SIZE"].widget.valueChanged):
+            signal.connect(self._padding_hint)
         self.resize(640, 600)
 
     def default(self, key):
@@ -91,6 +90,7 @@ class DetectDialog(JobDialog):
             self.output.setFilePath(next_free(os.path.join(folder, f"{name}_detections.gpkg")))
 
     def _model_changed(self, path):
+        self.package = None
         self.padding.setSpecialValueText("from the package")
         self.tile.setSpecialValueText("automatic")
         self.regularize.setItemText(0, REGULARIZE[0].label)
@@ -109,14 +109,21 @@ class DetectDialog(JobDialog):
         self.regularize.setItemText(0, "The package's: " + ", ".join(
             f"{names.get(v, v)}: {m.replace('_', ' ')}" for v, m in sorted(methods.items()))
             if methods else REGULARIZE[0].label)
-        # counted in the pixels read, as the engine counts it: more where the raster is read finer than trained
-        ratio = grid_pixel_ratio(self.raster.currentLayer(), model_cell(emd), self.raw("CELL_SIZE"),
-                                 bool(self.raw("RESAMPLE")))
+        self.tile.setSpecialValueText(f"automatic (trained on {summary['tile_size'][0]} px chips)")
+        self.package = (summary, model_cell(emd))
+        self._padding_hint()
+
+    def _padding_hint(self, *_):
+        """The automatic padding as the engine will take it: counted in the pixels read, so more where the
+        raster is read finer than the package was trained (resampling off, or a finer cell size given)."""
+        if self.package is None:
+            return
+        summary, cell = self.package
+        ratio = grid_pixel_ratio(self.raster.currentLayer(), cell, self.raw("CELL_SIZE"), bool(self.raw("RESAMPLE")))
         padding = default_padding(summary["tile_size"][0], summary["max_object_size"], pixel_ratio=ratio,
                                   tile_size=self.raw("TILE_SIZE"))   # None: "automatic"
         finer = "" if ratio == 1.0 else f"; {ratio:.3g} px read per training px"
         self.padding.setSpecialValueText(f"from the package ({padding} px{finer})")
-        self.tile.setSpecialValueText(f"automatic (trained on {summary['tile_size'][0]} px chips)")
 
     def values(self):
         values = super().values()
