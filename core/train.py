@@ -4,7 +4,9 @@ The loop is torchvision's detection reference loop made small: SGD with
 warm-up and cosine decay, AMP on CUDA, validation loss and COCO AP (box and
 mask) every epoch, early stopping on the monitored metric, an atomic
 checkpoint per epoch (``--resume``), and a package written each time the
-monitored metric improves — so a cancel leaves the best epoch so far.
+monitored metric improves — so a cancel leaves the best epoch so far. Mask AP
+on a few validation objects is noisy: a later epoch within its noise of the best
+is kept instead (``choices.kept_epoch``).
 """
 import math
 import os
@@ -134,11 +136,14 @@ def _choose_scale(model, start, sizes, tile, o, chosen):
     return anchors
 
 
-def _better(value, best, monitor):
+def _better(value, best, monitor, margin=0.0):
+    """``value`` beats ``best`` (``margin`` > 0: comes within that much of it, see choices.kept_epoch)."""
     if value is None:
         return False
     if best is None:
         return True
+    if margin:
+        return value <= best + margin if monitor == "valid_loss" else value >= best - margin
     return value < best if monitor == "valid_loss" else value > best
 
 
@@ -218,6 +223,10 @@ def train(data_dirs, out_dir, base=DEFAULT_BASE, options=None, reporter=None):
         chosen["monitor"] = choices.monitor(len(val_idx), val_objects)
         monitor = chosen["monitor"].value
         reporter.log(f"Chosen: {chosen['monitor'].reason}.")
+    chosen["kept_epoch"] = choices.kept_epoch(monitor, split.objects.get("validation") or val_objects)
+    margin = chosen["kept_epoch"].value
+    if margin:
+        reporter.log(f"Chosen: {chosen['kept_epoch'].reason}.")
     if monitor == "mask_ap" and not val_idx:
         raise UserError("Monitoring mask AP needs validation chips: " + (
             "set a validation percentage above 0." if o.val_fraction <= 0 else
@@ -310,8 +319,13 @@ def train(data_dirs, out_dir, base=DEFAULT_BASE, options=None, reporter=None):
             if value is None:
                 reporter.warning(f"Epoch {epoch + 1}: no {monitor} could be measured on the validation chips; the "
                                  "epoch is not compared (the package keeps the best measured one, or the first).")
-            if _better(value, best_value, monitor) or not best:     # the first epoch, measured or not
+            peak, first = best_value, not best          # the first epoch is kept, measured or not
+            if _better(value, best_value, monitor) or first:
                 best_value, stale = value, 0
+            else:
+                stale += 1
+            # the kept epoch: a new best, or the latest within the noise of the best (choices.kept_epoch)
+            if first or _better(value, peak, monitor, margin):
                 best = {**record, "per_class": metrics.get("per_class")}
                 threshold = choices.detection_threshold(preds, truths, o.score_threshold)
                 if main:
@@ -320,9 +334,9 @@ def train(data_dirs, out_dir, base=DEFAULT_BASE, options=None, reporter=None):
                                        split_keys)
                     write_package(out, name, emd, {k: v.detach().cpu() for k, v in model.state_dict().items()})
                     earlier = remove_packages(out, earlier, keep=name)
-                reporter.log(f"Epoch {epoch + 1}: {monitor} {value} is the best so far; package written.")
-            else:
-                stale += 1
+                reporter.log(f"Epoch {epoch + 1}: {monitor} {value} is the best so far; package written." if stale == 0
+                             else f"Epoch {epoch + 1}: {monitor} {value} is within {margin:g} of the best ({best_value}), "
+                                  "the noise of its measure: this later epoch is kept; package written.")
             if main:
                 _save_checkpoint(out, model, optimizer, epoch, history, best, best_value, stale, batch_size)
             epoch += 1

@@ -53,6 +53,42 @@ def test_monitor_and_patience_follow_the_set_sizes():
     assert choices.learning_rate(8, 50_000).value == 0.02
 
 
+def test_the_kept_epoch_margin_is_the_noise_of_mask_ap_on_the_validation_objects():
+    assert choices.kept_epoch("mask_ap", 6).value == 0.204 and "6 validation objects" in choices.kept_epoch("mask_ap", 6).reason
+    assert choices.kept_epoch("mask_ap", 400).value == 0.025
+    assert choices.kept_epoch("valid_loss", 400).value == 0.0 and choices.kept_epoch("mask_ap", 0).value == 0.0
+
+
+def _kept(measured, margin):
+    """The epoch train.py keeps from the measured values (its rule: core.train._better)."""
+    from core.train import _better
+    best, kept = None, 0
+    for epoch, value in enumerate(measured):
+        peak = best
+        if _better(value, best, "mask_ap"):
+            best = value
+        if _better(value, peak, "mask_ap", margin):
+            kept = epoch
+    return kept
+
+
+@pytest.mark.parametrize("n_objects", [7, 15, 400])
+def test_the_kept_epoch_is_nearer_the_truly_best_than_the_highest_measured(n_objects):
+    """A network that truly improves every epoch (mask AP 0.2 -> 0.4), measured on n validation objects
+    (binomial noise): the highest measured value often names an early epoch; the latest within the
+    margin names a truly better one on average, and with many objects the two rules agree closely."""
+    rng = np.random.default_rng(0)
+    truth = np.linspace(0.2, 0.4, 10)
+    margin = choices.kept_epoch("mask_ap", n_objects).value
+    highest, kept = [], []
+    for _ in range(2000):
+        measured = rng.binomial(n_objects, truth) / n_objects
+        highest.append(truth[_kept(measured, 0.0)])
+        kept.append(truth[_kept(measured, margin)])
+    assert np.mean(kept) > np.mean(highest) + (0.02 if n_objects < 100 else 0.0)
+    assert np.mean(kept) > 0.37
+
+
 def test_stride_overlaps_more_when_labels_fall_in_few_tiles():
     assert choices.stride(256, 256, lambda x, y: 100).value == (128, 128)
     few = choices.stride(256, 128, lambda x, y: 10)
