@@ -150,7 +150,12 @@ def main():
     left_half.setXMaximum(left_half.center().x())
     detect.extent.set_drawn(left_half, raster.crs())
     wait(lambda: detect.device_label.text().startswith("Will run on"), 60)
+    # a cell size a quarter of the raster's: the padding hint's longest text ("...; 4 px read per training px")
+    detect.fields["CELL_SIZE"].widget.setValue(raster.rasterUnitsPerPixelX() / 4)
     shoot(detect, "detect")
+    hint, edit = detect.padding.specialValueText(), detect.padding.lineEdit()
+    if edit.fontMetrics().horizontalAdvance(hint) > edit.width():
+        print(f"the Detect dialog's padding hint does not fit its field: {hint!r}")
     detect.close()
 
     nms = NmsDialog(iface)
