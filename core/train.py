@@ -335,8 +335,8 @@ def train(data_dirs, out_dir, base=DEFAULT_BASE, options=None, reporter=None):
                     write_package(out, name, emd, {k: v.detach().cpu() for k, v in model.state_dict().items()})
                     earlier = remove_packages(out, earlier, keep=name)
                 reporter.log(f"Epoch {epoch + 1}: {monitor} {value} is the best so far; package written." if stale == 0
-                             else f"Epoch {epoch + 1}: {monitor} {value} is within {margin:g} of the best ({best_value}), "
-                                  "the noise of its measure: this later epoch is kept; package written.")
+                             else f"Epoch {epoch + 1}: {monitor} {value} is within {margin:g} of the best "
+                                  f"({best_value}), the noise of its measure: this later epoch is kept; package written.")
             if main:
                 _save_checkpoint(out, model, optimizer, epoch, history, best, best_value, stale, batch_size)
             epoch += 1

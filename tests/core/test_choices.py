@@ -54,7 +54,8 @@ def test_monitor_and_patience_follow_the_set_sizes():
 
 
 def test_the_kept_epoch_margin_is_the_noise_of_mask_ap_on_the_validation_objects():
-    assert choices.kept_epoch("mask_ap", 6).value == 0.204 and "6 validation objects" in choices.kept_epoch("mask_ap", 6).reason
+    few = choices.kept_epoch("mask_ap", 6)
+    assert few.value == 0.204 and "6 validation objects" in few.reason
     assert choices.kept_epoch("mask_ap", 400).value == 0.025
     assert choices.kept_epoch("valid_loss", 400).value == 0.0 and choices.kept_epoch("mask_ap", 0).value == 0.0
 
