@@ -223,10 +223,11 @@ def train(data_dirs, out_dir, base=DEFAULT_BASE, options=None, reporter=None):
         chosen["monitor"] = choices.monitor(len(val_idx), val_objects)
         monitor = chosen["monitor"].value
         reporter.log(f"Chosen: {chosen['monitor'].reason}.")
-    chosen["kept_epoch"] = choices.kept_epoch(monitor, split.objects.get("validation") or val_objects)
-    margin = chosen["kept_epoch"].value
-    if margin:
-        reporter.log(f"Chosen: {chosen['kept_epoch'].reason}.")
+    kept = choices.kept_epoch(monitor, split.objects.get("validation") or val_objects)
+    margin = kept.value
+    if margin:          # a choice from the data only where mask AP is measured on validation objects
+        chosen["kept_epoch"] = kept
+        reporter.log(f"Chosen: {kept.reason}.")
     if monitor == "mask_ap" and not val_idx:
         raise UserError("Monitoring mask AP needs validation chips: " + (
             "set a validation percentage above 0." if o.val_fraction <= 0 else

@@ -214,6 +214,9 @@ def test_training_validates_on_the_hold_out_and_records_it_by_name(trained, root
     assert result["monitor"] == "mask_ap" and emd["TrainingHistory"][0]["mask_ap"] is not None
     reason = emd["Choices"]["threshold"]["reason"]     # one epoch may find nothing yet; measured all the same
     assert "on the validation chips" in reason and "no validation chips" not in reason
+    n_val = emd["ValidationSplit"]["Objects"]["validation"]     # mask AP on them: the kept epoch's margin
+    assert emd["Choices"]["kept_epoch"]["value"] == round(0.5 / n_val ** 0.5, 3)
+    assert f"on {n_val} validation objects" in emd["Choices"]["kept_epoch"]["reason"]
     assert "Held out in space" in (folder / "model" / "model_metrics.html").read_text()
 
     run = subprocess.run([sys.executable, "-m", "core", "info", "--model", str(folder / "model")], cwd=root,
