@@ -93,7 +93,8 @@ def kept_epoch(monitor, n_val_objects):
     Mask AP measured on n objects moves by about 0.5/sqrt(n) between epochs by chance alone (the standard
     error of a share of n, at its widest: 0.2 on 6 objects). The highest of such values picks a lucky
     epoch, often an early one at full learning rate before the cosine decay has settled the weights: on
-    the camp's label loop, 6-9 held-out objects kept epoch 2-3 of 10 and cost up to 0.2 of held-out F1.
+    the camp's label loop, 6-17 held-out objects kept an earlier epoch than the last in 17 rounds of 18,
+    and one round scored held-out F1 0.695 where the last epoch scores 0.954.
     So the latest epoch within one standard error of the best is kept (the one-standard-error rule of
     model selection, here preferring the most-trained epoch). Early stopping still waits for a new best.
     A loss over 100 chips or more is steady: its best is kept as measured."""
