@@ -17,6 +17,7 @@ extent for detection) and a cell size: by default the zoom level matching the mo
 import functools
 import math
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 
@@ -25,8 +26,8 @@ from qgis.core import (Qgis, QgsCoordinateReferenceSystem, QgsCoordinateTransfor
                        QgsRasterPipe, QgsRectangle, QgsUnitTypes, QgsVectorFileWriter)
 
 from ..core.errors import UserError
-from ..core.sources import (MapService, TileService, ground_scale, mercator_cell, write_service, zoom_for_cell,
-                            zoom_resolution)
+from ..core.sources import (MapService, TileService, ground_scale, mercator_cell, mercator_origin_scale, write_service,
+                            zoom_for_cell, zoom_resolution)
 from ..core.contract.detect import RESAMPLE_TOLERANCE
 from ..core.contract.invalid import InvalidInput
 from ..core.contract.params import absolute
@@ -95,13 +96,26 @@ def _latitude(layer, extent):
     return to_wgs84.transform(centre).y()
 
 
+def _is_mercator(crs):
+    return crs.projectionAcronym() == "merc"      # PROJ's normal-aspect Mercator, the Web Mercator among them
+
+
+def _mercator_scale(crs):
+    """core.sources.mercator_origin_scale from the CRS's PROJ string (+k or +k_0, +lat_ts), as the engine
+    reads it from the EPSG parameters with pyproj."""
+    if not _is_mercator(crs):
+        return 1.0
+    params = dict(re.findall(r"\+(k_0|k|lat_ts)=(\S+)", crs.toProj()))
+    return mercator_origin_scale(float(params.get("k_0", params.get("k", 1.0))), float(params.get("lat_ts", 0.0)))
+
+
 def _ground_metres(crs, cell, latitude):
     """The mean side in metres on the ground of a square ``cell`` of ``crs`` units at ``latitude``, by the
     engine's own arithmetic (core.sources.ground_scale; core.geodata reads the CRS with pyproj, which QGIS's
     Python may lack, so the CRS is read here with QGIS: 'merc' is PROJ's normal-aspect Mercator)."""
     if crs is None or not crs.isValid():
         return cell
-    sx, sy = ground_scale(crs.isGeographic(), crs.projectionAcronym() == "merc", latitude)
+    sx, sy = ground_scale(crs.isGeographic(), _is_mercator(crs), latitude, _mercator_scale(crs))
     unit = 1.0 if crs.isGeographic() else QgsUnitTypes.fromUnitToUnitFactor(crs.mapUnits(), Qgis.DistanceUnit.Meters)
     return cell * unit * math.sqrt(sx * sy)
 
@@ -181,8 +195,9 @@ def _wanted_cell(layer, extent, cell_size, model):
     ground = cell * 111320.0 if crs.isValid() and crs.isGeographic() else cell   # metres on the ground
     if layer.crs().isGeographic():
         return ground / 111320.0, why
-    if layer.crs().authid() == "EPSG:3857":
-        return mercator_cell(ground, _latitude(layer, extent)), why + " (ground metres, Mercator-stretched)"
+    if _is_mercator(layer.crs()):
+        return (mercator_cell(ground, _latitude(layer, extent), _mercator_scale(layer.crs())),
+                why + " (ground metres, Mercator-stretched)")
     return ground, why
 
 

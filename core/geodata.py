@@ -15,7 +15,7 @@ from pyproj import CRS, Transformer
 from rasterio.errors import RasterioIOError
 
 from .errors import UserError
-from .sources import ground_scale
+from .sources import ground_scale, mercator_origin_scale
 
 # GeoPackages we write are read by QGIS 3.22's GDAL 3.6, which warns on the 1.4 files newer GDAL makes.
 GPKG_CREATION = {"VERSION": "1.2"}
@@ -249,6 +249,14 @@ def is_mercator(crs):
     return "mercator" in method and "transverse" not in method and "oblique" not in method
 
 
+def mercator_scale(crs):
+    """A Mercator CRS's scale on its equator (``core.sources.mercator_origin_scale``) from its parameters
+    by EPSG's names; 1 for any other CRS and for the Web Mercator, which has neither parameter."""
+    params = {p.name.lower(): p.value for p in (crs.coordinate_operation.params if crs.coordinate_operation else [])}
+    return mercator_origin_scale(params.get("scale factor at natural origin", 1.0),
+                                 params.get("latitude of 1st standard parallel", 0.0))
+
+
 def ground_cell_size(crs, cell, latitude):
     """(x, y) metres on the ground of a cell of ``cell`` (x, y) CRS units at ``latitude`` degrees
     (``core.sources.ground_scale`` times the CRS's unit in metres)."""
@@ -256,7 +264,7 @@ def ground_cell_size(crs, cell, latitude):
     cx, cy = (float(cell), float(cell)) if np.isscalar(cell) else (float(cell[0]), float(cell[1]))
     if crs is None:
         return cx, cy
-    sx, sy = ground_scale(crs.is_geographic, is_mercator(crs), latitude)
+    sx, sy = ground_scale(crs.is_geographic, is_mercator(crs), latitude, mercator_scale(crs))
     unit = 1.0 if crs.is_geographic or not crs.axis_info else crs.axis_info[0].unit_conversion_factor
     return cx * unit * sx, cy * unit * sy
 

@@ -43,24 +43,33 @@ METRES_PER_DEGREE_LAT = 110574.0     # along a meridian, near the equator (110.5
 METRES_PER_DEGREE_LON = 111320.0     # along the equator; times cos(latitude) elsewhere
 
 
-def ground_scale(geographic, mercator, latitude):
+def ground_scale(geographic, mercator, latitude, mercator_scale=1.0):
     """(x, y) metres on the ground per CRS unit at ``latitude`` degrees (a projected CRS's unit counted as
     a metre: the caller multiplies by its unit). Geographic CRSs: a degree of latitude is ~110.6 km, of
-    longitude 111.3 km x cos(latitude); Mercator projections stretch map metres by 1/cos(latitude) (0.2986
-    EPSG:3857 units at 27.6 N are 0.265 m); other projected CRSs (UTM, national grids) are taken as true
+    longitude 111.3 km x cos(latitude); Mercator projections stretch map metres by mercator_scale/cos(latitude)
+    (0.2986 EPSG:3857 units at 27.6 N are 0.265 m; ``mercator_scale`` is the projection's scale on its
+    equator, ``mercator_origin_scale``); other projected CRSs (UTM, national grids) are taken as true
     (their scale error is a fraction of a percent). Pure arithmetic, so QGIS's side (the Detect dialog's
     hint) and the engine (core.geodata.ground_cell_size) count alike."""
     lat = math.radians(max(-85.0, min(85.0, float(latitude))))
     if geographic:
         return METRES_PER_DEGREE_LON * math.cos(lat), METRES_PER_DEGREE_LAT
-    stretch = math.cos(lat) if mercator else 1.0
+    stretch = math.cos(lat) / mercator_scale if mercator else 1.0
     return stretch, stretch
 
 
-def mercator_cell(ground_cell, latitude):
-    """EPSG:3857 cell size for ``ground_cell`` metres on the ground at ``latitude``: Mercator stretches
-    distances by 1/cos(latitude), so a model trained at 0.1 m needs 0.1/cos(lat) 'Mercator metres'."""
-    return ground_cell / ground_scale(False, True, latitude)[0]
+def mercator_origin_scale(scale_factor=1.0, standard_parallel=0.0):
+    """A normal-aspect Mercator's scale on its equator: its scale factor (EPSG's variant A, PROJ's +k) or
+    the cosine of the parallel it is true on (variant B, +lat_ts: EPSG:3994 is true at 41 S, so a map metre
+    there is a metre on the ground and one on the equator 0.755 m). Spherical, as ``ground_scale``: within
+    0.3 % of the ellipsoid's figure."""
+    return float(scale_factor) * math.cos(math.radians(float(standard_parallel)))
+
+
+def mercator_cell(ground_cell, latitude, mercator_scale=1.0):
+    """Mercator cell size for ``ground_cell`` metres on the ground at ``latitude``: Mercator stretches
+    distances by 1/cos(latitude), so a model trained at 0.1 m needs 0.1/cos(lat) EPSG:3857 metres."""
+    return ground_cell / ground_scale(False, True, latitude, mercator_scale)[0]
 
 
 @dataclass

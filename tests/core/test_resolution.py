@@ -81,6 +81,10 @@ def test_ground_cell_sizes_of_utm_degrees_and_mercator():
     x, y = ground_cell_size("EPSG:4326", 1e-5, 60.0)
     assert x == pytest.approx(0.5566, rel=1e-3) and y == pytest.approx(1.1057, rel=1e-3)
     assert ground_cell_size("EPSG:3857", 0.2986, 27.6)[0] == pytest.approx(0.2646, rel=1e-3)   # Banepa's README
+    # Mercators true elsewhere than on the equator: on their standard parallel a map metre is a metre
+    assert ground_cell_size("EPSG:3994", 0.1, -41.0)[0] == pytest.approx(0.1, rel=3e-3)
+    assert ground_cell_size("EPSG:3994", 0.1, 0.0)[0] == pytest.approx(0.1 / math.cos(math.radians(41)), rel=3e-3)
+    assert ground_cell_size("+proj=merc +k=0.9 +datum=WGS84", 0.1, 0.0)[0] == pytest.approx(0.1 / 0.9)
     # oblique Mercators (Swiss LV95, Malaysia's RSO) are true to scale: no Mercator stretch
     assert ground_cell_size("EPSG:2056", 0.1, 46.8) == (0.1, 0.1)
     assert ground_cell_size("EPSG:3375", 0.1, 4.0) == (0.1, 0.1)

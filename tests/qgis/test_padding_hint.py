@@ -1,5 +1,5 @@
 """The Detect dialog's padding hint counts the pixels the engine will read: ``bridge.layers.grid_pixel_ratio``
-gives core.resolution.choose's pixel ratio for rasters in UTM, EPSG:4326, EPSG:3857 and US feet at half the
+gives core.resolution.choose's pixel ratio for rasters in UTM, EPSG:4326, EPSG:3857, EPSG:3994 and US feet at half the
 package's cells, with resampling off, a cell size given, and the default (resampled: ratio 1)."""
 import math
 from types import SimpleNamespace
@@ -26,7 +26,8 @@ def _write(path, crs, transform, size=80):
 
 
 def _rasters(tmp_path):
-    """{name: path}: 0.25 m on the ground in UTM, degrees, Mercator metres, US feet, Swiss LV95 (an oblique
+    """{name: path}: 0.25 m on the ground in UTM, degrees, Mercator metres (the Web Mercator's and one true at
+    41 S), US feet, Swiss LV95 (an oblique
     Mercator: no stretch), rotated by 30° (never resampled) and without CRS (metres); one at the package's."""
     utm = CRS.from_epsg(32646)
     x0, y0 = Transformer.from_crs(4326, utm, always_xy=True).transform(90.4, LAT)
@@ -34,9 +35,13 @@ def _rasters(tmp_path):
     dx, dy = 0.25 / (111320.0 * math.cos(math.radians(centre))), 0.25 / 110574.0
     mx, my = Transformer.from_crs(4326, 3857, always_xy=True).transform(90.4, LAT)
     mercator = 0.25 / math.cos(math.radians(centre))
+    # EPSG:3994 is a Mercator true to scale at 41 S: its map metres are cos(41°) of the Web Mercator's
+    sx, sy = Transformer.from_crs(4326, 3994, always_xy=True).transform(90.4, LAT)
+    south = mercator * math.cos(math.radians(41.0))
     return {"utm": _write(tmp_path / "utm.tif", "EPSG:32646", Affine(0.25, 0, x0, 0, -0.25, y0)),
             "wgs84": _write(tmp_path / "wgs84.tif", "EPSG:4326", Affine(dx, 0, 90.4, 0, -dy, LAT)),
             "mercator": _write(tmp_path / "mercator.tif", "EPSG:3857", Affine(mercator, 0, mx, 0, -mercator, my)),
+            "mercator_41s": _write(tmp_path / "mercator_41s.tif", "EPSG:3994", Affine(south, 0, sx, 0, -south, sy)),
             "feet": _write(tmp_path / "feet.tif", "EPSG:2263", Affine(0.25 / 0.3048006096, 0, 980000, 0,
                                                                      -0.25 / 0.3048006096, 200000)),   # US feet
             "swiss": _write(tmp_path / "swiss.tif", "EPSG:2056", Affine(0.25, 0, 2600000, 0, -0.25, 1200000)),
@@ -46,7 +51,7 @@ def _rasters(tmp_path):
             "same": _write(tmp_path / "same.tif", "EPSG:32646", Affine(0.52, 0, x0, 0, -0.52, y0))}
 
 
-@pytest.mark.parametrize("name", ["utm", "wgs84", "mercator", "feet", "swiss", "rotated", "no_crs", "same"])
+@pytest.mark.parametrize("name", ["utm", "wgs84", "mercator", "mercator_41s", "feet", "swiss", "rotated", "no_crs", "same"])
 @pytest.mark.parametrize("resample, cell_factor", [(False, None), (True, None), (True, 0.5), (False, 3.0)])
 def test_the_hint_reads_the_pixels_the_engine_reads(maskforge, qgis_app, tmp_path, name, resample, cell_factor):
     from maskforge.bridge.layers import grid_pixel_ratio
