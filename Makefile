@@ -12,9 +12,9 @@ setup:
 test: setup
 	$(MAKE) --no-print-directory test-core test-qgis
 
-# Engine tests: no QGIS in the process.
+# Engine tests: no QGIS in the process; a passed test's folder goes when it ends (pytest.ini says why).
 test-core:
-	$(PY) -m pytest tests/core -p no:pytest_qgis -q
+	$(PY) -m pytest tests/core -p no:pytest_qgis -q -o tmp_path_retention_policy=failed
 
 # QGIS tests: the real plugin in a real (offscreen) QgsApplication.
 test-qgis:
