@@ -61,8 +61,8 @@ def ground_scale(geographic, mercator, latitude, mercator_scale=1.0):
 def mercator_origin_scale(scale_factor=1.0, standard_parallel=0.0):
     """A normal-aspect Mercator's scale on its equator: its scale factor (EPSG's variant A, PROJ's +k) or
     the cosine of the parallel it is true on (variant B, +lat_ts: EPSG:3994 is true at 41 S, so a map metre
-    there is a metre on the ground and one on the equator 0.755 m). Spherical, as ``ground_scale``: within
-    0.3 % of the ellipsoid's figure."""
+    there is a metre on the ground, and on the equator 1/cos 41° = 1.32 m). Spherical, as ``ground_scale``:
+    within 0.3 % of the ellipsoid's figure."""
     return float(scale_factor) * math.cos(math.radians(float(standard_parallel)))
 
 

@@ -35,7 +35,8 @@ def _rasters(tmp_path):
     dx, dy = 0.25 / (111320.0 * math.cos(math.radians(centre))), 0.25 / 110574.0
     mx, my = Transformer.from_crs(4326, 3857, always_xy=True).transform(90.4, LAT)
     mercator = 0.25 / math.cos(math.radians(centre))
-    # EPSG:3994 is a Mercator true to scale at 41 S: its map metres are cos(41°) of the Web Mercator's
+    # EPSG:3994 is a Mercator true to scale at 41 S: a ground cell spans cos(41°) as many of its units as
+    # of EPSG:3857's
     sx, sy = Transformer.from_crs(4326, 3994, always_xy=True).transform(90.4, LAT)
     south = mercator * math.cos(math.radians(41.0))
     return {"utm": _write(tmp_path / "utm.tif", "EPSG:32646", Affine(0.25, 0, x0, 0, -0.25, y0)),
@@ -51,7 +52,8 @@ def _rasters(tmp_path):
             "same": _write(tmp_path / "same.tif", "EPSG:32646", Affine(0.52, 0, x0, 0, -0.52, y0))}
 
 
-@pytest.mark.parametrize("name", ["utm", "wgs84", "mercator", "mercator_41s", "feet", "swiss", "rotated", "no_crs", "same"])
+@pytest.mark.parametrize("name", ["utm", "wgs84", "mercator", "mercator_41s", "feet", "swiss", "rotated", "no_crs",
+                                  "same"])
 @pytest.mark.parametrize("resample, cell_factor", [(False, None), (True, None), (True, 0.5), (False, 3.0)])
 def test_the_hint_reads_the_pixels_the_engine_reads(maskforge, qgis_app, tmp_path, name, resample, cell_factor):
     from maskforge.bridge.layers import grid_pixel_ratio
