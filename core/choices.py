@@ -77,7 +77,7 @@ def input_scale(sizes, anchors, current=1.0):
 
 def monitor(n_val_chips, n_val_objects=None):
     if n_val_chips == 0:
-        return Choice("valid_loss", "monitor the training loss: there are no validation chips")
+        return Choice("train_loss", "monitor the training loss: there are no validation chips")
     if n_val_objects == 0:
         return Choice("valid_loss", f"monitor the validation loss: the {n_val_chips} validation chip(s) hold no "
                                     "object, so mask AP cannot be measured on them")
@@ -103,6 +103,18 @@ def kept_epoch(monitor, n_val_objects):
     margin = round(0.5 / math.sqrt(n_val_objects), 3)
     return Choice(margin, f"keep the latest epoch within {margin:g} of the best mask AP: on {n_val_objects} "
                           "validation objects mask AP moves about that much between epochs by chance (0.5/sqrt(n))")
+
+
+def better(value, best, monitor, margin=0.0):
+    """``value`` of the monitored metric beats ``best`` (a loss by being lower); ``margin`` > 0: comes within
+    that much of it (``kept_epoch``)."""
+    if value is None:
+        return False
+    if best is None:
+        return True
+    if monitor.endswith("_loss"):
+        return value <= best + margin if margin else value < best
+    return value >= best - margin if margin else value > best
 
 
 def patience(steps_per_epoch):

@@ -32,7 +32,7 @@ from .model import network_for_package, select_device
 from .package import load_package
 from .progress import NullReporter
 from .pixel_grid import DETECT_ROTATED_FIX, Grid
-from .tile_layout import overlap_factor, stride_align, tile_grid, tile_shape
+from .tile_layout import overlap_factor, square_padding, stride_align, tile_grid, tile_shape
 from .tiling import TileReader, _input_spec, auto_tile_size
 
 TTA_MERGES = ("mean", "max", "min")
@@ -177,6 +177,13 @@ def detect(raster, model, out, options=None, reporter=None, predictor=None, unce
         size, batch_size, scale, proposals = _plan(pkg, o, grid, padding, device, res.pixel_ratio, largest)
         check_tile_padding(size, padding)
         square = bool(o.tta)          # turned by 90 degrees, a tile must keep its shape
+        if square and square_padding(grid.width, grid.height, size, padding) != padding:
+            narrow = square_padding(grid.width, grid.height, size, padding)
+            reporter.warning(f"Test-time augmentation turns square tiles, here of {min(grid.width, grid.height)} px "
+                             f"(the area's narrow side), which leave no core between paddings of {padding} px: the "
+                             f"padding is {narrow} px, so objects at tile seams see less context. A larger extent, "
+                             "or detection without test-time augmentation, keeps the full padding.")
+            padding = narrow
         align = stride_align(scale)   # tiles on the network's stride lattice: the single tile's features
         n_tiles = bounds.check_detect_work(src, grid, size, padding, batch_size, extent, device.type, scale, square,
                                            align=align, proposals=proposals, backbone=pkg.backbone)

@@ -83,12 +83,26 @@ def _axis_owned(k, n, length, tile, step):
     return lo, hi
 
 
+def square_padding(width, height, size, padding):
+    """The padding that square tiles (test-time augmentation turns them by 90 degrees) keep over a
+    ``width`` x ``height`` grid. Where the grid is narrower than the tile, every tile is a square of the
+    narrow side; when that side leaves no core between two paddings (a 400 x 160 px extent with 128 px
+    padding), the tiles could not advance along the long side (before 0.5.8 none was laid: no detection).
+    There the padding is a quarter of the side, so the core is half of it: as much context as the side
+    allows at about two tiles per side's length, where a core of one pixel would need hundreds."""
+    side = min(int(size), int(width), int(height))
+    if side > 2 * int(padding) or side >= max(int(width), int(height)):   # a core, or one tile holds it all
+        return int(padding)
+    return side // 4
+
+
 def _axes(width, height, size, padding, square, align):
     check_tile_padding(int(size), int(padding))
     w, h = min(int(size), int(width)), min(int(size), int(height))
     if square:           # turned by 90 degrees, a tile keeps its shape: no per-axis alignment
         w = h = min(w, h)
         align = 1
+        padding = square_padding(width, height, size, padding)
     return _axis(int(width), w, int(padding), align), _axis(int(height), h, int(padding), align)
 
 

@@ -136,17 +136,6 @@ def _choose_scale(model, start, sizes, tile, o, chosen):
     return anchors
 
 
-def _better(value, best, monitor, margin=0.0):
-    """``value`` beats ``best`` (``margin`` > 0: comes within that much of it, see choices.kept_epoch)."""
-    if value is None:
-        return False
-    if best is None:
-        return True
-    if margin:
-        return value <= best + margin if monitor == "valid_loss" else value >= best - margin
-    return value < best if monitor == "valid_loss" else value > best
-
-
 def _check_options(o):
     if o.monitor not in ("auto", "valid_loss", "mask_ap"):
         raise UserError(f"Unknown monitor '{o.monitor}': use auto, valid_loss or mask_ap.")
@@ -223,6 +212,9 @@ def train(data_dirs, out_dir, base=DEFAULT_BASE, options=None, reporter=None):
         chosen["monitor"] = choices.monitor(len(val_idx), val_objects)
         monitor = chosen["monitor"].value
         reporter.log(f"Chosen: {chosen['monitor'].reason}.")
+    elif monitor == "valid_loss" and not val_idx:      # the loss followed, so the one the package names
+        monitor = "train_loss"
+        reporter.log("No validation chips: the training loss is monitored, not the validation loss.")
     kept = choices.kept_epoch(monitor, split.objects.get("validation") or val_objects)
     margin = kept.value
     if margin:          # a choice from the data only where mask AP is measured on validation objects
@@ -314,19 +306,17 @@ def train(data_dirs, out_dir, base=DEFAULT_BASE, options=None, reporter=None):
                                   round(time.monotonic() - t0, 2))
             history.append(record)
             reporter.metric(**record)
-            value = record["valid_loss"] if monitor == "valid_loss" else record["mask_ap"]
-            if value is None and not val_idx:
-                value = record["train_loss"] if monitor == "valid_loss" else None
+            value = record[monitor]
             if value is None:
                 reporter.warning(f"Epoch {epoch + 1}: no {monitor} could be measured on the validation chips; the "
                                  "epoch is not compared (the package keeps the best measured one, or the first).")
             peak, first = best_value, not best          # the first epoch is kept, measured or not
-            if _better(value, best_value, monitor) or first:
+            if choices.better(value, best_value, monitor) or first:
                 best_value, stale = value, 0
             else:
                 stale += 1
             # the kept epoch: a new best, or the latest within the noise of the best (choices.kept_epoch)
-            if first or _better(value, peak, monitor, margin):
+            if first or choices.better(value, peak, monitor, margin):
                 best = {**record, "per_class": metrics.get("per_class")}
                 threshold = choices.detection_threshold(preds, truths, o.score_threshold)
                 if main:

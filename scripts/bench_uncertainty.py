@@ -18,8 +18,9 @@ choice of ``core.uncertainty.WEIGHTS``; ``weights_former`` is the formula before
 score 2, mask 1, variants 1). Goal (issue 25): uncertainty AUC >= 0.75.
 
 Usage: nice -n 15 python scripts/bench_uncertainty.py [--budget 300] [--tile 128] [--out bench_output/uncertainty]
-       [--no-tta] [--model PACKAGE --raster R --labels L]   (an existing package, e.g. one of bench_label_loop's,
-                                                             on its scene split as bench_scenes splits it)
+       [--no-tta] [--model PACKAGE --raster R --labels L [--share S]]   (an existing package, e.g. one of
+            bench_label_loop's or bench_quality's, on its scene split as bench_scenes splits it: --share 0.5 for
+            bench_quality's Dhaka packages)
 Prints name=value lines on stdout, progress on stderr; reuses a trained package in --out unless --retrain.
 """
 import argparse
@@ -36,7 +37,7 @@ import numpy as np  # noqa: E402
 from scipy.stats import mannwhitneyu  # noqa: E402
 
 from bench_measure import IOU, engine, extent_arg, line, package_threshold, say  # noqa: E402
-from bench_scenes import DEFAULT_SHARE, GENERATED, split_scene  # noqa: E402
+from bench_scenes import DEFAULT_SHARE, GENERATED, TRAIN_SHARE, split_scene  # noqa: E402
 from core.detect import DetectOptions, detect  # noqa: E402
 from core.matching import read_polygons  # noqa: E402
 from core.package import load_package  # noqa: E402
@@ -102,9 +103,14 @@ def main():
     parser.add_argument("--model", help="measure this package instead of training one (with --raster, --labels)")
     parser.add_argument("--raster")
     parser.add_argument("--labels")
+    parser.add_argument("--share", type=float, default=DEFAULT_SHARE,
+                        help=f"the training area's share of the scene, as the package was trained (default "
+                             f"{DEFAULT_SHARE:g}; bench_quality's Dhaka packages: {TRAIN_SHARE['dhaka']:g})")
     args = parser.parse_args()
     if args.model and not (args.raster and args.labels):
         parser.error("--model needs --raster and --labels (its scene)")
+    if not 0 < args.share < 1:
+        parser.error(f"--share is {args.share:g}: give the training area's share, between 0 and 1 (e.g. 0.6)")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
@@ -115,7 +121,7 @@ def main():
     else:
         scene = engine("sample", "--out", out / "scene", "--size", camp["size"], "--seed", camp["seed"])
         package = out / "model"
-    split = split_scene(scene["raster"], DEFAULT_SHARE)
+    split = split_scene(scene["raster"], args.share)
     if not args.model and (args.retrain or not list(package.glob("*.emd"))):
         chips = engine("export", "--raster", scene["raster"], "--labels", scene["labels"], "--out", out / "chips",
                        "--tile-size", args.tile, extent_arg(split.train), "--overwrite")

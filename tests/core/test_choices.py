@@ -46,7 +46,7 @@ def test_input_scale_brings_objects_to_the_smallest_anchor(p10, current, expecte
 def test_monitor_and_patience_follow_the_set_sizes():
     assert choices.monitor(4).value == "mask_ap" and "noise" in choices.monitor(4).reason
     assert choices.monitor(500).value == "valid_loss"
-    assert choices.monitor(0).value == "valid_loss"
+    assert choices.monitor(0).value == "train_loss"
     assert choices.patience(12).value == 25          # 300 steps of 12
     assert choices.patience(1000).value == 5         # at least 5 epochs
     assert choices.learning_rate(2, 360).value == 0.01
@@ -61,14 +61,13 @@ def test_the_kept_epoch_margin_is_the_noise_of_mask_ap_on_the_validation_objects
 
 
 def _kept(measured, margin):
-    """The epoch train.py keeps from the measured values (its rule: core.train._better)."""
-    from core.train import _better
+    """The epoch train.py keeps from the measured values (its rule: core.choices.better)."""
     best, kept = None, 0
     for epoch, value in enumerate(measured):
         peak = best
-        if _better(value, best, "mask_ap"):
+        if choices.better(value, best, "mask_ap"):
             best = value
-        if _better(value, peak, "mask_ap", margin):
+        if choices.better(value, peak, "mask_ap", margin):
             kept = epoch
     return kept
 

@@ -71,7 +71,7 @@ def test_training_records_every_choice_with_its_reason(scene, trained):
     assert tuple(pkg.params["anchor_sizes"]) == expected and pkg.backbone == "resnet18_fpn"
     assert set(emd["Choices"]) == {"anchor_sizes", "monitor", "learning_rate", "patience", "threshold"}
     # A 128 px scene leaves no room for a validation block with a tile's buffer (core/split.py): no validation.
-    assert emd["Choices"]["monitor"]["value"] == "valid_loss" == result["monitor"]
+    assert emd["Choices"]["monitor"]["value"] == "train_loss" == result["monitor"]
     assert emd["ValidationChips"] == [] and "label a second area" in " ".join(log.lines)
     assert emd["DetectionThreshold"] == result["threshold"] == emd["Choices"]["threshold"]["value"]
     for choice in emd["Choices"].values():
@@ -122,5 +122,5 @@ def test_what_the_user_sets_is_used_as_given(few_chips, tmp_path):
     pkg = load_package(tmp_path / "given")
     assert set(pkg.emd["Choices"]) == {"threshold"}
     assert tuple(pkg.params["anchor_sizes"]) == (16, 32, 64, 128, 256) and pkg.input_size == (96, 96)
-    assert result["monitor"] == "valid_loss"
+    assert result["monitor"] == "train_loss"     # valid_loss asked, but no chip validates: the training loss
     assert json.loads((tmp_path / "given" / "given.emd").read_text())["TrainingParameters"]["learning_rate"] == 0.002

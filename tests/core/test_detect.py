@@ -282,6 +282,30 @@ def test_a_real_tiny_network_end_to_end_with_tta_boxes_cell_size_area_and_simpli
         assert after.equals(expected if expected.is_valid else shapely.make_valid(expected))
 
 
+def test_tta_over_an_area_narrower_than_two_paddings_still_covers_it(tmp_path):
+    """Test-time augmentation turns square tiles, so over a 120 x 60 px area a tile is 60 px square; with
+    40 px paddings it had no core, and before 0.5.8 no tile was laid at all (no detection, no word). The real network
+    (fixed random weights) must now see the whole area: every pixel owned by a tile, the padding narrowed
+    and said, and the same area without augmentation still one tile with the full padding."""
+    _squares_raster(tmp_path / "r.tif", [(20, 20), (60, 30), (100, 40)], size=120)
+    torch.manual_seed(0)
+    pkg = _package(tmp_path / "pkg")
+    warnings = []
+    collect = type("Collect", (NullReporter,), {"warning": lambda self, message: warnings.append(message)})
+    area = (400000, 2999970, 400060, 3000000)     # 60 x 30 m at 0.5 m: 120 x 60 px, the top half
+    common = dict(extent=area, nms=False, threshold=0.3, device="cpu", tile_size=128, padding=40)
+    turned = detect(tmp_path / "r.tif", pkg, tmp_path / "tta.gpkg", DetectOptions(tta="mean", **common),
+                    reporter=collect())
+    assert turned["tile_shape"] == [60, 60] and turned["tiles"] >= 2 and turned["padding"] == 15
+    assert any("padding is 15 px" in w and "test-time augmentation" in w for w in warnings), warnings
+    tiles = list(tile_grid(120, 60, 128, turned["padding"], square=True))
+    assert [t.x for t in tiles] == [0, 30, 60] and {t.y for t in tiles} == {0}
+    assert tiles[0].own[0] == 0 and tiles[-1].own[2] == 120
+    assert all(a.own[2] == b.own[0] for a, b in zip(tiles, tiles[1:])), "owned parts meet: no gap, no overlap"
+    plain = detect(tmp_path / "r.tif", pkg, tmp_path / "plain.gpkg", DetectOptions(**common))
+    assert plain["tiles"] == 1 and plain["padding"] == 40 and plain["tile_shape"] == [120, 60]
+
+
 def test_all_nodata_raster_or_extent_is_said(tmp_path):
     _squares_raster(tmp_path / "r.tif", [(40, 40)])
     with rasterio.open(tmp_path / "r.tif") as src:

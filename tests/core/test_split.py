@@ -160,7 +160,7 @@ def test_labels_too_few_or_clustered_say_so_and_train_without_validation(tmp_pat
     assert split.method == "none" and split.val == [] and split.train == list(range(len(chips)))
     message = split.message()
     assert message.startswith("No validation:") and "label a second area" in message and "threshold" in message
-    assert choices.monitor(0).value == "valid_loss"
+    assert choices.monitor(0).value == "train_loss"
     assert choices.monitor(4, 0).value == "valid_loss" and "hold no object" in choices.monitor(4, 0).reason
 
 

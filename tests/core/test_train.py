@@ -70,7 +70,7 @@ def test_training_writes_a_complete_package(package):
     assert 5 < emd["MaxObjectSizePixels"] < 30      # tents of 2-4 m at 0.3 m
     # 9 chips side by side: no room for a validation block with a tile's buffer, so none (tests/core/test_split.py)
     assert result["split"]["method"] == "none" and emd["ValidationChips"] == [] and len(emd["TrainingChips"]) == 9
-    assert result["best"]["valid_loss"] is None and result["monitor"] == "valid_loss"
+    assert result["best"]["valid_loss"] is None and result["monitor"] == "train_loss"
     assert emd["DetectionThreshold"] == 0.5 and "no validation chips" in emd["Choices"]["threshold"]["reason"]
     with zipfile.ZipFile(out / "tents.dlpk") as z:
         assert {"tents.emd", "tents.pth", "model_metrics.html"} <= set(z.namelist())
