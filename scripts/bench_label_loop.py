@@ -256,9 +256,11 @@ def table(name, rows, blocks, final=True):
     print("|---|---|---|---|---|---|---|")
     for row in rows:
         n = len(row["blocks"][_run_strategy(row)])
-        obj = [int(blocks.objects[row["blocks"][s]].sum()) for s in STRATEGIES]
-        print(f"| {row['round']} | {n} | {100 * n / total:.0f} % | {obj[0]} / {obj[1]} | {row['f1']['suggested']:.3f} |"
-              f" {row['f1']['random']:.3f} | {row['f1_best']['suggested']:.3f} / {row['f1_best']['random']:.3f} |")
+        ran = [s for s in STRATEGIES if not math.isnan(row["f1"][s])]     # a strategy not run shows as a dash
+        obj = [str(int(blocks.objects[row["blocks"][s]].sum())) if s in ran else "—" for s in STRATEGIES]
+        f1, best = ([f"{row[k][s]:.3f}" if s in ran else "—" for s in STRATEGIES] for k in ("f1", "f1_best"))
+        print(f"| {row['round']} | {n} | {100 * n / total:.0f} % | {obj[0]} / {obj[1]} | {f1[0]} | {f1[1]} |"
+              f" {best[0]} / {best[1]} |")
     print(flush=True)
     if not final:
         return

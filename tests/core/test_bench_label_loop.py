@@ -99,6 +99,10 @@ def test_one_strategy_alone_gives_its_means_and_no_comparison():
     out = said.getvalue()
     assert "t_mean_round1_suggested_f1=0.6" in out and "| 1 | 4 | 4 / — | 0.600 | — | — | 0.600 / — |" in out
     assert "random_f1" not in out and "difference" not in out and "reach" not in out and "nan" not in out
+    said = io.StringIO()
+    with contextlib.redirect_stdout(said):       # one seed's own table, as the loop prints it
+        table("t", runs[0], blocks, final=False)
+    assert "| 1 | 4 | 20 % | 4 / — | 0.600 | — | 0.600 / — |" in said.getvalue() and "nan" not in said.getvalue()
 
 
 def test_seeds_and_strategies_are_read_once_each_and_checked(capsys):
