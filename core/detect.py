@@ -177,8 +177,8 @@ def detect(raster, model, out, options=None, reporter=None, predictor=None, unce
         size, batch_size, scale, proposals = _plan(pkg, o, grid, padding, device, res.pixel_ratio, largest)
         check_tile_padding(size, padding)
         square = bool(o.tta)          # turned by 90 degrees, a tile must keep its shape
-        if square and square_padding(grid.width, grid.height, size, padding) != padding:
-            narrow = square_padding(grid.width, grid.height, size, padding)
+        narrow = square_padding(grid.width, grid.height, size, padding) if square else padding
+        if narrow != padding:
             reporter.warning(f"Test-time augmentation turns square tiles, here of {min(grid.width, grid.height)} px "
                              f"(the area's narrow side), which leave no core between paddings of {padding} px: the "
                              f"padding is {narrow} px, so objects at tile seams see less context. A larger extent, "
