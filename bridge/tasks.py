@@ -23,9 +23,9 @@ from .runner import JobCancelled, JobError, run_job
 # A QgsTask whose Python object is collected while the task manager still runs it
 # crashes QGIS: every started task stays here until it has finished.
 _running = set()
-# Training and detection each take a GPU's memory (or all CPU cores): one at a time,
-# later ones wait in the queue. Export and NMS are light and run alongside.
-_HEAVY_STEPS = ("train", "detect")
+# Training, detection and Where to label next (a detection) each take a GPU's memory (or all CPU
+# cores): one at a time, later ones wait in the queue. Export and NMS are light and run alongside.
+_HEAVY_STEPS = ("train", "detect", "suggest")
 DEVICE_PREFIX = "Device: "   # how the engine's device line starts (core/devices.py PREFIX)
 _heavy = threading.Lock()
 

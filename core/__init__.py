@@ -6,4 +6,4 @@ Submodules are imported lazily by the command line so that a light step
 (``export``) never pays for importing torch.
 """
 
-__version__ = "0.5.8"
+__version__ = "0.5.9"

@@ -7,7 +7,7 @@ another session, offers only what is still undecided. Accepted detections are
 copied into the labels layer with their class; the class joins the schema if
 it is new, so it is styled and exported like any other.
 """
-from qgis.core import NULL, Qgis, QgsFeatureRequest, QgsField, QgsVectorLayer
+from qgis.core import NULL, Qgis, QgsFeatureRequest, QgsField, QgsProject, QgsVectorLayer
 from qgis.PyQt.QtCore import QMetaType, QObject, pyqtSignal
 
 from .class_schema import SchemaError
@@ -26,6 +26,16 @@ class ReviewError(LabelError):
 def _field(layer, name):
     index = layer.fields().lookupField(name)   # exact, then case-insensitive
     return layer.fields().at(index).name() if index >= 0 else None
+
+
+def reviewed_layer(layer_id, source):
+    """The reviewed layer of an undo step: the project's layer ``layer_id``, else its file opened again (the
+    decision lives in the file, so an undo after the layer left the map still makes it pending); None when
+    neither can be had."""
+    layer = QgsProject.instance().mapLayer(layer_id) if layer_id else None
+    if layer is None and source:
+        layer = QgsVectorLayer(source, "reviewed", "ogr")
+    return layer if layer is not None and layer.isValid() else None
 
 
 def set_review_status(layer, fids, status):
@@ -143,11 +153,15 @@ class DetectionReview(QObject):
         return self.current()
 
     # -- decisions
+    def chosen(self, fids=None):
+        """What ``accept(fids)`` takes: those of ``fids`` still undecided, when any, else the current detection."""
+        return [fid for fid in fids or () if fid in self._queue] or [f for f in [self.current()] if f is not None]
+
     def accept(self, fids=None):
         """Copy the current detection (or those of ``fids`` still undecided, when any) into the labels and mark
         them accepted, in one undo step; returns the new label ids."""
-        fids = [fid for fid in fids or () if fid in self._queue] or [self.current()]
-        if fids == [None]:
+        fids = self.chosen(fids)
+        if not fids:
             return []
         return self._accept(fids)
 
@@ -201,7 +215,8 @@ class DetectionReview(QObject):
         values = [self.label_value(features[fid], store.schema) for fid in fids]
         geometries = geometries or [features[fid].geometry() for fid in fids]
         added = store.add_many(geometries, values, crs or self.layer.crs(),
-                               note={"review_layer": self.layer.id(), "review_fids": list(fids),
+                               note={"review_layer": self.layer.id(), "review_source": self.layer.source(),
+                                     "review_fids": list(fids),
                                      "review_status": status})
         self._mark(fids, status)
         self._drop(fids)

@@ -17,7 +17,7 @@ proposals layer's ``review`` field, so the list shows what is done and a reopene
 """
 import os
 
-from qgis.core import Qgis, QgsCoordinateTransform, QgsCsException, QgsProject, QgsRasterLayer
+from qgis.core import NULL, Qgis, QgsCoordinateTransform, QgsCsException, QgsProject, QgsRasterLayer
 from qgis.gui import QgsFileWidget, QgsMapLayerComboBox
 from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtGui import QKeySequence, QShortcut
@@ -112,6 +112,7 @@ class LabelNextPage(QWidget):
         grid.setColumnStretch(1, 1)
         grid.setColumnStretch(3, 1)   # the two columns of buttons alike
         self.dock.canvas.mapToolSet.connect(self._tool_changed)
+        QgsProject.instance().layersWillBeRemoved.connect(self._layers_removed)
         self._update_buttons()
 
     # ------------------------------------------------------------ running and opening
@@ -191,6 +192,16 @@ class LabelNextPage(QWidget):
         self.refresh()
         return tiles, proposals
 
+    def _layers_removed(self, layer_ids):
+        """The output's layers leave the project (removed, a new project): stop showing what they no longer hold."""
+        shown = [layer for layer in (self.tiles, self.proposals) if layer is not None]
+        if not shown or not any(layer.id() in layer_ids for layer in shown):
+            return
+        self.cleanup(keep_task=True)
+        self.tiles = self.proposals = None
+        self.table.setRowCount(0)
+        self.info.setText("The tiles' layers were removed from the project: suggest tiles again, or open the output.")
+
     def refresh(self):
         """The list of tiles, each with how many of its proposals are decided (texts changed in place: this runs
         while the list handles the click that picked a tile)."""
@@ -238,6 +249,7 @@ class LabelNextPage(QWidget):
             return self.dock._message(str(exc), Qgis.MessageLevel.Warning)
         if self.review is not None:
             self.review.changed.disconnect(self._show)
+        self._give_up_correction()
         self.review, self.rank = review, int(rank)
         review.changed.connect(self._show)
         self._show()
@@ -270,11 +282,18 @@ class LabelNextPage(QWidget):
             self.review.reload()
 
     # ------------------------------------------------------------ decisions
-    def _act(self, action, done):
+    def _act(self, action, done, fids=None):
+        """``action()`` on the current proposal (or ``fids``, the proposals it decides), said in the status."""
         if self.review is None or self.review.current() is None:
             return None
-        value, name = self.review.current_class()
-        what = f"'{name or value}' at confidence {self.review.confidence(self.review.current()):.2f}"
+        fids = fids or [self.review.current()]
+        if len(fids) == 1:
+            feature = self.review.layer.getFeature(fids[0])
+            name = feature[self.review.name_field] if self.review.name_field else None
+            name = feature[self.review.value_field] if name in (None, NULL) else name
+            what = f"'{name}' at confidence {self.review.confidence(fids[0]):.2f}"
+        else:
+            what = f"{len(fids)} proposals"
         try:
             result = action()
         except LabelError as exc:   # ReviewError is one too
@@ -283,8 +302,10 @@ class LabelNextPage(QWidget):
         return result
 
     def accept(self):
-        selected = self.proposals.selectedFeatureIds() if self.proposals is not None else []
-        return self._act(lambda: self.review.accept(selected), "Accepted {}: it is a label now.")
+        if self.review is None:
+            return None
+        fids = self.review.chosen(self.proposals.selectedFeatureIds())
+        return self._act(lambda: self.review.accept(fids), "Accepted {}: now in the labels.", fids)
 
     def reject(self):
         return self._act(lambda: reject_as_negative(self.dock.ensure_store(), self.review, self.package.filePath()
@@ -312,6 +333,15 @@ class LabelNextPage(QWidget):
         self.dock._unset_tools()
         return self._act(lambda: self.review.correct(geometry, crs), "Corrected {}: your outline is the label.") or []
 
+    def _give_up_correction(self):
+        """A correction asked for a proposal that is no longer under review (another tile picked, another output
+        shown): the shape being drawn would replace the wrong proposal, or none, so the tool stops and says so."""
+        if self.dock.shape_sink == self._corrected:
+            self.dock.shape_sink = None
+            self.dock._unset_tools()
+            self.dock._status("The correction was given up: the proposal is no longer under review. Pick it "
+                              "again and press C.")
+
     def _tool_changed(self, tool, _old=None):
         if self.dock.shape_sink == self._corrected and tool not in (self.dock.tools.get("polygon"), self.dock.smart.tool):
             self.dock.shape_sink = None   # another tool, or none: the next shape is a label of its own
@@ -326,13 +356,22 @@ class LabelNextPage(QWidget):
         """Stop following the output (and the job, unless ``keep_task``); the outline leaves the map."""
         if self.review is not None:
             self.review.changed.disconnect(self._show)
+        self._give_up_correction()
         self.review = self.rank = None
         self._band = remove_outline(self.dock.canvas, self._band)
+        # no tile stays highlighted: a click on it must pick it again
+        self.table.blockSignals(True)
+        self.table.clearSelection()
+        self.table.blockSignals(False)
+        self.info.setText("Pick a tile in the list.")
+        self._update_buttons()
         if not keep_task:
-            try:
-                self.dock.canvas.mapToolSet.disconnect(self._tool_changed)
-            except TypeError:
-                pass
+            for signal, slot in ((self.dock.canvas.mapToolSet, self._tool_changed),
+                                 (QgsProject.instance().layersWillBeRemoved, self._layers_removed)):
+                try:
+                    signal.disconnect(slot)
+                except TypeError:
+                    pass
             if self.task is not None:
                 self.task.on_finished = None
                 self.task.cancel()

@@ -5,7 +5,7 @@ A panel the dock owns (``dock.objects``) under the classes on its "Classes & lab
 through the dock's store (label_edits.py).
 """
 
-from qgis.core import Qgis, QgsProject
+from qgis.core import Qgis
 from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtGui import QIcon
 from qgis.PyQt.QtWidgets import (QAbstractItemView, QComboBox, QHBoxLayout, QLabel, QTableWidgetItem, QToolButton,
@@ -13,7 +13,7 @@ from qgis.PyQt.QtWidgets import (QAbstractItemView, QComboBox, QHBoxLayout, QLab
 
 from .dock_common import ID_ROLE, focus_features, swatch, table, theme_icon
 from .class_schema import SchemaError
-from .detection_review import ACCEPTED, set_review_status
+from .detection_review import ACCEPTED, reviewed_layer, set_review_status
 from .labels_layer import LabelError
 
 
@@ -213,7 +213,7 @@ class ObjectsPanel(QWidget):
             elif not undo and cls["Value"] in self.dock.schema:
                 self.dock.schema.remove(cls["Value"])
         if note.get("review_fids"):   # accepted detections (or proposals) become undecided again, and back
-            layer = QgsProject.instance().mapLayer(note["review_layer"])
+            layer = reviewed_layer(note["review_layer"], note.get("review_source"))
             if layer is not None:
                 try:
                     set_review_status(layer, note["review_fids"], None if undo else note.get("review_status", ACCEPTED))

@@ -5,7 +5,7 @@ of the detection being judged. The decisions themselves (what accepting writes w
 detection_review.py; the labels go through the dock's store, messages through the dock.
 """
 
-from qgis.core import Qgis
+from qgis.core import Qgis, QgsProject
 from qgis.gui import QgsMapLayerComboBox
 from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtGui import QKeySequence, QShortcut
@@ -79,6 +79,7 @@ class ReviewPage(QWidget):
         grid.addWidget(note, 7, 0, 1, 3)
         grid.setRowStretch(8, 1)
         grid.setColumnStretch(1, 1)
+        QgsProject.instance().layersWillBeRemoved.connect(self._layers_removed)
         self._update_buttons()
 
     # ------------------------------------------------------------ review of detections
@@ -187,9 +188,23 @@ class ReviewPage(QWidget):
         if self.review is not None and self.review.layer is layer:
             self.review.reload()
 
-    def cleanup(self):
-        """The dock goes: the review stops following its layer, the outline leaves the map."""
+    def _layers_removed(self, layer_ids):
+        """The reviewed layer leaves the project: the review stops (its decisions are in the layer's file)."""
+        if self.review is not None and self.review.layer.id() in layer_ids:
+            self._stop()
+            self._update_buttons()
+            self.info.setText("The detections layer was removed from the project: pick a layer and start again.")
+
+    def _stop(self):
         if self.review is not None:
             self.review.changed.disconnect(self._show)
             self.review = None
         self._clear_band()
+
+    def cleanup(self):
+        """The dock goes: the review stops following its layer, the outline leaves the map."""
+        try:
+            QgsProject.instance().layersWillBeRemoved.disconnect(self._layers_removed)
+        except TypeError:
+            pass
+        self._stop()

@@ -251,9 +251,9 @@ class LabelStore(QObject):
     def _step(self, source, target, undo):
         if not source:
             return None
-        edit = source.pop()
-        self._apply(edit, undo=undo)
-        target.append(edit)
+        edit = source[-1]
+        self._apply(edit, undo=undo)   # raises LabelError when it cannot: the step stays where it was, to try again
+        target.append(source.pop())
         self.undoStateChanged.emit()
         self.edited.emit()
         return edit

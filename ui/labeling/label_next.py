@@ -15,7 +15,7 @@ from qgis.core import (NULL, Qgis, QgsCoordinateTransform, QgsFeature, QgsFeatur
 from qgis.PyQt.QtCore import QMetaType
 
 from ...core.contract import Suggest
-from .detection_review import REJECTED, REVIEW_FIELD, set_review_status
+from .detection_review import REJECTED, REVIEW_FIELD, reviewed_layer, set_review_status
 from .labels_layer import LabelError, commit_edit, new_geopackage_layer
 
 NEGATIVES_LAYER = "negatives"
@@ -126,7 +126,11 @@ def _negative(layer, proposals, fid, package):
     source = proposals.getFeature(fid)
     geometry = QgsGeometry(source.geometry())
     if proposals.crs() != layer.crs():
-        geometry.transform(QgsCoordinateTransform(proposals.crs(), layer.crs(), QgsProject.instance()))
+        try:
+            geometry.transform(QgsCoordinateTransform(proposals.crs(), layer.crs(), QgsProject.instance()))
+        except QgsCsException:
+            raise LabelError(f"The proposal cannot be transformed from {proposals.crs().authid()} to the labels' "
+                             f"{layer.crs().authid()}: it is not kept as a negative.") from None
     feature = QgsFeature(layer.fields())
     feature.setGeometry(geometry)
     values = {"classvalue": source["ClassValue"], "classname": source["Class"] if "Class" in source.fields().names()
@@ -154,21 +158,39 @@ def reject_as_negative(store, review, package, reload):
     ``reload()`` runs after an undo or redo. Returns the negative's feature id."""
     fid = review.current()
     negatives = negatives_layer(store.layer)
-    proposals = review.layer
+    # by id and file, not the layer object: the proposals may leave the map before an undo (a layer removed,
+    # a new project), and their decision lives in their file
+    proposals_id, proposals_source = review.layer.id(), review.layer.source()
     state = {"fid": None}
 
+    def proposals():
+        layer = reviewed_layer(proposals_id, proposals_source)
+        if layer is None:
+            raise LabelError(f"The proposals '{proposals_source}' can no longer be opened: their decision cannot "
+                             "be changed.")
+        return layer
+
     def add():
-        (state["fid"],) = commit_edit(negatives, lambda lyr: lyr.addFeature(_negative(lyr, proposals, fid, package)),
-                                      "the known negative")
+        layer = proposals()
+        if state["fid"] is None or not negatives.getFeature(state["fid"]).isValid():   # not after a half-way failure
+            (state["fid"],) = commit_edit(negatives, lambda lyr: lyr.addFeature(_negative(lyr, layer, fid, package)),
+                                          "the known negative")
         _reopen(store.layer)
-        set_review_status(proposals, [fid], REJECTED)
+        set_review_status(layer, [fid], REJECTED)
 
     def remove():
-        commit_edit(negatives, lambda lyr: lyr.deleteFeature(state["fid"]), "the undo")
+        layer = proposals()
+        if negatives.getFeature(state["fid"]).isValid():   # an undo that failed half-way, tried again
+            commit_edit(negatives, lambda lyr: lyr.deleteFeature(state["fid"]), "the undo")
         _reopen(store.layer)
-        set_review_status(proposals, [fid], None)
+        set_review_status(layer, [fid], None)
 
-    add()
+    try:
+        add()
+    except LabelError:
+        if state["fid"] is not None:   # the negative was kept but the decision not: no negative without its step
+            commit_edit(negatives, lambda lyr: lyr.deleteFeature(state["fid"]), "the known negative")
+        raise
     review._drop([fid])
     store.record_beside("rejected proposal (known negative)", lambda: (remove(), reload()), lambda: (add(), reload()))
     return state["fid"]
