@@ -315,9 +315,10 @@ def suggest(raster, model, out, options=None, reporter=None, predictor=None):
         _write(tmp, layer, proposals_layer, crs, tiles, stats, top, meta, geoms, fields, chosen,
                rank_of[tile_of][chosen], threshold)
         reporter.check_cancelled()
-        created = gpkg.commit(tmp, out, layer, o.overwrite) == "created"
+        # proposals first: a tiles layer (what the Label next page opens) never stands without its proposals
+        created = gpkg.commit(tmp, out, proposals_layer, o.overwrite) == "created"
         if not created:     # a new file arrived whole, both layers in one rename
-            gpkg.commit(tmp, out, proposals_layer, o.overwrite)
+            gpkg.commit(tmp, out, layer, o.overwrite)
     finally:
         gpkg.remove_partial(tmp)
         shutil.rmtree(work, ignore_errors=True)

@@ -37,12 +37,16 @@ def is_proposals_layer(layer):
         all(layer.fields().lookupField(name) >= 0 for name in ("TileRank", "ClassValue", "Confidence"))
 
 
+def layer_names(path):
+    """The names of the layers of the vector file ``path`` ([] when it cannot be read)."""
+    probe = QgsVectorLayer(path, "probe", "ogr") if os.path.exists(path) else None
+    return [name.split("!!::!!")[1] for name in probe.dataProvider().subLayers()] if probe and probe.isValid() else []
+
+
 def open_output(path, tiles=None, proposals=None):
     """(tiles, proposals) layers of a suggest output GeoPackage: the named ones, else the first tiles layer and
     its '<name>_proposals'. Raises LabelError naming what is missing."""
-    probe = QgsVectorLayer(path, "probe", "ogr") if os.path.exists(path) else None
-    layers = [name.split("!!::!!")[1] for name in probe.dataProvider().subLayers()] if probe and probe.isValid() else []
-    for name in ([tiles] if tiles else layers):
+    for name in ([tiles] if tiles else layer_names(path)):
         layer = QgsVectorLayer(f"{path}|layername={name}", name, "ogr")
         if is_tiles_layer(layer):
             other = proposals or f"{name}_proposals"
@@ -110,6 +114,10 @@ def negatives_layer(labels):
                          "Use a GeoPackage labels layer (New… in this dock) to reject proposals.")
     layer = QgsVectorLayer(f"{path}|layername={NEGATIVES_LAYER}", "Known negatives", "ogr")
     if not layer.isValid():
+        # there but not openable now (a busy file): never created again over the user's negatives
+        if NEGATIVES_LAYER.lower() in (name.lower() for name in layer_names(path)):
+            raise LabelError(f"The known negatives of '{path}' cannot be opened just now (is the file busy?): "
+                             "nothing was changed; try again.")
         fields = QgsFields()
         for name, kind in NEGATIVE_FIELDS.items():
             fields.append(QgsField(name, kind))
