@@ -7,25 +7,8 @@
 """
 from pathlib import Path
 
+from .contract.destinations import check_model_folder  # noqa: F401 (the engine's spelling of the rule)
 from .errors import UserError
-
-
-def check_model_folder(out, checkpoint_name, resume, overwrite):
-    """Refuse to train over an earlier package unless asked; returns the names of the packages there."""
-    if out.exists() and not out.is_dir():
-        raise UserError(f"The output '{out}' is a file: training writes a model folder (<name>.emd, .pth, .dlpk). "
-                        "Give a folder path.")
-    names = sorted({p.stem for p in out.glob("*.emd")} | {p.stem for p in out.glob("*.dlpk")}) if out.is_dir() else []
-    checkpoint = (out / checkpoint_name).exists()
-    if resume and not checkpoint and names:
-        raise UserError(f"'{out}' holds the package(s) {', '.join(names)} but no {checkpoint_name} to resume from. "
-                        "Train into a new folder, or ask to overwrite (--overwrite) to start again there.")
-    if (names or checkpoint) and not (resume or overwrite):
-        what = ", ".join(names) if names else f"an unfinished training ({checkpoint_name})"
-        raise UserError(f"The model folder '{out}' already holds {what}. Choose a new folder, continue that "
-                        "training (--resume / 'Resume'), or replace it (--overwrite / 'Overwrite'; the old package "
-                        "stays until the new best epoch is written).")
-    return names if overwrite and not resume else []
 
 
 def remove_packages(out, names, keep):

@@ -57,3 +57,27 @@ def same_layer(out, source):
     if same and (in_layer is None or in_layer.lower() == layer.lower()):
         raise InvalidInput(f"The output layer '{layer}' of '{path}' {'is' if in_layer else 'may be'} the input "
                            "layer. Give another layer name (--layer) or file, so the input stays intact.")
+
+
+CHECKPOINT = "checkpoint.pth"   # the unfinished training a model folder holds (core/train.py writes it each epoch)
+
+
+def check_model_folder(out, checkpoint_name, resume, overwrite):
+    """Refuse to train over an earlier package unless asked (the Train dialog before it starts, the engine
+    when it does); returns the names of the packages there that an overwrite replaces."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise InvalidInput(f"The output '{out}' is a file: training writes a model folder (<name>.emd, .pth, "
+                           ".dlpk). Give a folder path.")
+    names = sorted({p.stem for p in out.glob("*.emd")} | {p.stem for p in out.glob("*.dlpk")}) if out.is_dir() else []
+    checkpoint = (out / checkpoint_name).exists()
+    if resume and not checkpoint and names:
+        raise InvalidInput(f"'{out}' holds the package(s) {', '.join(names)} but no {checkpoint_name} to resume "
+                           "from. Train into a new folder, or ask to overwrite (--overwrite / 'Replace the package') "
+                           "to start again there.")
+    if (names or checkpoint) and not (resume or overwrite):
+        what = ", ".join(names) if names else f"an unfinished training ({checkpoint_name})"
+        raise InvalidInput(f"The model folder '{out}' already holds {what}. Choose a new folder, continue that "
+                           "training (--resume / 'Resume'), or replace it (--overwrite / 'Replace the package'; "
+                           "the old package stays until the new best epoch is written).")
+    return names if overwrite and not resume else []

@@ -3,6 +3,7 @@
 Engine: core/train.py (``python -m core train``); Processing: maskforge:train."""
 import os
 
+from .destinations import CHECKPOINT, check_model_folder
 from .devices import HELP as DEVICE_HELP
 from .devices import check_device
 from .invalid import InvalidInput
@@ -126,6 +127,7 @@ class Train(Step):
                                    "(the RCNN_Masks layout written by Export Training Data, MaskForge's or ArcGIS's).")
         if not v.get("OUTPUT_MODEL"):
             raise InvalidInput("Choose an output model folder.")
+        check_model_folder(v["OUTPUT_MODEL"], CHECKPOINT, bool(v.get("RESUME")), bool(v.get("OVERWRITE")))
         self.to_args()   # the base and the device, with their messages; the folders as the engine takes them
         self.check_ranges()
         if v["BASE_MODEL"] == PACKAGE and not is_weights_file(v["BASE_PACKAGE"]):

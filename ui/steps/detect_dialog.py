@@ -72,8 +72,11 @@ class DetectDialog(JobDialog):
             return os.path.join(folder, "detections.gpkg") if folder else ""
         return super().default(key)
 
-    def after_restore(self):
+    def fresh_outputs(self):
         self.output.setFilePath(next_free(self.output.filePath()))
+
+    def after_restore(self):
+        self.fresh_outputs()
         self._raster_changed(self.raster.currentLayer())
         self._model_changed(self.model.filePath())
 
@@ -128,7 +131,7 @@ class DetectDialog(JobDialog):
     def values(self):
         values = super().values()
         layer = self.raster.currentLayer()
-        values["EXTENT"] = self.extent.value(layer.crs() if layer is not None else None)
+        values["EXTENT"] = self.extent.required_value(layer.crs() if layer is not None else None)
         try:
             model = model_cell(read_emd(values["MODEL"])) if values.get("MODEL") else None
         except InvalidInput:

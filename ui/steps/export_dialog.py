@@ -10,7 +10,7 @@ from ...bridge import messages, settings
 from ...bridge.layers import raster_info, raster_values
 from ...core.contract import Export
 from .extent_picker import ExtentPicker
-from .job_dialog import JobDialog
+from .job_dialog import JobDialog, hand_off
 from ...bridge.output_folders import file_folder, next_free, output_folder
 
 # Field names the engine (value/classvalue), the labels dock (classvalue/classname) and common data use;
@@ -96,12 +96,15 @@ class ExportDialog(JobDialog):
             return os.path.join(settings.folder("data"), "chips") if settings.folder("data") else ""
         return super().default(key)
 
+    def fresh_outputs(self):
+        self.output.setFilePath(next_free(self.output.filePath()))
+
     def after_restore(self):
         # Remembered or prefilled fields: kept while the labels layer has them, else guessed from names and types.
         self._wanted = (self.raw("CLASS_VALUE_FIELD"), self.raw("CLASS_NAME_FIELD"))
         self.value_field.activated.connect(lambda _: self._choose())
         self.name_field.activated.connect(lambda _: self._choose())
-        self.output.setFilePath(next_free(self.output.filePath()))
+        self.fresh_outputs()
         self._raster_changed(self.raster.currentLayer())
         self._labels_changed(self.labels.currentLayer())
 
@@ -138,7 +141,7 @@ class ExportDialog(JobDialog):
     def values(self):
         values = super().values()
         layer = self.raster.currentLayer()
-        values["EXTENT"] = self.extent.value(layer.crs() if layer is not None else None)
+        values["EXTENT"] = self.extent.required_value(layer.crs() if layer is not None else None)
         return raster_values(layer, values, area=self.labels.currentLayer())
 
     def facts(self):
@@ -155,5 +158,5 @@ class ExportDialog(JobDialog):
         messages.push_with_button(f"Exported {r.get('chips')} chips with {r.get('instances')} objects.",
                                   "Open folder", out)
         # The natural next step trains on this folder.
-        settings.set_dialog_value("train", "INPUT_DATA", out)
+        hand_off("train", "INPUT_DATA", out)
 

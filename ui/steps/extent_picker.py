@@ -10,6 +10,8 @@ from qgis.PyQt import sip
 from qgis.PyQt.QtCore import Qt, pyqtSignal
 from qgis.PyQt.QtWidgets import QComboBox, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
 
+from ...core.contract.invalid import InvalidInput
+
 WHOLE, MAP, DRAWN = 0, 1, 2
 MODES = ["Whole raster", "Current map extent", "Rectangle drawn on the map"]
 
@@ -72,6 +74,19 @@ class ExtentPicker(QWidget):
             except QgsCsException:
                 return None
         return (rect.xMinimum(), rect.yMinimum(), rect.xMaximum(), rect.yMaximum())
+
+    def required_value(self, crs=None):
+        """``value()`` for a job: None only for 'Whole raster'. A rectangle not drawn yet, or one that cannot be
+        placed in the raster's CRS, raises InvalidInput: None would run over the whole raster (hours, on a
+        large one) where the user asked for a part."""
+        value = self.value(crs)
+        if value is None and self.mode.currentIndex() != WHOLE:
+            if self.mode.currentIndex() == DRAWN and self.drawn is None:
+                raise InvalidInput("The extent is 'Rectangle drawn on the map' but none is drawn yet: click 'Draw on "
+                                   "map…' and drag a rectangle, or choose 'Whole raster'.")
+            raise InvalidInput("The extent chosen cannot be placed in the raster's CRS (the transformation failed): "
+                               "draw it again where the raster lies, or choose 'Whole raster'.")
+        return value
 
     def set_drawn(self, rect, crs=None):
         self.drawn = (QgsRectangle(rect), crs or self.canvas_crs())

@@ -6,6 +6,7 @@ names; ``values()`` gives the plain dict the contract turns into the engine's co
 way the Processing algorithm does.
 """
 import os
+import weakref
 
 from qgis.core import QgsRasterLayer, QgsVectorLayer
 from qgis.PyQt import sip
@@ -18,12 +19,28 @@ from ...core.contract.invalid import InvalidInput
 from ...bridge.layers import raster_source, vector_source
 from .fields import ContractForm
 
+# The step dialogs alive now (the plugin keeps one per step): a job's hand-off reaches them, not only the settings.
+_live = weakref.WeakSet()
+
+
+def hand_off(step, key, value):
+    """A finished job's natural next input (an export's folder for Train, a package for Detect): remembered for
+    the ``step`` dialog, and shown in that dialog if it is open or kept, unless the person changed the field
+    since it was last filled (their choice stays)."""
+    before = settings.dialog_value(step, key, "")
+    settings.set_dialog_value(step, key, value)
+    for dialog in list(_live):
+        if dialog.STEP == step and not sip.isdeleted(dialog) and dialog.raw(key) in ("", None, before):
+            dialog.set(key, value)
+
+
 class JobDialog(ContractForm):
     TITLE = ""
     CLOSE_WHEN_STARTED = True
 
     def __init__(self, iface, parent=None):
         super().__init__(parent or iface.mainWindow())
+        _live.add(self)
         self.iface = iface
         self.task = None
         self.setWindowTitle(f"MaskForge — {self.TITLE}")
@@ -138,6 +155,16 @@ class JobDialog(ContractForm):
     def after_restore(self):
         """Fill what depends on the restored values (package summaries...)."""
 
+    def fresh_outputs(self):
+        """Move the output to a free name where the one shown is taken (by this dialog's last run, or by anything
+        since): the engine would refuse it, or ask for an overwrite the person did not choose. Runs when the
+        dialog is built, shown again and after a job succeeded."""
+
+    def showEvent(self, event):  # noqa: N802 (Qt's name)
+        if self.running() is None:
+            self.fresh_outputs()
+        super().showEvent(event)
+
     def facts(self):
         """What the contract's check can know beyond the values (the raster's bands, a layer's fields)."""
         return ()
@@ -191,8 +218,18 @@ class JobDialog(ContractForm):
             return None
         return values, args
 
+    def running(self):
+        """This dialog's job while it is queued or runs, else None."""
+        task = self.task
+        return task if task is not None and not sip.isdeleted(task) and task in tasks.running_tasks() else None
+
     def run(self):
-        """Start the job in the background; returns the JobTask, or None when a value needs fixing."""
+        """Start the job in the background; returns the JobTask, or None when a value needs fixing or this
+        dialog's job still runs (one at a time: its Cancel, progress and result are that job's)."""
+        if self.running() is not None:
+            self.show_error("This dialog's job is still running: cancel it, or wait until it ends (other jobs can "
+                            "be queued from the Processing toolbox).")
+            return None
         ready = self.validate()
         if ready is None:
             return None
@@ -213,6 +250,7 @@ class JobDialog(ContractForm):
         self.result_button.hide()
         self.status_row.show()
         self.cancel_button.setEnabled(True)
+        self.run_button.setEnabled(False)
         task.progressChanged.connect(self._progress)
         task.progressText.connect(self._status)
         task.logged.connect(lambda _level, message: self._status(message))   # long phases say what they do
@@ -226,16 +264,18 @@ class JobDialog(ContractForm):
             self.status_label.setText(text)
 
     def cancel_job(self):
-        if self.task is not None and not sip.isdeleted(self.task) and self.task in tasks.running_tasks():
+        if self.running() is not None:
             self.status_label.setText("Cancelling…")
             self.task.cancel()
 
     def _finished(self, task):
         if task is self.task and not sip.isdeleted(self):
             self.cancel_button.setEnabled(False)
+            self.run_button.setEnabled(True)
             if task.result is not None:
                 self.progress.setValue(100)
                 self.status_label.setText(self.summary(task))
+                self.fresh_outputs()
             else:
                 self.status_label.setText(str(task.error))
         # The result is the user's even when the dialog has gone (closed, plugin reloaded).

@@ -61,6 +61,11 @@ class NmsDialog(JobDialog):
         if not self._setting_output:
             self._output_chosen = True
 
+    def fresh_outputs(self):
+        self._setting_output = True     # a free name is not the person's choice
+        self.output.setFilePath(next_free(self.output.filePath()))
+        self._setting_output = False
+
     def after_restore(self):
         self._wanted = {key: self.raw(key) for key in ("CONFIDENCE_FIELD", "CLASS_FIELD")}
         self._output_chosen = False   # a remembered output follows the input until the person picks one

@@ -3,15 +3,16 @@ import os
 import time
 
 from qgis.PyQt import sip
-from qgis.PyQt.QtWidgets import QGroupBox, QLabel, QVBoxLayout
+from qgis.PyQt.QtWidgets import QGroupBox, QHBoxLayout, QLabel, QVBoxLayout
 
 from ...bridge import messages, settings
+from ...bridge.output_folders import next_free
 from ...core.contract import Train
 from ...core.contract.invalid import InvalidInput
 from ...core.contract.packages import (is_weights_file, kept_package, package_summary, read_emd,
                                        training_data_summary)
 from ...core.contract.train import PACKAGE
-from .job_dialog import JobDialog
+from .job_dialog import JobDialog, hand_off
 from .metric_plot import MetricPlot
 
 
@@ -94,7 +95,12 @@ class TrainDialog(JobDialog):
         self.add(advanced, "INPUT_SCALE", "Input scale", special="automatic (from the objects' sizes)", step=0.25)
         self.add(advanced, "SEED")
         self.add(advanced, "PROCESSES")
-        self.add(advanced, "RESUME")
+        # one row: what to do with an output folder that holds a package (the dialog fits 1366 x 768)
+        row = QHBoxLayout()
+        row.addWidget(self.add(None, "RESUME", "Resume from the checkpoint"))
+        row.addWidget(self.add(None, "OVERWRITE", "Replace the package"))
+        row.addStretch(1)
+        advanced.addRow("Output folder in use", row)
 
         side = QGroupBox("Loss and AP per epoch")
         layout = QVBoxLayout(side)
@@ -122,9 +128,15 @@ class TrainDialog(JobDialog):
             return os.path.join(settings.folder("models"), "model") if settings.folder("models") else ""
         return super().default(key)
 
+    def fresh_outputs(self):
+        """A folder holding a package gets a free name, unless the person asked to resume or replace it there."""
+        if not (self.raw("RESUME") or self.raw("OVERWRITE")):
+            self.output.setFilePath(next_free(self.output.filePath()))
+
     def after_restore(self):
         self.data_label.setText(describe_data(self.data.filePath()))
         self._base_changed()
+        self.fresh_outputs()
 
     def _uses_package(self):
         return self.CONTRACT.param("BASE_MODEL").choices[self.base.currentIndex()].value == PACKAGE
@@ -174,7 +186,7 @@ class TrainDialog(JobDialog):
             r = task.result
             package = os.path.join(r["package"], f"{r['name']}.dlpk")
             best = r.get("best") or {}
-            settings.set_dialog_value("detect", "MODEL", package)
+            hand_off("detect", "MODEL", package)
             self.offer("Open report", r["report"])
             messages.push_with_button(
                 f"Model package {package}: best epoch {r.get('best_epoch')} of {r.get('epochs_run')} "
@@ -182,4 +194,4 @@ class TrainDialog(JobDialog):
         elif task.cancelled:
             kept = kept_package(task.out, task.started_at, task.resumed)
             if kept:
-                settings.set_dialog_value("detect", "MODEL", kept[0])
+                hand_off("detect", "MODEL", kept[0])
