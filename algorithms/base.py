@@ -8,6 +8,7 @@ from qgis.core import QgsProcessingAlgorithm, QgsProcessingException
 
 from ..bridge import settings
 from ..bridge.runner import JobCancelled, JobError, run_job
+from ..bridge.tasks import release_heavy_slot, wait_for_heavy_slot
 from ..core.contract.invalid import InvalidInput
 from ..core.contract.params import absolute
 from ..bridge.layers import area_extent, raster_values
@@ -39,7 +40,10 @@ class MaskForgeAlgorithm(QgsProcessingAlgorithm):
             elif kind == "metric":
                 feedback.pushInfo(", ".join(f"{k}={v}" for k, v in event.items() if k != "event"))
 
+        holds_slot = False
         try:
+            # one training or detection at a time, whether started here or from a toolbar dialog
+            holds_slot = wait_for_heavy_slot(step, feedback.isCanceled, feedback.pushInfo)
             return run_job(settings.runtime_python(), step, args, on_event=on_event,
                            is_cancelled=feedback.isCanceled, env=settings.job_env())
         except JobCancelled as exc:
@@ -49,6 +53,9 @@ class MaskForgeAlgorithm(QgsProcessingAlgorithm):
             if exc.stderr_tail and exc.kind in ("internal", "crash"):
                 feedback.pushDebugInfo(exc.stderr_tail)
             raise QgsProcessingException(str(exc)) from None
+        finally:
+            if holds_slot:
+                release_heavy_slot()
 
 
 def source_path(alg, parameters, name, context, feedback):

@@ -30,6 +30,25 @@ DEVICE_PREFIX = "Device: "   # how the engine's device line starts (core/devices
 _heavy = threading.Lock()
 
 
+def wait_for_heavy_slot(step, is_cancelled, say):
+    """For a heavy step, wait until no other heavy job of this QGIS runs (a toolbar dialog's task or a Processing
+    run) and hold the slot: True, to be released with ``release_heavy_slot``. False for a light step."""
+    if step not in _HEAVY_STEPS:
+        return False
+    announced = False
+    while not _heavy.acquire(timeout=0.2):
+        if is_cancelled():
+            raise JobCancelled("Cancelled while waiting for the running training or detection to finish.")
+        if not announced:
+            announced = True
+            say("Waiting for the running training or detection to finish…")
+    return True
+
+
+def release_heavy_slot():
+    _heavy.release()
+
+
 def forget(task):
     _running.discard(task)
 
@@ -89,17 +108,10 @@ class JobTask(QgsTask):
             self.metric.emit(values)
 
     def _wait_for_heavy_slot(self):
-        if self.step not in _HEAVY_STEPS:
-            return False
-        announced = False
-        while not _heavy.acquire(timeout=0.2):
-            if self.isCanceled():
-                raise JobCancelled("Cancelled while waiting for the running training or detection to finish.")
-            if not announced:
-                announced = True
-                self.progressText.emit("Waiting for the running training or detection to finish…")
-                log(f"{self.description()}: waiting for the running training or detection job to finish.")
-        return True
+        def say(text):
+            self.progressText.emit(text)
+            log(f"{self.description()}: {text}")
+        return wait_for_heavy_slot(self.step, self.isCanceled, say)
 
     def run(self):
         holds_slot = False
@@ -119,7 +131,7 @@ class JobTask(QgsTask):
             return False
         finally:
             if holds_slot:
-                _heavy.release()
+                release_heavy_slot()
 
     # -- main thread ---------------------------------------------------------------
     def finished(self, ok):  # noqa: D401 (QgsTask's name)

@@ -155,3 +155,28 @@ def test_suggest_waits_for_a_running_training(maskforge):
         assert task.result is None and "waiting" in str(task.error).lower()
     finally:
         tasks._heavy.release()
+
+
+def test_a_processing_detection_waits_for_a_running_training(maskforge):
+    """The Processing algorithms take the same slot as the dialogs' jobs: a detection started from the toolbox
+    while a dialog's training runs waits (and says so), and can be cancelled while it waits."""
+    import threading
+    from qgis.core import QgsProcessingFeedback
+    from maskforge.algorithms.detect_objects import DetectObjectsAlgorithm
+    from maskforge.bridge import tasks
+    feedback, said, result = QgsProcessingFeedback(), [], {}
+    feedback.pushInfo = lambda text: said.append(text)      # what run_step says while it waits
+    assert tasks._heavy.acquire(timeout=5)                  # a training holds the slot
+    try:
+        worker = threading.Thread(target=lambda: result.update(
+            out=DetectObjectsAlgorithm().run_step("detect", ["--help"], feedback)))
+        worker.start()
+        deadline = time.monotonic() + 30
+        while not said and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert said and said[0].startswith("Waiting for the running training")
+        feedback.cancel()
+        worker.join(30)
+        assert not worker.is_alive() and result["out"] == {}   # cancelled while waiting: nothing ran
+    finally:
+        tasks._heavy.release()
