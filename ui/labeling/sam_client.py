@@ -15,6 +15,7 @@ import subprocess
 import time
 
 from qgis.core import QgsApplication
+from qgis.PyQt import sip
 from qgis.PyQt.QtCore import QObject, QTimer, pyqtSignal
 
 from ...bridge import child_python
@@ -90,8 +91,10 @@ class SamClient(QObject):
         try:
             self.child.stdin.write(json.dumps({"id": rid, "op": op, **fields}) + "\n")
             self.child.stdin.flush()
-        except (OSError, ValueError):   # it died between the check and the write
-            self._worker_ended()
+        except (OSError, ValueError):   # it died between the check and the write: said once the caller has the id
+            dead = self.child
+            QTimer.singleShot(0, lambda: self._worker_ended() if not sip.isdeleted(self) and self.child is dead
+                              else None)
         return rid
 
     def wait(self, rid, timeout=600.0):

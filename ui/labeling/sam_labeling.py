@@ -10,14 +10,15 @@ box prompts and replaces each with SAM's outline where its score reaches the
 threshold, in one undo step; from the dock it runs as a cancellable background
 task (sam_refine_task.py).
 
-The worker starts when the tool is chosen and stops when the tool is left, the
-dock goes or QGIS quits; a killed worker starts again with the next prompt.
+The worker starts when the tool is chosen and stops when the tool is left (once a batch refine under way
+has answered), the dock goes or QGIS quits; a killed worker starts again with the next prompt.
 While the tool is active, the view is encoded ahead after each pan or zoom (the
 worker skips views already left), so the first click in a new place answers at
 prompt speed.
 """
 from qgis.core import (Qgis, QgsApplication, QgsCoordinateTransform, QgsCsException, QgsFeatureRequest, QgsGeometry,
                        QgsProject, QgsRasterLayer)
+from qgis.PyQt import sip
 from qgis.PyQt.QtCore import QObject, Qt, QTimer, pyqtSignal
 from qgis.PyQt.QtGui import QAction, QColor
 from qgis.PyQt.QtWidgets import QToolButton
@@ -65,7 +66,7 @@ class SmartLabeling(QObject):
         self.tool.acceptRequested.connect(self.accept)
         self.tool.dropped.connect(self._dropped)
         self.tool.classKeyPressed.connect(lambda n: self.dock.classes.set_current_by_position(n - 1))
-        self.tool.deactivated.connect(self.client.stop)   # leaving the tool frees the model's memory
+        self.tool.deactivated.connect(self._tool_left)
         self.answer = None          # the newest answer: {"polygon": QgsGeometry in crs, "score", "crs", ...}
         self._latest = None
         self.refine_task = None
@@ -151,8 +152,10 @@ class SmartLabeling(QObject):
             fields["box"] = [box.xMinimum(), box.yMinimum(), box.xMaximum(), box.yMaximum()]
         if self.client.starts == 0 or not self.client.running():
             self.dock._status("Segment Anything: starting (the first prompt of a view encodes it)…")
+        asked = {}   # the id, known once request() returns (a failed write answers later, never before)
         try:
-            rid = self.client.request("prompt", lambda ok, payload: self._answered(rid, ok, payload, crs), **fields)
+            rid = asked["rid"] = self.client.request(
+                "prompt", lambda ok, payload: self._answered(asked.get("rid"), ok, payload, crs), **fields)
         except RuntimeError as exc:
             self.dock._message(str(exc), Qgis.MessageLevel.Critical)
             return None
@@ -163,7 +166,9 @@ class SmartLabeling(QObject):
         if rid != self._latest:   # a newer prompt is on its way: this outline is stale
             return
         if not ok:
-            self.dock._message(f"Segment Anything: {payload}", Qgis.MessageLevel.Warning)
+            taken = self.tool.take_back()
+            self.dock._message(f"Segment Anything: {payload}" + (" The last click (or box) is taken back." if taken
+                                                                  else ""), Qgis.MessageLevel.Warning)
             return
         geometry = QgsGeometry.fromWkt(payload["polygon"]) if payload.get("polygon") else None
         self.answer = dict(payload, geometry=geometry, crs=crs)
@@ -204,6 +209,21 @@ class SmartLabeling(QObject):
     def _dropped(self):
         self.answer, self._latest = None, None
         self.dock._status("Dropped the outline.")
+
+    def _tool_left(self):
+        """The tool is left: its prompt and outline go (Enter on coming back must not keep an outline no longer
+        shown), and the worker stops to free the model's memory, unless a batch refine is still under way."""
+        self.answer, self._latest = None, None
+        if not self._refining():
+            self.client.stop()
+
+    def _stop_if_idle(self):
+        if not sip.isdeleted(self.client) and self.canvas.mapTool() is not self.tool and not self._refining():
+            self.client.stop()
+
+    def _refining(self):
+        task = self.refine_task
+        return task is not None and not task.answered()
 
     # ------------------------------------------------------------ batch refine
     def add_buttons(self, row):
@@ -249,8 +269,8 @@ class SmartLabeling(QObject):
             return {"refined": 0, "kept": 0}
         fids = list(boxes)
         self.dock._status(f"Segment Anything: refining {len(fids)} rectangles…")
-        task = RefineTask(self.client, len(fids), lambda ok, payload: self._refined(ok, payload, fids, threshold),
-                          timeout)
+        task = RefineTask(self.client, len(fids),
+                          lambda ok, payload: self._refined(ok, payload, fids, threshold, store), timeout)
         task.send(raster=self._source(raster), crs=self._crs_text(layer.crs()),
                   boxes=[[b.xMinimum(), b.yMinimum(), b.xMaximum(), b.yMaximum()] for b in boxes.values()])
         if background:   # QGIS's task manager shows the progress and the cancel button
@@ -262,17 +282,26 @@ class SmartLabeling(QObject):
             return None
         return task.outcome
 
-    def _refined(self, ok, payload, fids, threshold):
-        """The worker's answer (main thread): outlines where the score reaches ``threshold``, one undo step."""
+    def _refined(self, ok, payload, fids, threshold, store):
+        """The worker's answer (main thread): outlines where the score reaches ``threshold``, one undo step, in
+        ``store``, the labels the rectangles came from, if it is still the dock's (feature ids of another layer
+        would name other labels)."""
+        if self.canvas.mapTool() is not self.tool:   # the tool was left while refining: free the model now
+            QTimer.singleShot(0, self._stop_if_idle)
         if not ok:
             self.dock._message(f"Batch refine failed: {payload}", Qgis.MessageLevel.Warning)
+            return None
+        if store is not self.dock.store:
+            self.dock._message("Batch refine: the labels layer changed (or was removed) while refining, so its "
+                               "outlines were not applied. Refine again in the layer now in use.",
+                               Qgis.MessageLevel.Warning)
             return None
         new = {}
         for fid, result in zip(fids, payload["results"]):
             if result.get("polygon") and result["score"] >= threshold:
                 new[fid] = QgsGeometry.fromWkt(result["polygon"])
         try:
-            refined = self.dock.store.set_geometries(new) if new else 0
+            refined = store.set_geometries(new) if new else 0
         except LabelError as exc:
             self.dock._message(str(exc), Qgis.MessageLevel.Warning)
             return None

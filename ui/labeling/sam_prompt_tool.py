@@ -26,6 +26,7 @@ class SmartTool(QgsMapTool):
         super().__init__(canvas)
         self.points = []          # [(QgsPointXY in the canvas CRS, POSITIVE or NEGATIVE)]
         self.box = None           # QgsRectangle in the canvas CRS
+        self._newest = None       # ("point",) or ("box", the box before): what take_back() removes
         self._press = None
         self._press_negative = False
         self._skip_release = False
@@ -87,9 +88,22 @@ class SmartTool(QgsMapTool):
     def clear(self):
         """Forget the prompt and the preview."""
         self.points, self.box = [], None
-        self._press = None
+        self._press = self._newest = None
         self._redraw_prompt()
         self.set_preview(None)
+
+    def take_back(self):
+        """Remove the prompt's newest part (the last click, or the box just dragged): the worker refused it (off
+        the raster, say), and every later prompt would repeat it."""
+        newest, self._newest = self._newest, None
+        if newest is None:
+            return False
+        if newest[0] == "box":
+            self.box = newest[1]
+        elif self.points:
+            self.points.pop()
+        self._redraw_prompt()
+        return True
 
     def remove_items(self):
         """Take every marker and band off the canvas (the tool is going away)."""
@@ -127,6 +141,7 @@ class SmartTool(QgsMapTool):
         start, self._press = self._press, None
         moved = e.pos() - start
         if abs(moved.x()) >= MIN_PIXELS and abs(moved.y()) >= MIN_PIXELS:
+            self._newest = ("box", self.box)
             self.box = QgsRectangle(self.toMapCoordinates(start), self.toMapCoordinates(e.pos()))
         else:
             label = NEGATIVE if self._press_negative or e.modifiers() & Qt.KeyboardModifier.ShiftModifier else POSITIVE
@@ -136,6 +151,7 @@ class SmartTool(QgsMapTool):
                     (self.toCanvasCoordinates(self.points[-1][0]) - e.pos()).manhattanLength() <= 2:
                 return
             self.points.append((point, label))
+            self._newest = ("point",)
         self._redraw_prompt()
         self.promptChanged.emit()
 
@@ -154,6 +170,7 @@ class SmartTool(QgsMapTool):
             self.dropped.emit()
         elif key == Qt.Key.Key_Backspace and self.points:
             self.points.pop()
+            self._newest = None
             self._redraw_prompt()
             self.promptChanged.emit()
         elif Qt.Key.Key_1 <= key <= Qt.Key.Key_9 and not e.modifiers() & (Qt.KeyboardModifier.ControlModifier | Qt.KeyboardModifier.AltModifier):

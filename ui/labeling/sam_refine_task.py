@@ -39,8 +39,13 @@ class RefineTask(QgsTask):
             self.client.stepped.disconnect(self._stepped)
         except TypeError:
             pass
-        self.outcome = self._apply(ok, payload)
-        self._answered.set()
+        try:
+            self.outcome = self._apply(ok, payload)
+        finally:   # whatever applying met, the task ends (else it waits out its timeout in the task manager)
+            self._answered.set()
+
+    def answered(self):
+        return self._answered.is_set()
 
     def cancel(self):
         """The task manager's cancel button (main thread): the worker stops between two boxes."""
