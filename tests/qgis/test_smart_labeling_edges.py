@@ -124,3 +124,44 @@ def test_a_worker_that_cannot_be_written_to_fails_the_prompt_with_a_message(mask
     finally:
         sys.excepthook = hook
         _closed(dock)
+
+
+def test_a_rectangle_drawn_on_a_web_mercator_map_into_utm_labels_is_refined(maskforge, qgis_iface, qgis_canvas,
+                                                                           qgis_parent, qgis_new_project, tmp_path):
+    """An XYZ basemap puts the map in EPSG:3857; the rectangle kept in the raster's UTM CRS is turned by the grid
+    convergence (about 2 degrees at 12 E, 45 N in zone 32) and must still count as a rectangle."""
+    import numpy as np
+    import rasterio
+    from rasterio.transform import from_origin
+    from qgis.core import QgsCoordinateReferenceSystem, QgsRasterLayer
+    from maskforge.ui.labeling.dock import LabelsDock
+    from maskforge.ui.labeling.sam_labeling import is_rectangle
+    utm, merc = QgsCoordinateReferenceSystem("EPSG:32632"), QgsCoordinateReferenceSystem("EPSG:3857")
+    image = np.full((3, 400, 400), 30, np.uint8)
+    image[:, 150:250, 150:250] = 220                         # the bright square the stand-in outlines
+    path = tmp_path / "r.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=400, height=400, count=3, dtype="uint8", crs="EPSG:32632",
+                       transform=from_origin(736000, 4987200, 0.5, 0.5)) as dst:
+        dst.write(image)
+    raster = QgsRasterLayer(str(path), "r")
+    QgsProject.instance().addMapLayer(raster)
+    qgis_parent.show()
+    qgis_canvas.resize(600, 600)
+    qgis_canvas.setDestinationCrs(merc)
+    qgis_canvas.setLayers([raster])
+    qgis_canvas.setExtent(QgsCoordinateTransform(utm, merc, QgsProject.instance()).transformBoundingBox(
+        raster.extent()))
+    dock = LabelsDock(qgis_iface, qgis_iface.mainWindow(), confirm=lambda *a: True,
+                      choose_folder=lambda: str(tmp_path), sam_command=lambda: STANDIN)
+    try:
+        box = QgsCoordinateTransform(utm, merc, QgsProject.instance()).transformBoundingBox(
+            QgsRectangle(736070, 4987070, 736130, 4987130))
+        dock._shape_drawn(QgsGeometry.fromRect(box))           # what the rectangle tool hands over
+        (label,) = dock.store.layer.getFeatures()
+        assert dock.store.layer.crs() == utm and label.geometry().area() < 0.95 * label.geometry().boundingBox().area()
+        assert is_rectangle(label.geometry())
+        assert not is_rectangle(QgsGeometry.fromWkt("POLYGON((0 0, 10 10, 0 20, -10 10, 0 0))"))   # a turned square
+        assert dock.smart.refine_rectangles() == {"refined": 1, "kept": 0}
+    finally:
+        _closed(dock)
+        qgis_canvas.setLayers([])
