@@ -1,13 +1,13 @@
 """Where a step may write: never over a user's files unless asked, and then only over its own earlier output.
 
 - ``train --out``: a folder holding a package is refused unless ``--resume`` or ``--overwrite`` (the old
-  package then stays until the new best epoch is written).
+  package then stays until the new best epoch is written): ``core.contract.destinations.check_model_folder``,
+  where the Train dialog and the Processing algorithm check it too before a job starts.
 - ``export --overwrite``: only a folder that is an earlier export (its marker files and nothing else).
 - ``evaluate`` / ``compare --out-dir``: files of the output names are refused unless ``--overwrite``.
 """
 from pathlib import Path
 
-from .contract.destinations import check_model_folder  # noqa: F401 (the engine's spelling of the rule)
 from .errors import UserError
 
 

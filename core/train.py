@@ -27,11 +27,11 @@ from .data import (ChipDataset, EpochBatches, chip_loader, default_workers, load
 from .errors import Cancelled, UserError
 from .bases import base_model
 from .bounds import raise_if_disk_full, tensor_bytes
-from .contract.destinations import CHECKPOINT
+from .contract.destinations import CHECKPOINT, check_model_folder
 from .devices import announce_device
 from .epoch import Schedule, epoch_batches, evaluate, train_one_epoch
 from .model import anchor_generator, select_device
-from .outputs import check_model_folder, remove_packages
+from .outputs import remove_packages
 from .package import FRAMEWORK, load_package, read_weights, write_package
 from .progress import NullReporter
 from .split import spatial_split

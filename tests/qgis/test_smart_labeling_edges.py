@@ -5,6 +5,7 @@ before 0.5.9 (the refine killed and its outlines lost; the other layer's labels 
 minutes; an outline kept that was no longer shown; every later click refused; a NameError in a slot).
 The fixtures are tests/qgis/test_smart_labeling.py's.
 """
+import os
 import sys
 import time
 
@@ -115,8 +116,9 @@ def test_a_worker_that_cannot_be_written_to_fails_the_prompt_with_a_message(mask
                                                           "import os, time; os.close(0); time.sleep(2)"])
     try:
         dock.smart.tool.points = [(dock.smart.canvas.extent().center(), 1)]
-        dock.smart.ask()
-        time.sleep(0.7)                                      # its input is closed by now: the write fails
+        dock.smart.ask()                                     # starts the worker
+        pid = dock.smart.client.child.pid
+        assert _pump(lambda: not os.path.exists(f"/proc/{pid}/fd/0"), 60)   # its input closed: the next write fails
         assert dock.smart.ask() is not None
         assert _pump(lambda: "worker" in dock.status_label.text(), 10)
         QgsApplication.processEvents()

@@ -121,7 +121,10 @@ class DetectionReview(QObject):
         return self._confidence.get(fid)
 
     def current_class(self):
-        fid = self.current()
+        return self.class_of(self.current())
+
+    def class_of(self, fid):
+        """(class value, class name) of detection ``fid`` (None, None for none)."""
         if fid is None:
             return None, None
         feature = self.layer.getFeature(fid)

@@ -17,7 +17,7 @@ proposals layer's ``review`` field, so the list shows what is done and a reopene
 """
 import os
 
-from qgis.core import NULL, Qgis, QgsCoordinateTransform, QgsCsException, QgsProject, QgsRasterLayer
+from qgis.core import Qgis, QgsCoordinateTransform, QgsCsException, QgsProject, QgsRasterLayer
 from qgis.gui import QgsFileWidget, QgsMapLayerComboBox
 from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtGui import QKeySequence, QShortcut
@@ -288,10 +288,8 @@ class LabelNextPage(QWidget):
             return None
         fids = fids or [self.review.current()]
         if len(fids) == 1:
-            feature = self.review.layer.getFeature(fids[0])
-            name = feature[self.review.name_field] if self.review.name_field else None
-            name = feature[self.review.value_field] if name in (None, NULL) else name
-            what = f"'{name}' at confidence {self.review.confidence(fids[0]):.2f}"
+            value, name = self.review.class_of(fids[0])
+            what = f"'{name or value}' at confidence {self.review.confidence(fids[0]):.2f}"
         else:
             what = f"{len(fids)} proposals"
         try:

@@ -47,13 +47,13 @@ MAX_TURN = 10.0   # degrees: a rectangle drawn on a map in another CRS arrives t
 def is_rectangle(geometry, tolerance=0.01):
     """A box as the rectangle tool draws it: at most four corners that fill their oriented bounding box, turned
     by at most ``MAX_TURN`` degrees from the axes. Drawn on a Web Mercator map and kept in a UTM layer, a box
-    arrives turned by the grid convergence (2 degrees at 45 N, 3 degrees from the zone's meridian): it fills only
-    93 % of its axis-aligned box, and was not refined before 0.5.9. Its axis-aligned box is SAM's prompt."""
+    arrives turned by the grid convergence (about 2 degrees at 45 N, 3 degrees of longitude from the zone's
+    meridian): it fills only 93 % of its axis-aligned box, and was not refined before 0.5.9. Its axis-aligned box is SAM's prompt."""
     if geometry.isNull() or geometry.isMultipart() and len(geometry.asGeometryCollection()) != 1:
         return False
     if sum(1 for _ in geometry.vertices()) > 6:
         return False
-    oriented, area, angle, _, _ = geometry.orientedMinimumBoundingBox()
+    _, area, angle, _, _ = geometry.orientedMinimumBoundingBox()
     turn = abs(angle) % 90.0
     return area > 0 and abs(geometry.area() - area) <= tolerance * area and min(turn, 90.0 - turn) <= MAX_TURN
 

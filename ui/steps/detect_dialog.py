@@ -72,9 +72,6 @@ class DetectDialog(JobDialog):
             return os.path.join(folder, "detections.gpkg") if folder else ""
         return super().default(key)
 
-    def fresh_outputs(self):
-        self.output.setFilePath(next_free(self.output.filePath()))
-
     def after_restore(self):
         self.fresh_outputs()
         self._raster_changed(self.raster.currentLayer())

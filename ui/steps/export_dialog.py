@@ -96,9 +96,6 @@ class ExportDialog(JobDialog):
             return os.path.join(settings.folder("data"), "chips") if settings.folder("data") else ""
         return super().default(key)
 
-    def fresh_outputs(self):
-        self.output.setFilePath(next_free(self.output.filePath()))
-
     def after_restore(self):
         # Remembered or prefilled fields: kept while the labels layer has them, else guessed from names and types.
         self._wanted = (self.raw("CLASS_VALUE_FIELD"), self.raw("CLASS_NAME_FIELD"))

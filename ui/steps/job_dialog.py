@@ -17,6 +17,7 @@ from qgis.PyQt.QtWidgets import (QCheckBox, QFormLayout, QFrame, QHBoxLayout, QL
 from ...bridge import messages, settings, tasks
 from ...core.contract.invalid import InvalidInput
 from ...bridge.layers import raster_source, vector_source
+from ...bridge.output_folders import next_free
 from .fields import ContractForm
 
 # The step dialogs alive now (the plugin keeps one per step): a job's hand-off reaches them, not only the settings.
@@ -159,6 +160,7 @@ class JobDialog(ContractForm):
         """Move the output to a free name where the one shown is taken (by this dialog's last run, or by anything
         since): the engine would refuse it, or ask for an overwrite the person did not choose. Runs when the
         dialog is built, shown again and after a job succeeded."""
+        self.output.setFilePath(next_free(self.output.filePath()))
 
     def showEvent(self, event):  # noqa: N802 (Qt's name)
         if self.running() is None:

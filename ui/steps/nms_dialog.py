@@ -63,7 +63,7 @@ class NmsDialog(JobDialog):
 
     def fresh_outputs(self):
         self._setting_output = True     # a free name is not the person's choice
-        self.output.setFilePath(next_free(self.output.filePath()))
+        super().fresh_outputs()
         self._setting_output = False
 
     def after_restore(self):

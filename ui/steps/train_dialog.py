@@ -6,7 +6,6 @@ from qgis.PyQt import sip
 from qgis.PyQt.QtWidgets import QGroupBox, QHBoxLayout, QLabel, QVBoxLayout
 
 from ...bridge import messages, settings
-from ...bridge.output_folders import next_free
 from ...core.contract import Train
 from ...core.contract.invalid import InvalidInput
 from ...core.contract.packages import (is_weights_file, kept_package, package_summary, read_emd,
@@ -131,7 +130,7 @@ class TrainDialog(JobDialog):
     def fresh_outputs(self):
         """A folder holding a package gets a free name, unless the person asked to resume or replace it there."""
         if not (self.raw("RESUME") or self.raw("OVERWRITE")):
-            self.output.setFilePath(next_free(self.output.filePath()))
+            super().fresh_outputs()
 
     def after_restore(self):
         self.data_label.setText(describe_data(self.data.filePath()))
